@@ -1,0 +1,173 @@
+// msae core: errors, assertions, aligned buffers, tensors, logging, rng, timer, threads.
+// Everything else in msae depends on this header only (plus the standard library).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace msae {
+
+// ---------------------------------------------------------------------------------------------
+// Errors. Two tiers (DESIGN.md):
+//  - MSAE_ASSERT: our own bugs. Prints file:line and aborts.
+//  - msae::Error: user and data faults. Carries an exit code (2 usage, 1 runtime); only main() turns
+//    it into a process exit. Messages name the file/flag, expected vs found, and a hint.
+// ---------------------------------------------------------------------------------------------
+enum class ErrorKind { usage = 2, runtime = 1 };
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+  ErrorKind kind() const { return kind_; }
+  int exit_code() const { return static_cast<int>(kind_); }
+
+ private:
+  ErrorKind kind_;
+};
+
+namespace detail {
+inline void append_all(std::ostringstream&) {}
+template <class T, class... Rest>
+void append_all(std::ostringstream& out, const T& first, const Rest&... rest) {
+  out << first;
+  append_all(out, rest...);
+}
+}  // namespace detail
+
+// Concatenates its arguments with operator<<: cat("expected ", n, " rows").
+template <class... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream out;
+  detail::append_all(out, args...);
+  return out.str();
+}
+
+// Throw a usage error (bad flags, inconsistent options): exit code 2.
+template <class... Args>
+[[noreturn]] void usage_error(const Args&... args) {
+  throw Error(ErrorKind::usage, cat(args...));
+}
+// Throw a runtime error (unreadable/malformed files, bad data): exit code 1.
+template <class... Args>
+[[noreturn]] void runtime_error(const Args&... args) {
+  throw Error(ErrorKind::runtime, cat(args...));
+}
+
+[[noreturn]] void assert_fail(const char* expr, const char* file, int line, const std::string& msg);
+
+#define MSAE_ASSERT(cond, ...)                                                              \
+  do {                                                                                      \
+    if (!(cond)) ::msae::assert_fail(#cond, __FILE__, __LINE__, ::msae::cat("" __VA_ARGS__)); \
+  } while (0)
+
+// ---------------------------------------------------------------------------------------------
+// Aligned buffers. 64-byte alignment (one cache line, one AVX-512 vector) for every float array.
+// ---------------------------------------------------------------------------------------------
+template <class T, std::size_t Alignment = 64>
+struct AlignedAllocator {
+  using value_type = T;
+  template <class U>
+  struct rebind {
+    using other = AlignedAllocator<U, Alignment>;
+  };
+  AlignedAllocator() noexcept = default;
+  template <class U>
+  AlignedAllocator(const AlignedAllocator<U, Alignment>&) noexcept {}
+  T* allocate(std::size_t n) {
+    if (n == 0) return nullptr;
+    void* p = ::operator new(n * sizeof(T), std::align_val_t(Alignment));
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t) noexcept {
+    if (p) ::operator delete(p, std::align_val_t(Alignment));
+  }
+  template <class U>
+  bool operator==(const AlignedAllocator<U, Alignment>&) const noexcept {
+    return true;
+  }
+};
+
+using FloatBuffer = std::vector<float, AlignedAllocator<float>>;
+
+// A dense float32 tensor, row-major (C order). The shape is explicit; data.size() == numel(shape).
+struct Tensor {
+  std::vector<int64_t> shape;
+  FloatBuffer data;
+
+  Tensor() = default;
+  explicit Tensor(std::vector<int64_t> s, float fill = 0.0f);
+  int64_t numel() const { return static_cast<int64_t>(data.size()); }
+  int64_t rows() const { return shape.empty() ? 1 : shape[0]; }
+  int64_t cols() const { return shape.size() < 2 ? 1 : shape[1]; }
+  float* ptr() { return data.data(); }
+  const float* ptr() const { return data.data(); }
+};
+
+int64_t numel(const std::vector<int64_t>& shape);
+std::string shape_str(const std::vector<int64_t>& shape);  // "(4, 16)"
+
+// ---------------------------------------------------------------------------------------------
+// Logging to stderr. Levels: 0 quiet (errors only), 1 info (default), 2 debug.
+// ---------------------------------------------------------------------------------------------
+void set_log_level(int level);
+int log_level();
+void log_info(const std::string& message);
+void log_debug(const std::string& message);
+void log_warn(const std::string& message);
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic RNG (xoshiro256**, seeded with splitmix64). Same stream on every platform, unlike
+// the std:: distributions. Not thread-safe; give each thread its own (see split()).
+// ---------------------------------------------------------------------------------------------
+class Rng {
+ public:
+  explicit Rng(uint64_t seed = 0);
+  uint64_t next_u64();
+  double uniform();                    // [0, 1)
+  float uniform(float lo, float hi);   // [lo, hi)
+  double normal();                     // N(0, 1), Box-Muller
+  uint64_t below(uint64_t n);          // uniform integer in [0, n), n > 0, unbiased
+  Rng split(uint64_t stream);          // an independent generator derived from this one's state
+  // Full state, for checkpoints.
+  std::vector<uint64_t> state() const;
+  void set_state(const std::vector<uint64_t>& s);
+
+ private:
+  uint64_t s_[4];
+};
+
+// In-place Fisher-Yates shuffle of [0, n) indices with the given rng.
+void shuffle_indices(std::vector<int64_t>& indices, Rng& rng);
+
+// ---------------------------------------------------------------------------------------------
+// Timer and threads.
+// ---------------------------------------------------------------------------------------------
+class Timer {
+ public:
+  Timer() : start_(std::chrono::steady_clock::now()) {}
+  void reset() { start_ = std::chrono::steady_clock::now(); }
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
+int num_threads();                 // threads msae kernels use (OpenMP)
+void set_num_threads(int n);       // n <= 0: all hardware threads (OpenMP only; BLAS: kernels::set_blas_threads)
+int64_t peak_rss_bytes();          // from /proc/self/status (VmHWM); -1 if unknown
+
+// Build information, for self-describing outputs.
+const char* version_string();
+const char* git_commit();
+
+}  // namespace msae

@@ -1,0 +1,117 @@
+// msae io: the project's own .npy and .safetensors readers/writers, and atomic file-system helpers.
+// io depends on core only; it knows nothing of SAEs (export passes a list of named tensors).
+//
+// Every reader of outside bytes validates magic, header syntax, dtype, shape and file size, and throws
+// msae::Error (runtime, exit 1) naming the file, what was expected and what was found. Readers never
+// crash or read out of bounds on malformed input.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "msae/core.h"
+
+namespace msae::io {
+
+enum class DType { f32, f16, bf16 };
+const char* dtype_name(DType t);  // "float32" / "float16" / "bfloat16"
+int dtype_size(DType t);          // bytes per element
+
+// IEEE half / bfloat16 <-> float32 conversions (round-to-nearest-even on the way down).
+float half_to_float(uint16_t h);
+uint16_t float_to_half(float f);
+float bf16_to_float(uint16_t b);
+uint16_t float_to_bf16(float f);
+// Convert n elements of dtype `t` at `src` (little-endian) into float32 `dst`.
+void convert_to_f32(DType t, const void* src, float* dst, int64_t n);
+
+// ---------------------------------------------------------------------------------------------
+// .npy (format versions 1.0, 2.0 and 3.0). Supported element types: '<f4' (float32) and '<f2'
+// (float16); '<u2' is accepted as bf16 only when the caller asks for it (bf16_as_u2 = true).
+// Fortran order is rejected with a clear message.
+// ---------------------------------------------------------------------------------------------
+struct NpyHeader {
+  DType dtype = DType::f32;
+  std::vector<int64_t> shape;
+  int64_t data_offset = 0;  // byte offset of the first element
+};
+
+// Parse and validate the header of `path`; also checks that the file holds all the data the shape says.
+NpyHeader read_npy_header(const std::string& path, bool bf16_as_u2 = false);
+
+// Read a whole .npy into a float32 tensor (converting f16/bf16).
+Tensor read_npy(const std::string& path, bool bf16_as_u2 = false);
+
+// Write a float32 array as .npy version 1.0 ('<f4', C order). Written to path + ".tmp" then renamed.
+void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape);
+inline void write_npy(const std::string& path, const Tensor& t) { write_npy(path, t.ptr(), t.shape); }
+
+// A read-only memory map of a 2-D .npy (N, d): rows are converted to float32 on request.
+// Thread-safe for concurrent reads.
+class NpyRows {
+ public:
+  explicit NpyRows(const std::string& path, bool bf16_as_u2 = false);
+  ~NpyRows();
+  NpyRows(const NpyRows&) = delete;
+  NpyRows& operator=(const NpyRows&) = delete;
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  DType dtype() const { return header_.dtype; }
+  const std::string& path() const { return path_; }
+  // Copy rows [begin, begin + count) into dst (count, cols) as float32.
+  void read_rows(int64_t begin, int64_t count, float* dst) const;
+  // Copy the rows with the given indices (each in [0, rows)) into dst (n, cols) as float32.
+  void gather_rows(const int64_t* indices, int64_t n, float* dst) const;
+
+ private:
+  std::string path_;
+  NpyHeader header_;
+  int64_t rows_ = 0, cols_ = 0;
+  const unsigned char* map_ = nullptr;
+  size_t map_size_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// .safetensors: 8-byte little-endian header length, JSON header {name: {dtype, shape, data_offsets}},
+// optional "__metadata__" (string -> string), then the data. Reader accepts F32, F16, BF16 and
+// converts to float32; writer writes F32. Validated: header length vs file size, JSON syntax, dtype,
+// shape product vs byte range, ranges in bounds and non-overlapping.
+// ---------------------------------------------------------------------------------------------
+struct SafetensorsFile {
+  std::map<std::string, Tensor> tensors;            // converted to float32
+  std::map<std::string, DType> stored_dtypes;       // dtype as stored in the file
+  std::map<std::string, std::string> metadata;      // "__metadata__"
+};
+
+SafetensorsFile read_safetensors(const std::string& path);
+
+// A tensor to write: name, shape and a pointer to numel(shape) float32 values (not owned).
+struct TensorRef {
+  std::string name;
+  std::vector<int64_t> shape;
+  const float* data = nullptr;
+};
+
+// Writes F32 tensors in the order given (data 8-byte aligned as the format requires), with metadata.
+// Written to path + ".tmp" then renamed.
+void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// ---------------------------------------------------------------------------------------------
+// File-system helpers.
+// ---------------------------------------------------------------------------------------------
+std::string read_text_file(const std::string& path);           // throws msae::Error if unreadable
+void write_text_file_atomic(const std::string& path, const std::string& text);  // tmp + rename
+bool path_exists(const std::string& path);
+bool is_directory(const std::string& path);
+// Replace `final_dir` with the fully written `tmp_dir` (rename; if final_dir exists it is removed
+// first, only when `overwrite`). Throws if final_dir exists and !overwrite.
+void commit_directory(const std::string& tmp_dir, const std::string& final_dir, bool overwrite);
+void remove_all(const std::string& path);
+void create_directories(const std::string& path);
+
+}  // namespace msae::io

@@ -1,0 +1,18 @@
+// Naive reference kernels: the test oracle for kernels.h and a debug fallback. Single-threaded,
+// written for clarity, never deleted. Same contracts (shapes, tie policy) as kernels.h.
+#pragma once
+
+#include "msae/kernels.h"
+
+namespace msae::kernels::ref {
+
+// C = alpha * op(A) @ op(B) + beta * C, triple loop, accumulating in double.
+void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+void batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCodes& out);
+void row_topk(const float* pre, int64_t B, int64_t D, int64_t k, SparseCodes& out);
+void threshold_select(const float* pre, int64_t B, int64_t D, float threshold, int64_t limit, SparseCodes& out);
+void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& h, int64_t t);
+
+}  // namespace msae::kernels::ref

@@ -1,0 +1,37 @@
+#include <cstdio>
+
+#include "msae/core.h"
+
+namespace msae {
+
+void assert_fail(const char* expr, const char* file, int line, const std::string& msg) {
+  std::fprintf(stderr, "msae: internal error (a bug in msae): %s:%d: assertion `%s` failed%s%s\n", file, line,
+               expr, msg.empty() ? "" : ": ", msg.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string out = "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(shape[i]);
+  }
+  if (shape.size() == 1) out += ",";
+  return out + ")";
+}
+
+Tensor::Tensor(std::vector<int64_t> s, float fill) : shape(std::move(s)) {
+  data.assign(static_cast<size_t>(msae::numel(shape)), fill);
+}
+
+const char* version_string() { return MSAE_VERSION; }
+const char* git_commit() { return MSAE_GIT_COMMIT; }
+
+}  // namespace msae
