@@ -1,1 +1,250 @@
-// (to be written)
+// The dense reference training step: SPEC.md written out with dense (B, D) tensors and one GEMM per
+// Matryoshka group slice, the way the published PyTorch code computes it. It is the oracle the sparse
+// engine is tested against, so it favours the obvious formulation over speed.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "msae/kernels.h"
+#include "msae/model.h"
+
+namespace msae {
+namespace {
+
+using kernels::Trans;
+
+double mean_sq_diff(const float* a, const float* b, int64_t n) {
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double diff = static_cast<double>(a[i]) - b[i];
+    total += diff * diff;
+  }
+  return total / static_cast<double>(n);
+}
+
+// Mean over columns of the batch variance of x (B, d): the denominator of the fraction of variance unexplained.
+double column_variance(const float* x, int64_t B, int64_t d) {
+  std::vector<double> mean(d, 0.0), sq(d, 0.0);
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t j = 0; j < d; ++j) {
+      mean[j] += x[r * d + j];
+      sq[j] += static_cast<double>(x[r * d + j]) * x[r * d + j];
+    }
+  double total = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double m = mean[j] / B;
+    total += sq[j] / B - m * m;
+  }
+  return total / static_cast<double>(d);
+}
+
+class ReferenceEngine final : public StepEngine {
+ public:
+  const char* name() const override { return "reference"; }
+
+  StepStats forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& p, LatentState& state,
+                             SaeGrads& grads) override {
+    const int64_t d = p.d, D = p.D, G = cfg.num_groups();
+    const int64_t N = B * d;
+    const std::vector<int64_t> bounds = cfg.boundaries();
+    StepStats stats;
+
+    // 1. x_cent = x - b_dec  (B, d)
+    std::vector<float> x_cent(N);
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t j = 0; j < d; ++j) x_cent[r * d + j] = x[r * d + j] - p.b_dec.data[j];
+
+    // 2. pre = x_cent @ W_enc (+ b_enc)  (B, D); acts = relu(pre)
+    std::vector<float> pre(B * D);
+    kernels::sgemm(Trans::no, Trans::yes, B, D, d, 1.0f, x_cent.data(), d, p.W_enc_t.ptr(), d, 0.0f, pre.data(), D);
+    if (cfg.encoder_bias)
+      for (int64_t r = 0; r < B; ++r)
+        for (int64_t i = 0; i < D; ++i) pre[r * D + i] += p.b_enc.data[i];
+    std::vector<float> acts(B * D);
+    for (int64_t n = 0; n < B * D; ++n) acts[n] = std::max(pre[n], 0.0f);
+
+    // 3. selection -> z (B, D)
+    kernels::SparseCodes codes;
+    if (cfg.arch == Arch::topk)
+      kernels::row_topk(pre.data(), B, D, cfg.k, codes);
+    else
+      kernels::batch_topk(pre.data(), B, D, cfg.k * B, codes);
+    std::vector<float> z(B * D);
+    kernels::codes_to_dense(codes, z.data());
+    stats.l0 = static_cast<double>(codes.nnz()) / static_cast<double>(B);
+
+    // 4. threshold EMA (float32 arithmetic, as the published code does it on a float32 buffer)
+    if (codes.nnz() > 0) {
+      const float min_positive = *std::min_element(codes.vals.begin(), codes.vals.end());
+      p.threshold = 0.99f * p.threshold + 0.01f * min_positive;
+    }
+
+    // 6. dead-latent counter, before the loss
+    state.n_inactive.resize(D, 0);
+    for (int64_t i = 0; i < D; ++i) {
+      bool fired = false;
+      for (int64_t r = 0; r < B && !fired; ++r) fired = z[r * D + i] > 0.0f;
+      state.n_inactive[i] = fired ? 0 : state.n_inactive[i] + 1;
+    }
+    std::vector<int64_t> dead;
+    for (int64_t i = 0; i < D; ++i)
+      if (state.n_inactive[i] >= cfg.dead_after_batches) dead.push_back(i);
+    stats.n_dead = static_cast<int64_t>(dead.size());
+
+    // 5. prefix reconstructions r_g = b_dec + z[:, :m_g] @ W_dec[:m_g]  (G, B, d)
+    std::vector<float> recon(G * N);
+    std::vector<float> running(N);
+    for (int64_t r = 0; r < B; ++r) std::copy(p.b_dec.ptr(), p.b_dec.ptr() + d, running.begin() + r * d);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t lo = g == 0 ? 0 : bounds[g - 1], hi = bounds[g];
+      kernels::sgemm(Trans::no, Trans::no, B, d, hi - lo, 1.0f, z.data() + lo, D, p.W_dec.ptr() + lo * d, d, 1.0f,
+                     running.data(), d);
+      std::copy(running.begin(), running.end(), recon.begin() + g * N);
+    }
+
+    // Loss
+    std::vector<float> b_dec_rows(N);
+    for (int64_t r = 0; r < B; ++r) std::copy(p.b_dec.ptr(), p.b_dec.ptr() + d, b_dec_rows.begin() + r * d);
+    stats.mse_bdec = mean_sq_diff(b_dec_rows.data(), x, N);
+    stats.mse_prefix.resize(G);
+    double rec_sum = stats.mse_bdec;
+    for (int64_t g = 0; g < G; ++g) rec_sum += stats.mse_prefix[g] = mean_sq_diff(recon.data() + g * N, x, N);
+    stats.l_rec = rec_sum / static_cast<double>(G + 1);
+    stats.var_x = column_variance(x, B, d);
+
+    // AuxK: per row, the top min(aux_k, n_dead) of acts restricted to dead latents (zeros included, as
+    // torch.topk would pick them; they add nothing).
+    const float* r_full = recon.data() + (G - 1) * N;
+    std::vector<float> aux_acts;  // (B, D) dense, nonzero only at the selected dead entries
+    std::vector<float> q;         // (B, d) dL/d(aux reconstruction)
+    const int64_t aux_keep = std::min<int64_t>(cfg.aux_k, stats.n_dead);
+    if (aux_keep > 0) {
+      aux_acts.assign(B * D, 0.0f);
+      std::vector<int64_t> order(dead.size());
+      for (int64_t r = 0; r < B; ++r) {
+        std::iota(order.begin(), order.end(), 0);
+        const float* row = acts.data() + r * D;
+        std::partial_sort(order.begin(), order.begin() + aux_keep, order.end(), [&](int64_t a, int64_t b) {
+          const float va = row[dead[a]], vb = row[dead[b]];
+          return va != vb ? va > vb : a < b;
+        });
+        for (int64_t j = 0; j < aux_keep; ++j) aux_acts[r * D + dead[order[j]]] = row[dead[order[j]]];
+      }
+      std::vector<float> aux_recon(N, 0.0f);  // a = aux_acts @ W_dec (no bias)
+      kernels::sgemm(Trans::no, Trans::no, B, d, D, 1.0f, aux_acts.data(), D, p.W_dec.ptr(), d, 0.0f,
+                     aux_recon.data(), d);
+      const bool any_nonzero = std::any_of(aux_recon.begin(), aux_recon.end(), [](float v) { return v != 0.0f; });
+      if (any_nonzero) {
+        stats.aux_active = true;
+        // e = x - r_G (not detached); L_aux = coef * mean((a - e)^2)
+        q.resize(N);
+        double total = 0.0;
+        const float scale = static_cast<float>(2.0 * cfg.aux_coef / static_cast<double>(N));
+        for (int64_t n = 0; n < N; ++n) {
+          const float diff = aux_recon[n] - (x[n] - r_full[n]);
+          total += static_cast<double>(diff) * diff;
+          q[n] = scale * diff;
+        }
+        stats.l_aux = cfg.aux_coef * total / static_cast<double>(N);
+      }
+    }
+    stats.loss = stats.l_rec + stats.l_aux;
+
+    // Backward. e_g = dL/dr_g = 2 (r_g - x) / (N (G+1)); AuxK adds q to e_G (through e = x - r_G).
+    const float rec_scale = static_cast<float>(2.0 / (static_cast<double>(N) * static_cast<double>(G + 1)));
+    std::vector<float> suffix(N, 0.0f);  // S_g = sum_{h >= g} e_h, built from the last group down
+    std::vector<float> grad_pre(B * D, 0.0f);
+    std::fill(grads.W_dec.data.begin(), grads.W_dec.data.end(), 0.0f);
+    std::fill(grads.b_dec.data.begin(), grads.b_dec.data.end(), 0.0f);
+    for (int64_t g = G - 1; g >= 0; --g) {
+      const float* r_g = recon.data() + g * N;
+      for (int64_t n = 0; n < N; ++n) {
+        float e = rec_scale * (r_g[n] - x[n]);
+        if (g == G - 1 && !q.empty()) e += q[n];
+        suffix[n] += e;
+        grads.b_dec.data[n % d] += e;  // r_g contains b_dec once
+      }
+      const int64_t lo = g == 0 ? 0 : bounds[g - 1], hi = bounds[g];
+      // grad z[:, lo:hi] = S_g @ W_dec[lo:hi]^T ; grad W_dec[lo:hi] = z[:, lo:hi]^T @ S_g
+      kernels::sgemm(Trans::no, Trans::yes, B, hi - lo, d, 1.0f, suffix.data(), d, p.W_dec.ptr() + lo * d, d, 0.0f,
+                     grad_pre.data() + lo, D);
+      kernels::sgemm(Trans::yes, Trans::no, hi - lo, d, B, 1.0f, z.data() + lo, D, suffix.data(), d, 0.0f,
+                     grads.W_dec.ptr() + lo * d, d);
+    }
+    // Straight-through the selection: only kept entries (z > 0) pass gradient.
+    for (int64_t n = 0; n < B * D; ++n)
+      if (!(z[n] > 0.0f)) grad_pre[n] = 0.0f;
+    // The b_dec-only term: d/d b_dec of mean((b_dec - x)^2) / (G+1).
+    for (int64_t n = 0; n < N; ++n) grads.b_dec.data[n % d] += rec_scale * (p.b_dec.data[n % d] - x[n]);
+
+    if (!q.empty()) {
+      // a = aux_acts @ W_dec: grad aux_acts = q @ W_dec^T (only at the selected, positive entries);
+      // grad W_dec += aux_acts^T @ q.
+      std::vector<float> grad_aux(B * D);
+      kernels::sgemm(Trans::no, Trans::yes, B, D, d, 1.0f, q.data(), d, p.W_dec.ptr(), d, 0.0f, grad_aux.data(), D);
+      for (int64_t n = 0; n < B * D; ++n)
+        if (aux_acts[n] > 0.0f) grad_pre[n] += grad_aux[n];
+      kernels::sgemm(Trans::yes, Trans::no, D, d, B, 1.0f, aux_acts.data(), D, q.data(), d, 1.0f, grads.W_dec.ptr(), d);
+    }
+
+    // pre = x_cent @ W_enc (+ b_enc): grad W_enc^T = grad_pre^T @ x_cent; grad x_cent = grad_pre @ W_enc^T.
+    kernels::sgemm(Trans::yes, Trans::no, D, d, B, 1.0f, grad_pre.data(), D, x_cent.data(), d, 0.0f,
+                   grads.W_enc_t.ptr(), d);
+    std::fill(grads.b_enc.data.begin(), grads.b_enc.data.end(), 0.0f);
+    if (cfg.encoder_bias)
+      for (int64_t r = 0; r < B; ++r)
+        for (int64_t i = 0; i < D; ++i) grads.b_enc.data[i] += grad_pre[r * D + i];
+    std::vector<float> grad_x_cent(N);
+    kernels::sgemm(Trans::no, Trans::no, B, d, D, 1.0f, grad_pre.data(), D, p.W_enc_t.ptr(), d, 0.0f,
+                   grad_x_cent.data(), d);
+    for (int64_t n = 0; n < N; ++n) grads.b_dec.data[n % d] -= grad_x_cent[n];  // x_cent = x - b_dec
+    return stats;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<StepEngine> make_reference_engine() { return std::make_unique<ReferenceEngine>(); }
+
+kernels::SparseCodes encode_inference(const SaeConfig& cfg, const SaeParams& p, const float* x, int64_t B,
+                                      int64_t limit) {
+  const int64_t d = p.d, D = p.D;
+  constexpr int64_t kChunk = 1024;  // rows per GEMM: bounds the (chunk, D) pre-activation buffer
+  kernels::SparseCodes out;
+  out.rows = B;
+  out.cols = D;
+  out.row_ptr.assign(1, 0);
+  std::vector<float> x_cent(kChunk * d), pre(kChunk * D);
+  kernels::SparseCodes part;
+  for (int64_t r0 = 0; r0 < B; r0 += kChunk) {
+    const int64_t rows = std::min(kChunk, B - r0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < d; ++j) x_cent[r * d + j] = x[(r0 + r) * d + j] - p.b_dec.data[j];
+    kernels::sgemm(Trans::no, Trans::yes, rows, D, d, 1.0f, x_cent.data(), d, p.W_enc_t.ptr(), d, 0.0f, pre.data(), D);
+    if (cfg.encoder_bias)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < D; ++i) pre[r * D + i] += p.b_enc.data[i];
+    kernels::threshold_select(pre.data(), rows, D, p.threshold, limit, part);
+    const int64_t base = out.row_ptr.back();
+    for (int64_t r = 1; r <= rows; ++r) out.row_ptr.push_back(base + part.row_ptr[r]);
+    out.ids.insert(out.ids.end(), part.ids.begin(), part.ids.end());
+    out.vals.insert(out.vals.end(), part.vals.begin(), part.vals.end());
+  }
+  return out;
+}
+
+void decode(const SaeParams& p, const kernels::SparseCodes& z, float* r) {
+  const int64_t d = p.d;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < z.rows; ++row) {
+    float* out = r + row * d;
+    std::copy(p.b_dec.ptr(), p.b_dec.ptr() + d, out);
+    for (int64_t j = z.row_ptr[row]; j < z.row_ptr[row + 1]; ++j) {
+      const float v = z.vals[j];
+      const float* w = p.W_dec.ptr() + static_cast<int64_t>(z.ids[j]) * d;
+      for (int64_t c = 0; c < d; ++c) out[c] += v * w[c];
+    }
+  }
+}
+
+}  // namespace msae

@@ -1,1 +1,108 @@
-// (to be written)
+// Naive reference kernels (test oracle). Clarity over speed; single-threaded.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "msae/kernels_ref.h"
+
+namespace msae::kernels {
+
+void codes_to_dense(const SparseCodes& codes, float* dense) {
+  std::fill(dense, dense + codes.rows * codes.cols, 0.0f);
+  for (int64_t r = 0; r < codes.rows; ++r)
+    for (int64_t j = codes.row_ptr[r]; j < codes.row_ptr[r + 1]; ++j) dense[r * codes.cols + codes.ids[j]] = codes.vals[j];
+}
+
+namespace ref {
+namespace {
+
+// Builds CSR codes from a dense (B, D) keep-mask over relu(pre); zero values are dropped.
+void codes_from_mask(const float* pre, int64_t B, int64_t D, const std::vector<char>& keep, SparseCodes& out) {
+  out.rows = B;
+  out.cols = D;
+  out.row_ptr.assign(B + 1, 0);
+  out.ids.clear();
+  out.vals.clear();
+  for (int64_t r = 0; r < B; ++r) {
+    for (int64_t i = 0; i < D; ++i) {
+      const int64_t flat = r * D + i;
+      if (keep[flat] && pre[flat] > 0.0f) {
+        out.ids.push_back(static_cast<int32_t>(i));
+        out.vals.push_back(pre[flat]);
+      }
+    }
+    out.row_ptr[r + 1] = static_cast<int64_t>(out.ids.size());
+  }
+}
+
+// Orders flat indices by value descending, ties by lower index first (the documented tie policy).
+struct ByValueThenIndex {
+  const float* values;
+  bool operator()(int64_t a, int64_t b) const {
+    const float va = std::max(values[a], 0.0f), vb = std::max(values[b], 0.0f);
+    return va != vb ? va > vb : a < b;
+  }
+};
+
+}  // namespace
+
+void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double acc = 0.0;
+      for (int64_t p = 0; p < K; ++p) {
+        const float a = trans_a == Trans::no ? A[i * lda + p] : A[p * lda + i];
+        const float b = trans_b == Trans::no ? B[p * ldb + j] : B[j * ldb + p];
+        acc += static_cast<double>(a) * b;
+      }
+      float& c = C[i * ldc + j];
+      c = static_cast<float>(alpha * acc + (beta == 0.0f ? 0.0 : static_cast<double>(beta) * c));
+    }
+}
+
+void batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCodes& out) {
+  const int64_t n = B * D;
+  keep = std::clamp<int64_t>(keep, 0, n);
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), ByValueThenIndex{pre});
+  std::vector<char> mask(n, 0);
+  for (int64_t j = 0; j < keep; ++j) mask[order[j]] = 1;
+  codes_from_mask(pre, B, D, mask, out);
+}
+
+void row_topk(const float* pre, int64_t B, int64_t D, int64_t k, SparseCodes& out) {
+  k = std::clamp<int64_t>(k, 0, D);
+  std::vector<char> mask(B * D, 0);
+  std::vector<int64_t> order(D);
+  for (int64_t r = 0; r < B; ++r) {
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), ByValueThenIndex{pre + r * D});
+    for (int64_t j = 0; j < k; ++j) mask[r * D + order[j]] = 1;
+  }
+  codes_from_mask(pre, B, D, mask, out);
+}
+
+void threshold_select(const float* pre, int64_t B, int64_t D, float threshold, int64_t limit, SparseCodes& out) {
+  std::vector<char> mask(B * D, 0);
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t i = 0; i < std::min(limit, D); ++i) mask[r * D + i] = std::max(pre[r * D + i], 0.0f) > threshold;
+  codes_from_mask(pre, B, D, mask, out);
+}
+
+void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& h, int64_t t) {
+  const double bc1 = 1.0 - std::pow(static_cast<double>(h.beta1), static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(h.beta2), static_cast<double>(t));
+  const float step_size = static_cast<float>(h.lr / bc1);
+  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  for (int64_t i = 0; i < n; ++i) {
+    m[i] = h.beta1 * m[i] + (1.0f - h.beta1) * g[i];
+    v[i] = h.beta2 * v[i] + (1.0f - h.beta2) * g[i] * g[i];
+    const float denom = std::sqrt(v[i]) / bc2_sqrt + h.eps;
+    p[i] -= step_size * (m[i] / denom);
+  }
+}
+
+}  // namespace ref
+}  // namespace msae::kernels
