@@ -1,1 +1,84 @@
-// (to be written)
+// msae inspect: what an SAE directory holds.
+#include <cmath>
+#include <cstdio>
+
+#include "commands.h"
+#include "msae/train.h"
+
+namespace msae::cli {
+namespace {
+
+struct InspectArgs {
+  std::string dir;
+  bool json = false;
+};
+
+int run_inspect(const InspectArgs& a) {
+  const train::SaeDirectory sae = train::read_sae_dir(a.dir);
+  const SaeConfig& c = sae.sae;
+  const SaeParams& p = sae.params;
+  double min_norm = 1e30, max_norm = 0;
+  for (int64_t i = 0; i < p.D; ++i) {
+    double n2 = 0;
+    for (int64_t j = 0; j < p.d; ++j) n2 += static_cast<double>(p.W_dec.data[i * p.d + j]) * p.W_dec.data[i * p.d + j];
+    min_norm = std::min(min_norm, std::sqrt(n2));
+    max_norm = std::max(max_norm, std::sqrt(n2));
+  }
+  nlohmann::json info = {{"dir", a.dir},
+                         {"arch", arch_name(c.arch)},
+                         {"d_in", p.d},
+                         {"d_sae", p.D},
+                         {"k", c.k},
+                         {"group_sizes", c.group_sizes},
+                         {"group_boundaries", c.boundaries()},
+                         {"encoder_bias", c.encoder_bias},
+                         {"threshold", p.threshold},
+                         {"decoder_row_norm_min", min_norm},
+                         {"decoder_row_norm_max", max_norm},
+                         {"msae", sae.msae_json.is_object() && !sae.msae_json.empty()}};
+  if (sae.msae_json.contains("training")) info["training"] = sae.msae_json["training"];
+  if (sae.msae_json.contains("final_metrics")) info["final_metrics"] = sae.msae_json["final_metrics"];
+  if (a.json) {
+    std::printf("%s\n", info.dump(2).c_str());
+    return 0;
+  }
+  std::printf("%s\n", a.dir.c_str());
+  std::printf("  architecture   %s (exported as SAELens jumprelu)\n", arch_name(c.arch));
+  std::printf("  shapes         d_in %lld, d_sae %lld  (W_enc (%lld, %lld), W_dec (%lld, %lld))\n",
+              static_cast<long long>(p.d), static_cast<long long>(p.D), static_cast<long long>(p.d),
+              static_cast<long long>(p.D), static_cast<long long>(p.D), static_cast<long long>(p.d));
+  std::printf("  k              %lld\n", static_cast<long long>(c.k));
+  std::printf("  groups         %s  (prefixes %s)\n", nlohmann::json(c.group_sizes).dump().c_str(),
+              nlohmann::json(c.boundaries()).dump().c_str());
+  std::printf("  encoder bias   %s\n", c.encoder_bias ? "yes" : "no");
+  std::printf("  threshold      %.6g\n", p.threshold);
+  std::printf("  decoder norms  %.6f .. %.6f\n", min_norm, max_norm);
+  if (sae.msae_json.contains("training")) {
+    const auto& t = sae.msae_json["training"];
+    std::printf("  training       %s steps, %s tokens, batch %s, lr %s, data %s, %s\n", t.value("steps", nlohmann::json()).dump().c_str(),
+                t.value("tokens", nlohmann::json()).dump().c_str(), t.value("batch", nlohmann::json()).dump().c_str(),
+                t.value("lr", nlohmann::json()).dump().c_str(), t.value("data", nlohmann::json()).dump().c_str(),
+                t.value("completed", false) ? "completed" : "NOT completed (interrupted)");
+  }
+  if (sae.msae_json.contains("final_metrics") && sae.msae_json["final_metrics"].contains("whole")) {
+    const auto& w = sae.msae_json["final_metrics"]["whole"];
+    std::printf("  final metrics  FVU %.4f, L0 %.2f, MSE %.4g\n", w.value("fvu", 0.0), w.value("l0", 0.0),
+                w.value("mse", 0.0));
+  }
+  if (sae.msae_json.contains("git_commit"))
+    std::printf("  written by     msae %s (%s)\n", sae.msae_json.value("msae_version", "?").c_str(),
+                sae.msae_json.value("git_commit", "?").c_str());
+  return 0;
+}
+
+}  // namespace
+
+Action add_inspect_command(CLI::App& root) {
+  auto a = std::make_shared<InspectArgs>();
+  CLI::App* app = root.add_subcommand("inspect", "Show what an SAE directory holds");
+  app->add_option("dir", a->dir, "SAE directory")->required();
+  app->add_flag("--json", a->json, "Print JSON");
+  return [a]() { return run_inspect(*a); };
+}
+
+}  // namespace msae::cli

@@ -1,0 +1,16 @@
+// The msae subcommands. Each add_*_command registers its options on `root` and returns the action that
+// runs it after parsing; the action returns the process exit code.
+#pragma once
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace msae::cli {
+
+using Action = std::function<int()>;
+Action add_train_command(CLI::App& root);
+Action add_eval_command(CLI::App& root);
+Action add_inspect_command(CLI::App& root);
+
+}  // namespace msae::cli
