@@ -41,7 +41,8 @@ struct AdamState {
 double apply_update(const SaeConfig& cfg, const kernels::AdamHyper& adam, float max_grad_norm, SaeParams& params,
                     SaeGrads& grads, AdamState& opt);
 
-std::unique_ptr<StepEngine> make_engine(const std::string& name);  // "reference" (more: see docs)
+std::unique_ptr<StepEngine> make_engine(const std::string& name);  // one of engine_names()
+std::vector<std::string> engine_names();  // every registered engine; tests loop over this list
 
 // Running summary a trainer keeps for logs and the final report.
 struct ProgressInfo {

@@ -2,6 +2,8 @@
 
 namespace msae::train {
 
+std::vector<std::string> engine_names() { return {"reference"}; }
+
 std::unique_ptr<StepEngine> make_engine(const std::string& name) {
   if (name == "reference") return make_reference_engine();
   usage_error("--engine: unknown training engine '", name, "'; expected: reference");
