@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs msae's build and test dependencies from Debian 12's packages (docs/dependencies.md says why
+# each one is needed). Runs apt-get through sudo when not root.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+PACKAGES=(
+  build-essential cmake git
+  libopenblas-dev libopenblas-pthread-dev
+  nlohmann-json3-dev libcli11-dev
+  libgtest-dev
+)
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+echo "msae: dependencies installed (${PACKAGES[*]})"
