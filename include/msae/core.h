@@ -2,6 +2,7 @@
 // Everything else in msae depends on this header only (plus the standard library).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace msae {
@@ -162,9 +164,44 @@ class Timer {
   std::chrono::steady_clock::time_point start_;
 };
 
-int num_threads();                 // threads msae kernels use (OpenMP)
-void set_num_threads(int n);       // n <= 0: all hardware threads (OpenMP only; BLAS: kernels::set_blas_threads)
+// msae runs its kernels (and splits its GEMMs, see kernels::sgemm) on one persistent pool of
+// num_threads() threads: the calling thread plus num_threads() - 1 workers. Idle workers sleep on a
+// futex after a short spin (about 50 us), so they never compete for cores with other threads (OpenMP's
+// default active waiting did: on 2 cores it slowed steps up to 3x next to OpenBLAS's own workers;
+// docs/performance.md). OpenMP is still told the same count for the code that uses it.
+int num_threads();                 // threads msae kernels use
+void set_num_threads(int n);       // n <= 0: all hardware threads. Not while a parallel region runs.
 int64_t peak_rss_bytes();          // from /proc/self/status (VmHWM); -1 if unknown
+
+namespace detail {
+using ParallelFn = void (*)(void* ctx, int tid, int nthreads);
+void parallel_invoke(ParallelFn fn, void* ctx, int nthreads);
+}  // namespace detail
+
+// Runs f(tid, nthreads) for tid in [0, nthreads) on the pool, nthreads = min(max_threads, num_threads())
+// (max_threads <= 0: num_threads()); the caller runs tid 0 and returns when every call has returned.
+// A call from inside a parallel region (or from another thread while one runs) runs all tids serially
+// on the calling thread. f must not throw. No allocation.
+template <class F>
+void parallel(F&& f, int max_threads = 0) {
+  auto call = [](void* ctx, int tid, int n) { (*static_cast<std::remove_reference_t<F>*>(ctx))(tid, n); };
+  detail::parallel_invoke(call, const_cast<void*>(static_cast<const void*>(&f)), max_threads);
+}
+
+// Splits [0, n) into nthreads contiguous, nearly equal chunks and runs f(begin, end, tid) on each
+// (chunks of at least min_chunk items, so small loops run on fewer threads).
+template <class F>
+void parallel_for(int64_t n, F&& f, int64_t min_chunk = 1) {
+  if (n <= 0) return;
+  const int64_t most = std::max<int64_t>(1, n / std::max<int64_t>(1, min_chunk));
+  const int threads = static_cast<int>(std::min<int64_t>(most, num_threads()));
+  parallel(
+      [&](int tid, int nt) {
+        const int64_t begin = n * tid / nt, end = n * (tid + 1) / nt;
+        if (begin < end) f(begin, end, tid);
+      },
+      threads);
+}
 
 // Build information, for self-describing outputs.
 const char* version_string();

@@ -19,9 +19,12 @@ namespace msae::kernels {
 enum class Trans { no, yes };
 void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+// Threading: a GEMM large enough to benefit is split (over the larger of M and N) across msae's thread
+// pool (msae::parallel), each part one single-threaded OpenBLAS call; OpenBLAS's own workers stay idle.
+// set_blas_threads(n) caps the parts per GEMM (n <= 0: msae::num_threads()); blas_threads() reports it.
 void set_blas_threads(int n);
 int blas_threads();
-std::string blas_info();  // e.g. "OpenBLAS 0.3.21 (pthread) core=Haswell threads=2"
+std::string blas_info();  // e.g. "OpenBLAS 0.3.21 ... Zen core=Zen threads=2 (...)"
 
 // ---------------------------------------------------------------------------------------------
 // Sparse codes (CSR). Row r owns entries [row_ptr[r], row_ptr[r+1]); latent ids strictly ascending
@@ -53,6 +56,42 @@ void row_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, int64_t k, Spar
 void threshold_select(const float* pre /*(B, D)*/, int64_t B, int64_t D, float threshold, int64_t limit,
                       SparseCodes& out);
 
+// Reusable scratch of the selection kernels: after the first call with a given shape, the calls below
+// allocate nothing (given `out` keeps its capacity too).
+struct SelectScratch {
+  std::vector<std::vector<int32_t>> ids;  // per thread: extracted (row-major) candidate ids
+  std::vector<FloatBuffer> vals;          // per thread: their values
+  std::vector<std::vector<uint32_t>> hist;  // per thread: histogram of float bit patterns
+  std::vector<int64_t> row_count;         // (B) candidates per row
+  std::vector<int64_t> thread_info;       // per-thread counters
+  FloatBuffer work;                       // values of the cut bin / candidate set
+};
+// BatchTopK as batch_topk above (same result, same tie policy), multithreaded on msae's pool. `hint` (> 0)
+// is a guess of the cut value (e.g. the previous step's): entries >= hint are extracted in the first pass
+// over `pre`, and when at least `keep` of them are found the cut is resolved among those alone (one pass
+// over the (B, D) matrix instead of two). A wrong hint costs time, never correctness. Returns the cut (the
+// smallest kept value; 0 when nothing is kept).
+float batch_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, int64_t keep, SparseCodes& out,
+                 SelectScratch& scratch, float hint);
+// TopK per row (row_topk) on msae's pool without allocation.
+void row_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, int64_t k, SparseCodes& out, SelectScratch& scratch);
+
+// AuxK selection: for each row r, the top `keep` values of relu(pre[r, i]) over the latents i in `dead`
+// (ascending ids), positive values only (zeros carry nothing), ties broken by lower latent id; CSR out
+// with ids ascending. Multithreaded; allocation-free after the first call (per-thread scratch in `scratch`).
+void aux_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, const std::vector<int32_t>& dead, int64_t keep,
+              SparseCodes& out, SelectScratch& scratch);
+
+// CSC transpose of CSR codes: for latent i, entries [col_ptr[i], col_ptr[i+1]) in ascending row order;
+// row[e] is the row and src[e] the CSR index of the entry (for its value and its gradient).
+struct CscIndex {
+  std::vector<int64_t> col_ptr;  // (D + 1)
+  std::vector<int32_t> row;      // (nnz)
+  std::vector<int64_t> src;      // (nnz)
+  std::vector<int64_t> counts;   // (threads, D) scratch
+};
+void csr_to_csc(const SparseCodes& codes, CscIndex& out);
+
 // ---------------------------------------------------------------------------------------------
 // Adam (PyTorch semantics, no weight decay, bias-corrected with step t >= 1), one fused pass:
 //   m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
@@ -61,6 +100,15 @@ struct AdamHyper {
   float lr = 3e-4f, beta1 = 0.9f, beta2 = 0.99f, eps = 1e-8f;
 };
 void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& h, int64_t t);
+// The same with the gradient first multiplied by grad_scale in float (the clip coefficient, exactly the
+// reference's in-place `g *= c`; 1 = no clipping). g is not modified. Multithreaded, vectorized.
+void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& h, int64_t t,
+                 float grad_scale);
+// SPEC update steps 2 and 3 for the decoder, fused into one pass per row i (D rows of width d):
+// g_i = grad_scale * grad_i; u_i = W_dec[i] / ||W_dec[i]||; g_i -= (g_i . u_i) u_i; W_dec[i] = u_i;
+// then Adam on W_dec[i] with g_i. `grad` is not modified. Multithreaded, vectorized.
+void decoder_constraint_adam(float* W_dec /*(D, d)*/, const float* grad /*(D, d)*/, float* m, float* v, int64_t D,
+                             int64_t d, const AdamHyper& h, int64_t t, float grad_scale);
 
 // Sum of squares in double (for the global gradient norm).
 double sum_squares(const float* x, int64_t n);

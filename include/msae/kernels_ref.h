@@ -14,5 +14,9 @@ void batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCode
 void row_topk(const float* pre, int64_t B, int64_t D, int64_t k, SparseCodes& out);
 void threshold_select(const float* pre, int64_t B, int64_t D, float threshold, int64_t limit, SparseCodes& out);
 void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& h, int64_t t);
+void aux_topk(const float* pre, int64_t B, int64_t D, const std::vector<int32_t>& dead, int64_t keep, SparseCodes& out);
+void csr_to_csc(const SparseCodes& codes, CscIndex& out);
+void decoder_constraint_adam(float* W_dec, const float* grad, float* m, float* v, int64_t D, int64_t d,
+                             const AdamHyper& h, int64_t t, float grad_scale);
 
 }  // namespace msae::kernels::ref

@@ -96,8 +96,13 @@ class StepEngine {
   virtual const char* name() const = 0;
   virtual StepStats forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& params,
                                      LatentState& state, SaeGrads& grads) = 0;
+  // Seconds spent in each phase of the last forward_backward, for `msae bench` (empty if not measured).
+  virtual std::vector<std::pair<std::string, double>> last_phase_seconds() const { return {}; }
 };
 std::unique_ptr<StepEngine> make_reference_engine();
+// The fast engine (src/model/step_sparse.cpp): one dense GEMM, everything else sparse; same results as
+// the reference to float32 round-off. Reuses its buffers across calls (no allocation after the first step).
+std::unique_ptr<StepEngine> make_sparse_engine();
 
 // Inference encoding (SPEC "Inference"): z = acts * (acts > threshold) for latents < limit (a Matryoshka
 // prefix; limit = D for the whole SAE), acts = relu((x - b_dec) @ W_enc (+ b_enc when used)).

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 
@@ -10,50 +11,79 @@
 
 namespace msae::kernels {
 
-void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
+namespace {
+// GEMM parallelism: msae splits every large GEMM over its own pool (msae::parallel) and runs OpenBLAS
+// single-threaded inside each part. One set of threads in the process, all with passive waits: see
+// src/core/threads.cpp and docs/performance.md for why (OpenBLAS's workers spin after each call).
+std::atomic<int> g_gemm_threads{0};  // 0: follow msae::num_threads()
+
+void blas_single_threaded() {
+  static const bool once = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)once;
+}
+
+void cblas_call(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   cblas_sgemm(CblasRowMajor, trans_a == Trans::yes ? CblasTrans : CblasNoTrans,
               trans_b == Trans::yes ? CblasTrans : CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N),
               static_cast<blasint>(K), alpha, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
               static_cast<blasint>(ldc));
 }
+}  // namespace
 
-void set_blas_threads(int n) { openblas_set_num_threads(std::max(1, n)); }
-int blas_threads() { return openblas_get_num_threads(); }
+void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  blas_single_threaded();
+  const int threads = blas_threads();
+  // Below ~8 MFLOP a split costs more than it saves.
+  if (threads <= 1 || static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) < 4e6) {
+    cblas_call(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // Split the larger of M and N into contiguous parts (multiples of 16 where possible).
+  const bool split_m = M >= N;
+  const int64_t extent = split_m ? M : N;
+  parallel(
+      [&](int tid, int nt) {
+        auto edge = [&](int t) {
+          const int64_t e = extent * t / nt;
+          return t == nt ? extent : std::min(extent, (e + 15) / 16 * 16);
+        };
+        const int64_t lo = edge(tid), hi = edge(tid + 1);
+        if (lo >= hi) return;
+        if (split_m) {
+          const float* a = trans_a == Trans::no ? A + lo * lda : A + lo;
+          cblas_call(trans_a, trans_b, hi - lo, N, K, alpha, a, lda, B, ldb, beta, C + lo * ldc, ldc);
+        } else {
+          const float* b = trans_b == Trans::no ? B + lo : B + lo * ldb;
+          cblas_call(trans_a, trans_b, M, hi - lo, K, alpha, A, lda, b, ldb, beta, C + lo, ldc);
+        }
+      },
+      threads);
+}
+
+void set_blas_threads(int n) {
+  blas_single_threaded();
+  g_gemm_threads.store(std::max(0, n));
+}
+int blas_threads() {
+  const int n = g_gemm_threads.load();
+  return n <= 0 ? num_threads() : std::min(n, num_threads());
+}
 
 std::string blas_info() {
   std::string info = openblas_get_config();
-  info += cat(" core=", openblas_get_corename(), " threads=", openblas_get_num_threads());
+  info += cat(" core=", openblas_get_corename(), " threads=", blas_threads(),
+              " (GEMMs split over msae's pool, OpenBLAS single-threaded per part)");
   const char* coretype = std::getenv("OPENBLAS_CORETYPE");
   if (coretype) info += cat(" (OPENBLAS_CORETYPE=", coretype, " set in the environment)");
+  const char* l2 = std::getenv("OPENBLAS_L2_SIZE");
+  if (l2) info += cat(" (OPENBLAS_L2_SIZE=", l2, " set in the environment)");
   return info;
-}
-
-double sum_squares(const float* x, int64_t n) {
-  double total = 0.0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
-  for (int64_t i = 0; i < n; ++i) total += static_cast<double>(x[i]) * x[i];
-  return total;
-}
-
-void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& h, int64_t t) {
-  // Same arithmetic as kernels::ref::adam_update and torch.optim.Adam (foreach=False):
-  // step_size = lr / bc1; denom = sqrt(v) / sqrt(bc2) + eps; p -= step_size * m / denom.
-  const double bc1 = 1.0 - std::pow(static_cast<double>(h.beta1), static_cast<double>(t));
-  const double bc2 = 1.0 - std::pow(static_cast<double>(h.beta2), static_cast<double>(t));
-  const float step_size = static_cast<float>(h.lr / bc1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-  const float b1 = h.beta1, b2 = h.beta2, one_b1 = 1.0f - h.beta1, one_b2 = 1.0f - h.beta2, eps = h.eps;
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const float gi = g[i];
-    const float mi = b1 * m[i] + one_b1 * gi;
-    const float vi = b2 * v[i] + one_b2 * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] -= step_size * (mi / (std::sqrt(vi) / bc2_sqrt + eps));
-  }
 }
 
 }  // namespace msae::kernels

@@ -1,97 +1,375 @@
-// Selection kernels: linear-time cut finding (nth_element on the positive candidates) instead of the
-// reference's full sort. Same tie policy as the reference: at the cut value, lower flat index first.
+// Selection kernels on msae's thread pool. BatchTopK finds the global cut without sorting: a histogram
+// of the float bit patterns (positive floats order like their bits) locates the bin holding the keep-th
+// largest value, the entries at or above that bin are extracted row by row (so they come out in flat
+// index order, CSR-ready), and nth_element on the extracted few resolves the exact cut. With a hint (the
+// previous step's cut) the extraction happens in the first and only pass over the (B, D) matrix.
+// Tie policy everywhere (kernels.h): among values equal at the cut, lower flat index / lower id first.
 #include <algorithm>
+#include <bit>
+#include <cstring>
+#include <cstdint>
 #include <functional>
+#include <limits>
 
 #include "msae/kernels_ref.h"
 
 namespace msae::kernels {
 namespace {
 
-// Finds the value of the keep-th largest among `cands` (all > 0) and how many entries equal to it are kept.
-// Requires 0 < keep < cands.size().
+constexpr int kBins = 2048;  // sign bit is 0 for positives: exponent (8 bits) + 3 mantissa bits
+inline uint32_t bin_of(float v) { return std::bit_cast<uint32_t>(v) >> 20; }
+
+// Value and count of the cut among `vals` (keep < vals.size()): the keep-th largest, and how many
+// entries equal to it are kept.
 struct Cut {
   float value;
   int64_t ties_to_keep;
 };
-Cut find_cut(std::vector<float>& cands, int64_t keep) {
-  std::nth_element(cands.begin(), cands.begin() + (keep - 1), cands.end(), std::greater<float>());
-  const float value = cands[keep - 1];
+Cut find_cut(float* vals, int64_t n, int64_t keep) {
+  std::nth_element(vals, vals + (keep - 1), vals + n, std::greater<float>());
+  const float value = vals[keep - 1];
   int64_t above = 0;
-  for (int64_t j = 0; j < keep - 1; ++j) above += cands[j] > value;
+  for (int64_t j = 0; j < keep - 1; ++j) above += vals[j] > value;
   return {value, keep - above};
+}
+
+void prepare(SelectScratch& sc, int threads, int64_t B) {
+  if (static_cast<int>(sc.ids.size()) < threads) {
+    sc.ids.resize(threads);
+    sc.vals.resize(threads);
+    sc.hist.resize(threads);
+  }
+  if (static_cast<int64_t>(sc.row_count.size()) < B) sc.row_count.resize(B);
+  if (static_cast<int>(sc.thread_info.size()) < 4 * threads) sc.thread_info.resize(4 * threads);
+}
+
+int select_threads(int64_t B) { return static_cast<int>(std::clamp<int64_t>(B, 1, num_threads())); }
+
+inline int64_t row_begin(int64_t B, int tid, int nt) { return B * tid / nt; }
+
+// Extracts entries of rows [r0, r1) with value >= lo (and > 0) into ids/vals; counts per row.
+// Stops storing (but keeps counting) beyond `cap` entries; returns the count.
+int64_t extract_rows(const float* pre, int64_t D, int64_t r0, int64_t r1, float lo, std::vector<int32_t>& ids,
+                     FloatBuffer& vals, int64_t* row_count, int64_t cap) {
+  ids.clear();
+  vals.clear();
+  int64_t total = 0;
+  const float floor = std::max(lo, std::numeric_limits<float>::denorm_min());
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* row = pre + r * D;
+    int64_t count = 0;
+    for (int64_t i0 = 0; i0 < D; i0 += 16) {
+      const int64_t i1 = std::min(D, i0 + 16);
+      bool any = false;
+      for (int64_t i = i0; i < i1; ++i) any |= row[i] >= floor;  // vectorized test, rare hits
+      if (!any) continue;
+      for (int64_t i = i0; i < i1; ++i) {
+        if (row[i] >= floor) {
+          if (total + count < cap) {
+            ids.push_back(static_cast<int32_t>(i));
+            vals.push_back(row[i]);
+          }
+          ++count;
+        }
+      }
+    }
+    row_count[r] = count;
+    total += count;
+  }
+  return total;
+}
+
+// Writes the final CSR from the per-thread extracted lists, keeping v > cut and the first ties_to_keep
+// entries equal to cut in flat order (keep_all: everything). Thread t owns rows [row_begin(t), ...).
+void compact(SelectScratch& sc, int64_t B, int nt, bool keep_all, Cut cut, SparseCodes& out) {
+  int64_t* gt = sc.thread_info.data();
+  int64_t* eq = gt + nt;
+  int64_t* base = eq + nt;
+  int64_t* ties = base + nt;
+  parallel(
+      [&](int tid, int) {
+        int64_t g = 0, e = 0;
+        const FloatBuffer& v = sc.vals[tid];
+        for (size_t j = 0; j < v.size(); ++j) {
+          g += v[j] > cut.value;
+          e += v[j] == cut.value;
+        }
+        gt[tid] = keep_all ? static_cast<int64_t>(v.size()) : g;
+        eq[tid] = keep_all ? 0 : e;
+      },
+      nt);
+  int64_t offset = 0, ties_left = keep_all ? 0 : cut.ties_to_keep;
+  for (int t = 0; t < nt; ++t) {
+    ties[t] = std::min(ties_left, eq[t]);
+    ties_left -= ties[t];
+    base[t] = offset;
+    offset += gt[t] + ties[t];
+  }
+  out.ids.resize(offset);
+  out.vals.resize(offset);
+  parallel(
+      [&](int tid, int) {
+        const std::vector<int32_t>& ids = sc.ids[tid];
+        const FloatBuffer& vals = sc.vals[tid];
+        int64_t o = base[tid], left = ties[tid];
+        size_t j = 0;
+        for (int64_t r = row_begin(B, tid, nt); r < row_begin(B, tid + 1, nt); ++r) {
+          for (int64_t c = 0; c < sc.row_count[r]; ++c, ++j) {
+            const float v = vals[j];
+            bool take = keep_all || v > cut.value;
+            if (!take && v == cut.value && left > 0) {
+              take = true;
+              --left;
+            }
+            if (take) {
+              out.ids[o] = ids[j];
+              out.vals[o] = v;
+              ++o;
+            }
+          }
+          out.row_ptr[r + 1] = o;
+        }
+      },
+      nt);
 }
 
 }  // namespace
 
-void batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCodes& out) {
-  const int64_t n = B * D;
-  std::vector<float> cands;
-  cands.reserve(static_cast<size_t>(std::min<int64_t>(n, 4 * std::max<int64_t>(keep, 1))));
-  for (int64_t f = 0; f < n; ++f)
-    if (pre[f] > 0.0f) cands.push_back(pre[f]);
-  const bool keep_all = keep >= static_cast<int64_t>(cands.size());
-  Cut cut{0.0f, 0};
-  if (!keep_all && keep > 0) cut = find_cut(cands, keep);
-
+float batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCodes& out, SelectScratch& sc,
+                 float hint) {
   out.rows = B;
   out.cols = D;
   out.row_ptr.assign(B + 1, 0);
   out.ids.clear();
   out.vals.clear();
-  if (keep > 0) {
-    int64_t ties_left = cut.ties_to_keep;
-    for (int64_t r = 0; r < B; ++r) {
-      const float* row = pre + r * D;
-      for (int64_t i = 0; i < D; ++i) {
-        const float v = row[i];
-        if (!(v > 0.0f)) continue;
-        bool take = keep_all || v > cut.value;
-        if (!take && v == cut.value && ties_left > 0) {
-          take = true;
-          --ties_left;
-        }
-        if (take) {
-          out.ids.push_back(static_cast<int32_t>(i));
-          out.vals.push_back(v);
-        }
+  if (keep <= 0 || B <= 0 || D <= 0) return 0.0f;
+  const int nt = select_threads(B);
+  prepare(sc, nt, B);
+  int64_t* found = sc.thread_info.data();
+
+  // Pass 1 with a hint: extract everything >= hint (bounded), hoping for at least `keep` entries.
+  bool resolved = false;
+  if (hint > 0.0f) {
+    const int64_t cap = 3 * keep / nt + 4096;
+    for (int t = 0; t < nt; ++t)
+      if (static_cast<int64_t>(sc.ids[t].capacity()) < cap) {
+        sc.ids[t].reserve(cap);
+        sc.vals[t].reserve(cap);
       }
-      out.row_ptr[r + 1] = static_cast<int64_t>(out.ids.size());
+    parallel(
+        [&](int tid, int) {
+          found[tid] = extract_rows(pre, D, row_begin(B, tid, nt), row_begin(B, tid + 1, nt), hint, sc.ids[tid],
+                                    sc.vals[tid], sc.row_count.data(), cap);
+        },
+        nt);
+    int64_t total = 0;
+    bool overflow = false;
+    for (int t = 0; t < nt; ++t) {
+      total += found[t];
+      overflow |= found[t] > cap;
     }
+    resolved = !overflow && total >= keep;
   }
+  if (!resolved) {
+    // Histogram pass, then extraction of the bins at and above the cut bin.
+    parallel(
+        [&](int tid, int) {
+          std::vector<uint32_t>& h = sc.hist[tid];
+          h.assign(kBins, 0);
+          for (int64_t f = row_begin(B, tid, nt) * D; f < row_begin(B, tid + 1, nt) * D; ++f)
+            if (pre[f] > 0.0f) ++h[bin_of(pre[f])];
+        },
+        nt);
+    int64_t cum = 0;
+    int cut_bin = 0;
+    for (int b = kBins - 1; b >= 0; --b) {
+      for (int t = 0; t < nt; ++t) cum += sc.hist[t][b];
+      if (cum >= keep) {
+        cut_bin = b;
+        break;
+      }
+    }
+    // cum < keep: fewer positives than keep, every positive is kept (cut_bin 0 extracts all).
+    const float lo = cum >= keep ? std::bit_cast<float>(static_cast<uint32_t>(cut_bin) << 20) : 0.0f;
+    parallel(
+        [&](int tid, int) {
+          found[tid] = extract_rows(pre, D, row_begin(B, tid, nt), row_begin(B, tid + 1, nt), lo, sc.ids[tid],
+                                    sc.vals[tid], sc.row_count.data(), INT64_MAX);
+        },
+        nt);
+  }
+  int64_t total = 0;
+  for (int t = 0; t < nt; ++t) total += found[t];
+  const bool keep_all = total <= keep;
+  Cut cut{0.0f, 0};
+  float smallest = 0.0f;
+  if (keep_all) {
+    smallest = std::numeric_limits<float>::infinity();
+    for (int t = 0; t < nt; ++t)
+      for (float v : sc.vals[t]) smallest = std::min(smallest, v);
+    if (total == 0) smallest = 0.0f;
+  } else {
+    sc.work.resize(total);
+    int64_t o = 0;
+    for (int t = 0; t < nt; ++t) {
+      std::memcpy(sc.work.data() + o, sc.vals[t].data(), sc.vals[t].size() * sizeof(float));
+      o += static_cast<int64_t>(sc.vals[t].size());
+    }
+    cut = find_cut(sc.work.data(), total, keep);
+    smallest = cut.value;
+  }
+  compact(sc, B, nt, keep_all, cut, out);
+  return smallest;
+}
+
+void batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCodes& out) {
+  SelectScratch scratch;
+  batch_topk(pre, B, D, keep, out, scratch, 0.0f);
+}
+
+void row_topk(const float* pre, int64_t B, int64_t D, int64_t k, SparseCodes& out, SelectScratch& sc) {
+  out.rows = B;
+  out.cols = D;
+  out.row_ptr.assign(B + 1, 0);
+  out.ids.clear();
+  out.vals.clear();
+  if (k <= 0 || B <= 0 || D <= 0) return;
+  const int nt = select_threads(B);
+  prepare(sc, nt, B);
+  parallel(
+      [&](int tid, int) {
+        std::vector<int32_t>& ids = sc.ids[tid];
+        FloatBuffer& vals = sc.vals[tid];
+        ids.clear();
+        vals.clear();
+        thread_local FloatBuffer work;
+        if (work.size() < static_cast<size_t>(D)) work.resize(D);
+        for (int64_t r = row_begin(B, tid, nt); r < row_begin(B, tid + 1, nt); ++r) {
+          const float* row = pre + r * D;
+          int64_t n = 0;
+          for (int64_t i = 0; i < D; ++i) {
+            work[n] = row[i];
+            n += row[i] > 0.0f;
+          }
+          const bool keep_all = k >= n;
+          Cut cut{0.0f, 0};
+          if (!keep_all) cut = find_cut(work.data(), n, k);
+          int64_t left = cut.ties_to_keep, count = 0;
+          for (int64_t i = 0; i < D; ++i) {
+            const float v = row[i];
+            if (!(v > 0.0f)) continue;
+            bool take = keep_all || v > cut.value;
+            if (!take && v == cut.value && left > 0) {
+              take = true;
+              --left;
+            }
+            if (take) {
+              ids.push_back(static_cast<int32_t>(i));
+              vals.push_back(v);
+              ++count;
+            }
+          }
+          sc.row_count[r] = count;
+        }
+      },
+      nt);
+  compact(sc, B, nt, true, Cut{0.0f, 0}, out);
 }
 
 void row_topk(const float* pre, int64_t B, int64_t D, int64_t k, SparseCodes& out) {
+  SelectScratch scratch;
+  row_topk(pre, B, D, k, out, scratch);
+}
+
+void aux_topk(const float* pre, int64_t B, int64_t D, const std::vector<int32_t>& dead, int64_t keep,
+              SparseCodes& out, SelectScratch& sc) {
   out.rows = B;
   out.cols = D;
   out.row_ptr.assign(B + 1, 0);
   out.ids.clear();
   out.vals.clear();
-  std::vector<float> cands;
-  for (int64_t r = 0; r < B; ++r) {
-    const float* row = pre + r * D;
-    cands.clear();
-    for (int64_t i = 0; i < D; ++i)
-      if (row[i] > 0.0f) cands.push_back(row[i]);
-    const bool keep_all = k >= static_cast<int64_t>(cands.size());
-    Cut cut{0.0f, 0};
-    if (!keep_all && k > 0) cut = find_cut(cands, k);
-    int64_t ties_left = cut.ties_to_keep;
-    for (int64_t i = 0; i < D && k > 0; ++i) {
-      const float v = row[i];
-      if (!(v > 0.0f)) continue;
-      bool take = keep_all || v > cut.value;
-      if (!take && v == cut.value && ties_left > 0) {
-        take = true;
-        --ties_left;
-      }
-      if (take) {
-        out.ids.push_back(static_cast<int32_t>(i));
-        out.vals.push_back(v);
-      }
+  const int64_t n_dead = static_cast<int64_t>(dead.size());
+  if (keep <= 0 || B <= 0 || n_dead == 0) return;
+  const int nt = select_threads(B);
+  prepare(sc, nt, B);
+  parallel(
+      [&](int tid, int) {
+        std::vector<int32_t>& ids = sc.ids[tid];
+        FloatBuffer& vals = sc.vals[tid];
+        ids.clear();
+        vals.clear();
+        thread_local FloatBuffer work;
+        if (work.size() < static_cast<size_t>(n_dead)) work.resize(n_dead);
+        for (int64_t r = row_begin(B, tid, nt); r < row_begin(B, tid + 1, nt); ++r) {
+          const float* row = pre + r * D;
+          int64_t n = 0;
+          for (int64_t j = 0; j < n_dead; ++j) {
+            const float v = row[dead[j]];
+            work[n] = v;
+            n += v > 0.0f;
+          }
+          const bool keep_all = keep >= n;
+          Cut cut{0.0f, 0};
+          if (!keep_all) cut = find_cut(work.data(), n, keep);
+          int64_t left = cut.ties_to_keep, count = 0;
+          for (int64_t j = 0; j < n_dead; ++j) {
+            const float v = row[dead[j]];
+            if (!(v > 0.0f)) continue;
+            bool take = keep_all || v > cut.value;
+            if (!take && v == cut.value && left > 0) {
+              take = true;
+              --left;
+            }
+            if (take) {
+              ids.push_back(dead[j]);
+              vals.push_back(v);
+              ++count;
+            }
+          }
+          sc.row_count[r] = count;
+        }
+      },
+      nt);
+  compact(sc, B, nt, true, Cut{0.0f, 0}, out);
+}
+
+void csr_to_csc(const SparseCodes& codes, CscIndex& out) {
+  const int64_t B = codes.rows, D = codes.cols;
+  const int nt = static_cast<int>(std::clamp<int64_t>(B, 1, num_threads()));
+  out.col_ptr.assign(D + 1, 0);
+  out.row.resize(codes.nnz());
+  out.src.resize(codes.nnz());
+  out.counts.assign(static_cast<size_t>(nt) * D, 0);
+  parallel(
+      [&](int tid, int) {
+        int64_t* c = out.counts.data() + static_cast<int64_t>(tid) * D;
+        for (int64_t e = codes.row_ptr[row_begin(B, tid, nt)]; e < codes.row_ptr[row_begin(B, tid + 1, nt)]; ++e)
+          ++c[codes.ids[e]];
+      },
+      nt);
+  // Column starts, then each thread's first slot per column (threads own ascending row ranges).
+  int64_t offset = 0;
+  for (int64_t i = 0; i < D; ++i) {
+    out.col_ptr[i] = offset;
+    for (int t = 0; t < nt; ++t) {
+      int64_t& c = out.counts[static_cast<int64_t>(t) * D + i];
+      const int64_t n = c;
+      c = offset;
+      offset += n;
     }
-    out.row_ptr[r + 1] = static_cast<int64_t>(out.ids.size());
   }
+  out.col_ptr[D] = offset;
+  parallel(
+      [&](int tid, int) {
+        int64_t* slot = out.counts.data() + static_cast<int64_t>(tid) * D;
+        for (int64_t r = row_begin(B, tid, nt); r < row_begin(B, tid + 1, nt); ++r)
+          for (int64_t e = codes.row_ptr[r]; e < codes.row_ptr[r + 1]; ++e) {
+            const int64_t s = slot[codes.ids[e]]++;
+            out.row[s] = static_cast<int32_t>(r);
+            out.src[s] = e;
+          }
+      },
+      nt);
 }
 
 void threshold_select(const float* pre, int64_t B, int64_t D, float threshold, int64_t limit, SparseCodes& out) {

@@ -1,4 +1,5 @@
-// SPEC "Update": clip, decoder constraint, Adam, in that order.
+// SPEC "Update": clip, decoder constraint, Adam, in that order (fused kernels: src/kernels/update.cpp;
+// their unfused twins in src/kernels/ref are the test oracle).
 #include <cmath>
 
 #include "msae/train.h"
@@ -24,24 +25,6 @@ std::vector<TrainedTensor> trained_tensors(const SaeConfig& cfg, SaeParams& p, S
   return list;
 }
 
-// grad_i -= (grad_i . u_i) u_i and W_dec[i] = u_i with u_i = W_dec[i] / ||W_dec[i]||.
-void constrain_decoder(Tensor& W_dec, Tensor& grad, int64_t D, int64_t d) {
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < D; ++i) {
-    float* w = W_dec.ptr() + i * d;
-    float* gr = grad.ptr() + i * d;
-    float norm2 = 0.0f;
-    for (int64_t j = 0; j < d; ++j) norm2 += w[j] * w[j];
-    const float norm = std::sqrt(norm2);
-    float dot = 0.0f;
-    for (int64_t j = 0; j < d; ++j) {
-      w[j] /= norm;
-      dot += gr[j] * w[j];
-    }
-    for (int64_t j = 0; j < d; ++j) gr[j] -= dot * w[j];
-  }
-}
-
 }  // namespace
 
 double apply_update(const SaeConfig& cfg, const kernels::AdamHyper& adam, float max_grad_norm, SaeParams& p,
@@ -53,23 +36,24 @@ double apply_update(const SaeConfig& cfg, const kernels::AdamHyper& adam, float 
   const auto tensors = trained_tensors(cfg, p, g, opt);
 
   // 1. Global gradient-norm clipping (torch.nn.utils.clip_grad_norm_: coef = max / (norm + 1e-6), capped at 1).
+  //    The scaling is applied on the fly by the kernels below (same float product as scaling in place).
   double total = 0.0;
   for (const auto& t : tensors) total += kernels::sum_squares(t.grad->ptr(), t.grad->numel());
   const double grad_norm = std::sqrt(total);
   const double coef = static_cast<double>(max_grad_norm) / (grad_norm + 1e-6);
-  if (coef < 1.0) {
-    const float c = static_cast<float>(coef);
-    for (const auto& t : tensors)
-      for (float& x : t.grad->data) x *= c;
-  }
+  const float scale = coef < 1.0 ? static_cast<float>(coef) : 1.0f;
 
-  // 2. Decoder constraint.
-  constrain_decoder(p.W_dec, g.W_dec, p.D, p.d);
-
-  // 3. Adam.
+  // 2 + 3. Decoder constraint fused with Adam per W_dec row, then Adam on the other tensors. One pass
+  // over each tensor; `g` itself is left as the engine computed it.
   opt.t += 1;
-  for (const auto& t : tensors)
-    kernels::adam_update(t.param->ptr(), t.grad->ptr(), t.m->ptr(), t.v->ptr(), t.param->numel(), adam, opt.t);
+  for (const auto& t : tensors) {
+    if (t.param == &p.W_dec)
+      kernels::decoder_constraint_adam(p.W_dec.ptr(), g.W_dec.ptr(), opt.m.W_dec.ptr(), opt.v.W_dec.ptr(), p.D, p.d,
+                                       adam, opt.t, scale);
+    else
+      kernels::adam_update(t.param->ptr(), t.grad->ptr(), t.m->ptr(), t.v->ptr(), t.param->numel(), adam, opt.t,
+                           scale);
+  }
   return grad_norm;
 }
 

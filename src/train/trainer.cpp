@@ -6,7 +6,8 @@ std::vector<std::string> engine_names() { return {"reference"}; }
 
 std::unique_ptr<StepEngine> make_engine(const std::string& name) {
   if (name == "reference") return make_reference_engine();
-  usage_error("--engine: unknown training engine '", name, "'; expected: reference");
+  if (name == "sparse") return make_sparse_engine();
+  usage_error("--engine: unknown training engine '", name, "'; expected: sparse (the fast default) or reference");
 }
 
 Trainer::Trainer(TrainOptions options, SaeParams params)

@@ -104,5 +104,61 @@ void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const 
   }
 }
 
+
+void aux_topk(const float* pre, int64_t B, int64_t D, const std::vector<int32_t>& dead, int64_t keep, SparseCodes& out) {
+  // Dense mask: per row, order the dead latents by relu value descending then id ascending; keep the first
+  // `keep` (zeros are dropped by codes_from_mask).
+  std::vector<char> mask(B * D, 0);
+  std::vector<int32_t> order(dead);
+  const int64_t take = std::min<int64_t>(std::max<int64_t>(keep, 0), static_cast<int64_t>(dead.size()));
+  for (int64_t r = 0; r < B; ++r) {
+    order = dead;
+    const float* row = pre + r * D;
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+      const float va = std::max(row[a], 0.0f), vb = std::max(row[b], 0.0f);
+      return va != vb ? va > vb : a < b;
+    });
+    for (int64_t j = 0; j < take; ++j) mask[r * D + order[j]] = 1;
+  }
+  codes_from_mask(pre, B, D, mask, out);
+}
+
+void csr_to_csc(const SparseCodes& codes, CscIndex& out) {
+  out.col_ptr.assign(codes.cols + 1, 0);
+  out.row.clear();
+  out.src.clear();
+  for (int64_t i = 0; i < codes.cols; ++i) {
+    for (int64_t r = 0; r < codes.rows; ++r)
+      for (int64_t e = codes.row_ptr[r]; e < codes.row_ptr[r + 1]; ++e)
+        if (codes.ids[e] == i) {
+          out.row.push_back(static_cast<int32_t>(r));
+          out.src.push_back(e);
+        }
+    out.col_ptr[i + 1] = static_cast<int64_t>(out.row.size());
+  }
+}
+
+void decoder_constraint_adam(float* W_dec, const float* grad, float* m, float* v, int64_t D, int64_t d,
+                             const AdamHyper& h, int64_t t, float grad_scale) {
+  // The unfused sequence of train::apply_update: scale, constrain (as in src/train/adam.cpp), then Adam.
+  std::vector<float> g(grad, grad + D * d);
+  if (grad_scale != 1.0f)
+    for (float& x : g) x *= grad_scale;
+  for (int64_t i = 0; i < D; ++i) {
+    float* w = W_dec + i * d;
+    float* gr = g.data() + i * d;
+    float norm2 = 0.0f;
+    for (int64_t j = 0; j < d; ++j) norm2 += w[j] * w[j];
+    const float norm = std::sqrt(norm2);
+    float dot = 0.0f;
+    for (int64_t j = 0; j < d; ++j) {
+      w[j] /= norm;
+      dot += gr[j] * w[j];
+    }
+    for (int64_t j = 0; j < d; ++j) gr[j] -= dot * w[j];
+  }
+  ref::adam_update(W_dec, g.data(), m, v, D * d, h, t);
+}
+
 }  // namespace ref
 }  // namespace msae::kernels

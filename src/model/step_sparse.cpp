@@ -1,0 +1,402 @@
+// The sparse training step ("sparse" engine): SPEC.md with one dense GEMM (the encoder forward) and
+// everything else O(B*k*d) (DESIGN.md "Performance design"):
+//   encode    x_cent = x - b_dec; pre = x_cent @ W_enc (+ b_enc)               dense GEMM, (B, D)
+//   select    BatchTopK / TopK -> CSR codes (ids ascending), threshold EMA, CSC transpose, dead counters,
+//             AuxK selection among the dead latents
+//   rows      per row: prefix reconstructions as snapshots of one running sum, losses, AuxK residual,
+//             suffix sums S_g of the prefix-loss gradients, grad z = <W_dec[i], S_g(i)>
+//   latents   per latent (from the CSC, so threads never write the same row): grad W_dec[i], grad
+//             W_enc^T[i], grad b_enc[i] and its share of grad b_dec; untouched rows are written as zeros
+// Threads: msae's pool (msae::parallel); the GEMM is split over the same pool (kernels::sgemm).
+// Allocation: buffers live in the engine and only grow, so after the first step at a given shape the
+// step allocates nothing.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "msae/kernels.h"
+#include "msae/model.h"
+
+namespace msae {
+namespace {
+
+using kernels::Trans;
+
+inline void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) y[j] += a * x[j];
+}
+
+inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
+inline float sq_diff(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) {
+    const float t = a[j] - b[j];
+    s += t * t;
+  }
+  return s;
+}
+
+template <class T>
+void grow(T& buffer, size_t n) {
+  if (buffer.size() < n) buffer.resize(n);
+}
+
+constexpr int kMaxThreads = 256;
+
+// Per-thread partial results, padded against false sharing.
+struct alignas(64) ThreadPart {
+  double mse_bdec = 0, l_aux = 0;
+  double mse_prefix[64] = {};
+  bool aux_nonzero = false;
+};
+
+class SparseEngine final : public StepEngine {
+ public:
+  const char* name() const override { return "sparse"; }
+
+  std::vector<std::pair<std::string, double>> last_phase_seconds() const override {
+    return {{"encode", t_encode_}, {"select", t_select_}, {"auxk_select", t_aux_}, {"rows", t_rows_},
+            {"latents", t_latents_}};
+  }
+
+  StepStats forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& p, LatentState& state,
+                             SaeGrads& grads) override {
+    const int64_t d = p.d, D = p.D, G = cfg.num_groups();
+    MSAE_ASSERT(G >= 1 && G <= 64, "groups: ", G);
+    MSAE_ASSERT(grads.W_dec.numel() == D * d && grads.W_enc_t.numel() == D * d && grads.b_dec.numel() == d &&
+                grads.b_enc.numel() == D);
+    const int64_t N = B * d;
+    const int nt = std::min(num_threads(), kMaxThreads);
+    StepStats stats;
+    bounds_ = cfg.boundaries();
+    Timer timer;
+
+    // ---- encode
+    grow(x_cent_, static_cast<size_t>(N));
+    grow(pre_, static_cast<size_t>(B * D));
+    float* x_cent = x_cent_.data();
+    float* pre = pre_.data();
+    const float* b_dec = p.b_dec.ptr();
+    parallel_for(
+        B,
+        [&](int64_t lo, int64_t hi, int) {
+          for (int64_t r = lo; r < hi; ++r)
+#pragma omp simd
+            for (int64_t j = 0; j < d; ++j) x_cent[r * d + j] = x[r * d + j] - b_dec[j];
+        },
+        64);
+    kernels::sgemm(Trans::no, Trans::yes, B, D, d, 1.0f, x_cent, d, p.W_enc_t.ptr(), d, 0.0f, pre, D);
+    if (cfg.encoder_bias) {
+      const float* b_enc = p.b_enc.ptr();
+      parallel_for(
+          B,
+          [&](int64_t lo, int64_t hi, int) {
+            for (int64_t r = lo; r < hi; ++r)
+#pragma omp simd
+              for (int64_t i = 0; i < D; ++i) pre[r * D + i] += b_enc[i];
+          },
+          16);
+    }
+    t_encode_ = timer.seconds();
+    timer.reset();
+
+    // ---- select, threshold EMA, CSC, dead counters
+    float smallest = 0.0f;
+    if (cfg.arch == Arch::topk) {
+      kernels::row_topk(pre, B, D, cfg.k, codes_, select_);
+      smallest = min_value(codes_);
+    } else {
+      const float hint = last_cut_ > 0.0f ? 0.93f * last_cut_ : 0.0f;
+      smallest = kernels::batch_topk(pre, B, D, cfg.k * B, codes_, select_, hint);
+      last_cut_ = smallest;
+    }
+    const int64_t nnz = codes_.nnz();
+    stats.l0 = static_cast<double>(nnz) / static_cast<double>(B);
+    if (nnz > 0) p.threshold = 0.99f * p.threshold + 0.01f * smallest;
+    kernels::csr_to_csc(codes_, csc_);
+    state.n_inactive.resize(D, 0);
+    dead_.reserve(D);
+    dead_.clear();
+    for (int64_t i = 0; i < D; ++i) {
+      int64_t& n = state.n_inactive[i];
+      n = csc_.col_ptr[i + 1] > csc_.col_ptr[i] ? 0 : n + 1;
+      if (n >= cfg.dead_after_batches) dead_.push_back(static_cast<int32_t>(i));
+    }
+    stats.n_dead = static_cast<int64_t>(dead_.size());
+    t_select_ = timer.seconds();
+    timer.reset();
+
+    // ---- AuxK selection
+    const int64_t aux_keep = std::min<int64_t>(cfg.aux_k, stats.n_dead);
+    aux_.row_ptr.assign(B + 1, 0);
+    aux_.ids.clear();
+    aux_.vals.clear();
+    aux_.rows = B;
+    aux_.cols = D;
+    if (aux_keep > 0) kernels::aux_topk(pre, B, D, dead_, aux_keep, aux_, aux_select_);
+    const bool aux_candidate = aux_.nnz() > 0;
+    if (aux_candidate) kernels::csr_to_csc(aux_, aux_csc_);
+    t_aux_ = timer.seconds();
+    timer.reset();
+
+    // ---- rows: reconstructions, losses, suffix sums, grad z
+    grow(S_, static_cast<size_t>(N * G));
+    grow(gz_, static_cast<size_t>(nnz));
+    if (aux_candidate) {
+      grow(q_, static_cast<size_t>(N));
+      grow(ga_, static_cast<size_t>(aux_.nnz()));
+    }
+    grow(row_scratch_, static_cast<size_t>(nt) * static_cast<size_t>((G + 2) * d + 16));
+    grow(gb_dec_part_, static_cast<size_t>(nt) * static_cast<size_t>(d));
+    const double rec_scale_d = 2.0 / (static_cast<double>(N) * static_cast<double>(G + 1));
+    const float rec_scale = static_cast<float>(rec_scale_d);
+    const float aux_scale = static_cast<float>(2.0 * cfg.aux_coef / static_cast<double>(N));
+    bool use_aux = aux_candidate;
+    row_pass(cfg, x, B, p, use_aux, rec_scale, aux_scale, nt);
+    bool aux_nonzero = false;
+    for (int t = 0; t < nt; ++t) aux_nonzero |= parts_[t].aux_nonzero;
+    if (use_aux && !aux_nonzero) {  // a == 0 everywhere: SPEC says no AuxK loss and no gradient through it
+      use_aux = false;
+      row_pass(cfg, x, B, p, use_aux, rec_scale, aux_scale, nt);
+    }
+    stats.aux_active = use_aux;
+    double mse_bdec = 0, l_aux = 0;
+    stats.mse_prefix.assign(G, 0.0);
+    for (int t = 0; t < nt; ++t) {
+      mse_bdec += parts_[t].mse_bdec;
+      l_aux += parts_[t].l_aux;
+      for (int64_t g = 0; g < G; ++g) stats.mse_prefix[g] += parts_[t].mse_prefix[g];
+    }
+    stats.mse_bdec = mse_bdec / static_cast<double>(N);
+    double rec_sum = stats.mse_bdec;
+    for (int64_t g = 0; g < G; ++g) rec_sum += stats.mse_prefix[g] /= static_cast<double>(N);
+    stats.l_rec = rec_sum / static_cast<double>(G + 1);
+    stats.l_aux = use_aux ? cfg.aux_coef * l_aux / static_cast<double>(N) : 0.0;
+    stats.loss = stats.l_rec + stats.l_aux;
+    stats.var_x = column_variance(x, B, d, nt);
+    t_rows_ = timer.seconds();
+    timer.reset();
+
+    // ---- latents: grad W_dec, grad W_enc^T, grad b_enc, grad b_dec
+    latent_pass(cfg, B, p, grads, use_aux, nt);
+    t_latents_ = timer.seconds();
+    return stats;
+  }
+
+ private:
+  static float min_value(const kernels::SparseCodes& c) {
+    float m = 0.0f;
+    if (c.nnz() > 0) m = *std::min_element(c.vals.begin(), c.vals.end());
+    return m;
+  }
+
+  double column_variance(const float* x, int64_t B, int64_t d, int nt) {
+    grow(colstat_, static_cast<size_t>(2 * nt * d));
+    std::fill(colstat_.begin(), colstat_.begin() + 2 * nt * d, 0.0);
+    parallel(
+        [&](int tid, int n) {
+          double* mean = colstat_.data() + 2 * tid * d;
+          double* sq = mean + d;
+          for (int64_t r = B * tid / n; r < B * (tid + 1) / n; ++r)
+            for (int64_t j = 0; j < d; ++j) {
+              const double v = x[r * d + j];
+              mean[j] += v;
+              sq[j] += v * v;
+            }
+        },
+        nt);
+    double total = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      double mean = 0, sq = 0;
+      for (int t = 0; t < nt; ++t) {
+        mean += colstat_[2 * t * d + j];
+        sq += colstat_[2 * t * d + d + j];
+      }
+      const double m = mean / static_cast<double>(B);
+      total += sq / static_cast<double>(B) - m * m;
+    }
+    return total / static_cast<double>(d);
+  }
+
+  void row_pass(const SaeConfig& cfg, const float* x, int64_t B, const SaeParams& p, bool use_aux, float rec_scale,
+                float aux_scale, int nt) {
+    const int64_t d = p.d, G = cfg.num_groups();
+    const float* W_dec = p.W_dec.ptr();
+    const float* b_dec = p.b_dec.ptr();
+    const int64_t* bounds = bounds_.data();
+    float* S = S_.data();
+    float* gz = gz_.data();
+    parallel(
+        [&](int tid, int n) {
+          ThreadPart& part = parts_[tid];
+          part = ThreadPart{};
+          float* snaps = row_scratch_.data() + static_cast<size_t>(tid) * static_cast<size_t>((G + 2) * d + 16);
+          float* run = snaps + G * d;
+          float* a = run + d;
+          double* gb = gb_dec_part_.data() + static_cast<size_t>(tid) * static_cast<size_t>(d);
+          std::fill(gb, gb + d, 0.0);
+          double mse_bdec = 0, l_aux = 0;
+          for (int64_t r = B * tid / n; r < B * (tid + 1) / n; ++r) {
+            const float* xr = x + r * d;
+            const int64_t e0 = codes_.row_ptr[r], e1 = codes_.row_ptr[r + 1];
+            // prefix reconstructions: snapshots of one running sum (ids ascending)
+            std::memcpy(run, b_dec, d * sizeof(float));
+            int64_t g = 0;
+            for (int64_t e = e0; e < e1; ++e) {
+              const int64_t id = codes_.ids[e];
+              while (id >= bounds[g]) std::memcpy(snaps + (g++) * d, run, d * sizeof(float));
+              axpy(run, codes_.vals[e], W_dec + id * d, d);
+            }
+            while (g < G) std::memcpy(snaps + (g++) * d, run, d * sizeof(float));
+            mse_bdec += sq_diff(b_dec, xr, d);
+            for (int64_t h = 0; h < G; ++h) part.mse_prefix[h] += sq_diff(snaps + h * d, xr, d);
+            // e_G (+ AuxK's q), then suffix sums from the last group down: S_g = S_{g+1} + e_g
+            float* Sr = S + r * G * d;
+            const float* rG = snaps + (G - 1) * d;
+            float* SG = Sr + (G - 1) * d;
+#pragma omp simd
+            for (int64_t j = 0; j < d; ++j) SG[j] = rec_scale * (rG[j] - xr[j]);
+            if (use_aux) {
+              std::fill(a, a + d, 0.0f);
+              for (int64_t e = aux_.row_ptr[r]; e < aux_.row_ptr[r + 1]; ++e)
+                axpy(a, aux_.vals[e], W_dec + static_cast<int64_t>(aux_.ids[e]) * d, d);
+              float* qr = q_.data() + r * d;
+              float total = 0.0f;
+              bool nonzero = false;
+#pragma omp simd reduction(+ : total) reduction(|| : nonzero)
+              for (int64_t j = 0; j < d; ++j) {
+                nonzero = nonzero || a[j] != 0.0f;
+                const float diff = a[j] - (xr[j] - rG[j]);
+                total += diff * diff;
+                qr[j] = aux_scale * diff;
+                SG[j] += qr[j];
+              }
+              l_aux += total;
+              part.aux_nonzero |= nonzero;
+              for (int64_t e = aux_.row_ptr[r]; e < aux_.row_ptr[r + 1]; ++e)
+                ga_[e] = dot(W_dec + static_cast<int64_t>(aux_.ids[e]) * d, qr, d);
+            }
+            for (int64_t h = G - 2; h >= 0; --h) {
+              float* Sh = Sr + h * d;
+              const float* S_next = Sh + d;
+              const float* rh = snaps + h * d;
+#pragma omp simd
+              for (int64_t j = 0; j < d; ++j) Sh[j] = S_next[j] + rec_scale * (rh[j] - xr[j]);
+            }
+            // grad b_dec: every r_g and the b_dec-only term contain b_dec once
+            for (int64_t j = 0; j < d; ++j) gb[j] += static_cast<double>(Sr[j]) + rec_scale * (b_dec[j] - xr[j]);
+            // grad z for the kept entries
+            g = 0;
+            for (int64_t e = e0; e < e1; ++e) {
+              const int64_t id = codes_.ids[e];
+              while (id >= bounds[g]) ++g;
+              gz[e] = dot(W_dec + id * d, Sr + g * d, d);
+            }
+          }
+          part.mse_bdec = mse_bdec;
+          part.l_aux = l_aux;
+        },
+        nt);
+  }
+
+  void latent_pass(const SaeConfig& cfg, int64_t B, const SaeParams& p, SaeGrads& grads, bool use_aux, int nt) {
+    const int64_t d = p.d, D = p.D, G = cfg.num_groups();
+    const float* x_cent = x_cent_.data();
+    const float* W_enc_t = p.W_enc_t.ptr();
+    const float* S = S_.data();
+    const float* q = use_aux ? q_.data() : nullptr;
+    // Balance threads by work: entries (main + aux) plus one unit per row written.
+    grow(split_, static_cast<size_t>(nt + 1));
+    const int64_t aux_nnz = use_aux ? aux_.nnz() : 0;
+    auto work_before = [&](int64_t i) {
+      return csc_.col_ptr[i] + (use_aux ? aux_csc_.col_ptr[i] : 0) + i / 4;
+    };
+    const int64_t total = codes_.nnz() + aux_nnz + D / 4;
+    split_[0] = 0;
+    for (int t = 1; t < nt; ++t) {
+      const int64_t target = total * t / nt;
+      int64_t lo = split_[t - 1], hi = D;
+      while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (work_before(mid) < target) lo = mid + 1;
+        else hi = mid;
+      }
+      split_[t] = lo;
+    }
+    split_[nt] = D;
+    float* gW_dec = grads.W_dec.ptr();
+    float* gW_enc = grads.W_enc_t.ptr();
+    float* gb_enc = grads.b_enc.ptr();
+    grow(gb_dec_part2_, static_cast<size_t>(nt) * static_cast<size_t>(d));
+    parallel(
+        [&](int tid, int) {
+          double* gb = gb_dec_part2_.data() + static_cast<size_t>(tid) * static_cast<size_t>(d);
+          std::fill(gb, gb + d, 0.0);
+          int64_t g = 0;
+          for (int64_t i = split_[tid]; i < split_[tid + 1]; ++i) {
+            while (i >= bounds_[g]) ++g;
+            float* wd = gW_dec + i * d;
+            float* we = gW_enc + i * d;
+            std::memset(wd, 0, d * sizeof(float));
+            std::memset(we, 0, d * sizeof(float));
+            float sum_gz = 0.0f;
+            for (int64_t e = csc_.col_ptr[i]; e < csc_.col_ptr[i + 1]; ++e) {
+              const int64_t r = csc_.row[e], s = csc_.src[e];
+              const float gzv = gz_[s];
+              axpy(wd, codes_.vals[s], S + (r * G + g) * d, d);
+              axpy(we, gzv, x_cent + r * d, d);
+              sum_gz += gzv;
+            }
+            if (use_aux)
+              for (int64_t e = aux_csc_.col_ptr[i]; e < aux_csc_.col_ptr[i + 1]; ++e) {
+                const int64_t r = aux_csc_.row[e], s = aux_csc_.src[e];
+                const float gav = ga_[s];
+                axpy(wd, aux_.vals[s], q + r * d, d);
+                axpy(we, gav, x_cent + r * d, d);
+                sum_gz += gav;
+              }
+            gb_enc[i] = cfg.encoder_bias ? sum_gz : 0.0f;
+            // grad x_cent = grad_pre @ W_enc^T and x_cent = x - b_dec: grad b_dec -= sum_i (sum_r grad_pre) W_enc^T[i]
+            if (sum_gz != 0.0f) {
+              const float* w = W_enc_t + i * d;
+              for (int64_t j = 0; j < d; ++j) gb[j] -= static_cast<double>(sum_gz) * w[j];
+            }
+          }
+        },
+        nt);
+    float* gb_dec = grads.b_dec.ptr();
+    for (int64_t j = 0; j < d; ++j) {
+      double s = 0.0;
+      for (int t = 0; t < nt; ++t)
+        s += gb_dec_part_[static_cast<size_t>(t) * d + j] + gb_dec_part2_[static_cast<size_t>(t) * d + j];
+      gb_dec[j] = static_cast<float>(s);
+    }
+    (void)B;
+  }
+
+  std::vector<int64_t> bounds_;
+  FloatBuffer x_cent_, pre_, S_, q_, gz_, ga_, row_scratch_;
+  std::vector<double> gb_dec_part_, gb_dec_part2_, colstat_;
+  std::vector<int64_t> split_;
+  kernels::SparseCodes codes_, aux_;
+  kernels::SelectScratch select_, aux_select_;
+  kernels::CscIndex csc_, aux_csc_;
+  std::vector<int32_t> dead_;
+  ThreadPart parts_[kMaxThreads];
+  float last_cut_ = 0.0f;
+  double t_encode_ = 0, t_select_ = 0, t_aux_ = 0, t_rows_ = 0, t_latents_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<StepEngine> make_sparse_engine() { return std::make_unique<SparseEngine>(); }
+
+}  // namespace msae
