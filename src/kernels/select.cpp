@@ -47,14 +47,17 @@ int select_threads(int64_t B) { return static_cast<int>(std::clamp<int64_t>(B, 1
 
 inline int64_t row_begin(int64_t B, int tid, int nt) { return B * tid / nt; }
 
-// Extracts entries of rows [r0, r1) with value >= lo (and > 0) into ids/vals; counts per row.
-// Stops storing (but keeps counting) beyond `cap` entries; returns the count.
+// Extracts entries of rows [r0, r1) with value >= lo (and > 0) into ids/vals; counts per row. Stops
+// storing (but keeps counting) beyond `cap` entries; returns the count. Also counts, for each of the
+// `nlev` ascending levels (all >= lo), the entries >= that level (into level_count).
 int64_t extract_rows(const float* pre, int64_t D, int64_t r0, int64_t r1, float lo, std::vector<int32_t>& ids,
-                     FloatBuffer& vals, int64_t* row_count, int64_t cap) {
+                     FloatBuffer& vals, int64_t* row_count, int64_t cap, const float* levels = nullptr,
+                     int nlev = 0, int64_t* level_count = nullptr) {
   ids.clear();
   vals.clear();
   int64_t total = 0;
   const float floor = std::max(lo, std::numeric_limits<float>::denorm_min());
+  for (int l = 0; l < nlev; ++l) level_count[l] = 0;
   for (int64_t r = r0; r < r1; ++r) {
     const float* row = pre + r * D;
     int64_t count = 0;
@@ -64,13 +67,14 @@ int64_t extract_rows(const float* pre, int64_t D, int64_t r0, int64_t r1, float 
       for (int64_t i = i0; i < i1; ++i) any |= row[i] >= floor;  // vectorized test, rare hits
       if (!any) continue;
       for (int64_t i = i0; i < i1; ++i) {
-        if (row[i] >= floor) {
-          if (total + count < cap) {
-            ids.push_back(static_cast<int32_t>(i));
-            vals.push_back(row[i]);
-          }
-          ++count;
+        const float v = row[i];
+        if (!(v >= floor)) continue;
+        for (int l = 0; l < nlev; ++l) level_count[l] += v >= levels[l];
+        if (total + count < cap) {
+          ids.push_back(static_cast<int32_t>(i));
+          vals.push_back(v);
         }
+        ++count;
       }
     }
     row_count[r] = count;
@@ -147,28 +151,60 @@ float batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCod
   prepare(sc, nt, B);
   int64_t* found = sc.thread_info.data();
 
-  // Pass 1 with a hint: extract everything >= hint (bounded), hoping for at least `keep` entries.
+  // Pass 1 with a hint (a guess of the cut, e.g. the previous step's): extract everything >= 0.85 hint
+  // (bounded) and count the extracted entries above a ladder of levels. Enough entries: the cut is among
+  // them, and the highest level that still holds `keep` entries bounds the nth_element below. Too many
+  // (the hint was far too low): one more extraction at the best level. Too few (the cut fell by more
+  // than 15%): the histogram path.
   bool resolved = false;
+  float work_floor = 0.0f;
   if (hint > 0.0f) {
-    const int64_t cap = 3 * keep / nt + 4096;
+    constexpr int kLevels = 6;
+    const float ladder[kLevels] = {0.85f, 1.0f, 1.15f, 1.35f, 1.6f, 2.0f};
+    float levels[kLevels];
+    for (int l = 0; l < kLevels; ++l) levels[l] = hint * ladder[l];
+    const int64_t cap = 16 * keep / nt + 4096;
     for (int t = 0; t < nt; ++t)
       if (static_cast<int64_t>(sc.ids[t].capacity()) < cap) {
         sc.ids[t].reserve(cap);
         sc.vals[t].reserve(cap);
       }
+    if (static_cast<int>(sc.thread_info.size()) < (4 + kLevels) * nt) sc.thread_info.resize((4 + kLevels) * nt);
+    found = sc.thread_info.data();
+    int64_t* level_count = found + 4 * nt;
     parallel(
         [&](int tid, int) {
-          found[tid] = extract_rows(pre, D, row_begin(B, tid, nt), row_begin(B, tid + 1, nt), hint, sc.ids[tid],
-                                    sc.vals[tid], sc.row_count.data(), cap);
+          found[tid] = extract_rows(pre, D, row_begin(B, tid, nt), row_begin(B, tid + 1, nt), levels[0], sc.ids[tid],
+                                    sc.vals[tid], sc.row_count.data(), cap, levels, kLevels,
+                                    level_count + kLevels * tid);
         },
         nt);
-    int64_t total = 0;
-    bool overflow = false;
-    for (int t = 0; t < nt; ++t) {
-      total += found[t];
-      overflow |= found[t] > cap;
+    int64_t level_total[kLevels] = {};
+    int64_t level_most[kLevels] = {};
+    for (int l = 0; l < kLevels; ++l)
+      for (int t = 0; t < nt; ++t) {
+        level_total[l] += level_count[kLevels * t + l];
+        level_most[l] = std::max(level_most[l], level_count[kLevels * t + l]);
+      }
+    int best = -1;  // highest level with >= keep entries
+    for (int l = kLevels - 1; l >= 0 && best < 0; --l)
+      if (level_total[l] >= keep) best = l;
+    if (best >= 0) {
+      if (level_most[0] <= cap) {
+        resolved = true;
+        work_floor = levels[best];
+      } else if (level_most[best] <= cap) {
+        const float lo = levels[best];
+        parallel(
+            [&](int tid, int) {
+              found[tid] = extract_rows(pre, D, row_begin(B, tid, nt), row_begin(B, tid + 1, nt), lo, sc.ids[tid],
+                                        sc.vals[tid], sc.row_count.data(), cap);
+            },
+            nt);
+        resolved = true;
+        work_floor = lo;
+      }
     }
-    resolved = !overflow && total >= keep;
   }
   if (!resolved) {
     // Histogram pass, then extraction of the bins at and above the cut bin.
@@ -209,13 +245,18 @@ float batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCod
       for (float v : sc.vals[t]) smallest = std::min(smallest, v);
     if (total == 0) smallest = 0.0f;
   } else {
+    // The cut is among the values >= work_floor (at least `keep` of them exist).
     sc.work.resize(total);
     int64_t o = 0;
-    for (int t = 0; t < nt; ++t) {
-      std::memcpy(sc.work.data() + o, sc.vals[t].data(), sc.vals[t].size() * sizeof(float));
-      o += static_cast<int64_t>(sc.vals[t].size());
+    for (int t = 0; t < nt; ++t)
+      for (float v : sc.vals[t])
+        if (v >= work_floor) sc.work[o++] = v;
+    if (o > keep) {
+      cut = find_cut(sc.work.data(), o, keep);
+    } else {  // exactly keep values: all kept
+      cut.value = *std::min_element(sc.work.data(), sc.work.data() + o);
+      cut.ties_to_keep = std::count(sc.work.data(), sc.work.data() + o, cut.value);
     }
-    cut = find_cut(sc.work.data(), total, keep);
     smallest = cut.value;
   }
   compact(sc, B, nt, keep_all, cut, out);

@@ -114,7 +114,7 @@ class SparseEngine final : public StepEngine {
       kernels::row_topk(pre, B, D, cfg.k, codes_, select_);
       smallest = min_value(codes_);
     } else {
-      const float hint = last_cut_ > 0.0f ? 0.93f * last_cut_ : 0.0f;
+      const float hint = last_cut_;  // the cut drifts slowly from step to step
       smallest = kernels::batch_topk(pre, B, D, cfg.k * B, codes_, select_, hint);
       last_cut_ = smallest;
     }

@@ -56,7 +56,7 @@ struct TrainArgs {
   bool overwrite = false;
   int64_t log_every = 0;
   int threads = 0;
-  std::string engine = "reference";
+  std::string engine = "sparse";
 };
 
 std::atomic<bool> g_interrupted{false};
@@ -348,7 +348,7 @@ Action add_train_command(CLI::App& root) {
   app->add_flag("--overwrite", a->overwrite, "Replace an existing output directory");
   app->add_option("--log-every", a->log_every, "metrics.jsonl interval in steps (default: steps/100)");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
-  app->add_option("--engine", a->engine, "Training-step engine: reference")->capture_default_str();
+  app->add_option("--engine", a->engine, "Training-step engine: sparse (fast) | reference (dense oracle)")->capture_default_str();
   return [a, app]() { return run_train(*a, *app); };
 }
 

@@ -12,5 +12,6 @@ using Action = std::function<int()>;
 Action add_train_command(CLI::App& root);
 Action add_eval_command(CLI::App& root);
 Action add_inspect_command(CLI::App& root);
+Action add_bench_command(CLI::App& root);
 
 }  // namespace msae::cli

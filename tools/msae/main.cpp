@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
       {"train", msae::cli::add_train_command(app)},
       {"eval", msae::cli::add_eval_command(app)},
       {"inspect", msae::cli::add_inspect_command(app)},
+      {"bench", msae::cli::add_bench_command(app)},
   };
 
   try {

@@ -1,0 +1,231 @@
+// msae bench: times the training step (engine forward/backward + update) and its phases on synthetic
+// data, next to the encoder GEMM alone (same shapes, same process, same threads), the bound every exact
+// BatchTopK step has to pay. docs/performance.md shows how the published tables were produced.
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "msae/kernels.h"
+#include "msae/model.h"
+#include "msae/train.h"
+
+namespace msae::cli {
+namespace {
+
+using nlohmann::json;
+
+struct BenchArgs {
+  int64_t d_in = 768, d_sae = 16384, k = 32, batch = 4096;
+  std::string arch = "matryoshka";
+  std::string group_sizes;
+  int64_t steps = 5, warmup = 2;
+  int threads = 0;
+  std::string engine = "sparse";
+  double dead_fraction = 0.0;
+  float dead_scale = 0.3f;
+  uint64_t seed = 0;
+  bool json_out = false;
+};
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::vector<int64_t> parse_sizes(const std::string& text) {
+  std::vector<int64_t> sizes;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      sizes.push_back(std::stoll(item));
+    } catch (const std::exception&) {
+      usage_error("--group-sizes: '", item, "' is not an integer");
+    }
+  }
+  return sizes;
+}
+
+// Activation-like rows: a sparse mix of random directions plus an offset and noise.
+void fill_batch(std::vector<float>& x, int64_t B, int64_t d, Rng& rng, const std::vector<float>& basis, int64_t dirs) {
+  std::fill(x.begin(), x.end(), 0.0f);
+  for (int64_t r = 0; r < B; ++r) {
+    float* row = x.data() + r * d;
+    for (int n = 0; n < 16; ++n) {
+      const int64_t f = static_cast<int64_t>(rng.below(static_cast<uint64_t>(dirs)));
+      const float c = static_cast<float>(rng.uniform());
+      const float* b = basis.data() + f * d;
+      for (int64_t j = 0; j < d; ++j) row[j] += c * b[j];
+    }
+    for (int64_t j = 0; j < d; ++j) row[j] += 0.2f + 0.05f * static_cast<float>(rng.normal());
+  }
+}
+
+int run_bench(const BenchArgs& a) {
+  set_num_threads(a.threads);
+  kernels::set_blas_threads(num_threads());
+  if (a.steps <= 0 || a.warmup < 0) usage_error("--steps must be positive and --warmup >= 0");
+  if (!(a.dead_fraction >= 0.0 && a.dead_fraction < 1.0)) usage_error("--dead-fraction must be in [0, 1)");
+  SaeConfig cfg;
+  cfg.arch = parse_arch(a.arch);
+  cfg.d_in = a.d_in;
+  cfg.d_sae = a.d_sae;
+  cfg.k = a.k;
+  if (!a.group_sizes.empty()) cfg.group_sizes = parse_sizes(a.group_sizes);
+  cfg.finalize();
+  const int64_t B = a.batch, d = a.d_in, D = a.d_sae;
+  if (B <= 0) usage_error("--batch must be positive");
+
+  std::unique_ptr<StepEngine> engine = train::make_engine(a.engine);
+  SaeParams params = SaeParams::init(d, D, a.seed);
+  SaeGrads grads = SaeGrads::zeros(d, D);
+  train::AdamState opt;
+  LatentState state;
+  state.n_inactive.assign(D, 0);
+  kernels::AdamHyper hyper;
+
+  // Dead latents: counters far past the limit, and encoder rows scaled down so they stay below the
+  // BatchTopK cut (they would otherwise fire at once and stop being dead); their acts are still positive
+  // about half the time, so AuxK selects min(aux_k, positives) of them per row.
+  Rng rng(a.seed + 1);
+  std::vector<int32_t> dead;
+  if (a.dead_fraction > 0.0) {
+    std::vector<int64_t> order(D);
+    std::iota(order.begin(), order.end(), 0);
+    shuffle_indices(order, rng);
+    const int64_t n_dead = static_cast<int64_t>(a.dead_fraction * static_cast<double>(D));
+    for (int64_t j = 0; j < n_dead; ++j) {
+      dead.push_back(static_cast<int32_t>(order[j]));
+      float* w = params.W_enc_t.ptr() + order[j] * d;
+      for (int64_t c = 0; c < d; ++c) w[c] *= a.dead_scale;
+    }
+  }
+
+  const int64_t dirs = 4 * d;
+  std::vector<float> basis(dirs * d);
+  for (float& v : basis) v = static_cast<float>(rng.normal() / std::sqrt(static_cast<double>(d)) * 4.0);
+  constexpr int kBatches = 3;
+  std::vector<std::vector<float>> data(kBatches, std::vector<float>(B * d));
+  for (auto& x : data) fill_batch(x, B, d, rng, basis, dirs);
+  std::vector<float> gemm_out(B * D);
+  std::vector<float> x_cent(B * d);
+
+  std::map<std::string, std::vector<double>> phases;
+  std::vector<double> step_s, gemm_s, fb_s, update_s;
+  StepStats last;
+  int64_t aux_steps = 0;
+  for (int64_t it = 0; it < a.warmup + a.steps; ++it) {
+    const std::vector<float>& x = data[it % kBatches];
+    for (int32_t i : dead) state.n_inactive[i] = std::max<int64_t>(state.n_inactive[i], 1000);
+    Timer t;
+    last = engine->forward_backward(cfg, x.data(), B, params, state, grads);
+    const double fb = t.seconds();
+    t.reset();
+    train::apply_update(cfg, hyper, 1e5f, params, grads, opt);
+    const double up = t.seconds();
+    // The bound: the encoder GEMM alone, same shapes and threads, interleaved with the steps.
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t j = 0; j < d; ++j) x_cent[r * d + j] = x[r * d + j] - params.b_dec.data[j];
+    t.reset();
+    kernels::sgemm(kernels::Trans::no, kernels::Trans::yes, B, D, d, 1.0f, x_cent.data(), d, params.W_enc_t.ptr(), d,
+                   0.0f, gemm_out.data(), D);
+    const double gemm = t.seconds();
+    if (it < a.warmup) continue;
+    aux_steps += last.aux_active;
+    fb_s.push_back(fb);
+    update_s.push_back(up);
+    step_s.push_back(fb + up);
+    gemm_s.push_back(gemm);
+    for (const auto& [name, sec] : engine->last_phase_seconds()) phases[name].push_back(sec);
+    phases["update"].push_back(up);
+  }
+
+  const double step = median(step_s), gemm = median(gemm_s);
+  const double tokens_per_s = static_cast<double>(B) / step;
+  const double gflop = 2.0 * static_cast<double>(B) * static_cast<double>(d) * static_cast<double>(D) / 1e9;
+  json out = {
+      {"engine", engine->name()},
+      {"arch", arch_name(cfg.arch)},
+      {"d_in", d},
+      {"d_sae", D},
+      {"k", cfg.k},
+      {"batch", B},
+      {"groups", cfg.group_sizes},
+      {"threads", num_threads()},
+      {"blas", kernels::blas_info()},
+      {"steps", a.steps},
+      {"warmup", a.warmup},
+      {"dead_fraction", a.dead_fraction},
+      {"n_dead_last_step", last.n_dead},
+      {"aux_active_steps", aux_steps},
+      {"step_s", step},
+      {"step_s_min", *std::min_element(step_s.begin(), step_s.end())},
+      {"forward_backward_s", median(fb_s)},
+      {"encoder_gemm_s", gemm},
+      {"encoder_gemm_gflops", gflop / gemm},
+      {"step_over_gemm", step / gemm},
+      {"tokens_per_s", tokens_per_s},
+      {"peak_rss_bytes", peak_rss_bytes()},
+      {"loss_last_step", last.loss},
+      {"l0_last_step", last.l0},
+  };
+  json ph = json::object();
+  for (const auto& [name, v] : phases) ph[name] = median(v);
+  out["phases_s"] = ph;
+
+  if (a.json_out) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("msae bench: %s engine, %s SAE d=%lld D=%lld k=%lld B=%lld, %d threads, %lld steps after %lld warm-up\n",
+              engine->name(), arch_name(cfg.arch), static_cast<long long>(d), static_cast<long long>(D),
+              static_cast<long long>(cfg.k), static_cast<long long>(B), num_threads(), static_cast<long long>(a.steps),
+              static_cast<long long>(a.warmup));
+  std::printf("BLAS: %s\n", kernels::blas_info().c_str());
+  if (a.dead_fraction > 0)
+    std::printf("dead latents: %lld (%.1f%%), AuxK active in %lld of %lld timed steps\n",
+                static_cast<long long>(last.n_dead), 100.0 * a.dead_fraction, static_cast<long long>(aux_steps),
+                static_cast<long long>(a.steps));
+  std::printf("  %-22s %10.1f ms  (median; min %.1f ms)\n", "step", 1e3 * step, 1e3 * out["step_s_min"].get<double>());
+  std::printf("  %-22s %10.1f ms  (%.1f GFLOP/s)\n", "encoder GEMM alone", 1e3 * gemm, gflop / gemm);
+  std::printf("  %-22s %10.2f x\n", "step / encoder GEMM", step / gemm);
+  std::printf("  %-22s %10.0f\n", "tokens/s", tokens_per_s);
+  std::printf("  phases (median ms):");
+  for (const auto& [name, v] : phases) std::printf(" %s %.1f |", name.c_str(), 1e3 * median(v));
+  std::printf("\n  %-22s %10.1f MiB\n", "peak RSS", static_cast<double>(peak_rss_bytes()) / (1 << 20));
+  return 0;
+}
+
+}  // namespace
+
+Action add_bench_command(CLI::App& root) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* app = root.add_subcommand("bench", "Time the training step and its phases against the encoder GEMM");
+  app->add_option("--d-in", a->d_in, "Input width d")->capture_default_str();
+  app->add_option("--d-sae", a->d_sae, "Latents D")->capture_default_str();
+  app->add_option("--k", a->k, "Mean active latents per row")->capture_default_str();
+  app->add_option("--batch", a->batch, "Rows per batch B")->capture_default_str();
+  app->add_option("--arch", a->arch, "matryoshka | batchtopk | topk")->capture_default_str();
+  app->add_option("--group-sizes", a->group_sizes, "Matryoshka group sizes (default D/16,D/16,D/8,D/4,D/2)");
+  app->add_option("--steps", a->steps, "Timed steps")->capture_default_str();
+  app->add_option("--warmup", a->warmup, "Untimed warm-up steps")->capture_default_str();
+  app->add_option("--threads", a->threads, "Threads (default: all cores)");
+  app->add_option("--engine", a->engine, "sparse | reference")->capture_default_str();
+  app->add_option("--dead-fraction", a->dead_fraction, "Share of latents kept dead so AuxK runs (e.g. 0.1)")
+      ->capture_default_str();
+  app->add_option("--dead-scale", a->dead_scale, "Encoder-row scale that keeps the dead latents below the cut")
+      ->capture_default_str();
+  app->add_option("--seed", a->seed, "Seed")->capture_default_str();
+  app->add_flag("--json", a->json_out, "Print one JSON object instead of the table");
+  return [a]() { return run_bench(*a); };
+}
+
+}  // namespace msae::cli
