@@ -47,7 +47,7 @@ double Rng::normal() {
 
 uint64_t Rng::below(uint64_t n) {
   MSAE_ASSERT(n > 0);
-  // Lemire's rejection method keeps the result unbiased.
+  // Reject the low values that would make r % n favour small results (2^64 is not a multiple of n).
   const uint64_t threshold = (0 - n) % n;
   for (;;) {
     uint64_t r = next_u64();
