@@ -2,7 +2,7 @@
 
 namespace msae::train {
 
-std::vector<std::string> engine_names() { return {"reference"}; }
+std::vector<std::string> engine_names() { return {"reference", "sparse"}; }
 
 std::unique_ptr<StepEngine> make_engine(const std::string& name) {
   if (name == "reference") return make_reference_engine();
