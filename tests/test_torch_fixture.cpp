@@ -160,6 +160,6 @@ std::vector<Case> all_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TorchFixture, ::testing::ValuesIn(all_cases()),
-                         [](const auto& info) { return info.param.fixture + "_" + info.param.engine; });
+                         [](const auto& test) { return test.param.fixture + "_" + test.param.engine; });
 
 }  // namespace
