@@ -33,6 +33,16 @@ std::unique_ptr<ActivationSource> open_npy(const std::string& path, bool shuffle
 // The embedded synthetic dataset (synth::default_planted_config()), an endless seeded stream.
 std::unique_ptr<ActivationSource> open_synthetic(uint64_t seed);
 
+// Training defaults on the embedded synthetic dataset (its planted dictionary has 256 features in d=64,
+// about 2.1 active per row): sized so that `msae train --out DIR` finishes in well under a minute on two
+// cores and recovers most planted features. Used by the CLI and by the recovery test.
+struct SyntheticDefaults {
+  static constexpr int64_t d_sae = 512;
+  static constexpr int64_t k = 3;
+  static constexpr int64_t batch = 1024;
+  static constexpr int64_t steps = 3000;
+};
+
 // Throws a runtime error naming `what` and the absolute row if a row of batch (B, d) has NaN/Inf.
 // first_row: absolute index of the batch's row 0 (or the row ids when given).
 void check_finite(const float* batch, int64_t B, int64_t d, const std::string& what, const int64_t* row_ids);

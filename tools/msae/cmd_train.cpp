@@ -24,12 +24,7 @@ namespace {
 
 using nlohmann::json;
 
-// Defaults for the embedded synthetic dataset (docs/cli.md): sized so the default run takes well under a
-// minute on 2 cores and the planted dictionary (256 features in d=64) can be recovered.
-constexpr int64_t kSyntheticDSae = 512;
-constexpr int64_t kSyntheticK = 8;
-constexpr int64_t kSyntheticBatch = 1024;
-constexpr int64_t kSyntheticSteps = 3000;
+using SynthDefaults = data::SyntheticDefaults;  // data-dependent defaults on the embedded dataset
 constexpr int64_t kEvalRows = 16384;
 
 struct TrainArgs {
@@ -148,9 +143,9 @@ int run_train(TrainArgs a, const CLI::App& app) {
       usage_error("--init ", a.init, ": the SAE has d_sae ", init_dir.params.D, " but --d-sae is ", a.d_sae);
     init_params = std::make_unique<SaeParams>(std::move(init_dir.params));
   }
-  cfg.d_sae = a.d_sae > 0 ? a.d_sae : (synthetic ? kSyntheticDSae : 8 * d);
+  cfg.d_sae = a.d_sae > 0 ? a.d_sae : (synthetic ? SynthDefaults::d_sae : 8 * d);
   if (app.count("--d-sae") && a.d_sae <= 0) usage_error("--d-sae must be positive, got ", a.d_sae);
-  cfg.k = app.count("--k") ? a.k : (synthetic ? kSyntheticK : 32);
+  cfg.k = app.count("--k") ? a.k : (synthetic ? SynthDefaults::k : 32);
   if (!a.group_sizes.empty()) cfg.group_sizes = parse_group_sizes(a.group_sizes);
   cfg.encoder_bias = a.encoder_bias;
   cfg.dead_after_batches = a.dead_after;
@@ -160,7 +155,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
 
   train::TrainOptions opt;
   opt.sae = cfg;
-  opt.batch = app.count("--batch") ? a.batch : (synthetic ? kSyntheticBatch : 4096);
+  opt.batch = app.count("--batch") ? a.batch : (synthetic ? SynthDefaults::batch : 4096);
   if (opt.batch <= 0) usage_error("--batch must be positive, got ", opt.batch);
   if (app.count("--steps") && app.count("--tokens")) usage_error("give --steps or --tokens, not both");
   if (app.count("--steps")) {
@@ -170,7 +165,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
     if (a.tokens <= 0) usage_error("--tokens must be positive, got ", a.tokens);
     opt.steps = (a.tokens + opt.batch - 1) / opt.batch;
   } else {
-    opt.steps = synthetic ? kSyntheticSteps : std::max<int64_t>(1, (source->rows() + opt.batch - 1) / opt.batch);
+    opt.steps = synthetic ? SynthDefaults::steps : std::max<int64_t>(1, (source->rows() + opt.batch - 1) / opt.batch);
   }
   if (!(a.lr > 0.0f)) usage_error("--lr must be positive, got ", a.lr);
   if (!(a.max_grad_norm > 0.0f)) usage_error("--max-grad-norm must be positive, got ", a.max_grad_norm);
@@ -330,7 +325,7 @@ Action add_train_command(CLI::App& root) {
   app->add_option("--arch", a->arch, "matryoshka | batchtopk | topk")->capture_default_str();
   app->add_option("--d-sae", a->d_sae, "Number of latents D (default: 8*d; 512 on the synthetic data; from --init)");
   app->add_option("--group-sizes", a->group_sizes, "Matryoshka group sizes summing to D (default D/16,D/16,D/8,D/4,D/2)");
-  app->add_option("--k", a->k, "Mean active latents per row (default 32; 8 on the synthetic data)");
+  app->add_option("--k", a->k, "Mean active latents per row (default 32; 3 on the synthetic data)");
   app->add_option("--batch", a->batch, "Rows per batch B (default 4096; 1024 on the synthetic data)");
   app->add_option("--steps", a->steps, "Optimizer steps (default: one epoch of --data; 3000 on the synthetic data)");
   app->add_option("--tokens", a->tokens, "Training tokens (rows); steps = ceil(tokens / batch)");
