@@ -50,6 +50,8 @@ void grow(T& buffer, size_t n) {
 }
 
 constexpr int kMaxThreads = 256;
+// Rows per block in the AuxK part of the latent pass: 256 rows of q and of x_cent are 1.5 MiB at d = 768.
+constexpr int64_t kAuxRowBlock = 256;
 
 // Per-thread partial results, padded against false sharing.
 struct alignas(64) ThreadPart {
@@ -336,6 +338,8 @@ class SparseEngine final : public StepEngine {
     float* gW_enc = grads.W_enc_t.ptr();
     float* gb_enc = grads.b_enc.ptr();
     grow(gb_dec_part2_, static_cast<size_t>(nt) * static_cast<size_t>(d));
+    grow(sum_gz_, static_cast<size_t>(D));
+    if (use_aux) grow(cursor_, static_cast<size_t>(D));
     parallel(
         [&](int tid, int) {
           double* gb = gb_dec_part2_.data() + static_cast<size_t>(tid) * static_cast<size_t>(d);
@@ -355,14 +359,38 @@ class SparseEngine final : public StepEngine {
               axpy(we, gzv, x_cent + r * d, d);
               sum_gz += gzv;
             }
-            if (use_aux)
-              for (int64_t e = aux_csc_.col_ptr[i]; e < aux_csc_.col_ptr[i + 1]; ++e) {
-                const int64_t r = aux_csc_.row[e], s = aux_csc_.src[e];
-                const float gav = ga_[s];
-                axpy(wd, aux_.vals[s], q + r * d, d);
-                axpy(we, gav, x_cent + r * d, d);
-                sum_gz += gav;
+            sum_gz_[i] = sum_gz;
+          }
+          // AuxK entries, after each latent's main entries (so every latent sums in the same order as
+          // before): in blocks of rows, so that the rows of q and x_cent being read stay in cache while
+          // every latent of this thread takes its entries from the block (a latent's entries are in
+          // ascending row order). Unblocked, each entry streamed two rows from memory.
+          if (use_aux) {
+            const int64_t i0 = split_[tid], i1 = split_[tid + 1];
+            for (int64_t i = i0; i < i1; ++i) cursor_[i] = aux_csc_.col_ptr[i];
+            for (int64_t r0 = 0; r0 < B; r0 += kAuxRowBlock) {
+              const int64_t r1 = std::min(B, r0 + kAuxRowBlock);
+              for (int64_t i = i0; i < i1; ++i) {
+                int64_t e = cursor_[i];
+                const int64_t end = aux_csc_.col_ptr[i + 1];
+                if (e == end || aux_csc_.row[e] >= r1) continue;
+                float* wd = gW_dec + i * d;
+                float* we = gW_enc + i * d;
+                float sum = sum_gz_[i];
+                for (; e < end && aux_csc_.row[e] < r1; ++e) {
+                  const int64_t r = aux_csc_.row[e], s = aux_csc_.src[e];
+                  const float gav = ga_[s];
+                  axpy(wd, aux_.vals[s], q + r * d, d);
+                  axpy(we, gav, x_cent + r * d, d);
+                  sum += gav;
+                }
+                sum_gz_[i] = sum;
+                cursor_[i] = e;
               }
+            }
+          }
+          for (int64_t i = split_[tid]; i < split_[tid + 1]; ++i) {
+            const float sum_gz = sum_gz_[i];
             gb_enc[i] = cfg.encoder_bias ? sum_gz : 0.0f;
             // grad x_cent = grad_pre @ W_enc^T and x_cent = x - b_dec: grad b_dec -= sum_i (sum_r grad_pre) W_enc^T[i]
             if (sum_gz != 0.0f) {
@@ -379,13 +407,13 @@ class SparseEngine final : public StepEngine {
         s += gb_dec_part_[static_cast<size_t>(t) * d + j] + gb_dec_part2_[static_cast<size_t>(t) * d + j];
       gb_dec[j] = static_cast<float>(s);
     }
-    (void)B;
   }
 
   std::vector<int64_t> bounds_;
   FloatBuffer x_cent_, pre_, S_, q_, gz_, ga_, row_scratch_;
   std::vector<double> gb_dec_part_, gb_dec_part2_, colstat_;
-  std::vector<int64_t> split_;
+  std::vector<int64_t> split_, cursor_;
+  std::vector<float> sum_gz_;
   kernels::SparseCodes codes_, aux_;
   kernels::SelectScratch select_, aux_select_;
   kernels::CscIndex csc_, aux_csc_;

@@ -20,6 +20,12 @@ namespace {
 
 using nlohmann::json;
 
+// Share of a dead latent's pre-activations that are positive, measured on the dead latents of a real
+// msae training run (docs/performance.md "AuxK cost": d=768, D=16384, k=32, B=4096, 30 steps on the
+// bench's activation-like data; 51% of the latents were dead by then, and 17% of their pre-activations
+// were positive).
+constexpr double kMeasuredDeadPositive = 0.17;
+
 struct BenchArgs {
   int64_t d_in = 768, d_sae = 16384, k = 32, batch = 4096;
   std::string arch = "matryoshka";
@@ -28,6 +34,7 @@ struct BenchArgs {
   int threads = 0;
   std::string engine = "sparse";
   double dead_fraction = 0.0;
+  double dead_positive = kMeasuredDeadPositive;
   float dead_scale = 0.3f;
   uint64_t seed = 0;
   bool json_out = false;
@@ -69,6 +76,52 @@ void fill_batch(std::vector<float>& x, int64_t B, int64_t d, Rng& rng, const std
   }
 }
 
+// Shifts the encoder rows of `dead` along minus the unit mean direction u of x's first `rows` rows,
+// w_i -= beta u, with beta such that a share `target` of the dead latents' pre-activations x.w_i is
+// positive on those rows. Returns beta; `got` receives the share reached.
+double calibrate_dead(const std::vector<float>& x, int64_t rows, int64_t d, SaeParams& params,
+                      const std::vector<int32_t>& dead, double target, double& got) {
+  const int64_t n = static_cast<int64_t>(dead.size());
+  std::vector<double> mean(d, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < d; ++j) mean[j] += x[r * d + j];
+  double norm = 0.0;
+  for (double v : mean) norm += v * v;
+  norm = std::sqrt(norm);
+  std::vector<float> u(d);
+  for (int64_t j = 0; j < d; ++j) u[j] = norm > 0 ? static_cast<float>(mean[j] / norm) : 0.0f;
+  std::vector<float> w(n * d), a(rows * n), c(rows);
+  for (int64_t j = 0; j < n; ++j)
+    std::copy_n(params.W_enc_t.ptr() + static_cast<int64_t>(dead[j]) * d, d, w.data() + j * d);
+  kernels::sgemm(kernels::Trans::no, kernels::Trans::yes, rows, n, d, 1.0f, x.data(), d, w.data(), d, 0.0f, a.data(),
+                 n);
+  for (int64_t r = 0; r < rows; ++r) {
+    double s = 0.0;
+    for (int64_t j = 0; j < d; ++j) s += static_cast<double>(x[r * d + j]) * u[j];
+    c[r] = static_cast<float>(s);
+  }
+  auto share = [&](double beta) {
+    int64_t pos = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float shift = static_cast<float>(beta) * c[r];
+      for (int64_t j = 0; j < n; ++j) pos += a[r * n + j] - shift > 0.0f;
+    }
+    return static_cast<double>(pos) / static_cast<double>(rows * n);
+  };
+  double lo = 0.0, hi = 1.0;
+  while (share(hi) > target && hi < 1e6) hi *= 2.0;
+  for (int it = 0; it < 40; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    (share(mid) > target ? lo : hi) = mid;
+  }
+  got = share(hi);
+  for (int32_t i : dead) {
+    float* wi = params.W_enc_t.ptr() + static_cast<int64_t>(i) * d;
+    for (int64_t j = 0; j < d; ++j) wi[j] -= static_cast<float>(hi) * u[j];
+  }
+  return hi;
+}
+
 int run_bench(const BenchArgs& a) {
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
@@ -92,40 +145,72 @@ int run_bench(const BenchArgs& a) {
   state.n_inactive.assign(D, 0);
   kernels::AdamHyper hyper;
 
-  // Dead latents: counters far past the limit, and encoder rows scaled down so they stay below the
-  // BatchTopK cut (they would otherwise fire at once and stop being dead); their acts are still positive
-  // about half the time, so AuxK selects min(aux_k, positives) of them per row.
   Rng rng(a.seed + 1);
-  std::vector<int32_t> dead;
-  if (a.dead_fraction > 0.0) {
-    std::vector<int64_t> order(D);
-    std::iota(order.begin(), order.end(), 0);
-    shuffle_indices(order, rng);
-    const int64_t n_dead = static_cast<int64_t>(a.dead_fraction * static_cast<double>(D));
-    for (int64_t j = 0; j < n_dead; ++j) {
-      dead.push_back(static_cast<int32_t>(order[j]));
-      float* w = params.W_enc_t.ptr() + order[j] * d;
-      for (int64_t c = 0; c < d; ++c) w[c] *= a.dead_scale;
-    }
-  }
-
   const int64_t dirs = 4 * d;
   std::vector<float> basis(dirs * d);
   for (float& v : basis) v = static_cast<float>(rng.normal() / std::sqrt(static_cast<double>(d)) * 4.0);
   constexpr int kBatches = 3;
   std::vector<std::vector<float>> data(kBatches, std::vector<float>(B * d));
   for (auto& x : data) fill_batch(x, B, d, rng, basis, dirs);
+
+  // Dead latents: counters far past the limit, every step, and encoder rows that keep them below the
+  // BatchTopK cut. Default ("trained"): w_i - beta u, u the unit mean direction of the data, with one
+  // beta for all dead latents chosen (bisection on the first batch) so that the share of their positive
+  // pre-activations is --dead-positive, the share measured on the dead latents of a real training run.
+  // --dead-positive < 0: the older scenario, rows scaled by --dead-scale (acts positive about half the
+  // time, so AuxK keeps its full aux_k per row).
+  std::vector<int32_t> dead;
+  double dead_beta = 0.0, dead_positive_got = 0.0;
+  if (a.dead_fraction > 0.0) {
+    std::vector<int64_t> order(D);
+    std::iota(order.begin(), order.end(), 0);
+    shuffle_indices(order, rng);
+    const int64_t n_dead = std::max<int64_t>(1, static_cast<int64_t>(a.dead_fraction * static_cast<double>(D)));
+    for (int64_t j = 0; j < n_dead; ++j) dead.push_back(static_cast<int32_t>(order[j]));
+    if (a.dead_positive < 0.0) {
+      for (int32_t i : dead) {
+        float* w = params.W_enc_t.ptr() + static_cast<int64_t>(i) * d;
+        for (int64_t c = 0; c < d; ++c) w[c] *= a.dead_scale;
+      }
+    } else {
+      dead_beta = calibrate_dead(data[0], std::min<int64_t>(B, 1024), d, params, dead, a.dead_positive,
+                                 dead_positive_got);
+    }
+  }
+  // The dead latents' encoder rows as set up above, restored before every step (untimed): AuxK's
+  // gradient, through Adam, moves them up by ~lr * sum|x| per step and would revive them within ~10
+  // steps, so without the restore the scenario drifts during the run.
+  std::vector<float> dead_rows(dead.size() * d);
+  for (size_t j = 0; j < dead.size(); ++j)
+    std::copy_n(params.W_enc_t.ptr() + static_cast<int64_t>(dead[j]) * d, d, dead_rows.data() + j * d);
+  auto restore_dead = [&] {
+    for (size_t j = 0; j < dead.size(); ++j)
+      std::copy_n(dead_rows.data() + j * d, d, params.W_enc_t.ptr() + static_cast<int64_t>(dead[j]) * d);
+  };
   std::vector<float> gemm_out(B * D);
   std::vector<float> x_cent(B * d);
 
   std::map<std::string, std::vector<double>> phases;
-  std::vector<double> step_s, gemm_s, fb_s, update_s;
+  std::vector<double> step_s, gemm_s, fb_s, update_s, noaux_s;
   StepStats last;
   int64_t aux_steps = 0;
   for (int64_t it = 0; it < a.warmup + a.steps; ++it) {
     const std::vector<float>& x = data[it % kBatches];
-    for (int32_t i : dead) state.n_inactive[i] = std::max<int64_t>(state.n_inactive[i], 1000);
     Timer t;
+    if (!dead.empty()) {
+      // The same step without AuxK (no latent dead), on the same batch, in the same iteration: the
+      // AuxK overhead is the ratio of the two medians, both under the same load.
+      for (int32_t i : dead) state.n_inactive[i] = 0;
+      restore_dead();
+      t.reset();
+      engine->forward_backward(cfg, x.data(), B, params, state, grads);
+      train::apply_update(cfg, hyper, 1e5f, params, grads, opt);
+      if (it >= a.warmup) noaux_s.push_back(t.seconds());
+      t.reset();
+    }
+    for (int32_t i : dead) state.n_inactive[i] = std::max<int64_t>(state.n_inactive[i], 1000);
+    restore_dead();
+    t.reset();
     last = engine->forward_backward(cfg, x.data(), B, params, state, grads);
     const double fb = t.seconds();
     t.reset();
@@ -148,6 +233,18 @@ int run_bench(const BenchArgs& a) {
     phases["update"].push_back(up);
   }
 
+  // AuxK entries per row, counted on the last encoder-GEMM output (the parameters after the last update):
+  // min(aux_k, positive pre-activations among the dead latents), averaged over rows.
+  double last_aux_per_row = 0.0;
+  if (!dead.empty()) {
+    int64_t total = 0;
+    for (int64_t r = 0; r < B; ++r) {
+      int64_t pos = 0;
+      for (int32_t i : dead) pos += gemm_out[r * D + i] > 0.0f;
+      total += std::min<int64_t>(pos, cfg.aux_k);
+    }
+    last_aux_per_row = static_cast<double>(total) / static_cast<double>(B);
+  }
   const double step = median(step_s), gemm = median(gemm_s);
   const double tokens_per_s = static_cast<double>(B) / step;
   const double gflop = 2.0 * static_cast<double>(B) * static_cast<double>(d) * static_cast<double>(D) / 1e9;
@@ -165,6 +262,10 @@ int run_bench(const BenchArgs& a) {
       {"warmup", a.warmup},
       {"dead_fraction", a.dead_fraction},
       {"n_dead_last_step", last.n_dead},
+      {"dead_positive_target", a.dead_fraction > 0.0 ? a.dead_positive : 0.0},
+      {"dead_positive_calibrated", dead_positive_got},
+      {"dead_shift_beta", dead_beta},
+      {"aux_entries_per_row_last_step", last_aux_per_row},
       {"aux_active_steps", aux_steps},
       {"step_s", step},
       {"step_s_min", *std::min_element(step_s.begin(), step_s.end())},
@@ -174,6 +275,8 @@ int run_bench(const BenchArgs& a) {
       {"step_over_gemm", step / gemm},
       {"tokens_per_s", tokens_per_s},
       {"peak_rss_bytes", peak_rss_bytes()},
+      {"step_without_auxk_s", noaux_s.empty() ? 0.0 : median(noaux_s)},
+      {"auxk_overhead", noaux_s.empty() ? 0.0 : step / median(noaux_s) - 1.0},
       {"loss_last_step", last.loss},
       {"l0_last_step", last.l0},
   };
@@ -191,13 +294,21 @@ int run_bench(const BenchArgs& a) {
               static_cast<long long>(a.warmup));
   std::printf("BLAS: %s\n", kernels::blas_info().c_str());
   if (a.dead_fraction > 0)
-    std::printf("dead latents: %lld (%.1f%%), AuxK active in %lld of %lld timed steps\n",
+    std::printf("dead latents: %lld (%.1f%%), AuxK active in %lld of %lld timed steps, %.1f AuxK entries per row; "
+                "scenario: %s\n",
                 static_cast<long long>(last.n_dead), 100.0 * a.dead_fraction, static_cast<long long>(aux_steps),
-                static_cast<long long>(a.steps));
+                static_cast<long long>(a.steps), last_aux_per_row,
+                a.dead_positive < 0.0
+                    ? cat("encoder rows scaled by ", a.dead_scale).c_str()
+                    : cat("trained-like, ", 100.0 * dead_positive_got, "% of dead pre-activations positive (target ",
+                          100.0 * a.dead_positive, "%)").c_str());
   std::printf("  %-22s %10.1f ms  (median; min %.1f ms)\n", "step", 1e3 * step, 1e3 * out["step_s_min"].get<double>());
   std::printf("  %-22s %10.1f ms  (%.1f GFLOP/s)\n", "encoder GEMM alone", 1e3 * gemm, gflop / gemm);
   std::printf("  %-22s %10.2f x\n", "step / encoder GEMM", step / gemm);
   std::printf("  %-22s %10.0f\n", "tokens/s", tokens_per_s);
+  if (!noaux_s.empty())
+    std::printf("  %-22s %10.1f ms  (same batch, no latent dead; AuxK overhead %+.1f%%)\n", "step without AuxK",
+                1e3 * median(noaux_s), 100.0 * (step / median(noaux_s) - 1.0));
   std::printf("  phases (median ms):");
   for (const auto& [name, v] : phases) std::printf(" %s %.1f |", name.c_str(), 1e3 * median(v));
   std::printf("\n  %-22s %10.1f MiB\n", "peak RSS", static_cast<double>(peak_rss_bytes()) / (1 << 20));
@@ -220,6 +331,10 @@ Action add_bench_command(CLI::App& root) {
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_option("--engine", a->engine, "sparse | reference")->capture_default_str();
   app->add_option("--dead-fraction", a->dead_fraction, "Share of latents kept dead so AuxK runs (e.g. 0.1)")
+      ->capture_default_str();
+  app->add_option("--dead-positive", a->dead_positive,
+                  "Share of the dead latents' pre-activations made positive (default: measured in training; < 0: "
+                  "use --dead-scale instead)")
       ->capture_default_str();
   app->add_option("--dead-scale", a->dead_scale, "Encoder-row scale that keeps the dead latents below the cut")
       ->capture_default_str();
