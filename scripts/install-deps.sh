@@ -9,6 +9,7 @@ PACKAGES=(
   libopenblas-dev libopenblas-pthread-dev
   nlohmann-json3-dev libcli11-dev
   libgtest-dev
+  pybind11-dev python3-dev python3-numpy
 )
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
