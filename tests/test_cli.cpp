@@ -82,6 +82,7 @@ class Cli : public ::testing::Test {
 };
 
 const std::string kSmall = " --d-sae 32 --k 2 --batch 16 --steps 5 --threads 1 ";
+void expect_error(const Result& r, int code, const std::string& needle);
 
 TEST_F(Cli, TrainInspectEvalOnNpy) {
   const std::string data = make_data("x.npy", 64, 8);
@@ -131,6 +132,16 @@ TEST_F(Cli, InitAndNoShuffleAreExactlyReproducible) {
   EXPECT_EQ(slurp(dir_ / "a" / "sae_weights.safetensors"), slurp(dir_ / "b" / "sae_weights.safetensors"));
   // And it did train: the weights moved away from the init.
   EXPECT_NE(slurp(dir_ / "a" / "sae_weights.safetensors"), slurp(dir_ / "init" / "sae_weights.safetensors"));
+}
+
+TEST_F(Cli, TrailingSlashNamesTheSameDirectory) {
+  const std::string data = make_data("x.npy", 64, 8);
+  ASSERT_EQ(run("train --data " + data + kSmall + "--out " + path("slash") + "/").code, 0);
+  EXPECT_TRUE(fs::exists(dir_ / "slash" / "sae_weights.safetensors"));
+  EXPECT_FALSE(has_tmp_leftovers());
+  for (const auto& e : fs::directory_iterator(dir_ / "slash"))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  expect_error(run("train --data " + data + kSmall + "--out " + path("slash") + "/"), 2, "--overwrite");
 }
 
 TEST_F(Cli, DefaultRunNeedsOnlyOut) {

@@ -125,6 +125,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
   const int64_t d = source->d();
 
   // ---- output directory: refuse before any work
+  while (a.out.size() > 1 && a.out.back() == '/') a.out.pop_back();  // "DIR/" names DIR
   if (a.out.empty()) usage_error("--out DIR is required");
   if (io::path_exists(a.out) && !a.overwrite)
     usage_error("output directory '", a.out, "' exists; pass --overwrite to replace it");
