@@ -40,7 +40,7 @@ struct SyntheticDefaults {
   static constexpr int64_t d_sae = 512;
   static constexpr int64_t k = 3;
   static constexpr int64_t batch = 1024;
-  static constexpr int64_t steps = 3000;
+  static constexpr int64_t steps = 2400;
 };
 
 // Throws a runtime error naming `what` and the absolute row if a row of batch (B, d) has NaN/Inf.

@@ -328,7 +328,7 @@ Action add_train_command(CLI::App& root) {
   app->add_option("--group-sizes", a->group_sizes, "Matryoshka group sizes summing to D (default D/16,D/16,D/8,D/4,D/2)");
   app->add_option("--k", a->k, "Mean active latents per row (default 32; 3 on the synthetic data)");
   app->add_option("--batch", a->batch, "Rows per batch B (default 4096; 1024 on the synthetic data)");
-  app->add_option("--steps", a->steps, "Optimizer steps (default: one epoch of --data; 3000 on the synthetic data)");
+  app->add_option("--steps", a->steps, "Optimizer steps (default: one epoch of --data; 2400 on the synthetic data)");
   app->add_option("--tokens", a->tokens, "Training tokens (rows); steps = ceil(tokens / batch)");
   app->add_option("--lr", a->lr, "Adam learning rate")->capture_default_str();
   app->add_option("--seed", a->seed, "Seed for initialization and shuffling")->capture_default_str();
