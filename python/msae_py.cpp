@@ -135,14 +135,6 @@ Rows float32_rows(py::handle obj, const std::string& what, int64_t expected_cols
 // ---------------------------------------------------------------------------------------------
 py::object to_python(const json& j) { return py::module_::import("json").attr("loads")(j.dump()); }
 
-json config_json(const SaeConfig& c) {
-  return {{"arch", arch_name(c.arch)},       {"d_in", c.d_in},
-          {"d_sae", c.d_sae},                {"k", c.k},
-          {"group_sizes", c.group_sizes},    {"group_boundaries", c.boundaries()},
-          {"encoder_bias", c.encoder_bias},  {"dead_after_batches", c.dead_after_batches},
-          {"aux_k", c.aux_k},                {"aux_coef", c.aux_coef}};
-}
-
 // ---------------------------------------------------------------------------------------------
 // The SAE object: immutable after construction, so any number of threads may use it.
 // ---------------------------------------------------------------------------------------------
@@ -247,7 +239,7 @@ json info_for_save(const Sae& s) {
   if (!j.contains("msae_version")) j["msae_version"] = version_string();
   if (!j.contains("git_commit")) j["git_commit"] = git_commit();
   if (!j.contains("normalization")) j["normalization"] = {{"method", "none"}};
-  j["config"] = config_json(s.cfg);
+  j["config"] = train::config_json(s.cfg);
   return j;
 }
 
@@ -435,28 +427,6 @@ std::string python_names(std::string msg) {
   return msg;
 }
 
-// Interval means for metrics.jsonl (the fields msae train writes, docs/formats.md).
-struct IntervalStats {
-  int64_t steps = 0;
-  double loss = 0, l_aux = 0, fvu = 0, l0 = 0;
-  std::vector<double> mse_prefix;
-  void add(const StepStats& s) {
-    steps += 1;
-    loss += s.loss;
-    l_aux += s.l_aux;
-    fvu += s.var_x > 0 ? s.mse_prefix.back() / s.var_x : 0.0;
-    l0 += s.l0;
-    mse_prefix.resize(s.mse_prefix.size(), 0.0);
-    for (size_t g = 0; g < s.mse_prefix.size(); ++g) mse_prefix[g] += s.mse_prefix[g];
-  }
-  json to_json() const {
-    const double n = static_cast<double>(std::max<int64_t>(steps, 1));
-    std::vector<double> prefix(mse_prefix);
-    for (double& v : prefix) v /= n;
-    return {{"loss", loss / n}, {"l_aux", l_aux / n}, {"fvu", fvu / n}, {"l0", l0 / n}, {"mse_prefix", prefix}};
-  }
-};
-
 constexpr int64_t kEvalRows = 16384;  // as msae train: the final evaluation reads at most this many rows
 
 // Restores msae's thread count when train() changed it for its own duration.
@@ -591,7 +561,7 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
     }
 
     std::vector<float> batch(static_cast<size_t>(opt.batch * d));
-    IntervalStats interval;
+    train::MetricsInterval interval;
     Timer clock;
     int64_t done = 0, last_logged = 0;
     StepStats last;  // the latest step's statistics
@@ -612,7 +582,7 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
         line["grad_norm"] = trainer->last_grad_norm();
         metrics << line.dump() << "\n";
       }
-      interval = IntervalStats{};
+      interval = train::MetricsInterval{};
       if (a.progress.is_none()) return;
       py::dict stats;
       stats["loss"] = last.loss;
@@ -689,7 +659,7 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
         {"format_version", 1},
         {"msae_version", version_string()},
         {"git_commit", git_commit()},
-        {"config", config_json(cfg)},
+        {"config", train::config_json(cfg)},
         {"normalization", {{"method", "none"}}},
         {"training",
          {{"completed", true},

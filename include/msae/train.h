@@ -76,6 +76,18 @@ class Trainer {
   double grad_norm_ = 0;
 };
 
+// The SAE config as recorded in msae.json ("config").
+nlohmann::json config_json(const SaeConfig& cfg);
+
+// Means over one logging interval of the step statistics written to metrics.jsonl (docs/formats.md).
+struct MetricsInterval {
+  int64_t steps = 0;
+  double loss = 0, l_aux = 0, fvu = 0, l0 = 0;
+  std::vector<double> mse_prefix;  // (G)
+  void add(const StepStats& s);
+  nlohmann::json to_json() const;  // {loss, l_aux, fvu, l0, mse_prefix}
+};
+
 // ---------------------------------------------------------------------------------------------
 // Output directory: SAELens layout (cfg.json + sae_weights.safetensors) + msae.json + metrics.jsonl.
 // ---------------------------------------------------------------------------------------------

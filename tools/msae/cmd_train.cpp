@@ -83,36 +83,6 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-// Interval averages for metrics.jsonl and the progress line.
-struct IntervalStats {
-  int64_t steps = 0;
-  double loss = 0, l_aux = 0, fvu = 0, l0 = 0;
-  std::vector<double> mse_prefix;
-  void add(const StepStats& s) {
-    steps += 1;
-    loss += s.loss;
-    l_aux += s.l_aux;
-    fvu += s.var_x > 0 ? s.mse_prefix.back() / s.var_x : 0.0;
-    l0 += s.l0;
-    mse_prefix.resize(s.mse_prefix.size(), 0.0);
-    for (size_t g = 0; g < s.mse_prefix.size(); ++g) mse_prefix[g] += s.mse_prefix[g];
-  }
-  json to_json() const {
-    const double n = static_cast<double>(std::max<int64_t>(steps, 1));
-    std::vector<double> prefix(mse_prefix);
-    for (double& v : prefix) v /= n;
-    return {{"loss", loss / n}, {"l_aux", l_aux / n}, {"fvu", fvu / n}, {"l0", l0 / n}, {"mse_prefix", prefix}};
-  }
-};
-
-json config_json(const SaeConfig& c) {
-  return {{"arch", arch_name(c.arch)},       {"d_in", c.d_in},
-          {"d_sae", c.d_sae},                {"k", c.k},
-          {"group_sizes", c.group_sizes},    {"group_boundaries", c.boundaries()},
-          {"encoder_bias", c.encoder_bias},  {"dead_after_batches", c.dead_after_batches},
-          {"aux_k", c.aux_k},                {"aux_coef", c.aux_coef}};
-}
-
 int run_train(TrainArgs a, const CLI::App& app) {
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
@@ -198,7 +168,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
   std::signal(SIGTERM, on_interrupt);
   std::vector<float> batch(opt.batch * d);
   Progress progress(opt.steps);
-  IntervalStats interval;
+  train::MetricsInterval interval;
   Timer clock;
   int64_t step = 0;
   try {
@@ -222,7 +192,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
         line["threshold"] = trainer.params().threshold;
         line["grad_norm"] = trainer.last_grad_norm();
         metrics << line.dump() << "\n";
-        interval = IntervalStats{};
+        interval = train::MetricsInterval{};
       }
       const double fvu = s.var_x > 0 ? s.mse_prefix.back() / s.var_x : 0.0;
       progress.update(done,
@@ -262,7 +232,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
       {"format_version", 1},
       {"msae_version", version_string()},
       {"git_commit", git_commit()},
-      {"config", config_json(cfg)},
+      {"config", train::config_json(cfg)},
       {"normalization", {{"method", "none"}}},
       {"training",
        {{"completed", completed},
