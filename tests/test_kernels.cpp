@@ -167,6 +167,67 @@ TEST(Kernels, SgemmMatchesReference) {
   }
 }
 
+// The blocked sparse x dense products (src/kernels/sparse_mm.cpp) against their double-precision twins:
+// widths below, at and off the column chunks (32 / 64 floats) and packing, rows without entries, dense and sparse
+// codes. The fast kernels sum in float (a few hundred terms here), the twins in double: 1e-5 of the
+// largest output is ~100x the float rounding of such sums and far below any indexing mistake (which
+// moves outputs by O(1) of their scale).
+TEST(Kernels, SparseTimesDenseMatchReference) {
+  SelectScratch scratch;
+  Rng rng(11);
+  for (const Shape& s : shapes()) {
+    const std::vector<float> pre = make_pre(s.B, s.D, 17 + s.D, s.quantize, s.dead_rows);
+    for (int64_t per_row : {int64_t{1}, int64_t{3}, int64_t{40}}) {
+      SparseCodes codes;
+      batch_topk(pre.data(), s.B, s.D, per_row * s.B, codes, scratch, 0.0f);
+      CscIndex csc;
+      csr_to_csc(codes, csc);
+      for (int64_t d : {int64_t{1}, int64_t{7}, int64_t{32}, int64_t{64}, int64_t{100}, int64_t{192}}) {
+        const std::string what = "B=" + std::to_string(s.B) + " D=" + std::to_string(s.D) + " d=" +
+                                 std::to_string(d) + " nnz=" + std::to_string(codes.nnz());
+        std::vector<float> W(s.D * d), Q(s.B * d), Q2(s.B * d), b_vals(codes.nnz());
+        for (float& v : W) v = static_cast<float>(rng.normal());
+        for (float& v : Q) v = static_cast<float>(rng.normal());
+        for (float& v : Q2) v = static_cast<float>(rng.normal());
+        for (float& v : b_vals) v = static_cast<float>(rng.normal());
+
+        PackedCodesRows packed;
+        pack_for_codes(codes, W.data(), d, packed);
+        std::vector<float> want(s.B * d), got(s.B * d, 123.0f);
+        ref::csr_times_dense(codes, W.data(), d, want.data());
+        csr_times_dense(codes, packed, got.data());
+        EXPECT_LT(max_rel(got, want), 1e-5) << "csr_times_dense " << what;
+
+        std::vector<float> want_dots(codes.nnz()), got_dots(codes.nnz(), 123.0f);
+        ref::csr_row_dots(codes, W.data(), Q.data(), d, want_dots.data());
+        csr_row_dots(codes, packed, Q.data(), got_dots.data());
+        EXPECT_LT(max_rel(got_dots, want_dots), 1e-5) << "csr_row_dots " << what;
+
+        // accumulate onto nonzero starting values, over two latent ranges as two threads would
+        std::vector<float> G1(s.D * d), G2(s.D * d), sums(s.D);
+        for (float& v : G1) v = static_cast<float>(rng.normal());
+        for (float& v : G2) v = static_cast<float>(rng.normal());
+        for (float& v : sums) v = static_cast<float>(rng.normal());
+        std::vector<float> G1w = G1, G2w = G2, sumsw = sums;
+        ChunkedRows Qp, Q2p;
+        pack_pair_operand(Q.data(), s.B, d, Qp);
+        pack_pair_operand(Q2.data(), s.B, d, Q2p);
+        PairScratch scratch0, scratch1;
+        const int64_t mid = s.D / 3;
+        ref::csc_accumulate_pair(csc, s.B, codes.vals.data(), Q.data(), G1w.data(), b_vals.data(), Q2.data(),
+                                 G2w.data(), sumsw.data(), d, 0, s.D);
+        csc_accumulate_pair(csc, codes.vals.data(), Qp, G1.data(), b_vals.data(), Q2p, G2.data(), sums.data(), 0,
+                            mid, scratch0);
+        csc_accumulate_pair(csc, codes.vals.data(), Qp, G1.data(), b_vals.data(), Q2p, G2.data(), sums.data(), mid,
+                            s.D, scratch1);
+        EXPECT_LT(max_rel(G1, G1w), 1e-5) << "csc_accumulate_pair G1 " << what;
+        EXPECT_LT(max_rel(G2, G2w), 1e-5) << "csc_accumulate_pair G2 " << what;
+        EXPECT_LT(max_rel(sums, sumsw), 1e-5) << "csc_accumulate_pair sums " << what;
+      }
+    }
+  }
+}
+
 TEST(Kernels, AdamAndDecoderConstraintMatchReference) {
   Rng rng(2);
   for (int64_t D : {1, 3, 64}) {

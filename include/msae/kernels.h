@@ -93,6 +93,49 @@ struct CscIndex {
 void csr_to_csc(const SparseCodes& codes, CscIndex& out);
 
 // ---------------------------------------------------------------------------------------------
+// Sparse x dense products (src/kernels/sparse_mm.cpp) on packed, chunk-major copies of the dense operands
+// (the AuxK products: hundreds of entries per row over a few thousand latents; why packing: that file).
+// ---------------------------------------------------------------------------------------------
+// Chosen rows of a row-major (., d) matrix, chunk-major: data[(c * n + s) * width + j] = M[rows[s], c * width + j],
+// zero past d. Buffers only grow.
+struct ChunkedRows {
+  int64_t n = 0, d = 0, width = 0, chunks = 0;
+  FloatBuffer data;  // (chunks, n, width)
+};
+// rows == nullptr: rows 0..n-1. width: a multiple of 8. Multithreaded over rows.
+void pack_rows_chunked(const float* M /*(., d)*/, int64_t d, const int32_t* rows /*(n)*/, int64_t n, int64_t width,
+                       ChunkedRows& out);
+
+// The rows of W that CSR codes use, packed for csr_times_dense / csr_row_dots.
+struct PackedCodesRows {
+  std::vector<int32_t> slot_of;     // (D) slot of a used latent, -1 otherwise
+  std::vector<int32_t> used;        // (n) used latent ids, ascending
+  std::vector<int32_t> entry_slot;  // (nnz) slot of each entry's latent
+  ChunkedRows rows;                 // (chunks, n, 64)
+};
+void pack_for_codes(const SparseCodes& codes, const float* W /*(D, d)*/, int64_t d, PackedCodesRows& out);
+// out[r] = sum_{e in row r} vals[e] * W[ids[e]]; rows without entries get zeros. Multithreaded over rows.
+void csr_times_dense(const SparseCodes& codes, const PackedCodesRows& W, float* out /*(B, d)*/);
+// out[e] = <W[ids[e]], Q[r]> for every entry e of row r. Multithreaded over rows.
+void csr_row_dots(const SparseCodes& codes, const PackedCodesRows& W, const float* Q /*(B, d)*/, float* out /*(nnz)*/);
+
+// Operand layout of csc_accumulate_pair (chunks of 32 floats).
+void pack_pair_operand(const float* Q /*(B, d)*/, int64_t B, int64_t d, ChunkedRows& out);
+struct PairScratch {  // per calling thread
+  std::vector<int32_t> latents;
+  std::vector<int64_t> cursor;
+  ChunkedRows G1, G2;
+};
+// For every latent i in [i0, i1), over its CSC entries e (row r = csc.row[e], s = csc.src[e]) in ascending
+// row order:  G1[i] += a_vals[s] * Q1[r];  G2[i] += b_vals[s] * Q2[r];  sum_b[i] += b_vals[s].
+// Q1, Q2 from pack_pair_operand. Each element accumulates in ascending row order with one multiply-add per
+// entry, exactly as a plain per-entry axpy loop would. Single-threaded: threads call it on disjoint latent
+// ranges, each with its own scratch.
+void csc_accumulate_pair(const CscIndex& csc, const float* a_vals /*(nnz)*/, const ChunkedRows& Q1,
+                         float* G1 /*(D, d)*/, const float* b_vals /*(nnz)*/, const ChunkedRows& Q2,
+                         float* G2 /*(D, d)*/, float* sum_b /*(D)*/, int64_t i0, int64_t i1, PairScratch& scratch);
+
+// ---------------------------------------------------------------------------------------------
 // Adam (PyTorch semantics, no weight decay, bias-corrected with step t >= 1), one fused pass:
 //   m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
 // ---------------------------------------------------------------------------------------------

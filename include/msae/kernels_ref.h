@@ -18,5 +18,10 @@ void aux_topk(const float* pre, int64_t B, int64_t D, const std::vector<int32_t>
 void csr_to_csc(const SparseCodes& codes, CscIndex& out);
 void decoder_constraint_adam(float* W_dec, const float* grad, float* m, float* v, int64_t D, int64_t d,
                              const AdamHyper& h, int64_t t, float grad_scale);
+void csr_times_dense(const SparseCodes& codes, const float* W, int64_t d, float* out);
+void csr_row_dots(const SparseCodes& codes, const float* W, const float* Q, int64_t d, float* out);
+void csc_accumulate_pair(const CscIndex& csc, int64_t B, const float* a_vals, const float* Q1, float* G1,
+                         const float* b_vals, const float* Q2, float* G2, float* sum_b, int64_t d, int64_t i0,
+                         int64_t i1);
 
 }  // namespace msae::kernels::ref

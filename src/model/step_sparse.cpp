@@ -50,14 +50,11 @@ void grow(T& buffer, size_t n) {
 }
 
 constexpr int kMaxThreads = 256;
-// Rows per block in the AuxK part of the latent pass: 256 rows of q and of x_cent are 1.5 MiB at d = 768.
-constexpr int64_t kAuxRowBlock = 256;
 
 // Per-thread partial results, padded against false sharing.
 struct alignas(64) ThreadPart {
   double mse_bdec = 0, l_aux = 0;
   double mse_prefix[64] = {};
-  bool aux_nonzero = false;
 };
 
 class SparseEngine final : public StepEngine {
@@ -156,19 +153,21 @@ class SparseEngine final : public StepEngine {
       grow(q_, static_cast<size_t>(N));
       grow(ga_, static_cast<size_t>(aux_.nnz()));
     }
-    grow(row_scratch_, static_cast<size_t>(nt) * static_cast<size_t>((G + 2) * d + 16));
+    grow(row_scratch_, static_cast<size_t>(nt) * static_cast<size_t>((G + 1) * d + 16));
     grow(gb_dec_part_, static_cast<size_t>(nt) * static_cast<size_t>(d));
     const double rec_scale_d = 2.0 / (static_cast<double>(N) * static_cast<double>(G + 1));
     const float rec_scale = static_cast<float>(rec_scale_d);
     const float aux_scale = static_cast<float>(2.0 * cfg.aux_coef / static_cast<double>(N));
-    bool use_aux = aux_candidate;
-    row_pass(cfg, x, B, p, use_aux, rec_scale, aux_scale, nt);
-    bool aux_nonzero = false;
-    for (int t = 0; t < nt; ++t) aux_nonzero |= parts_[t].aux_nonzero;
-    if (use_aux && !aux_nonzero) {  // a == 0 everywhere: SPEC says no AuxK loss and no gradient through it
-      use_aux = false;
-      row_pass(cfg, x, B, p, use_aux, rec_scale, aux_scale, nt);
+    // AuxK decode a = sum of the AuxK entries' decoder rows (into q_, which row_pass turns into q in place);
+    // a == 0 everywhere: SPEC says no AuxK loss and no gradient through it.
+    bool use_aux = false;
+    if (aux_candidate) {
+      kernels::pack_for_codes(aux_, p.W_dec.ptr(), d, aux_W_dec_);
+      kernels::csr_times_dense(aux_, aux_W_dec_, q_.data());
+      use_aux = std::any_of(q_.data(), q_.data() + N, [](float v) { return v != 0.0f; });
     }
+    row_pass(cfg, x, B, p, use_aux, rec_scale, aux_scale, nt);
+    if (use_aux) kernels::csr_row_dots(aux_, aux_W_dec_, q_.data(), ga_.data());  // grad a_i = <W_dec[i], q>
     stats.aux_active = use_aux;
     double mse_bdec = 0, l_aux = 0;
     stats.mse_prefix.assign(G, 0.0);
@@ -240,9 +239,8 @@ class SparseEngine final : public StepEngine {
         [&](int tid, int n) {
           ThreadPart& part = parts_[tid];
           part = ThreadPart{};
-          float* snaps = row_scratch_.data() + static_cast<size_t>(tid) * static_cast<size_t>((G + 2) * d + 16);
+          float* snaps = row_scratch_.data() + static_cast<size_t>(tid) * static_cast<size_t>((G + 1) * d + 16);
           float* run = snaps + G * d;
-          float* a = run + d;
           double* gb = gb_dec_part_.data() + static_cast<size_t>(tid) * static_cast<size_t>(d);
           std::fill(gb, gb + d, 0.0);
           double mse_bdec = 0, l_aux = 0;
@@ -266,25 +264,17 @@ class SparseEngine final : public StepEngine {
             float* SG = Sr + (G - 1) * d;
 #pragma omp simd
             for (int64_t j = 0; j < d; ++j) SG[j] = rec_scale * (rG[j] - xr[j]);
-            if (use_aux) {
-              std::fill(a, a + d, 0.0f);
-              for (int64_t e = aux_.row_ptr[r]; e < aux_.row_ptr[r + 1]; ++e)
-                axpy(a, aux_.vals[e], W_dec + static_cast<int64_t>(aux_.ids[e]) * d, d);
+            if (use_aux) {  // q_ holds this row's AuxK decode a; it becomes q = aux_scale (a - e)
               float* qr = q_.data() + r * d;
               float total = 0.0f;
-              bool nonzero = false;
-#pragma omp simd reduction(+ : total) reduction(|| : nonzero)
+#pragma omp simd reduction(+ : total)
               for (int64_t j = 0; j < d; ++j) {
-                nonzero = nonzero || a[j] != 0.0f;
-                const float diff = a[j] - (xr[j] - rG[j]);
+                const float diff = qr[j] - (xr[j] - rG[j]);
                 total += diff * diff;
                 qr[j] = aux_scale * diff;
                 SG[j] += qr[j];
               }
               l_aux += total;
-              part.aux_nonzero |= nonzero;
-              for (int64_t e = aux_.row_ptr[r]; e < aux_.row_ptr[r + 1]; ++e)
-                ga_[e] = dot(W_dec + static_cast<int64_t>(aux_.ids[e]) * d, qr, d);
             }
             for (int64_t h = G - 2; h >= 0; --h) {
               float* Sh = Sr + h * d;
@@ -339,7 +329,11 @@ class SparseEngine final : public StepEngine {
     float* gb_enc = grads.b_enc.ptr();
     grow(gb_dec_part2_, static_cast<size_t>(nt) * static_cast<size_t>(d));
     grow(sum_gz_, static_cast<size_t>(D));
-    if (use_aux) grow(cursor_, static_cast<size_t>(D));
+    if (use_aux) {
+      kernels::pack_pair_operand(q, B, d, aux_q_);
+      kernels::pack_pair_operand(x_cent, B, d, aux_x_cent_);
+      if (pair_scratch_.size() < static_cast<size_t>(nt)) pair_scratch_.resize(static_cast<size_t>(nt));
+    }
     parallel(
         [&](int tid, int) {
           double* gb = gb_dec_part2_.data() + static_cast<size_t>(tid) * static_cast<size_t>(d);
@@ -361,34 +355,12 @@ class SparseEngine final : public StepEngine {
             }
             sum_gz_[i] = sum_gz;
           }
-          // AuxK entries, after each latent's main entries (so every latent sums in the same order as
-          // before): in blocks of rows, so that the rows of q and x_cent being read stay in cache while
-          // every latent of this thread takes its entries from the block (a latent's entries are in
-          // ascending row order). Unblocked, each entry streamed two rows from memory.
-          if (use_aux) {
-            const int64_t i0 = split_[tid], i1 = split_[tid + 1];
-            for (int64_t i = i0; i < i1; ++i) cursor_[i] = aux_csc_.col_ptr[i];
-            for (int64_t r0 = 0; r0 < B; r0 += kAuxRowBlock) {
-              const int64_t r1 = std::min(B, r0 + kAuxRowBlock);
-              for (int64_t i = i0; i < i1; ++i) {
-                int64_t e = cursor_[i];
-                const int64_t end = aux_csc_.col_ptr[i + 1];
-                if (e == end || aux_csc_.row[e] >= r1) continue;
-                float* wd = gW_dec + i * d;
-                float* we = gW_enc + i * d;
-                float sum = sum_gz_[i];
-                for (; e < end && aux_csc_.row[e] < r1; ++e) {
-                  const int64_t r = aux_csc_.row[e], s = aux_csc_.src[e];
-                  const float gav = ga_[s];
-                  axpy(wd, aux_.vals[s], q + r * d, d);
-                  axpy(we, gav, x_cent + r * d, d);
-                  sum += gav;
-                }
-                sum_gz_[i] = sum;
-                cursor_[i] = e;
-              }
-            }
-          }
+          // AuxK entries, after each latent's main entries, blocked over rows and column chunks
+          // on packed copies of q and x_cent (kernels::csc_accumulate_pair): unblocked, each entry streamed
+          // two rows from memory.
+          if (use_aux)
+            kernels::csc_accumulate_pair(aux_csc_, aux_.vals.data(), aux_q_, gW_dec, ga_.data(), aux_x_cent_, gW_enc,
+                                         sum_gz_.data(), split_[tid], split_[tid + 1], pair_scratch_[tid]);
           for (int64_t i = split_[tid]; i < split_[tid + 1]; ++i) {
             const float sum_gz = sum_gz_[i];
             gb_enc[i] = cfg.encoder_bias ? sum_gz : 0.0f;
@@ -412,11 +384,14 @@ class SparseEngine final : public StepEngine {
   std::vector<int64_t> bounds_;
   FloatBuffer x_cent_, pre_, S_, q_, gz_, ga_, row_scratch_;
   std::vector<double> gb_dec_part_, gb_dec_part2_, colstat_;
-  std::vector<int64_t> split_, cursor_;
+  std::vector<int64_t> split_;
   std::vector<float> sum_gz_;
   kernels::SparseCodes codes_, aux_;
   kernels::SelectScratch select_, aux_select_;
   kernels::CscIndex csc_, aux_csc_;
+  kernels::PackedCodesRows aux_W_dec_;              // the AuxK entries' decoder rows, packed
+  kernels::ChunkedRows aux_q_, aux_x_cent_;         // q and x_cent packed for the AuxK latent pass
+  std::vector<kernels::PairScratch> pair_scratch_;  // per thread
   std::vector<int32_t> dead_;
   ThreadPart parts_[kMaxThreads];
   float last_cut_ = 0.0f;

@@ -160,5 +160,45 @@ void decoder_constraint_adam(float* W_dec, const float* grad, float* m, float* v
   ref::adam_update(W_dec, g.data(), m, v, D * d, h, t);
 }
 
+// Sparse x dense products, accumulated in double, entry by entry.
+void csr_times_dense(const SparseCodes& codes, const float* W, int64_t d, float* out) {
+  for (int64_t r = 0; r < codes.rows; ++r)
+    for (int64_t j = 0; j < d; ++j) {
+      double s = 0.0;
+      for (int64_t e = codes.row_ptr[r]; e < codes.row_ptr[r + 1]; ++e)
+        s += static_cast<double>(codes.vals[e]) * W[static_cast<int64_t>(codes.ids[e]) * d + j];
+      out[r * d + j] = static_cast<float>(s);
+    }
+}
+
+void csr_row_dots(const SparseCodes& codes, const float* W, const float* Q, int64_t d, float* out) {
+  for (int64_t r = 0; r < codes.rows; ++r)
+    for (int64_t e = codes.row_ptr[r]; e < codes.row_ptr[r + 1]; ++e) {
+      double s = 0.0;
+      for (int64_t j = 0; j < d; ++j)
+        s += static_cast<double>(W[static_cast<int64_t>(codes.ids[e]) * d + j]) * Q[r * d + j];
+      out[e] = static_cast<float>(s);
+    }
+}
+
+void csc_accumulate_pair(const CscIndex& csc, int64_t /*B*/, const float* a_vals, const float* Q1, float* G1,
+                         const float* b_vals, const float* Q2, float* G2, float* sum_b, int64_t d, int64_t i0,
+                         int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t j = 0; j < d; ++j) {
+      double s1 = G1[i * d + j], s2 = G2[i * d + j];
+      for (int64_t e = csc.col_ptr[i]; e < csc.col_ptr[i + 1]; ++e) {
+        s1 += static_cast<double>(a_vals[csc.src[e]]) * Q1[csc.row[e] * d + j];
+        s2 += static_cast<double>(b_vals[csc.src[e]]) * Q2[csc.row[e] * d + j];
+      }
+      G1[i * d + j] = static_cast<float>(s1);
+      G2[i * d + j] = static_cast<float>(s2);
+    }
+    double s = sum_b[i];
+    for (int64_t e = csc.col_ptr[i]; e < csc.col_ptr[i + 1]; ++e) s += b_vals[csc.src[e]];
+    sum_b[i] = static_cast<float>(s);
+  }
+}
+
 }  // namespace ref
 }  // namespace msae::kernels
