@@ -3,6 +3,7 @@
 // BatchTopK step has to pay. docs/performance.md shows how the published tables were produced.
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -39,6 +40,25 @@ struct BenchArgs {
   uint64_t seed = 0;
   bool json_out = false;
 };
+
+// CPU seconds of the whole process (all threads). On a machine shared with other jobs, wall time counts
+// the time our threads wait for a core; CPU time does not (it still pays for shared caches and memory
+// bandwidth), so ratios of CPU times are the steadier figure under load.
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// The 1-minute load average (/proc/loadavg), or -1 where unavailable.
+double load_average() {
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (!f) return -1.0;
+  double l = -1.0;
+  if (std::fscanf(f, "%lf", &l) != 1) l = -1.0;
+  std::fclose(f);
+  return l;
+}
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0.0;
@@ -192,6 +212,8 @@ int run_bench(const BenchArgs& a) {
 
   std::map<std::string, std::vector<double>> phases;
   std::vector<double> step_s, gemm_s, fb_s, update_s, noaux_s;
+  std::vector<double> step_cpu, gemm_cpu, noaux_cpu;  // process CPU seconds of the same intervals
+  const double load_start = load_average();
   StepStats last;
   int64_t aux_steps = 0;
   for (int64_t it = 0; it < a.warmup + a.steps; ++it) {
@@ -203,34 +225,44 @@ int run_bench(const BenchArgs& a) {
       for (int32_t i : dead) state.n_inactive[i] = 0;
       restore_dead();
       t.reset();
+      const double c0 = process_cpu_seconds();
       engine->forward_backward(cfg, x.data(), B, params, state, grads);
       train::apply_update(cfg, hyper, 1e5f, params, grads, opt);
-      if (it >= a.warmup) noaux_s.push_back(t.seconds());
+      if (it >= a.warmup) {
+        noaux_s.push_back(t.seconds());
+        noaux_cpu.push_back(process_cpu_seconds() - c0);
+      }
       t.reset();
     }
     for (int32_t i : dead) state.n_inactive[i] = std::max<int64_t>(state.n_inactive[i], 1000);
     restore_dead();
     t.reset();
+    const double cpu_step0 = process_cpu_seconds();
     last = engine->forward_backward(cfg, x.data(), B, params, state, grads);
     const double fb = t.seconds();
     t.reset();
     train::apply_update(cfg, hyper, 1e5f, params, grads, opt);
     const double up = t.seconds();
+    const double cpu_step = process_cpu_seconds() - cpu_step0;
     // The bound: the encoder GEMM alone, same shapes and threads, interleaved with the steps (dead rows
     // restored first, so its output also shows the AuxK entries the scenario gives, counted below).
     restore_dead();
     for (int64_t r = 0; r < B; ++r)
       for (int64_t j = 0; j < d; ++j) x_cent[r * d + j] = x[r * d + j] - params.b_dec.data[j];
     t.reset();
+    const double cpu_gemm0 = process_cpu_seconds();
     kernels::sgemm(kernels::Trans::no, kernels::Trans::yes, B, D, d, 1.0f, x_cent.data(), d, params.W_enc_t.ptr(), d,
                    0.0f, gemm_out.data(), D);
     const double gemm = t.seconds();
+    const double cpu_gemm = process_cpu_seconds() - cpu_gemm0;
     if (it < a.warmup) continue;
     aux_steps += last.aux_active;
     fb_s.push_back(fb);
     update_s.push_back(up);
     step_s.push_back(fb + up);
     gemm_s.push_back(gemm);
+    step_cpu.push_back(cpu_step);
+    gemm_cpu.push_back(cpu_gemm);
     for (const auto& [name, sec] : engine->last_phase_seconds()) phases[name].push_back(sec);
     phases["update"].push_back(up);
   }
@@ -279,6 +311,12 @@ int run_bench(const BenchArgs& a) {
       {"peak_rss_bytes", peak_rss_bytes()},
       {"step_without_auxk_s", noaux_s.empty() ? 0.0 : median(noaux_s)},
       {"auxk_overhead", noaux_s.empty() ? 0.0 : step / median(noaux_s) - 1.0},
+      {"step_cpu_s", median(step_cpu)},
+      {"encoder_gemm_cpu_s", median(gemm_cpu)},
+      {"step_over_gemm_cpu", median(step_cpu) / median(gemm_cpu)},
+      {"auxk_overhead_cpu", noaux_cpu.empty() ? 0.0 : median(step_cpu) / median(noaux_cpu) - 1.0},
+      {"load_average_start", load_start},
+      {"load_average_end", load_average()},
       {"loss_last_step", last.loss},
       {"l0_last_step", last.l0},
   };
@@ -295,6 +333,7 @@ int run_bench(const BenchArgs& a) {
               static_cast<long long>(cfg.k), static_cast<long long>(B), num_threads(), static_cast<long long>(a.steps),
               static_cast<long long>(a.warmup));
   std::printf("BLAS: %s\n", kernels::blas_info().c_str());
+  std::printf("load average (1 min): %.2f at start, %.2f at end\n", load_start, out["load_average_end"].get<double>());
   if (a.dead_fraction > 0)
     std::printf("dead latents: %lld (%.1f%%), AuxK active in %lld of %lld timed steps, %.1f AuxK entries per row; "
                 "scenario: %s\n",
@@ -306,11 +345,13 @@ int run_bench(const BenchArgs& a) {
                           100.0 * a.dead_positive, "%)").c_str());
   std::printf("  %-22s %10.1f ms  (median; min %.1f ms)\n", "step", 1e3 * step, 1e3 * out["step_s_min"].get<double>());
   std::printf("  %-22s %10.1f ms  (%.1f GFLOP/s)\n", "encoder GEMM alone", 1e3 * gemm, gflop / gemm);
-  std::printf("  %-22s %10.2f x\n", "step / encoder GEMM", step / gemm);
+  std::printf("  %-22s %10.2f x  (process CPU time: %.2f x)\n", "step / encoder GEMM", step / gemm,
+              out["step_over_gemm_cpu"].get<double>());
   std::printf("  %-22s %10.0f\n", "tokens/s", tokens_per_s);
   if (!noaux_s.empty())
-    std::printf("  %-22s %10.1f ms  (same batch, no latent dead; AuxK overhead %+.1f%%)\n", "step without AuxK",
-                1e3 * median(noaux_s), 100.0 * (step / median(noaux_s) - 1.0));
+    std::printf("  %-22s %10.1f ms  (same batch, no latent dead; AuxK overhead %+.1f%%, CPU time %+.1f%%)\n",
+                "step without AuxK", 1e3 * median(noaux_s), 100.0 * (step / median(noaux_s) - 1.0),
+                100.0 * out["auxk_overhead_cpu"].get<double>());
   std::printf("  phases (median ms):");
   for (const auto& [name, v] : phases) std::printf(" %s %.1f |", name.c_str(), 1e3 * median(v));
   std::printf("\n  %-22s %10.1f MiB\n", "peak RSS", static_cast<double>(peak_rss_bytes()) / (1 << 20));
