@@ -44,8 +44,6 @@ int run_bench_data(const BenchDataArgs& a) {
   const double secs = clock.seconds();
   const data::DataStats st = source->stats();
   const double rows = static_cast<double>(a.batch * a.batches);
-  // Bytes of the stored rows read (f32: 4 bytes per value, f16/bf16: 2).
-  const int bytes_per_value = o.dtype == "f16" || o.dtype == "bf16" ? 2 : 4;
   nlohmann::json out = {{"data", a.data_args.data},
                         {"source", source->describe()},
                         {"batch", a.batch},
@@ -54,8 +52,6 @@ int run_bench_data(const BenchDataArgs& a) {
                         {"seconds", secs},
                         {"rows_per_s", rows / secs},
                         {"float32_mb_per_s", rows * static_cast<double>(d) * 4.0 / secs / 1e6},
-                        {"stored_mb_per_s_if_" + std::to_string(bytes_per_value) + "_bytes",
-                         rows * static_cast<double>(d) * bytes_per_value / secs / 1e6},
                         {"simulated_step_ms", a.step_ms},
                         {"wait_seconds", st.wait_seconds},
                         {"reader_busy_seconds", st.reader_busy_seconds},
