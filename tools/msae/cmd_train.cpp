@@ -440,7 +440,9 @@ int run_train(TrainArgs a, const CLI::App& app) {
   SaeParams out_params = trainer.params();
   if (scale != 1.0f) train::fold_input_scale(out_params, scale);
 
-  // ---- final evaluation (inference encoding at the learned threshold), on raw activations
+  // ---- final evaluation (inference encoding at the learned threshold), on raw activations. Skipped for
+  // an interrupted run: a signal asks to stop soon (schedulers follow SIGTERM with SIGKILL), and at large D
+  // the evaluation takes minutes; `msae eval` gives the figures on demand.
   std::unique_ptr<data::ActivationSource> eval_source;
   if (synthetic) {
     eval_source = data::open_synthetic(a.seed + 1000003);
@@ -448,9 +450,9 @@ int run_train(TrainArgs a, const CLI::App& app) {
     eval_source = data::open_data(a.data, a.data_args.options(false, 0));
   }
   const int64_t eval_rows = eval_source->rows() > 0 ? std::min(eval_source->rows(), kEvalRows) : kEvalRows;
-  const eval::EvalReport report = eval::evaluate(cfg, out_params, *eval_source, eval_rows);
-  json final_metrics = eval::to_json(report);
-  if (synthetic) {
+  const eval::EvalReport report = completed ? eval::evaluate(cfg, out_params, *eval_source, eval_rows) : eval::EvalReport{};
+  json final_metrics = completed ? eval::to_json(report) : json(nullptr);
+  if (synthetic && completed) {
     const synth::PlantedDictionary truth = synth::make_planted(synth::default_planted_config());
     const eval::RecoveryReport rec = eval::score_recovery(truth.directions, out_params.W_dec.ptr(), cfg.d_sae);
     final_metrics["recovery"] = {{"mean_max_cosine", rec.mean_max_cosine},
@@ -495,8 +497,8 @@ int run_train(TrainArgs a, const CLI::App& app) {
         {"dead_latents_at_end", std::count_if(trainer.latent_state().n_inactive.begin(),
                                               trainer.latent_state().n_inactive.end(),
                                               [&](int64_t n) { return n >= cfg.dead_after_batches; })}}},
-      {"final_metrics", final_metrics},
   };
+  if (completed) msae_json["final_metrics"] = final_metrics;
   train::write_sae_files(work_dir, cfg, out_params, msae_json);
   if (!live) io::commit_directory(work_dir, a.out, a.overwrite);
   log_info(cat("wrote ", a.out));
@@ -507,6 +509,10 @@ int run_train(TrainArgs a, const CLI::App& app) {
               static_cast<long long>(cfg.k), completed ? "trained" : "INTERRUPTED", static_cast<long long>(step),
               static_cast<long long>(step * opt.batch), train_seconds,
               static_cast<double>((step - start_step) * opt.batch) / std::max(session_seconds, 1e-9));
+  if (!completed) {  // no evaluation of an interrupted run
+    std::printf("output: %s (resume with: msae train --resume %s)\n", a.out.c_str(), a.out.c_str());
+    return 130;
+  }
   std::printf("evaluation on %lld %s rows (threshold %.4g):\n", static_cast<long long>(eval_rows),
               synthetic ? "held-out synthetic" : "data", report.threshold);
   std::printf("  %-8s %-9s %-11s %-9s %-8s\n", "prefix", "latents", "MSE", "FVU", "L0");
@@ -520,7 +526,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
                 100 * final_metrics["recovery"]["frac_recovered_cos_0.9"].get<double>(),
                 final_metrics["recovery"]["mean_max_cosine"].get<double>());
   std::printf("output: %s\n", a.out.c_str());
-  return completed ? 0 : 130;
+  return 0;
 }
 
 }  // namespace
