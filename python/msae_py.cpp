@@ -238,7 +238,8 @@ json info_for_save(const Sae& s) {
   if (!j.contains("format_version")) j["format_version"] = 1;
   if (!j.contains("msae_version")) j["msae_version"] = version_string();
   if (!j.contains("git_commit")) j["git_commit"] = git_commit();
-  if (!j.contains("normalization")) j["normalization"] = {{"method", "none"}};
+  if (!j.contains("data_normalization"))
+    j["data_normalization"] = {{"method", "none"}, {"scale", 1.0}, {"folded_into_weights", true}};
   j["config"] = train::config_json(s.cfg);
   return j;
 }
@@ -275,47 +276,6 @@ std::shared_ptr<Sae> load(py::handle dir_obj) {
 // ---------------------------------------------------------------------------------------------
 // Training data.
 // ---------------------------------------------------------------------------------------------
-// A numpy array read in place, sampled exactly as data::open_npy samples a .npy file: file order
-// (batch i = rows [i*B, (i+1)*B) modulo N) or a fresh seeded permutation each epoch.
-class ArraySource final : public data::ActivationSource {
- public:
-  ArraySource(const float* rows, int64_t N, int64_t d, bool shuffle, uint64_t seed)
-      : rows_(rows), N_(N), d_(d), shuffle_(shuffle), rng_(seed) {
-    if (shuffle_) new_epoch();
-  }
-  int64_t d() const override { return d_; }
-  int64_t rows() const override { return N_; }
-  int64_t position() const override { return position_; }
-  std::string describe() const override {
-    return cat("numpy array (", N_, " x ", d_, ", float32", shuffle_ ? ", shuffled" : ", file order", ")");
-  }
-  void next_batch(int64_t B, float* out) override {
-    ids_.resize(B);
-    for (int64_t r = 0; r < B; ++r) {
-      const int64_t in_epoch = (position_ + r) % N_;
-      if (shuffle_ && in_epoch == 0 && position_ + r > 0) new_epoch();
-      ids_[r] = shuffle_ ? order_[in_epoch] : in_epoch;
-    }
-    for (int64_t r = 0; r < B; ++r) std::memcpy(out + r * d_, rows_ + ids_[r] * d_, sizeof(float) * d_);
-    data::check_finite(out, B, d_, "data (numpy array)", ids_.data());
-    position_ += B;
-  }
-
- private:
-  void new_epoch() {
-    order_.resize(N_);
-    std::iota(order_.begin(), order_.end(), 0);
-    shuffle_indices(order_, rng_);
-  }
-  const float* rows_;  // (N, d), owned by the caller's array
-  int64_t N_, d_;
-  bool shuffle_;
-  Rng rng_;
-  std::vector<int64_t> order_;  // (N)
-  std::vector<int64_t> ids_;    // (B)
-  int64_t position_ = 0;
-};
-
 // Rows from a Python iterator of (n, d) float32 arrays, cut into batches of B rows. Called with the GIL
 // held. The first array fixes d. Rows are copied from the current array straight into the batch; the
 // next array is requested only when the current one is used up, so a generator may refill and yield
@@ -393,6 +353,11 @@ struct TrainArgs {
   uint64_t seed = 0;
   py::object init = py::none();
   bool shuffle = true;
+  std::optional<int64_t> shuffle_buffer;  // None: automatic (as msae train)
+  std::string on_nonfinite = "error";
+  std::string normalize = "none";
+  std::string dtype, tensor;              // for path data, as --dtype / --tensor
+  int64_t d_in = 0;                       // raw files, as --d-in
   int64_t dead_after_batches = 20;
   int64_t aux_k = 512;
   double aux_coef = 1.0 / 32.0;
@@ -410,7 +375,8 @@ std::string python_names(std::string msg) {
   static const std::pair<const char*, const char*> names[] = {
       {"--dead-after-batches", "dead_after_batches"}, {"--group-sizes", "group_sizes"}, {"--d-sae", "d_sae"},
       {"--aux-coef", "aux_coef"}, {"--aux-k", "aux_k"}, {"--arch", "arch"}, {"--engine", "engine"},
-      {"--init", "init"}, {"--k", "k"}, {"--overwrite", "overwrite=True"}};
+      {"--init", "init"}, {"--k", "k"}, {"--overwrite", "overwrite=True"}, {"--shuffle-buffer", "shuffle_buffer"},
+      {"--on-nonfinite", "on_nonfinite"}, {"--dtype", "dtype"}, {"--tensor", "tensor"}, {"--d-in", "d_in"}};
   for (const auto& [flag, name] : names) {
     const std::string f(flag);
     size_t at = msg.find(f);
@@ -468,8 +434,36 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
     throw py::type_error(cat("progress: expected a callable progress(step, stats), got ", type_name(a.progress)));
 
   try {
-    if (!npy_path.empty()) source = data::open_npy(npy_path, a.shuffle, a.seed);
-    if (array) source = std::make_unique<ArraySource>(array->data, array->rows, array->cols, a.shuffle, a.seed);
+    // The data options of msae train (docs/data.md); an array is read like one float32 shard.
+    data::DataOptions dopt;
+    dopt.dtype = a.dtype;
+    dopt.tensor = a.tensor;
+    dopt.d_in = a.d_in;
+    dopt.shuffle = a.shuffle;
+    dopt.shuffle_buffer = a.shuffle_buffer ? *a.shuffle_buffer : -1;
+    if (a.shuffle_buffer && *a.shuffle_buffer < 0) usage_error("shuffle_buffer must be >= 0, got ", *a.shuffle_buffer);
+    dopt.seed = a.seed;
+    dopt.on_nonfinite = data::parse_on_nonfinite(a.on_nonfinite);
+    if (a.normalize != "none" && a.normalize != "expected-norm")
+      usage_error("normalize: unknown method '", a.normalize, "'; expected 'none' or 'expected-norm'");
+    if (a.normalize != "none" && iter)
+      usage_error("normalize='expected-norm' needs the data up front (a path or an array), not an iterator");
+    auto open_source = [&](const data::DataOptions& o) {
+      return array ? data::open_array(array->data, array->rows, array->cols, "numpy array", o)
+                   : data::open_data(npy_path, o);
+    };
+    float scale = 1.0f;
+    if (a.normalize == "expected-norm") {
+      data::DataOptions so = dopt;
+      so.shuffle = true;
+      so.shuffle_buffer = 65536;
+      so.seed = a.seed ^ 0x6e6f726dULL;
+      py::gil_scoped_release nogil;
+      auto sample = open_source(so);
+      scale = static_cast<float>(data::estimate_norm_scale(*sample, std::min<int64_t>(sample->rows(), 262144)));
+    }
+    dopt.scale = scale;
+    if (!npy_path.empty() || array) source = open_source(dopt);
     const int64_t d = source ? source->d() : iter->d();
 
     // ---- config, as msae train builds it
@@ -493,6 +487,7 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
       if (!a.d_sae) a.d_sae = p.D;
       if (p.D != *a.d_sae) usage_error("init ", init_desc, ": the SAE has d_sae ", p.D, " but d_sae is ", *a.d_sae);
       init_params = std::make_unique<SaeParams>(std::move(p));
+      if (scale != 1.0f) train::unfold_input_scale(*init_params, scale);  // init takes raw x; training sees x * scale
     }
     cfg.d_sae = a.d_sae ? *a.d_sae : 8 * d;
     cfg.k = a.k;
@@ -633,13 +628,16 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
     const double train_seconds = clock.seconds();
 
     // ---- final evaluation on the data in file order, as msae train does (not possible for an iterator)
+    // The returned SAE takes raw activations: the normalization is folded into its weights.
+    if (scale != 1.0f) train::fold_input_scale(trainer->params(), scale);
     json final_metrics;
+    data::DataStats dstats;
     if (source) {
-      std::unique_ptr<data::ActivationSource> eval_source;
-      if (array)
-        eval_source = std::make_unique<ArraySource>(array->data, array->rows, array->cols, false, 0);
-      else
-        eval_source = data::open_npy(npy_path, false, 0);
+      dstats = source->stats();
+      data::DataOptions eo = dopt;
+      eo.shuffle = false;
+      eo.scale = 1.0f;
+      std::unique_ptr<data::ActivationSource> eval_source = open_source(eo);
       const int64_t eval_rows = std::min(eval_source->rows(), kEvalRows);
       py::gil_scoped_release nogil;
       final_metrics = eval::to_json(eval::evaluate(cfg, trainer->params(), *eval_source, eval_rows));
@@ -660,7 +658,7 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
         {"msae_version", version_string()},
         {"git_commit", git_commit()},
         {"config", train::config_json(cfg)},
-        {"normalization", {{"method", "none"}}},
+        {"data_normalization", {{"method", a.normalize}, {"scale", scale}, {"folded_into_weights", true}}},
         {"training",
          {{"completed", true},
           {"steps", done},
@@ -674,6 +672,8 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
           {"max_grad_norm", opt.max_grad_norm},
           {"seed", a.seed},
           {"shuffle", source != nullptr && a.shuffle},
+          {"epochs", dstats.epochs},
+          {"nonfinite_rows_skipped", dstats.nonfinite_skipped},
           {"data", data_desc},
           {"init", init_desc.empty() ? json(nullptr) : json(init_desc)},
           {"engine", trainer->options().engine},
@@ -772,8 +772,9 @@ data: one of
       works): each epoch visits every row once, in a fresh permutation drawn from seed, or in
       row order with shuffle=False (batch i = rows [i*batch, (i+1)*batch) modulo N), exactly as
       `msae train --data` samples a .npy file;
-    - a path (str or os.PathLike) to a 2-D .npy file (float32 or float16), memory-mapped and
-      sampled the same way;
+    - a path (str or os.PathLike): a .npy / .safetensors / raw file, a directory of shards or a
+      glob, memory-mapped and read as `msae train --data` reads it (dtype, tensor, d_in as
+      --dtype, --tensor, --d-in; docs/data.md);
     - any iterable of C-contiguous float32 arrays (n, d) (n may vary): rows are taken in order and
       cut into batches of `batch` rows; training stops after `steps` steps or when the iterator is
       exhausted (the rows of an incomplete last batch are not used). shuffle does not apply.
@@ -785,6 +786,12 @@ group_sizes: Matryoshka group sizes summing to D (default D/16, D/16, D/8, D/4, 
 k: mean active latents per row.  batch: rows per step.
 steps / tokens: optimizer steps, or rows (steps = ceil(tokens / batch)); give at most one.
     Default: one epoch of an array or file; until the end of an iterator.
+shuffle_buffer: None (automatic, as the CLI), 0 (full permutation per epoch) or a streaming
+    shuffle buffer of this many rows (--shuffle-buffer).
+on_nonfinite: "error" or "skip" rows with NaN/Inf (--on-nonfinite).
+normalize: "none" or "expected-norm" (--normalize; not for an iterator): training sees rows
+    scaled so their mean norm is sqrt(d); the returned SAE has the scale folded into its weights,
+    so encode/decode/forward take and return raw activations.
 lr: Adam learning rate.  seed: initialization and shuffling.
 init: start from an SAE directory (a path) or an msae.Sae.
 dead_after_batches, aux_k, aux_coef: dead latents and the AuxK loss.
@@ -881,7 +888,8 @@ PYBIND11_MODULE(msae, m) {
       [](py::handle data, py::handle out, const std::string& arch, std::optional<int64_t> d_sae,
          std::optional<std::vector<int64_t>> group_sizes, int64_t k, int64_t batch, std::optional<int64_t> steps,
          std::optional<int64_t> tokens, double lr, uint64_t seed, py::object init, bool shuffle,
-         int64_t dead_after_batches, int64_t aux_k, double aux_coef, double max_grad_norm, bool encoder_bias,
+         std::optional<int64_t> shuffle_buffer, const std::string& on_nonfinite, const std::string& normalize,
+         const std::string& dtype, const std::string& tensor, int64_t d_in, int64_t dead_after_batches, int64_t aux_k, double aux_coef, double max_grad_norm, bool encoder_bias,
          int threads, py::object progress, std::optional<int64_t> log_every, const std::string& engine,
          bool overwrite) {
         TrainArgs a;
@@ -896,6 +904,12 @@ PYBIND11_MODULE(msae, m) {
         a.seed = seed;
         a.init = std::move(init);
         a.shuffle = shuffle;
+        a.shuffle_buffer = shuffle_buffer;
+        a.on_nonfinite = on_nonfinite;
+        a.normalize = normalize;
+        a.dtype = dtype;
+        a.tensor = tensor;
+        a.d_in = d_in;
         a.dead_after_batches = dead_after_batches;
         a.aux_k = aux_k;
         a.aux_coef = aux_coef;
@@ -912,7 +926,8 @@ PYBIND11_MODULE(msae, m) {
       py::arg("d_sae") = py::none(), py::arg("group_sizes") = py::none(), py::arg("k") = 32,
       py::arg("batch") = 4096, py::arg("steps") = py::none(), py::arg("tokens") = py::none(),
       py::arg("lr") = 3e-4, py::arg("seed") = 0, py::arg("init") = py::none(), py::arg("shuffle") = true,
-      py::arg("dead_after_batches") = 20, py::arg("aux_k") = 512, py::arg("aux_coef") = 1.0 / 32.0,
+      py::arg("shuffle_buffer") = py::none(), py::arg("on_nonfinite") = "error", py::arg("normalize") = "none",
+      py::arg("dtype") = "", py::arg("tensor") = "", py::arg("d_in") = 0, py::arg("dead_after_batches") = 20, py::arg("aux_k") = 512, py::arg("aux_coef") = 1.0 / 32.0,
       py::arg("max_grad_norm") = 1e5, py::arg("encoder_bias") = false, py::arg("threads") = 0,
       py::arg("progress") = py::none(), py::arg("log_every") = py::none(), py::arg("engine") = "sparse",
       py::arg("overwrite") = false, kTrainDoc);

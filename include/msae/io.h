@@ -89,6 +89,18 @@ struct SafetensorsFile {
 
 SafetensorsFile read_safetensors(const std::string& path);
 
+// Header-only view of a .safetensors file, for memory-mapped readers (data shards): every tensor's
+// name, stored dtype, shape and the absolute byte range of its data in the file. Validated exactly as
+// read_safetensors validates (header, dtypes, shapes vs byte ranges, bounds, overlaps); no data is read.
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::f32;
+  std::vector<int64_t> shape;
+  int64_t offset = 0;  // absolute byte offset of the first element in the file
+  int64_t nbytes = 0;
+};
+std::vector<SafetensorsEntry> read_safetensors_index(const std::string& path);
+
 // A tensor to write: name, shape and a pointer to numel(shape) float32 values (not owned).
 struct TensorRef {
   std::string name;

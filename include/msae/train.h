@@ -64,6 +64,10 @@ class Trainer {
   const AdamState& optimizer() const { return opt_; }
   const TrainOptions& options() const { return options_; }
   double last_grad_norm() const { return grad_norm_; }
+  // Replaces the training state (a checkpoint's): parameters, Adam moments and step, dead counters.
+  // The next step() continues exactly as the trainer that saved them would have (the engines keep no
+  // other state that changes results).
+  void restore(SaeParams params, AdamState opt, LatentState latents);
 
  private:
   TrainOptions options_;
@@ -107,5 +111,35 @@ SaeDirectory read_sae_dir(const std::string& dir);
 
 // Loads initial parameters for --init: the tensors of `dir`, checked against d and D.
 SaeParams load_init_params(const std::string& dir, int64_t d, int64_t D);
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints (docs/formats.md): RUN/checkpoints/step-<N>/ holds state.safetensors (float32 parameters
+// and Adam moments) and state.json (step, Adam step, threshold, dead counters and the caller's `extra`:
+// run arguments, data position, ...). RUN/checkpoints/latest names the newest complete one. Each is
+// written under a temporary name and renamed, then `latest` is replaced atomically, so a crash at any
+// point leaves the previous checkpoint usable. Older checkpoints beyond the newest `keep` are removed.
+// ---------------------------------------------------------------------------------------------
+struct Checkpoint {
+  int64_t step = 0;
+  SaeParams params;
+  AdamState opt;
+  LatentState latents;
+  nlohmann::json extra;
+  std::string path;  // the checkpoint directory it was read from
+};
+
+// Returns the checkpoint directory written.
+std::string write_checkpoint(const std::string& run_dir, int64_t step, const Trainer& trainer,
+                             const nlohmann::json& extra, int keep = 2);
+bool has_checkpoint(const std::string& run_dir);
+// Reads RUN/checkpoints/latest; throws msae::Error (runtime) naming the file on anything malformed.
+Checkpoint read_checkpoint(const std::string& run_dir);
+
+// Activation normalization folded into the weights (SAELens fold_activation_norm_scaling_factor): an SAE
+// trained on x * s becomes one that takes raw x and returns raw reconstructions: W_enc *= s, W_dec /= s,
+// b_dec /= s (b_enc and the threshold, which act on the pre-activations, are unchanged). unfold is the
+// inverse (for --init of a normalized run from a raw-space SAE).
+void fold_input_scale(SaeParams& params, float s);
+void unfold_input_scale(SaeParams& params, float s);
 
 }  // namespace msae::train

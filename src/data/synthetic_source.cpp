@@ -7,7 +7,7 @@ namespace {
 class SyntheticSource final : public ActivationSource {
  public:
   explicit SyntheticSource(uint64_t seed)
-      : dict_(synth::make_planted(synth::default_planted_config())), sampler_(dict_, seed) {}
+      : dict_(synth::make_planted(synth::default_planted_config())), sampler_(dict_, seed), seed_(seed) {}
 
   int64_t d() const override { return dict_.cfg.d; }
   int64_t rows() const override { return -1; }
@@ -21,10 +21,24 @@ class SyntheticSource final : public ActivationSource {
     sampler_.sample(B, out);
     position_ += B;
   }
+  nlohmann::json state() const override {
+    return {{"position", position_}, {"seed", seed_}, {"rng", sampler_.rng_state()}};
+  }
+  void set_state(const nlohmann::json& j) override {
+    try {
+      if (j.at("seed").get<uint64_t>() != seed_)
+        runtime_error("checkpoint data position: synthetic seed ", j.at("seed").get<uint64_t>(), " but this run has ", seed_);
+      position_ = j.at("position").get<int64_t>();
+      sampler_.set_rng_state(j.at("rng").get<std::vector<uint64_t>>());
+    } catch (const nlohmann::json::exception& e) {
+      runtime_error("checkpoint data position is malformed: ", e.what());
+    }
+  }
 
  private:
   synth::PlantedDictionary dict_;
   synth::PlantedSampler sampler_;
+  uint64_t seed_;
   int64_t position_ = 0;
 };
 

@@ -222,6 +222,28 @@ SafetensorsFile read_safetensors(const std::string& path) {
   return out;
 }
 
+std::vector<SafetensorsEntry> read_safetensors_index(const std::string& path) {
+  int64_t size = 0;
+  FdCloser file{detail::open_read(path, size)};
+  int64_t data_start = 0;
+  const json header = read_header(file.fd, size, path, data_start);
+  const int64_t data_size = size - data_start;
+  std::vector<Entry> entries;
+  for (const auto& [name, value] : header.items()) {
+    if (name == "__metadata__") {
+      parse_metadata(value, path);
+    } else {
+      entries.push_back(parse_entry(name, value, data_size, path));
+    }
+  }
+  std::vector<const Entry*> views;
+  for (const Entry& e : entries) views.push_back(&e);
+  check_no_overlap(views, path);
+  std::vector<SafetensorsEntry> out;
+  for (const Entry& e : entries) out.push_back({e.name, e.dtype, e.shape, data_start + e.begin, e.end - e.begin});
+  return out;
+}
+
 void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   // ordered_json keeps the header in the order given, matching the data order.

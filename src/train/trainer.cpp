@@ -26,6 +26,14 @@ const StepStats& Trainer::step(const float* x) {
 }
 
 
+void Trainer::restore(SaeParams params, AdamState opt, LatentState latents) {
+  MSAE_ASSERT(params.d == params_.d && params.D == params_.D);
+  MSAE_ASSERT(static_cast<int64_t>(latents.n_inactive.size()) == params_.D);
+  params_ = std::move(params);
+  opt_ = std::move(opt);
+  latents_ = std::move(latents);
+}
+
 nlohmann::json config_json(const SaeConfig& c) {
   return {{"arch", arch_name(c.arch)},       {"d_in", c.d_in},
           {"d_sae", c.d_sae},                {"k", c.k},

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "data_args.h"
 #include "msae/eval.h"
 #include "msae/kernels.h"
 #include "msae/train.h"
@@ -11,9 +12,8 @@ namespace {
 
 struct EvalArgs {
   std::string sae;
-  std::string data;
+  DataArgs data_args;
   bool synthetic = false;
-  bool bf16 = false;
   int64_t rows = 0;
   uint64_t seed = 0;
   int threads = 0;
@@ -22,22 +22,25 @@ struct EvalArgs {
 int run_eval(const EvalArgs& a) {
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
-  if (a.data.empty() == !a.synthetic) usage_error("give exactly one of --data FILE.npy or --synthetic");
+  const std::string& data = a.data_args.data;
+  if (data.empty() == !a.synthetic) usage_error("give exactly one of --data PATH or --synthetic");
   train::SaeDirectory sae = train::read_sae_dir(a.sae);
   std::unique_ptr<data::ActivationSource> source =
-      a.synthetic ? data::open_synthetic(a.seed + 1000003) : data::open_npy(a.data, false, 0, a.bf16);
+      a.synthetic ? data::open_synthetic(a.seed + 1000003) : data::open_data(data, a.data_args.options(false, 0));
   if (source->d() != sae.params.d)
     usage_error("the SAE in ", a.sae, " has d_in ", sae.params.d, " but the data has width ", source->d());
   if (a.rows < 0) usage_error("--rows must be positive, got ", a.rows);
   int64_t rows = a.rows;
   if (rows == 0) rows = source->rows() > 0 ? source->rows() : 16384;
   if (source->rows() > 0 && rows > source->rows())
-    usage_error("--rows ", rows, " exceeds the ", source->rows(), " rows of ", a.data);
+    usage_error("--rows ", rows, " exceeds the ", source->rows(), " rows of ", data);
   log_info(cat("evaluating ", a.sae, " on ", rows, " rows of ", source->describe()));
   const eval::EvalReport report = eval::evaluate(sae.sae, sae.params, *source, rows);
   nlohmann::json out = eval::to_json(report);
   out["sae"] = a.sae;
-  out["data"] = a.synthetic ? "synthetic" : a.data;
+  out["data"] = a.synthetic ? "synthetic" : data;
+  const data::DataStats st = source->stats();
+  if (st.nonfinite_skipped > 0) out["nonfinite_rows_skipped"] = st.nonfinite_skipped;
   out["arch"] = arch_name(sae.sae.arch);
   std::printf("%s\n", out.dump(2).c_str());
   return 0;
@@ -49,9 +52,8 @@ Action add_eval_command(CLI::App& root) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* app = root.add_subcommand("eval", "Evaluate an SAE directory on activations (JSON on stdout)");
   app->add_option("--sae", a->sae, "SAE directory (SAELens layout)")->required();
-  app->add_option("--data", a->data, "Activations: a 2-D (N, d) .npy file");
+  a->data_args.add_to(app, false);
   app->add_flag("--synthetic", a->synthetic, "Evaluate on held-out rows of the embedded synthetic dataset");
-  app->add_flag("--bf16", a->bf16, "The .npy holds bfloat16 stored as uint16");
   app->add_option("--rows", a->rows, "Rows to evaluate (default: all rows of --data; 16384 synthetic)");
   app->add_option("--seed", a->seed, "Synthetic stream seed");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");

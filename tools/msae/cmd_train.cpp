@@ -9,9 +9,11 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 #include "commands.h"
+#include "data_args.h"
 #include "msae/eval.h"
 #include "msae/io.h"
 #include "msae/recovery.h"
@@ -26,11 +28,16 @@ using nlohmann::json;
 
 using SynthDefaults = data::SyntheticDefaults;  // data-dependent defaults on the embedded dataset
 constexpr int64_t kEvalRows = 16384;
+constexpr int64_t kNormSampleRows = 262144;  // rows sampled to estimate the expected-norm scale
 
 struct TrainArgs {
-  std::string data;
+  DataArgs data_args;
+  std::string data;  // = data_args.data (kept for the code below)
   bool synthetic = false;
-  bool bf16 = false;
+  std::string normalize = "none";
+  int64_t checkpoint_every = 0;
+  int keep_checkpoints = 2;
+  std::string resume;
   std::string arch = "matryoshka";
   int64_t d_sae = 0;
   std::string group_sizes;
@@ -83,29 +90,183 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
+// The run's flags as recorded in every checkpoint: --resume DIR rebuilds the run from them.
+json args_json(const TrainArgs& a) {
+  return {{"data_args", a.data_args.to_json()},
+          {"synthetic", a.synthetic},
+          {"normalize", a.normalize},
+          {"checkpoint_every", a.checkpoint_every},
+          {"keep_checkpoints", a.keep_checkpoints},
+          {"arch", a.arch},
+          {"d_sae", a.d_sae},
+          {"group_sizes", a.group_sizes},
+          {"k", a.k},
+          {"batch", a.batch},
+          {"steps", a.steps},
+          {"lr", a.lr},
+          {"seed", a.seed},
+          {"init", a.init},
+          {"no_shuffle", a.no_shuffle},
+          {"dead_after", a.dead_after},
+          {"aux_k", a.aux_k},
+          {"aux_coef", a.aux_coef},
+          {"max_grad_norm", a.max_grad_norm},
+          {"encoder_bias", a.encoder_bias},
+          {"log_every", a.log_every},
+          {"threads", a.threads},
+          {"engine", a.engine}};
+}
+
+TrainArgs args_from_json(const json& j, const std::string& where) {
+  TrainArgs a;
+  try {
+    a.data_args.from_json(j.at("data_args"));
+    a.data = a.data_args.data;
+    a.synthetic = j.at("synthetic").get<bool>();
+    a.normalize = j.at("normalize").get<std::string>();
+    a.checkpoint_every = j.at("checkpoint_every").get<int64_t>();
+    a.keep_checkpoints = j.at("keep_checkpoints").get<int>();
+    a.arch = j.at("arch").get<std::string>();
+    a.d_sae = j.at("d_sae").get<int64_t>();
+    a.group_sizes = j.at("group_sizes").get<std::string>();
+    a.k = j.at("k").get<int64_t>();
+    a.batch = j.at("batch").get<int64_t>();
+    a.steps = j.at("steps").get<int64_t>();
+    a.lr = j.at("lr").get<float>();
+    a.seed = j.at("seed").get<uint64_t>();
+    a.init = j.at("init").get<std::string>();
+    a.no_shuffle = j.at("no_shuffle").get<bool>();
+    a.dead_after = j.at("dead_after").get<int64_t>();
+    a.aux_k = j.at("aux_k").get<int64_t>();
+    a.aux_coef = j.at("aux_coef").get<float>();
+    a.max_grad_norm = j.at("max_grad_norm").get<float>();
+    a.encoder_bias = j.at("encoder_bias").get<bool>();
+    a.log_every = j.at("log_every").get<int64_t>();
+    a.threads = j.at("threads").get<int>();
+    a.engine = j.at("engine").get<std::string>();
+  } catch (const json::exception& e) {
+    runtime_error(where, ": the run's recorded flags are malformed: ", e.what());
+  }
+  return a;
+}
+
+// Keeps the lines of metrics.jsonl up to `step` (a resumed run rewrites what came after its checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::string kept;
+  if (io::path_exists(path)) {
+    std::istringstream in(io::read_text_file(path));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      try {
+        if (json::parse(line).at("step").get<int64_t>() > step) break;
+      } catch (const json::exception&) {
+        break;  // a torn last line of a killed run
+      }
+      kept += line + "\n";
+    }
+  }
+  io::write_text_file_atomic(path, kept);
+}
+
+json interval_json(const train::MetricsInterval& m) {
+  return {{"steps", m.steps}, {"loss", m.loss}, {"l_aux", m.l_aux}, {"fvu", m.fvu}, {"l0", m.l0},
+          {"mse_prefix", m.mse_prefix}};
+}
+train::MetricsInterval interval_from_json(const json& j) {
+  train::MetricsInterval m;
+  m.steps = j.at("steps").get<int64_t>();
+  m.loss = j.at("loss").get<double>();
+  m.l_aux = j.at("l_aux").get<double>();
+  m.fvu = j.at("fvu").get<double>();
+  m.l0 = j.at("l0").get<double>();
+  m.mse_prefix = j.at("mse_prefix").get<std::vector<double>>();
+  return m;
+}
+
 int run_train(TrainArgs a, const CLI::App& app) {
+  // ---- --resume DIR: the run's own flags come from its checkpoint
+  std::optional<train::Checkpoint> ckpt;
+  if (!a.resume.empty()) {
+    for (const CLI::Option* o : app.get_options())
+      if (o->count() > 0 && o->get_name() != "--resume" && o->get_name() != "--threads")
+        usage_error("--resume DIR continues a run with the flags it was started with (recorded in its checkpoint); ",
+                    "drop ", o->get_name(), " (only --threads may be given, and bit-identical results need the same count)");
+    std::string dir = a.resume;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    ckpt = train::read_checkpoint(dir);
+    const bool threads_given = app.count("--threads") > 0;
+    const int threads = a.threads;
+    try {
+      a = args_from_json(ckpt->extra.at("args"), ckpt->path);
+    } catch (const json::exception& e) {
+      runtime_error(ckpt->path, "/state.json: no recorded run flags: ", e.what());
+    }
+    if (threads_given && threads != a.threads)
+      log_warn(cat("--threads ", threads, " differs from the run's ", a.threads,
+                   " threads: the result will not be bit-identical to an uninterrupted run"));
+    if (threads_given) a.threads = threads;
+    a.out = dir;
+    a.resume = dir;
+  }
+  a.data = a.data_args.data;
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
+  a.threads = num_threads();  // recorded resolved, so a resumed run uses the same count
 
   // ---- data
   if (!a.data.empty() && a.synthetic) usage_error("--data and --synthetic are mutually exclusive");
   const bool synthetic = a.data.empty();
-  std::unique_ptr<data::ActivationSource> source =
-      synthetic ? data::open_synthetic(a.seed) : data::open_npy(a.data, !a.no_shuffle, a.seed, a.bf16);
-  const int64_t d = source->d();
+  if (synthetic && (!a.data_args.dtype.empty() || a.data_args.bf16 || !a.data_args.tensor.empty() || a.data_args.d_in))
+    usage_error("--dtype, --bf16, --tensor and --d-in describe --data files; the synthetic data needs none");
+  if (a.normalize != "none" && a.normalize != "expected-norm")
+    usage_error("--normalize: unknown method '", a.normalize, "'; expected none or expected-norm");
+  if (synthetic && a.normalize != "none")
+    usage_error("--normalize expected-norm applies to --data files (the synthetic data is generated at unit scale)");
+  if (a.checkpoint_every < 0) usage_error("--checkpoint-every must be >= 0, got ", a.checkpoint_every);
+  if (a.keep_checkpoints < 1) usage_error("--keep-checkpoints must be >= 1, got ", a.keep_checkpoints);
+  const int64_t batch = a.batch > 0 ? a.batch : (synthetic ? SynthDefaults::batch : 4096);
+  if (a.batch < 0 || (app.count("--batch") && a.batch <= 0)) usage_error("--batch must be positive, got ", a.batch);
 
-  // ---- output directory: refuse before any work
+  // The output directory is refused before any work.
   while (a.out.size() > 1 && a.out.back() == '/') a.out.pop_back();  // "DIR/" names DIR
   if (a.out.empty()) usage_error("--out DIR is required");
-  if (io::path_exists(a.out) && !a.overwrite)
-    usage_error("output directory '", a.out, "' exists; pass --overwrite to replace it");
+  if (!ckpt && io::path_exists(a.out) && !a.overwrite)
+    usage_error("output directory '", a.out, "' exists; pass --overwrite to replace it (or --resume ", a.out,
+                " to continue an interrupted run)");
+
+  // Normalization: the scale is estimated once (or taken from the checkpoint) and applied by the reader.
+  float scale = 1.0f;
+  if (a.normalize == "expected-norm") {
+    if (ckpt) {
+      scale = ckpt->extra.at("scale").get<float>();
+    } else {
+      data::DataOptions so = a.data_args.options(true, a.seed ^ 0x6e6f726dULL);
+      so.shuffle_buffer = 65536;
+      std::unique_ptr<data::ActivationSource> sample = data::open_data(a.data, so);
+      const int64_t n = std::min<int64_t>(sample->rows(), kNormSampleRows);
+      scale = static_cast<float>(data::estimate_norm_scale(*sample, n));
+      log_info(cat("normalization: expected-norm scale ", scale, " (sqrt(d) / mean row norm over ", n, " sampled rows)"));
+    }
+  }
+
+  std::unique_ptr<data::ActivationSource> source;
+  if (synthetic) {
+    source = data::open_synthetic(a.seed);
+  } else {
+    data::DataOptions o = a.data_args.options(!a.no_shuffle, a.seed);
+    o.scale = scale;
+    o.prefetch_batch = a.data_args.no_reader_thread ? 0 : batch;
+    source = data::open_data(a.data, o);
+  }
+  const int64_t d = source->d();
 
   // ---- init and config
   std::unique_ptr<SaeParams> init_params;
   SaeConfig cfg;
   cfg.arch = parse_arch(a.arch);
   cfg.d_in = d;
-  if (!a.init.empty()) {
+  if (!a.init.empty() && !ckpt) {
     train::SaeDirectory init_dir = train::read_sae_dir(a.init);
     if (init_dir.params.d != d)
       usage_error("--init ", a.init, ": the SAE has d_in ", init_dir.params.d, " but the data has width ", d);
@@ -113,10 +274,14 @@ int run_train(TrainArgs a, const CLI::App& app) {
     if (init_dir.params.D != a.d_sae)
       usage_error("--init ", a.init, ": the SAE has d_sae ", init_dir.params.D, " but --d-sae is ", a.d_sae);
     init_params = std::make_unique<SaeParams>(std::move(init_dir.params));
+    // The --init SAE takes raw activations; training sees x * scale.
+    if (scale != 1.0f) train::unfold_input_scale(*init_params, scale);
   }
   cfg.d_sae = a.d_sae > 0 ? a.d_sae : (synthetic ? SynthDefaults::d_sae : 8 * d);
   if (app.count("--d-sae") && a.d_sae <= 0) usage_error("--d-sae must be positive, got ", a.d_sae);
-  cfg.k = app.count("--k") ? a.k : (synthetic ? SynthDefaults::k : 32);
+  a.d_sae = cfg.d_sae;
+  cfg.k = a.k > 0 || app.count("--k") ? a.k : (synthetic ? SynthDefaults::k : 32);
+  a.k = cfg.k;
   if (!a.group_sizes.empty()) cfg.group_sizes = parse_group_sizes(a.group_sizes);
   cfg.encoder_bias = a.encoder_bias;
   cfg.dead_after_batches = a.dead_after;
@@ -126,10 +291,10 @@ int run_train(TrainArgs a, const CLI::App& app) {
 
   train::TrainOptions opt;
   opt.sae = cfg;
-  opt.batch = app.count("--batch") ? a.batch : (synthetic ? SynthDefaults::batch : 4096);
-  if (opt.batch <= 0) usage_error("--batch must be positive, got ", opt.batch);
+  opt.batch = batch;
+  a.batch = batch;
   if (app.count("--steps") && app.count("--tokens")) usage_error("give --steps or --tokens, not both");
-  if (app.count("--steps")) {
+  if (app.count("--steps") || a.steps > 0) {
     if (a.steps <= 0) usage_error("--steps must be positive, got ", a.steps);
     opt.steps = a.steps;
   } else if (app.count("--tokens")) {
@@ -138,6 +303,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
   } else {
     opt.steps = synthetic ? SynthDefaults::steps : std::max<int64_t>(1, (source->rows() + opt.batch - 1) / opt.batch);
   }
+  a.steps = opt.steps;
   if (!(a.lr > 0.0f)) usage_error("--lr must be positive, got ", a.lr);
   if (!(a.max_grad_norm > 0.0f)) usage_error("--max-grad-norm must be positive, got ", a.max_grad_norm);
   opt.adam.lr = a.lr;
@@ -145,9 +311,32 @@ int run_train(TrainArgs a, const CLI::App& app) {
   opt.seed = a.seed;
   opt.engine = a.engine;
   opt.log_every = a.log_every > 0 ? a.log_every : std::max<int64_t>(1, opt.steps / 100);
+  a.log_every = opt.log_every;
 
   SaeParams params = init_params ? std::move(*init_params) : SaeParams::init(d, cfg.d_sae, a.seed);
   train::Trainer trainer(opt, std::move(params));
+  int64_t start_step = 0;
+  double seconds_before = 0.0;
+  train::MetricsInterval interval;
+  std::vector<int64_t> resumed_at;
+  if (ckpt) {
+    if (ckpt->params.d != d || ckpt->params.D != cfg.d_sae)
+      runtime_error(ckpt->path, ": the checkpoint has d_in ", ckpt->params.d, ", d_sae ", ckpt->params.D,
+                    " but the run's data and flags give ", d, ", ", cfg.d_sae);
+    if (ckpt->step > opt.steps) runtime_error(ckpt->path, ": step ", ckpt->step, " is past the run's ", opt.steps, " steps");
+    start_step = ckpt->step;
+    try {
+      source->set_state(ckpt->extra.at("data"));
+      interval = interval_from_json(ckpt->extra.at("interval"));
+      seconds_before = ckpt->extra.at("seconds").get<double>();
+      resumed_at = ckpt->extra.at("resumed_at").get<std::vector<int64_t>>();
+    } catch (const json::exception& e) {
+      runtime_error(ckpt->path, "/state.json: malformed run state: ", e.what());
+    }
+    resumed_at.push_back(start_step);
+    trainer.restore(std::move(ckpt->params), std::move(ckpt->opt), std::move(ckpt->latents));
+    log_info(cat("resuming ", a.out, " from ", ckpt->path, " (step ", start_step, " of ", opt.steps, ")"));
+  }
 
   log_info(cat("data: ", source->describe()));
   log_info(cat("model: ", arch_name(cfg.arch), " SAE, d=", d, " D=", cfg.d_sae, " k=", cfg.k, " groups=",
@@ -157,30 +346,45 @@ int run_train(TrainArgs a, const CLI::App& app) {
                opt.adam.lr, ", engine ", trainer.options().engine, ", ", num_threads(), " threads, BLAS: ",
                kernels::blas_info()));
 
-  // ---- temporary output directory (renamed into place at the end)
-  const std::string tmp_dir = cat(a.out, ".tmp-", getpid());
-  io::remove_all(tmp_dir);
-  io::create_directories(tmp_dir);
-  std::ofstream metrics(tmp_dir + "/metrics.jsonl");
-  if (!metrics) runtime_error("cannot write ", tmp_dir, "/metrics.jsonl");
+  // ---- output directory. With checkpoints (or when resuming) the run lives in --out from the start:
+  // checkpoints/ and metrics.jsonl there, the SAE files written at the end (each atomically). Otherwise it
+  // is written under a temporary name and renamed into place when complete.
+  const bool live = ckpt || a.checkpoint_every > 0;
+  const std::string work_dir = live ? a.out : cat(a.out, ".tmp-", getpid());
+  if (!live) {
+    io::remove_all(work_dir);
+    io::create_directories(work_dir);
+  } else if (!ckpt) {
+    if (io::path_exists(a.out)) io::remove_all(a.out);  // --overwrite (checked above)
+    io::create_directories(a.out);
+  }
+  const std::string metrics_path = work_dir + "/metrics.jsonl";
+  if (ckpt) truncate_metrics(metrics_path, start_step);
+  std::ofstream metrics(metrics_path, ckpt ? std::ios::app : std::ios::trunc);
+  if (!metrics) runtime_error("cannot write ", metrics_path);
+
+  auto checkpoint_extra = [&](int64_t done, double secs) {
+    return json{{"args", args_json(a)}, {"data", source->state()}, {"interval", interval_json(interval)},
+                {"scale", scale},       {"seconds", secs},          {"resumed_at", resumed_at}};
+  };
 
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
-  std::vector<float> batch(opt.batch * d);
+  std::vector<float> batch_buf(opt.batch * d);
   Progress progress(opt.steps);
-  train::MetricsInterval interval;
   Timer clock;
-  int64_t step = 0;
+  int64_t step = start_step;
+  double checkpoint_seconds = 0.0;
   try {
-    for (step = 0; step < opt.steps && !g_interrupted; ++step) {
-      source->next_batch(opt.batch, batch.data());
-      const StepStats& s = trainer.step(batch.data());
+    for (step = start_step; step < opt.steps && !g_interrupted; ++step) {
+      source->next_batch(opt.batch, batch_buf.data());
+      const StepStats& s = trainer.step(batch_buf.data());
       if (!std::isfinite(s.loss))
         runtime_error("the loss became ", s.loss, " at step ", step + 1, "; lower --lr or check the data");
       interval.add(s);
       const int64_t done = step + 1;
-      const double secs = clock.seconds();
-      const double tps = static_cast<double>(done * opt.batch) / std::max(secs, 1e-9);
+      const double secs = seconds_before + clock.seconds();
+      const double tps = static_cast<double>((done - start_step) * opt.batch) / std::max(clock.seconds(), 1e-9);
       if (done % opt.log_every == 0 || done == opt.steps) {
         json line = interval.to_json();
         line["step"] = done;
@@ -192,7 +396,13 @@ int run_train(TrainArgs a, const CLI::App& app) {
         line["threshold"] = trainer.params().threshold;
         line["grad_norm"] = trainer.last_grad_norm();
         metrics << line.dump() << "\n";
+        metrics.flush();
         interval = train::MetricsInterval{};
+      }
+      if (a.checkpoint_every > 0 && done % a.checkpoint_every == 0 && done < opt.steps) {
+        const Timer ct;
+        train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(done, secs), a.keep_checkpoints);
+        checkpoint_seconds += ct.seconds();
       }
       const double fvu = s.var_x > 0 ? s.mse_prefix.back() / s.var_x : 0.0;
       progress.update(done,
@@ -204,24 +414,47 @@ int run_train(TrainArgs a, const CLI::App& app) {
   } catch (...) {
     progress.finish();
     metrics.close();
-    io::remove_all(tmp_dir);
+    if (!live) io::remove_all(work_dir);
     throw;
   }
   progress.finish();
   metrics.close();
-  const double train_seconds = clock.seconds();
+  const double session_seconds = clock.seconds();
+  const double train_seconds = seconds_before + session_seconds;
   const bool completed = step == opt.steps;
-  if (!completed) log_warn(cat("interrupted after ", step, " of ", opt.steps, " steps; saving the SAE as it is"));
+  const data::DataStats dstats = source->stats();
+  if (!completed) {
+    log_warn(cat("interrupted after ", step, " of ", opt.steps, " steps; saving a checkpoint and the SAE as it is (",
+                 "continue with: msae train --resume ", a.out, ")"));
+    train::write_checkpoint(work_dir, step, trainer, checkpoint_extra(step, train_seconds), a.keep_checkpoints);
+  }
+  if (dstats.nonfinite_skipped > 0)
+    log_warn(cat("skipped ", dstats.nonfinite_skipped, " rows with non-finite values (first: ", dstats.first_skipped, ")"));
+  if (!synthetic && opt.steps - start_step > 0)
+    log_info(cat("reader: waited ", fmt("%.2f", dstats.wait_seconds), " s for data in ", fmt("%.1f", session_seconds),
+                 " s of training (reader busy ", fmt("%.1f", dstats.reader_busy_seconds), " s); ",
+                 fmt("%.2f", dstats.epochs), " epochs read"));
+  source.reset();  // stops the reader thread
 
-  // ---- final evaluation (inference encoding at the learned threshold)
-  std::unique_ptr<data::ActivationSource> eval_source =
-      synthetic ? data::open_synthetic(a.seed + 1000003) : data::open_npy(a.data, false, 0, a.bf16);
-  const int64_t eval_rows = eval_source->rows() > 0 ? std::min(eval_source->rows(), kEvalRows) : kEvalRows;
-  const eval::EvalReport report = eval::evaluate(cfg, trainer.params(), *eval_source, eval_rows);
-  json final_metrics = eval::to_json(report);
+  // ---- the exported SAE takes raw activations: the normalization is folded into the weights
+  SaeParams out_params = trainer.params();
+  if (scale != 1.0f) train::fold_input_scale(out_params, scale);
+
+  // ---- final evaluation (inference encoding at the learned threshold), on raw activations. Skipped for
+  // an interrupted run: a signal asks to stop soon (schedulers follow SIGTERM with SIGKILL), and at large D
+  // the evaluation takes minutes; `msae eval` gives the figures on demand.
+  std::unique_ptr<data::ActivationSource> eval_source;
   if (synthetic) {
+    eval_source = data::open_synthetic(a.seed + 1000003);
+  } else {
+    eval_source = data::open_data(a.data, a.data_args.options(false, 0));
+  }
+  const int64_t eval_rows = eval_source->rows() > 0 ? std::min(eval_source->rows(), kEvalRows) : kEvalRows;
+  const eval::EvalReport report = completed ? eval::evaluate(cfg, out_params, *eval_source, eval_rows) : eval::EvalReport{};
+  json final_metrics = completed ? eval::to_json(report) : json(nullptr);
+  if (synthetic && completed) {
     const synth::PlantedDictionary truth = synth::make_planted(synth::default_planted_config());
-    const eval::RecoveryReport rec = eval::score_recovery(truth.directions, trainer.params().W_dec.ptr(), cfg.d_sae);
+    const eval::RecoveryReport rec = eval::score_recovery(truth.directions, out_params.W_dec.ptr(), cfg.d_sae);
     final_metrics["recovery"] = {{"mean_max_cosine", rec.mean_max_cosine},
                                  {"frac_recovered_cos_0.9", rec.frac_recovered},
                                  {"mcc", rec.mcc}};
@@ -233,7 +466,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
       {"msae_version", version_string()},
       {"git_commit", git_commit()},
       {"config", train::config_json(cfg)},
-      {"normalization", {{"method", "none"}}},
+      {"data_normalization", {{"method", a.normalize}, {"scale", scale}, {"folded_into_weights", true}}},
       {"training",
        {{"completed", completed},
         {"steps", step},
@@ -248,19 +481,26 @@ int run_train(TrainArgs a, const CLI::App& app) {
         {"seed", a.seed},
         {"shuffle", !synthetic && !a.no_shuffle},
         {"data", synthetic ? "synthetic" : a.data},
+        {"data_options", synthetic ? json(nullptr) : a.data_args.to_json()},
+        {"epochs", dstats.epochs},
+        {"nonfinite_rows_skipped", dstats.nonfinite_skipped},
+        {"reader_wait_seconds", dstats.wait_seconds},
+        {"checkpoint_every", a.checkpoint_every},
+        {"checkpoint_seconds", checkpoint_seconds},
+        {"resumed_at_steps", resumed_at},
         {"init", a.init.empty() ? json(nullptr) : json(a.init)},
         {"engine", trainer.options().engine},
         {"threads", num_threads()},
         {"seconds", train_seconds},
-        {"tokens_per_s", static_cast<double>(step * opt.batch) / std::max(train_seconds, 1e-9)},
+        {"tokens_per_s", static_cast<double>((step - start_step) * opt.batch) / std::max(session_seconds, 1e-9)},
         {"threshold", trainer.params().threshold},
         {"dead_latents_at_end", std::count_if(trainer.latent_state().n_inactive.begin(),
                                               trainer.latent_state().n_inactive.end(),
                                               [&](int64_t n) { return n >= cfg.dead_after_batches; })}}},
-      {"final_metrics", final_metrics},
   };
-  train::write_sae_files(tmp_dir, cfg, trainer.params(), msae_json);
-  io::commit_directory(tmp_dir, a.out, a.overwrite);
+  if (completed) msae_json["final_metrics"] = final_metrics;
+  train::write_sae_files(work_dir, cfg, out_params, msae_json);
+  if (!live) io::commit_directory(work_dir, a.out, a.overwrite);
   log_info(cat("wrote ", a.out));
 
   // ---- summary on stdout
@@ -268,7 +508,11 @@ int run_train(TrainArgs a, const CLI::App& app) {
               arch_name(cfg.arch), static_cast<long long>(d), static_cast<long long>(cfg.d_sae),
               static_cast<long long>(cfg.k), completed ? "trained" : "INTERRUPTED", static_cast<long long>(step),
               static_cast<long long>(step * opt.batch), train_seconds,
-              static_cast<double>(step * opt.batch) / std::max(train_seconds, 1e-9));
+              static_cast<double>((step - start_step) * opt.batch) / std::max(session_seconds, 1e-9));
+  if (!completed) {  // no evaluation of an interrupted run
+    std::printf("output: %s (resume with: msae train --resume %s)\n", a.out.c_str(), a.out.c_str());
+    return 130;
+  }
   std::printf("evaluation on %lld %s rows (threshold %.4g):\n", static_cast<long long>(eval_rows),
               synthetic ? "held-out synthetic" : "data", report.threshold);
   std::printf("  %-8s %-9s %-11s %-9s %-8s\n", "prefix", "latents", "MSE", "FVU", "L0");
@@ -282,7 +526,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
                 100 * final_metrics["recovery"]["frac_recovered_cos_0.9"].get<double>(),
                 final_metrics["recovery"]["mean_max_cosine"].get<double>());
   std::printf("output: %s\n", a.out.c_str());
-  return completed ? 0 : 130;
+  return 0;
 }
 
 }  // namespace
@@ -290,9 +534,14 @@ int run_train(TrainArgs a, const CLI::App& app) {
 Action add_train_command(CLI::App& root) {
   auto a = std::make_shared<TrainArgs>();
   CLI::App* app = root.add_subcommand("train", "Train an SAE (default: Matryoshka BatchTopK on the embedded synthetic data)");
-  app->add_option("--data", a->data, "Activations: a 2-D (N, d) .npy file, float32 or float16");
+  a->data_args.add_to(app, true);
   app->add_flag("--synthetic", a->synthetic, "Train on the embedded synthetic dataset (the default when --data is absent)");
-  app->add_flag("--bf16", a->bf16, "The .npy holds bfloat16 stored as uint16 ('<u2')");
+  app->add_option("--normalize", a->normalize,
+                  "none | expected-norm (scale rows so the mean norm is sqrt(d), as SAELens' expected_average_only_in; "
+                  "folded into the exported weights)")->capture_default_str();
+  app->add_option("--checkpoint-every", a->checkpoint_every, "Write a checkpoint to OUT/checkpoints/ every N steps (0: only on SIGINT/SIGTERM)");
+  app->add_option("--keep-checkpoints", a->keep_checkpoints, "Checkpoints kept (the newest)")->capture_default_str();
+  app->add_option("--resume", a->resume, "Continue the interrupted run in this --out directory from its latest checkpoint (no other flags)");
   app->add_option("--arch", a->arch, "matryoshka | batchtopk | topk")->capture_default_str();
   app->add_option("--d-sae", a->d_sae, "Number of latents D (default: 8*d; 512 on the synthetic data; from --init)");
   app->add_option("--group-sizes", a->group_sizes, "Matryoshka group sizes summing to D (default D/16,D/16,D/8,D/4,D/2)");
@@ -310,7 +559,7 @@ Action add_train_command(CLI::App& root) {
   app->add_option("--aux-coef", a->aux_coef, "AuxK loss coefficient")->capture_default_str();
   app->add_option("--max-grad-norm", a->max_grad_norm, "Global gradient-norm clip")->capture_default_str();
   app->add_flag("--encoder-bias", a->encoder_bias, "Add and train the encoder bias b_enc (off in the published recipe)");
-  app->add_option("--out", a->out, "Output SAE directory (SAELens layout)")->required();
+  app->add_option("--out", a->out, "Output SAE directory (SAELens layout); required unless --resume");
   app->add_flag("--overwrite", a->overwrite, "Replace an existing output directory");
   app->add_option("--log-every", a->log_every, "metrics.jsonl interval in steps (default: steps/100)");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");

@@ -1,0 +1,189 @@
+// Checkpoints for exact resume (train.h, docs/formats.md) and the activation-normalization fold.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "msae/io.h"
+#include "msae/train.h"
+
+namespace msae::train {
+
+using nlohmann::json;
+namespace stdfs = std::filesystem;
+
+namespace {
+
+constexpr int kCheckpointFormat = 1;
+
+std::string step_name(int64_t step) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "step-%010" PRId64, step);
+  return buf;
+}
+
+uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+Tensor take(io::SafetensorsFile& f, const std::string& file, const std::string& name, const std::vector<int64_t>& shape) {
+  auto it = f.tensors.find(name);
+  if (it == f.tensors.end()) runtime_error(file, ": tensor '", name, "' is missing; the checkpoint is incomplete");
+  if (it->second.shape != shape)
+    runtime_error(file, ": tensor '", name, "' has shape ", shape_str(it->second.shape), ", expected ", shape_str(shape));
+  if (f.stored_dtypes[name] != io::DType::f32)
+    runtime_error(file, ": tensor '", name, "' is ", io::dtype_name(f.stored_dtypes[name]), ", expected float32");
+  return std::move(it->second);
+}
+
+}  // namespace
+
+std::string write_checkpoint(const std::string& run_dir, int64_t step, const Trainer& trainer, const json& extra,
+                             int keep) {
+  const std::string root = run_dir + "/checkpoints";
+  io::create_directories(root);
+  const std::string name = step_name(step);
+  const std::string final_dir = root + "/" + name;
+  const std::string tmp = cat(final_dir, ".tmp-", getpid());
+  io::remove_all(tmp);
+  io::create_directories(tmp);
+
+  const SaeParams& p = trainer.params();
+  const AdamState& opt = trainer.optimizer();
+  const SaeGrads zeros = opt.m.W_dec.data.empty() ? SaeGrads::zeros(p.d, p.D) : SaeGrads{};
+  const SaeGrads& m = opt.m.W_dec.data.empty() ? zeros : opt.m;
+  const SaeGrads& v = opt.v.W_dec.data.empty() ? zeros : opt.v;
+  const int64_t d = p.d, D = p.D;
+  io::write_safetensors(tmp + "/state.safetensors",
+                        {{"W_enc_t", {D, d}, p.W_enc_t.ptr()},
+                         {"W_dec", {D, d}, p.W_dec.ptr()},
+                         {"b_enc", {D}, p.b_enc.ptr()},
+                         {"b_dec", {d}, p.b_dec.ptr()},
+                         {"adam_m.W_enc_t", {D, d}, m.W_enc_t.ptr()},
+                         {"adam_m.W_dec", {D, d}, m.W_dec.ptr()},
+                         {"adam_m.b_enc", {D}, m.b_enc.ptr()},
+                         {"adam_m.b_dec", {d}, m.b_dec.ptr()},
+                         {"adam_v.W_enc_t", {D, d}, v.W_enc_t.ptr()},
+                         {"adam_v.W_dec", {D, d}, v.W_dec.ptr()},
+                         {"adam_v.b_enc", {D}, v.b_enc.ptr()},
+                         {"adam_v.b_dec", {d}, v.b_dec.ptr()}},
+                        {{"format", "msae-checkpoint"}});
+  const json state = {{"format", "msae-checkpoint"},
+                      {"format_version", kCheckpointFormat},
+                      {"msae_version", version_string()},
+                      {"git_commit", git_commit()},
+                      {"step", step},
+                      {"d_in", d},
+                      {"d_sae", D},
+                      {"adam_t", opt.t},
+                      {"threshold", p.threshold},
+                      {"threshold_bits", float_bits(p.threshold)},
+                      {"n_inactive", trainer.latent_state().n_inactive},
+                      {"extra", extra}};
+  io::write_text_file_atomic(tmp + "/state.json", state.dump() + "\n");
+
+  // Publish: rename the directory into place, then point `latest` at it (both atomic).
+  io::remove_all(final_dir);
+  std::error_code ec;
+  stdfs::rename(tmp, final_dir, ec);
+  if (ec) runtime_error(final_dir, ": cannot rename ", tmp, " into place: ", ec.message());
+  io::write_text_file_atomic(root + "/latest", name + "\n");
+
+  // Keep the newest `keep` complete checkpoints; remove leftovers of interrupted writes of this process.
+  std::vector<std::string> names;
+  for (const auto& e : stdfs::directory_iterator(root, ec)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp-") == std::string::npos) names.push_back(n);
+  }
+  std::sort(names.begin(), names.end());
+  for (size_t i = 0; i + static_cast<size_t>(std::max(keep, 1)) < names.size(); ++i)
+    if (names[i] != name) io::remove_all(root + "/" + names[i]);
+  return final_dir;
+}
+
+bool has_checkpoint(const std::string& run_dir) { return io::path_exists(run_dir + "/checkpoints/latest"); }
+
+Checkpoint read_checkpoint(const std::string& run_dir) {
+  const std::string latest = run_dir + "/checkpoints/latest";
+  if (!io::path_exists(latest))
+    runtime_error(run_dir, ": no checkpoint (", latest, " is missing); --resume needs the --out directory of a run ",
+                  "that wrote checkpoints (--checkpoint-every N, or one interrupted by SIGINT/SIGTERM)");
+  std::string name = io::read_text_file(latest);
+  while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' ')) name.pop_back();
+  if (name.rfind("step-", 0) != 0 || name.find('/') != std::string::npos || name.find("..") != std::string::npos)
+    runtime_error(latest, ": expected a checkpoint name like step-0000000100, found '", name, "'");
+  Checkpoint c;
+  c.path = run_dir + "/checkpoints/" + name;
+  const std::string state_file = c.path + "/state.json";
+  json state;
+  try {
+    state = json::parse(io::read_text_file(state_file));
+  } catch (const json::exception& e) {
+    runtime_error(state_file, ": not valid JSON: ", e.what());
+  }
+  int64_t d = 0, D = 0;
+  try {
+    if (state.at("format").get<std::string>() != "msae-checkpoint")
+      runtime_error(state_file, ": \"format\" is not \"msae-checkpoint\"");
+    if (state.at("format_version").get<int>() != kCheckpointFormat)
+      runtime_error(state_file, ": format_version ", state.at("format_version").get<int>(), " is not supported (expected ",
+                    kCheckpointFormat, ")");
+    c.step = state.at("step").get<int64_t>();
+    d = state.at("d_in").get<int64_t>();
+    D = state.at("d_sae").get<int64_t>();
+    c.opt.t = state.at("adam_t").get<int64_t>();
+    c.latents.n_inactive = state.at("n_inactive").get<std::vector<int64_t>>();
+    c.extra = state.at("extra");
+    const float threshold = bits_float(state.at("threshold_bits").get<uint32_t>());
+    if (c.step < 0 || c.opt.t < 0 || d <= 0 || D <= 0 || static_cast<int64_t>(c.latents.n_inactive.size()) != D)
+      runtime_error(state_file, ": inconsistent step/shape fields (step ", c.step, ", d_in ", d, ", d_sae ", D,
+                    ", ", c.latents.n_inactive.size(), " dead counters)");
+    c.params.threshold = threshold;
+  } catch (const json::exception& e) {
+    runtime_error(state_file, ": malformed checkpoint state: ", e.what());
+  }
+  const std::string tensors_file = c.path + "/state.safetensors";
+  io::SafetensorsFile f = io::read_safetensors(tensors_file);
+  const float threshold = c.params.threshold;
+  c.params = SaeParams::zeros(d, D);
+  c.params.threshold = threshold;
+  c.params.W_enc_t = take(f, tensors_file, "W_enc_t", {D, d});
+  c.params.W_dec = take(f, tensors_file, "W_dec", {D, d});
+  c.params.b_enc = take(f, tensors_file, "b_enc", {D});
+  c.params.b_dec = take(f, tensors_file, "b_dec", {d});
+  if (c.opt.t > 0) {
+    for (auto [prefix, g] : {std::pair<const char*, SaeGrads*>{"adam_m.", &c.opt.m}, {"adam_v.", &c.opt.v}}) {
+      g->W_enc_t = take(f, tensors_file, cat(prefix, "W_enc_t"), {D, d});
+      g->W_dec = take(f, tensors_file, cat(prefix, "W_dec"), {D, d});
+      g->b_enc = take(f, tensors_file, cat(prefix, "b_enc"), {D});
+      g->b_dec = take(f, tensors_file, cat(prefix, "b_dec"), {d});
+    }
+  }
+  return c;
+}
+
+void fold_input_scale(SaeParams& p, float s) {
+  MSAE_ASSERT(s > 0.0f);
+  for (float& w : p.W_enc_t.data) w *= s;
+  for (float& w : p.W_dec.data) w /= s;
+  for (float& b : p.b_dec.data) b /= s;
+}
+
+void unfold_input_scale(SaeParams& p, float s) {
+  MSAE_ASSERT(s > 0.0f);
+  for (float& w : p.W_enc_t.data) w /= s;
+  for (float& w : p.W_dec.data) w *= s;
+  for (float& b : p.b_dec.data) b *= s;
+}
+
+}  // namespace msae::train
