@@ -53,6 +53,18 @@ CASES = [
      dict(arch="matryoshka", d_in=16, d_sae=64, k=8, batch=32, steps=10, lr=1e-3,
           dead_after_batches=3, aux_k=512, aux_coef=1.0 / 32.0, max_grad_norm=1e5),
      dict(need_aux_truncated=False, need_aux_off_after_on=True, need_aux_all_zero=True)),
+    # Variants (docs/variants.md): the ablation switches together, then per-group selection with a
+    # faster threshold EMA.
+    ("variant_switches",
+     dict(arch="matryoshka", d_in=16, d_sae=64, k=4, batch=32, steps=10, lr=1e-3,
+          group_sizes=[8, 24, 32], dead_after_batches=2, aux_k=6, aux_coef=1.0 / 32.0, max_grad_norm=1e5,
+          prefix_weights=[2.0, 0.5, 1.0], bdec_loss_term=False, stop_gradient_groups=True, aux_detach=True),
+     dict(need_aux_truncated=True)),
+    ("variant_group_k",
+     dict(arch="matryoshka", d_in=16, d_sae=64, k=4, batch=32, steps=10, lr=1e-3,
+          group_sizes=[8, 24, 32], dead_after_batches=2, aux_k=512, aux_coef=1.0 / 32.0, max_grad_norm=1e5,
+          group_k=[1, 2, 2], threshold_rate=0.05, encoder_bias=True),
+     dict(need_aux_truncated=False)),
 ]
 
 

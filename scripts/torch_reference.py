@@ -23,6 +23,16 @@ import torch
 
 ARCHS = ("matryoshka", "batchtopk", "topk")
 
+# Variant switches (docs/variants.md) and their SPEC defaults.
+VARIANT_DEFAULTS = {
+    "prefix_weights": None,         # (G) loss weight per prefix; None = all 1
+    "bdec_loss_term": True,         # the mse(b_dec) term of L_rec
+    "stop_gradient_groups": False,  # r_g = b_dec + sg(z_<g W_<g) + z_g W_g
+    "aux_detach": False,            # AuxK residual e = sg(x - r_G)
+    "group_k": None,                # (G) per-group BatchTopK / TopK; None = global selection
+    "threshold_rate": 0.01,         # threshold EMA rate
+}
+
 
 def default_group_sizes(D):
     """[D/16, D/16, D/8, D/4, D/2] (prefixes D/16, D/8, D/4, D/2, D)."""
@@ -33,7 +43,7 @@ def default_group_sizes(D):
 
 def make_config(d_in, d_sae, arch="matryoshka", k=32, group_sizes=None, batch=4096, steps=1,
                 lr=3e-4, beta1=0.9, beta2=0.99, eps=1e-8, dead_after_batches=20, aux_k=512,
-                aux_coef=1.0 / 32.0, max_grad_norm=1e5, encoder_bias=False):
+                aux_coef=1.0 / 32.0, max_grad_norm=1e5, encoder_bias=False, **variants):
     """Plain dict config (the same keys as fixture.json's "config").
 
     arch=matryoshka uses group_sizes (default [D/16, D/16, D/8, D/4, D/2]);
@@ -49,7 +59,10 @@ def make_config(d_in, d_sae, arch="matryoshka", k=32, group_sizes=None, batch=40
         gs = [d_sae]
     if sum(gs) != d_sae or any(s <= 0 for s in gs):
         raise ValueError("group sizes %s must be positive and sum to D=%d" % (gs, d_sae))
-    return {
+    unknown = set(variants) - set(VARIANT_DEFAULTS)
+    if unknown:
+        raise ValueError("unknown variant options %s; known: %s" % (sorted(unknown), sorted(VARIANT_DEFAULTS)))
+    cfg = {
         "arch": arch, "d_in": int(d_in), "d_sae": int(d_sae), "k": int(k),
         "group_sizes": [int(s) for s in gs], "batch": int(batch), "steps": int(steps),
         "lr": float(lr), "beta1": float(beta1), "beta2": float(beta2), "eps": float(eps),
@@ -57,6 +70,16 @@ def make_config(d_in, d_sae, arch="matryoshka", k=32, group_sizes=None, batch=40
         "aux_coef": float(aux_coef), "max_grad_norm": float(max_grad_norm),
         "encoder_bias": bool(encoder_bias),
     }
+    # Variant switches (docs/variants.md) are written only when set, so SPEC configs stay as they were.
+    for key, value in variants.items():
+        if value != VARIANT_DEFAULTS[key]:
+            cfg[key] = value
+    return cfg
+
+
+def variant(cfg, key):
+    """A variant option of cfg, or its SPEC default."""
+    return cfg.get(key, VARIANT_DEFAULTS[key])
 
 
 def init_params(cfg, generator=None, dtype=torch.float32):
@@ -83,6 +106,16 @@ def select(acts, cfg):
     the autograd path through the kept entries of acts only (scatter of the topk values)."""
     B = acts.shape[0]
     k = cfg["k"]
+    group_k = variant(cfg, "group_k")
+    if group_k is not None:
+        # per-group selection: each group's slice selected on its own, then concatenated
+        parts, start = [], 0
+        for s, kg in zip(cfg["group_sizes"], group_k):
+            sub = dict(cfg, k=kg)
+            sub.pop("group_k")
+            parts.append(select(acts[:, start:start + s], sub))
+            start += s
+        return torch.cat(parts, dim=1)
     if cfg["arch"] == "topk":
         top = torch.topk(acts, k, dim=-1)
         return torch.zeros_like(acts).scatter(-1, top.indices, top.values)
@@ -113,8 +146,15 @@ def forward_loss(params, x, n_inactive, cfg):
     recons = []
     r = b_dec
     start = 0
+    stop_grad = variant(cfg, "stop_gradient_groups")
+    prev = None  # sum of the earlier groups' decodes (no bias)
     for s in cfg["group_sizes"]:
-        r = z[:, start:start + s] @ W_dec[start:start + s, :] + r
+        part = z[:, start:start + s] @ W_dec[start:start + s, :]
+        if stop_grad:
+            r = b_dec + part if prev is None else b_dec + prev.detach() + part
+            prev = part if prev is None else prev + part
+        else:
+            r = part + r
         recons.append(r)
         start += s
     # 6. dead-latent counters, updated before the loss (AuxK uses the updated counters)
@@ -123,21 +163,25 @@ def forward_loss(params, x, n_inactive, cfg):
         n_inactive_new = torch.where(fired, torch.zeros_like(n_inactive), n_inactive + 1)
         dead = n_inactive_new >= cfg["dead_after_batches"]
         n_dead = int(dead.sum().item())
-    # Loss: L_rec = (mse(b_dec) + sum_g mse(r_g)) / (G + 1)
+    # Loss: L_rec = (t mse(b_dec) + sum_g w_g mse(r_g)) / (G + t); SPEC: t = 1, w_g = 1
     mse_bdec = (b_dec - x).pow(2).mean()
-    total = mse_bdec
+    t_bdec = 1 if variant(cfg, "bdec_loss_term") else 0
+    weights = variant(cfg, "prefix_weights")
+    total = mse_bdec if t_bdec else torch.zeros((), dtype=x.dtype)
     mse_prefix = []
-    for r_g in recons:
+    for g, r_g in enumerate(recons):
         m = (r_g - x).pow(2).mean()
         mse_prefix.append(m)
-        total = total + m
-    l_rec = total / (len(recons) + 1)
+        total = total + (m if weights is None else weights[g] * m)
+    l_rec = total / (len(recons) + t_bdec)
     # AuxK on dead latents; e = x - r_G is NOT detached
     l_aux = torch.zeros((), dtype=x.dtype)
     aux_active = False
     aux_info = None
     if n_dead > 0:
         e = x - recons[-1]
+        if variant(cfg, "aux_detach"):
+            e = e.detach()
         acts_dead = acts[:, dead]
         k_aux = min(cfg["aux_k"], n_dead)
         top = torch.topk(acts_dead, k_aux, dim=-1)
@@ -173,6 +217,16 @@ def selection_margins(acts, cfg, aux_info=None):
     TopK); a cut at a zero value returns -inf (invalid). aux_gap is the same for the AuxK per-row cut
     among dead latents (only where the last kept aux value is positive; inf if no such cut).
     """
+    group_k = variant(cfg, "group_k")
+    if group_k is not None:  # the smallest gap over the groups' own cuts
+        main, start = math.inf, 0
+        for s, kg in zip(cfg["group_sizes"], group_k):
+            sub = dict(cfg, k=kg)
+            sub.pop("group_k")
+            main = min(main, selection_margins(acts[:, start:start + s], sub)[0])
+            start += s
+        aux = selection_margins(acts, dict(cfg, group_k=None, k=1), aux_info)[1]
+        return main, aux
     with torch.no_grad():
         a = acts.detach().double()
         B = a.shape[0]
@@ -232,7 +286,7 @@ class MatryoshkaSAE(torch.nn.Module):
         out = forward_loss(self.params(), x, self.num_batches_not_active, self.cfg)
         # SPEC order: selection, threshold EMA, groups, dead counters, loss. Neither state
         # update depends on the loss, so applying them here is the same order.
-        self.threshold = threshold_update(self.threshold, out["z"])
+        self.threshold = threshold_update(self.threshold, out["z"], variant(self.cfg, "threshold_rate"))
         self.num_batches_not_active = out["n_inactive"]
         return out
 

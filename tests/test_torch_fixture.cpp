@@ -85,6 +85,13 @@ TEST_P(TorchFixture, MatchesPyTorchStepByStep) {
   opt.sae.dead_after_batches = c["dead_after_batches"];
   opt.sae.aux_k = c["aux_k"];
   opt.sae.aux_coef = c["aux_coef"];
+  // Variant switches (docs/variants.md), present only in the variant fixtures.
+  if (c.contains("prefix_weights")) opt.sae.prefix_weights = c["prefix_weights"].get<std::vector<float>>();
+  opt.sae.bdec_loss_term = c.value("bdec_loss_term", true);
+  opt.sae.stop_gradient_groups = c.value("stop_gradient_groups", false);
+  opt.sae.aux_detach = c.value("aux_detach", false);
+  if (c.contains("group_k")) opt.sae.group_k = c["group_k"].get<std::vector<int64_t>>();
+  opt.sae.threshold_rate = c.value("threshold_rate", 0.01f);
   opt.sae.finalize();
   opt.batch = c["batch"];
   opt.adam.lr = c["lr"];
@@ -154,7 +161,7 @@ std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (const std::string& engine : msae::train::engine_names())
     for (const char* f : {"matryoshka_default", "batchtopk", "topk", "matryoshka_custom_groups", "matryoshka_clipped",
-                          "matryoshka_aux_toggle"})
+                          "matryoshka_aux_toggle", "variant_switches", "variant_group_k"})
       cases.push_back({f, engine});
   return cases;
 }

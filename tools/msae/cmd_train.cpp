@@ -18,6 +18,7 @@
 #include "msae/synth.h"
 #include "msae/train.h"
 #include "progress.h"
+#include "variant_flags.h"
 
 namespace msae::cli {
 namespace {
@@ -52,6 +53,7 @@ struct TrainArgs {
   int64_t log_every = 0;
   int threads = 0;
   std::string engine = "sparse";
+  VariantArgs variants;  // variant_flags.h
 };
 
 std::atomic<bool> g_interrupted{false};
@@ -145,6 +147,8 @@ int run_train(TrainArgs a, const CLI::App& app) {
   opt.seed = a.seed;
   opt.engine = a.engine;
   opt.log_every = a.log_every > 0 ? a.log_every : std::max<int64_t>(1, opt.steps / 100);
+  apply_variant_args(a.variants, [&](const std::string& flag) { return app.count(flag) > 0; }, opt);
+  cfg = opt.sae;
 
   SaeParams params = init_params ? std::move(*init_params) : SaeParams::init(d, cfg.d_sae, a.seed);
   train::Trainer trainer(opt, std::move(params));
@@ -259,6 +263,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
                                               [&](int64_t n) { return n >= cfg.dead_after_batches; })}}},
       {"final_metrics", final_metrics},
   };
+  msae_json["training"]["schedule"] = schedule_json(opt);
   train::write_sae_files(tmp_dir, cfg, trainer.params(), msae_json);
   io::commit_directory(tmp_dir, a.out, a.overwrite);
   log_info(cat("wrote ", a.out));
@@ -315,6 +320,7 @@ Action add_train_command(CLI::App& root) {
   app->add_option("--log-every", a->log_every, "metrics.jsonl interval in steps (default: steps/100)");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_option("--engine", a->engine, "Training-step engine: sparse (fast) | reference (dense oracle)")->capture_default_str();
+  add_variant_flags(app, a->variants);
   return [a, app]() { return run_train(*a, *app); };
 }
 
