@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import torch
 
-ARCHS = ("matryoshka", "batchtopk", "topk")
+ARCHS = ("matryoshka", "batchtopk", "topk", "relu_l1")
 
 # Variant switches (docs/variants.md) and their SPEC defaults.
 VARIANT_DEFAULTS = {
@@ -31,6 +31,8 @@ VARIANT_DEFAULTS = {
     "aux_detach": False,            # AuxK residual e = sg(x - r_G)
     "group_k": None,                # (G) per-group BatchTopK / TopK; None = global selection
     "threshold_rate": 0.01,         # threshold EMA rate
+    "l1_coef": 1.2,                 # relu_l1: initial L1 coefficient
+    "l1_adapt_rate": 3e-4,          # relu_l1: coef *= 1 + rate if L0 >= k else 1 - rate, after each step
 }
 
 
@@ -51,7 +53,9 @@ def make_config(d_in, d_sae, arch="matryoshka", k=32, group_sizes=None, batch=40
     """
     if arch not in ARCHS:
         raise ValueError("arch must be one of %s, got %r" % (ARCHS, arch))
-    if arch == "matryoshka":
+    if arch == "relu_l1":
+        encoder_bias = True  # the ReLU SAE trains b_enc
+    if arch in ("matryoshka", "relu_l1"):
         gs = list(group_sizes) if group_sizes is not None else default_group_sizes(d_sae)
     else:
         if group_sizes is not None and list(group_sizes) != [d_sae]:
@@ -106,6 +110,8 @@ def select(acts, cfg):
     the autograd path through the kept entries of acts only (scatter of the topk values)."""
     B = acts.shape[0]
     k = cfg["k"]
+    if cfg["arch"] == "relu_l1":
+        return acts  # no selection: every positive entry is kept
     group_k = variant(cfg, "group_k")
     if group_k is not None:
         # per-group selection: each group's slice selected on its own, then concatenated
@@ -124,7 +130,7 @@ def select(acts, cfg):
     return torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(acts.shape)
 
 
-def forward_loss(params, x, n_inactive, cfg):
+def forward_loss(params, x, n_inactive, cfg, l1_coef=None):
     """One training forward pass (SPEC "Forward pass" + "Loss").
 
     params: dict W_enc (d, D), b_enc (D), W_dec (D, d), b_dec (d) (tensors, may require grad).
@@ -175,10 +181,17 @@ def forward_loss(params, x, n_inactive, cfg):
         total = total + (m if weights is None else weights[g] * m)
     l_rec = total / (len(recons) + t_bdec)
     # AuxK on dead latents; e = x - r_G is NOT detached
+    # relu_l1: L_sparsity = coef * (1/B) sum_r sum_i c_i z_ri, c_i = (G - g(i)) / G (the L1 of each
+    # prefix averaged over the prefixes, as Nabeshima's cumsum(...).mean())
+    l_sparsity = torch.zeros((), dtype=x.dtype)
+    if cfg["arch"] == "relu_l1":
+        G = len(cfg["group_sizes"])
+        c = torch.cat([torch.full((s,), (G - g) / G, dtype=x.dtype) for g, s in enumerate(cfg["group_sizes"])])
+        l_sparsity = l1_coef * (z * c).sum() / x.shape[0]
     l_aux = torch.zeros((), dtype=x.dtype)
     aux_active = False
     aux_info = None
-    if n_dead > 0:
+    if n_dead > 0 and cfg["arch"] != "relu_l1":
         e = x - recons[-1]
         if variant(cfg, "aux_detach"):
             e = e.detach()
@@ -191,7 +204,7 @@ def forward_loss(params, x, n_inactive, cfg):
         if bool((a != 0).any()):
             l_aux = cfg["aux_coef"] * (a - e).pow(2).mean()
             aux_active = True
-    loss = l_rec + l_aux
+    loss = l_rec + l_aux + l_sparsity
     return {
         "loss": loss, "l_rec": l_rec, "l_aux": l_aux, "mse_bdec": mse_bdec, "mse_prefix": mse_prefix,
         "aux_active": aux_active, "n_dead": n_dead, "n_inactive": n_inactive_new,
@@ -217,6 +230,8 @@ def selection_margins(acts, cfg, aux_info=None):
     TopK); a cut at a zero value returns -inf (invalid). aux_gap is the same for the AuxK per-row cut
     among dead latents (only where the last kept aux value is positive; inf if no such cut).
     """
+    if cfg["arch"] == "relu_l1":
+        return math.inf, math.inf  # no cut; the relu kink is checked on pre by the caller
     group_k = variant(cfg, "group_k")
     if group_k is not None:  # the smallest gap over the groups' own cuts
         main, start = math.inf, 0
@@ -278,15 +293,17 @@ class MatryoshkaSAE(torch.nn.Module):
         self.b_dec = torch.nn.Parameter(params["b_dec"].clone().to(dtype))
         self.register_buffer("threshold", torch.tensor(0.0, dtype=dtype))
         self.register_buffer("num_batches_not_active", torch.zeros(cfg["d_sae"], dtype=dtype))
+        self.l1_coef = variant(cfg, "l1_coef")  # relu_l1 (a Python float, adapted after each step)
 
     def params(self):
         return {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
 
     def forward(self, x):
-        out = forward_loss(self.params(), x, self.num_batches_not_active, self.cfg)
+        out = forward_loss(self.params(), x, self.num_batches_not_active, self.cfg, self.l1_coef)
         # SPEC order: selection, threshold EMA, groups, dead counters, loss. Neither state
         # update depends on the loss, so applying them here is the same order.
-        self.threshold = threshold_update(self.threshold, out["z"], variant(self.cfg, "threshold_rate"))
+        if self.cfg["arch"] != "relu_l1":  # a ReLU SAE infers with threshold 0
+            self.threshold = threshold_update(self.threshold, out["z"], variant(self.cfg, "threshold_rate"))
         self.num_batches_not_active = out["n_inactive"]
         return out
 
@@ -332,6 +349,10 @@ def train_step(model, optimizer, x, check_unit_norm=True):
     # 3. Adam
     optimizer.step()
     z = out["z"].detach()
+    if cfg["arch"] == "relu_l1":  # adaptive L1 coefficient toward L0 = k, from this step's L0
+        l0 = float((z > 0).float().sum(-1).mean().item())
+        rate = variant(cfg, "l1_adapt_rate")
+        model.l1_coef *= (1 + rate) if l0 >= cfg["k"] else (1 - rate)
     rec = {
         "loss": float(out["loss"].item()),
         "l_rec": float(out["l_rec"].item()),

@@ -342,3 +342,28 @@ TEST(VariantConfig, DefaultsAreSpec) {
 
 }  // namespace
 }  // namespace msae
+
+namespace msae {
+namespace {
+
+// The variant state survives a JSON round trip (for checkpoints): a restored state draws the same
+// sampled prefixes and keeps its L1 coefficient and reordering means.
+TEST(VariantState, JsonRoundTripContinuesTheSameDraws) {
+  SaeConfig cfg;
+  cfg.d_in = 8;
+  cfg.d_sae = 64;
+  cfg.k = 4;
+  cfg.sampled_prefixes = 5;
+  cfg.finalize();
+  train::VariantState a(cfg, 42);
+  LatentState lat;
+  for (int i = 0; i < 3; ++i) a.before_step(cfg, lat);
+  train::VariantState b(cfg, 7);
+  b.restore(nlohmann::json::parse(a.state_json().dump()));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(a.before_step(cfg, lat).group_sizes, b.before_step(cfg, lat).group_sizes);
+  EXPECT_EQ(a.state_json(), b.state_json());
+  EXPECT_THROW(b.restore(nlohmann::json{{"step", 1}}), Error);
+}
+
+}  // namespace
+}  // namespace msae

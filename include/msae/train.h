@@ -69,6 +69,10 @@ class VariantState {
   double l1_coef() const { return l1_coef_; }
   int64_t permutations() const { return permutations_; }
   const std::vector<double>& sq_act_mean() const { return sq_act_mean_; }
+  // For checkpoints: everything above plus the sampler's RNG state, as JSON, and its inverse (a resumed
+  // run then draws the same prefixes and keeps its L1 coefficient and reordering means).
+  nlohmann::json state_json() const;
+  void restore(const nlohmann::json& state);
 
  private:
   SaeConfig step_cfg_;

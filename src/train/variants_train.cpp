@@ -66,6 +66,26 @@ void VariantState::after_step(const SaeConfig& cfg, const StepStats& stats, SaeP
   }
 }
 
+json VariantState::state_json() const {
+  return {{"step", step_},
+          {"permutations", permutations_},
+          {"l1_coef", l1_coef_},
+          {"rng", rng_.state()},
+          {"sq_act_mean", sq_act_mean_}};
+}
+
+void VariantState::restore(const json& s) {
+  try {
+    step_ = s.at("step").get<int64_t>();
+    permutations_ = s.at("permutations").get<int64_t>();
+    l1_coef_ = s.at("l1_coef").get<double>();
+    rng_.set_state(s.at("rng").get<std::vector<uint64_t>>());
+    sq_act_mean_ = s.at("sq_act_mean").get<std::vector<double>>();
+  } catch (const json::exception& e) {
+    runtime_error("checkpoint: malformed variant state (", e.what(), ")");
+  }
+}
+
 double lr_factor(const TrainOptions& o, int64_t t) {
   double f = 1.0;
   if (o.lr_warmup_steps > 0 && t < o.lr_warmup_steps) f = static_cast<double>(t + 1) / static_cast<double>(o.lr_warmup_steps);

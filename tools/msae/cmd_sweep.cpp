@@ -187,7 +187,12 @@ json run_one(const json& r, const std::string& id) {
   json variant_keys = r;
   if (r.contains("prefix-weights")) variant_keys["prefix-weights"] = list_text(r, "prefix-weights");
   if (r.contains("group-k")) variant_keys["group-k"] = list_text(r, "group-k");
-  const VariantArgs va = variant_args_from_json(variant_keys);
+  VariantArgs va;
+  try {
+    va = variant_args_from_json(variant_keys);
+  } catch (const json::exception& e) {
+    usage_error("grid run ", id, ": a variant key has the wrong type (", e.what(), ")");
+  }
   apply_variant_args(va, [&](const std::string& flag) { return r.contains(flag.substr(2)); }, opt);
 
   train::Trainer trainer(opt, SaeParams::init(d, cfg.d_sae, seed));

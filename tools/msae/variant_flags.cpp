@@ -58,7 +58,8 @@ void add_variant_flags(CLI::App* app, VariantArgs& a) {
   app->add_option("--reorder-decay", a.reorder_decay, "EMA decay of the reordering statistic")
       ->capture_default_str()
       ->group("Variants");
-  app->add_option("--l1-coef", a.l1_coef, "relu_l1: initial L1 coefficient")->capture_default_str()->group("Variants");
+  app->add_option("--l1-coef", a.l1_coef, "relu_l1: initial L1 coefficient (default 1.2/d: Nabeshima's 1.2 on msae's per-element MSE)")
+      ->group("Variants");
   app->add_option("--l1-adapt-rate", a.l1_adapt_rate, "relu_l1: per-step multiplicative adaptation toward L0 = k")
       ->capture_default_str()
       ->group("Variants");
@@ -127,7 +128,9 @@ void apply_variant_args(const VariantArgs& a, const std::function<bool(const std
   cfg.min_prefix = a.min_prefix;
   cfg.reorder_every = a.reorder_every;
   cfg.reorder_decay = a.reorder_decay;
-  cfg.l1_coef = a.l1_coef;
+  // Nabeshima's 1.2 multiplies an MSE summed over the d columns; msae's MSE is a mean over them, so the
+  // same strength is 1.2 / d.
+  cfg.l1_coef = given("--l1-coef") ? a.l1_coef : 1.2f / static_cast<float>(std::max<int64_t>(d, 1));
   cfg.l1_adapt_rate = a.l1_adapt_rate;
   cfg.l1_warmup_steps = a.l1_warmup_steps >= 0 ? a.l1_warmup_steps : opt.steps / 5;
   if (given("--threshold-rate")) cfg.threshold_rate = a.threshold_rate;
