@@ -53,6 +53,24 @@ CASES = [
      dict(arch="matryoshka", d_in=16, d_sae=64, k=8, batch=32, steps=10, lr=1e-3,
           dead_after_batches=3, aux_k=512, aux_coef=1.0 / 32.0, max_grad_norm=1e5),
      dict(need_aux_truncated=False, need_aux_off_after_on=True, need_aux_all_zero=True)),
+    # Variants (docs/variants.md): the ablation switches together, then per-group selection with a
+    # faster threshold EMA.
+    ("variant_switches",
+     dict(arch="matryoshka", d_in=16, d_sae=64, k=4, batch=32, steps=10, lr=1e-3,
+          group_sizes=[8, 24, 32], dead_after_batches=2, aux_k=6, aux_coef=1.0 / 32.0, max_grad_norm=1e5,
+          prefix_weights=[2.0, 0.5, 1.0], bdec_loss_term=False, stop_gradient_groups=True, aux_detach=True),
+     dict(need_aux_truncated=True)),
+    ("variant_group_k",
+     dict(arch="matryoshka", d_in=16, d_sae=64, k=4, batch=32, steps=10, lr=1e-3,
+          group_sizes=[8, 24, 32], dead_after_batches=2, aux_k=512, aux_coef=1.0 / 32.0, max_grad_norm=1e5,
+          group_k=[1, 2, 2], threshold_rate=0.05, encoder_bias=True),
+     dict(need_aux_truncated=False)),
+    # ReLU + adaptive L1 (Nabeshima's baseline) with nested groups; no AuxK, threshold stays 0.
+    ("variant_relu_l1",
+     dict(arch="relu_l1", d_in=16, d_sae=64, k=4, batch=32, steps=10, lr=1e-3,
+          group_sizes=[8, 24, 32], dead_after_batches=2, aux_k=512, aux_coef=1.0 / 32.0, max_grad_norm=1e5,
+          l1_coef=0.05, l1_adapt_rate=0.05),
+     dict(need_aux_truncated=False, no_aux=True)),
 ]
 
 
@@ -93,6 +111,8 @@ def run_case(cfg, seed):
         xb = torch.from_numpy(x[(t - 1) * B:t * B])
         rec, raw, out = ref.train_step(model, opt, xb)
         main_gap, aux_gap = ref.selection_margins(out["acts"], cfg, out["aux_info"])
+        if cfg["arch"] == "relu_l1" and float(out["pre"].detach().abs().min()) < MIN_PRE:
+            raise ValueError("step %d: a pre-activation is within %g of the relu kink" % (t, MIN_PRE))
         if main_gap < MIN_GAP:
             raise ValueError("step %d: TopK cut gap %.2e" % (t, main_gap))
         if aux_gap < MIN_GAP:
@@ -119,6 +139,8 @@ def run_case(cfg, seed):
 
 def meets(cfg, req, records, diag):
     aux = [r["aux_active"] for r in records]
+    if req.get("no_aux"):
+        return None if not any(aux) else "AuxK active"
     if not any(aux) or all(aux):
         return "AuxK active in %d/%d steps" % (sum(aux), len(aux))
     if req.get("need_aux_truncated"):

@@ -21,7 +21,19 @@ import sys
 import numpy as np
 import torch
 
-ARCHS = ("matryoshka", "batchtopk", "topk")
+ARCHS = ("matryoshka", "batchtopk", "topk", "relu_l1")
+
+# Variant switches (docs/variants.md) and their SPEC defaults.
+VARIANT_DEFAULTS = {
+    "prefix_weights": None,         # (G) loss weight per prefix; None = all 1
+    "bdec_loss_term": True,         # the mse(b_dec) term of L_rec
+    "stop_gradient_groups": False,  # r_g = b_dec + sg(z_<g W_<g) + z_g W_g
+    "aux_detach": False,            # AuxK residual e = sg(x - r_G)
+    "group_k": None,                # (G) per-group BatchTopK / TopK; None = global selection
+    "threshold_rate": 0.01,         # threshold EMA rate
+    "l1_coef": 1.2,                 # relu_l1: initial L1 coefficient
+    "l1_adapt_rate": 3e-4,          # relu_l1: coef *= 1 + rate if L0 >= k else 1 - rate, after each step
+}
 
 
 def default_group_sizes(D):
@@ -33,7 +45,7 @@ def default_group_sizes(D):
 
 def make_config(d_in, d_sae, arch="matryoshka", k=32, group_sizes=None, batch=4096, steps=1,
                 lr=3e-4, beta1=0.9, beta2=0.99, eps=1e-8, dead_after_batches=20, aux_k=512,
-                aux_coef=1.0 / 32.0, max_grad_norm=1e5, encoder_bias=False):
+                aux_coef=1.0 / 32.0, max_grad_norm=1e5, encoder_bias=False, **variants):
     """Plain dict config (the same keys as fixture.json's "config").
 
     arch=matryoshka uses group_sizes (default [D/16, D/16, D/8, D/4, D/2]);
@@ -41,7 +53,9 @@ def make_config(d_in, d_sae, arch="matryoshka", k=32, group_sizes=None, batch=40
     """
     if arch not in ARCHS:
         raise ValueError("arch must be one of %s, got %r" % (ARCHS, arch))
-    if arch == "matryoshka":
+    if arch == "relu_l1":
+        encoder_bias = True  # the ReLU SAE trains b_enc
+    if arch in ("matryoshka", "relu_l1"):
         gs = list(group_sizes) if group_sizes is not None else default_group_sizes(d_sae)
     else:
         if group_sizes is not None and list(group_sizes) != [d_sae]:
@@ -49,7 +63,10 @@ def make_config(d_in, d_sae, arch="matryoshka", k=32, group_sizes=None, batch=40
         gs = [d_sae]
     if sum(gs) != d_sae or any(s <= 0 for s in gs):
         raise ValueError("group sizes %s must be positive and sum to D=%d" % (gs, d_sae))
-    return {
+    unknown = set(variants) - set(VARIANT_DEFAULTS)
+    if unknown:
+        raise ValueError("unknown variant options %s; known: %s" % (sorted(unknown), sorted(VARIANT_DEFAULTS)))
+    cfg = {
         "arch": arch, "d_in": int(d_in), "d_sae": int(d_sae), "k": int(k),
         "group_sizes": [int(s) for s in gs], "batch": int(batch), "steps": int(steps),
         "lr": float(lr), "beta1": float(beta1), "beta2": float(beta2), "eps": float(eps),
@@ -57,6 +74,16 @@ def make_config(d_in, d_sae, arch="matryoshka", k=32, group_sizes=None, batch=40
         "aux_coef": float(aux_coef), "max_grad_norm": float(max_grad_norm),
         "encoder_bias": bool(encoder_bias),
     }
+    # Variant switches (docs/variants.md) are written only when set, so SPEC configs stay as they were.
+    for key, value in variants.items():
+        if value != VARIANT_DEFAULTS[key]:
+            cfg[key] = value
+    return cfg
+
+
+def variant(cfg, key):
+    """A variant option of cfg, or its SPEC default."""
+    return cfg.get(key, VARIANT_DEFAULTS[key])
 
 
 def init_params(cfg, generator=None, dtype=torch.float32):
@@ -83,6 +110,18 @@ def select(acts, cfg):
     the autograd path through the kept entries of acts only (scatter of the topk values)."""
     B = acts.shape[0]
     k = cfg["k"]
+    if cfg["arch"] == "relu_l1":
+        return acts  # no selection: every positive entry is kept
+    group_k = variant(cfg, "group_k")
+    if group_k is not None:
+        # per-group selection: each group's slice selected on its own, then concatenated
+        parts, start = [], 0
+        for s, kg in zip(cfg["group_sizes"], group_k):
+            sub = dict(cfg, k=kg)
+            sub.pop("group_k")
+            parts.append(select(acts[:, start:start + s], sub))
+            start += s
+        return torch.cat(parts, dim=1)
     if cfg["arch"] == "topk":
         top = torch.topk(acts, k, dim=-1)
         return torch.zeros_like(acts).scatter(-1, top.indices, top.values)
@@ -91,7 +130,7 @@ def select(acts, cfg):
     return torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(acts.shape)
 
 
-def forward_loss(params, x, n_inactive, cfg):
+def forward_loss(params, x, n_inactive, cfg, l1_coef=None):
     """One training forward pass (SPEC "Forward pass" + "Loss").
 
     params: dict W_enc (d, D), b_enc (D), W_dec (D, d), b_dec (d) (tensors, may require grad).
@@ -113,8 +152,15 @@ def forward_loss(params, x, n_inactive, cfg):
     recons = []
     r = b_dec
     start = 0
+    stop_grad = variant(cfg, "stop_gradient_groups")
+    prev = None  # sum of the earlier groups' decodes (no bias)
     for s in cfg["group_sizes"]:
-        r = z[:, start:start + s] @ W_dec[start:start + s, :] + r
+        part = z[:, start:start + s] @ W_dec[start:start + s, :]
+        if stop_grad:
+            r = b_dec + part if prev is None else b_dec + prev.detach() + part
+            prev = part if prev is None else prev + part
+        else:
+            r = part + r
         recons.append(r)
         start += s
     # 6. dead-latent counters, updated before the loss (AuxK uses the updated counters)
@@ -123,21 +169,32 @@ def forward_loss(params, x, n_inactive, cfg):
         n_inactive_new = torch.where(fired, torch.zeros_like(n_inactive), n_inactive + 1)
         dead = n_inactive_new >= cfg["dead_after_batches"]
         n_dead = int(dead.sum().item())
-    # Loss: L_rec = (mse(b_dec) + sum_g mse(r_g)) / (G + 1)
+    # Loss: L_rec = (t mse(b_dec) + sum_g w_g mse(r_g)) / (G + t); SPEC: t = 1, w_g = 1
     mse_bdec = (b_dec - x).pow(2).mean()
-    total = mse_bdec
+    t_bdec = 1 if variant(cfg, "bdec_loss_term") else 0
+    weights = variant(cfg, "prefix_weights")
+    total = mse_bdec if t_bdec else torch.zeros((), dtype=x.dtype)
     mse_prefix = []
-    for r_g in recons:
+    for g, r_g in enumerate(recons):
         m = (r_g - x).pow(2).mean()
         mse_prefix.append(m)
-        total = total + m
-    l_rec = total / (len(recons) + 1)
+        total = total + (m if weights is None else weights[g] * m)
+    l_rec = total / (len(recons) + t_bdec)
     # AuxK on dead latents; e = x - r_G is NOT detached
+    # relu_l1: L_sparsity = coef * (1/B) sum_r sum_i c_i z_ri, c_i = (G - g(i)) / G (the L1 of each
+    # prefix averaged over the prefixes, as Nabeshima's cumsum(...).mean())
+    l_sparsity = torch.zeros((), dtype=x.dtype)
+    if cfg["arch"] == "relu_l1":
+        G = len(cfg["group_sizes"])
+        c = torch.cat([torch.full((s,), (G - g) / G, dtype=x.dtype) for g, s in enumerate(cfg["group_sizes"])])
+        l_sparsity = l1_coef * (z * c).sum() / x.shape[0]
     l_aux = torch.zeros((), dtype=x.dtype)
     aux_active = False
     aux_info = None
-    if n_dead > 0:
+    if n_dead > 0 and cfg["arch"] != "relu_l1":
         e = x - recons[-1]
+        if variant(cfg, "aux_detach"):
+            e = e.detach()
         acts_dead = acts[:, dead]
         k_aux = min(cfg["aux_k"], n_dead)
         top = torch.topk(acts_dead, k_aux, dim=-1)
@@ -147,7 +204,7 @@ def forward_loss(params, x, n_inactive, cfg):
         if bool((a != 0).any()):
             l_aux = cfg["aux_coef"] * (a - e).pow(2).mean()
             aux_active = True
-    loss = l_rec + l_aux
+    loss = l_rec + l_aux + l_sparsity
     return {
         "loss": loss, "l_rec": l_rec, "l_aux": l_aux, "mse_bdec": mse_bdec, "mse_prefix": mse_prefix,
         "aux_active": aux_active, "n_dead": n_dead, "n_inactive": n_inactive_new,
@@ -173,6 +230,18 @@ def selection_margins(acts, cfg, aux_info=None):
     TopK); a cut at a zero value returns -inf (invalid). aux_gap is the same for the AuxK per-row cut
     among dead latents (only where the last kept aux value is positive; inf if no such cut).
     """
+    if cfg["arch"] == "relu_l1":
+        return math.inf, math.inf  # no cut; the relu kink is checked on pre by the caller
+    group_k = variant(cfg, "group_k")
+    if group_k is not None:  # the smallest gap over the groups' own cuts
+        main, start = math.inf, 0
+        for s, kg in zip(cfg["group_sizes"], group_k):
+            sub = dict(cfg, k=kg)
+            sub.pop("group_k")
+            main = min(main, selection_margins(acts[:, start:start + s], sub)[0])
+            start += s
+        aux = selection_margins(acts, dict(cfg, group_k=None, k=1), aux_info)[1]
+        return main, aux
     with torch.no_grad():
         a = acts.detach().double()
         B = a.shape[0]
@@ -224,15 +293,17 @@ class MatryoshkaSAE(torch.nn.Module):
         self.b_dec = torch.nn.Parameter(params["b_dec"].clone().to(dtype))
         self.register_buffer("threshold", torch.tensor(0.0, dtype=dtype))
         self.register_buffer("num_batches_not_active", torch.zeros(cfg["d_sae"], dtype=dtype))
+        self.l1_coef = variant(cfg, "l1_coef")  # relu_l1 (a Python float, adapted after each step)
 
     def params(self):
         return {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
 
     def forward(self, x):
-        out = forward_loss(self.params(), x, self.num_batches_not_active, self.cfg)
+        out = forward_loss(self.params(), x, self.num_batches_not_active, self.cfg, self.l1_coef)
         # SPEC order: selection, threshold EMA, groups, dead counters, loss. Neither state
         # update depends on the loss, so applying them here is the same order.
-        self.threshold = threshold_update(self.threshold, out["z"])
+        if self.cfg["arch"] != "relu_l1":  # a ReLU SAE infers with threshold 0
+            self.threshold = threshold_update(self.threshold, out["z"], variant(self.cfg, "threshold_rate"))
         self.num_batches_not_active = out["n_inactive"]
         return out
 
@@ -278,6 +349,10 @@ def train_step(model, optimizer, x, check_unit_norm=True):
     # 3. Adam
     optimizer.step()
     z = out["z"].detach()
+    if cfg["arch"] == "relu_l1":  # adaptive L1 coefficient toward L0 = k, from this step's L0
+        l0 = float((z > 0).float().sum(-1).mean().item())
+        rate = variant(cfg, "l1_adapt_rate")
+        model.l1_coef *= (1 + rate) if l0 >= cfg["k"] else (1 - rate)
     rec = {
         "loss": float(out["loss"].item()),
         "l_rec": float(out["l_rec"].item()),

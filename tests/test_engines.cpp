@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 
 #include "msae/model.h"
@@ -194,6 +195,133 @@ TEST(EngineEquivalence, ClippedTrainerStepsAgree) {
   }
   EXPECT_LT(rel_err(fast.params().W_dec.ptr(), ref.params().W_dec.ptr(), ref.params().W_dec.numel()), 1e-4);
   EXPECT_LT(rel_err(fast.params().W_enc_t.ptr(), ref.params().W_enc_t.ptr(), ref.params().W_enc_t.numel()), 1e-4);
+}
+
+}  // namespace
+}  // namespace msae
+
+// ---- Variants and ablation switches the sparse engine implements (docs/variants.md): the same
+// forward/backward as the reference, on top of the SPEC cases above.
+namespace msae {
+namespace {
+
+struct VariantEngineCase {
+  std::string name;
+  Case base;
+  std::function<void(SaeConfig&)> tweak;
+};
+void PrintTo(const VariantEngineCase& c, std::ostream* os) { *os << c.name; }
+
+std::vector<VariantEngineCase> variant_engine_cases() {
+  const Case m = cases()[1];   // matryoshka_default_auxk: d 32, D 256 (groups 16,16,32,64,128), k 8, B 64
+  const Case cg = cases()[3];  // matryoshka_custom_groups_bias: groups 10, 30, 56, AuxK
+  const Case tg = cases()[7];  // topk_groups: groups 16, 32, 48
+  return {
+      {"prefix_weights_auxk", m, [](SaeConfig& c) { c.prefix_weights = {0.25f, 1.0f, 0.0f, 2.0f, 1.5f}; }},
+      {"no_bdec_term", m, [](SaeConfig& c) { c.bdec_loss_term = false; }},
+      {"stop_gradient_auxk", m, [](SaeConfig& c) { c.stop_gradient_groups = true; }},
+      {"aux_detach", m, [](SaeConfig& c) { c.aux_detach = true; }},
+      {"group_k", cg, [](SaeConfig& c) { c.group_k = {1, 1, 2}; }},
+      {"group_k_topk", tg, [](SaeConfig& c) { c.group_k = {1, 2, 1}; }},
+      {"threshold_rate", m, [](SaeConfig& c) { c.threshold_rate = 0.2f; }},
+      {"sampled_like_groups", m, [](SaeConfig& c) { c.group_sizes = {1, 2, 7, 50, 196}; }},
+      {"all_switches", cg,
+       [](SaeConfig& c) {
+         c.prefix_weights = {2.0f, 0.5f, 1.0f};
+         c.bdec_loss_term = false;
+         c.stop_gradient_groups = true;
+         c.aux_detach = true;
+         c.group_k = {2, 1, 1};
+       }},
+  };
+}
+
+class VariantEngineEquivalence : public ::testing::TestWithParam<VariantEngineCase> {};
+
+TEST_P(VariantEngineEquivalence, ForwardBackwardMatchesReference) {
+  const VariantEngineCase& vc = GetParam();
+  const Case& c = vc.base;
+  SaeConfig cfg = make_config(c);
+  vc.tweak(cfg);
+  cfg.finalize();
+  auto ref = make_reference_engine();
+  auto fast = make_sparse_engine();
+  ASSERT_EQ(fast->unsupported(cfg), "");
+  SaeParams p_ref = make_params(c, 11), p_fast = make_params(c, 11);
+  LatentState s_ref = make_state(c, cfg.dead_after_batches), s_fast = s_ref;
+  SaeGrads g_ref = SaeGrads::zeros(c.d, c.D), g_fast = SaeGrads::zeros(c.d, c.D);
+  for (int call = 0; call < 2; ++call) {
+    const std::vector<float> x = make_batch(c.B, c.d, 300 + call);
+    const StepStats a = ref->forward_backward(cfg, x.data(), c.B, p_ref, s_ref, g_ref);
+    const StepStats b = fast->forward_backward(cfg, x.data(), c.B, p_fast, s_fast, g_fast);
+    SCOPED_TRACE(vc.name + " call " + std::to_string(call));
+    EXPECT_NEAR(b.loss, a.loss, 1e-5 * std::abs(a.loss));
+    EXPECT_NEAR(b.l_rec, a.l_rec, 1e-5 * std::abs(a.l_rec));
+    EXPECT_NEAR(b.l_aux, a.l_aux, 1e-5 * std::abs(a.l_aux) + 1e-12);
+    EXPECT_EQ(b.l0, a.l0);
+    EXPECT_EQ(b.n_dead, a.n_dead);
+    EXPECT_EQ(b.aux_active, a.aux_active);
+    EXPECT_EQ(p_fast.threshold, p_ref.threshold);
+    EXPECT_LT(rel_err(g_fast.W_dec.ptr(), g_ref.W_dec.ptr(), g_ref.W_dec.numel()), 2e-5);
+    EXPECT_LT(rel_err(g_fast.W_enc_t.ptr(), g_ref.W_enc_t.ptr(), g_ref.W_enc_t.numel()), 2e-5);
+    EXPECT_LT(rel_err(g_fast.b_dec.ptr(), g_ref.b_dec.ptr(), g_ref.b_dec.numel()), 2e-5);
+    EXPECT_LT(rel_err(g_fast.b_enc.ptr(), g_ref.b_enc.ptr(), g_ref.b_enc.numel()), 2e-5);
+    if (call == 0) {
+      EXPECT_TRUE(a.aux_active) << "case should exercise AuxK";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, VariantEngineEquivalence, ::testing::ValuesIn(variant_engine_cases()),
+                         [](const ::testing::TestParamInfo<VariantEngineCase>& param) { return param.param.name; });
+
+// Trainer-level variants (sampled prefixes drawn per batch, latent reordering, the threshold schedule):
+// both engines see the same per-batch configs and agree over several steps.
+TEST(VariantEngineEquivalence, TrainerWithSampledPrefixesAndReorderingAgrees) {
+  const Case c = cases()[1];
+  train::TrainOptions opt;
+  opt.sae = make_config(c);
+  opt.sae.dead_after_batches = 2;
+  opt.sae.sampled_prefixes = 6;
+  opt.sae.reorder_every = 2;
+  opt.sae.threshold_start_step = 2;
+  opt.batch = c.B;
+  opt.steps = 6;
+  opt.seed = 9;
+  opt.engine = "reference";
+  train::Trainer ref(opt, make_params(c, 3));
+  opt.engine = "sparse";
+  train::Trainer fast(opt, make_params(c, 3));
+  for (int step = 0; step < 6; ++step) {
+    const std::vector<float> x = make_batch(c.B, c.d, 700 + step);
+    const StepStats a = ref.step(x.data());
+    const StepStats b = fast.step(x.data());
+    EXPECT_NEAR(b.loss, a.loss, 1e-4 * std::abs(a.loss));
+    ASSERT_EQ(b.mse_prefix.size(), a.mse_prefix.size());
+    EXPECT_EQ(a.mse_prefix.size(), 6u) << "6 sampled prefixes per batch";
+  }
+  EXPECT_GT(ref.variant_state().permutations(), 0) << "reordering should have permuted at least once";
+  EXPECT_EQ(fast.variant_state().permutations(), ref.variant_state().permutations());
+  EXPECT_LT(rel_err(fast.params().W_dec.ptr(), ref.params().W_dec.ptr(), ref.params().W_dec.numel()), 1e-4);
+  EXPECT_LT(rel_err(fast.params().W_enc_t.ptr(), ref.params().W_enc_t.ptr(), ref.params().W_enc_t.numel()), 1e-4);
+  EXPECT_EQ(fast.latent_state().n_inactive, ref.latent_state().n_inactive);
+}
+
+// relu_l1 is reference-only: the sparse engine is a usage error at construction, never a silent fallback.
+TEST(VariantEngineEquivalence, SparseRefusesReluL1) {
+  const Case c = cases()[0];
+  train::TrainOptions opt;
+  opt.sae = make_config(c);
+  opt.sae.arch = Arch::relu_l1;
+  opt.batch = c.B;
+  opt.engine = "sparse";
+  try {
+    train::Trainer t(opt, make_params(c, 1));
+    FAIL() << "expected a usage error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), 2);
+    EXPECT_NE(std::string(e.what()).find("--engine reference"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -8,10 +8,17 @@
 // selection is constant under the +-h perturbations. Tolerance: the engines compute in float32, so
 // their gradients carry ~1e-6 relative round-off; FD error in double is O(h^2) ~ 1e-12. We require
 // |analytic - fd| <= 1e-4 * max|fd| of the tensor.
+//
+// Variants (docs/variants.md): prefix weights, the b_dec-term switch, per-group selection and the ReLU + L1
+// SAE change the loss itself and are differentiated as is. Stop-gradient between groups and the detached
+// AuxK residual change the gradient, not the loss: they are the exact gradient of a surrogate in which
+// the stopped paths use the unperturbed ("frozen") parameters, so the finite differences perturb the live
+// parameters only (loss_double's `frozen` argument).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "msae/model.h"
@@ -25,6 +32,7 @@ constexpr double kStep = 1e-5;
 
 struct GradSetup {
   msae::SaeConfig cfg;
+  double l1_coef = 0.0;  // relu_l1
   int64_t B = 0;
   int n_dead_before = 0;  // latents whose counter is at dead_after - 1 before the batch
   std::vector<double> x;  // (B, d)
@@ -43,10 +51,14 @@ std::vector<int64_t> order_desc(const std::vector<double>& v) {
   return o;
 }
 
-// The SPEC loss in double. When `margin` is non-null, records the smallest gap at any cut that matters.
-double loss_double(const GradSetup& s, const DoubleParams& p, double* margin) {
+struct Forward {
+  std::vector<double> pre, acts, z;  // (B, D)
+};
+
+// Encoder and selection in double. When `margin` is non-null, records the smallest gap at any cut that matters.
+Forward encode_select(const GradSetup& s, const DoubleParams& p, double* margin) {
   const auto& c = s.cfg;
-  const int64_t B = s.B, d = c.d_in, D = c.d_sae, G = c.num_groups();
+  const int64_t B = s.B, d = c.d_in, D = c.d_sae;
   const auto bounds = c.boundaries();
   auto note = [&](double gap) {
     if (margin) *margin = std::min(*margin, gap);
@@ -69,7 +81,28 @@ double loss_double(const GradSetup& s, const DoubleParams& p, double* margin) {
     for (int64_t j = 0; j < keep && j < int64_t(o.size()); ++j) z[idx[o[j]]] = vals[o[j]];
     if (keep < int64_t(o.size())) note(vals[o[keep - 1]] - vals[o[keep]]);  // gap at the cut (kink at 0 included)
   };
-  if (c.arch == Arch::topk) {
+  if (c.arch == Arch::relu_l1) {
+    for (int64_t n = 0; n < B * D; ++n) {
+      z[n] = acts[n];
+      note(std::abs(pre[n]));  // relu kink
+    }
+  } else if (!c.group_k.empty()) {
+    for (int64_t g = 0; g < c.num_groups(); ++g) {
+      const int64_t lo = g ? bounds[g - 1] : 0, hi = bounds[g];
+      if (c.arch == Arch::topk) {
+        for (int64_t r = 0; r < B; ++r) {
+          std::vector<int64_t> idx;
+          for (int64_t i = lo; i < hi; ++i) idx.push_back(r * D + i);
+          select(idx, c.group_k[g]);
+        }
+      } else {
+        std::vector<int64_t> idx;
+        for (int64_t r = 0; r < B; ++r)
+          for (int64_t i = lo; i < hi; ++i) idx.push_back(r * D + i);
+        select(idx, c.group_k[g] * B);
+      }
+    }
+  } else if (c.arch == Arch::topk) {
     for (int64_t r = 0; r < B; ++r) {
       std::vector<int64_t> idx(D);
       std::iota(idx.begin(), idx.end(), r * D);
@@ -80,6 +113,24 @@ double loss_double(const GradSetup& s, const DoubleParams& p, double* margin) {
     std::iota(idx.begin(), idx.end(), 0);
     select(idx, c.k * B);
   }
+  return {pre, acts, z};
+}
+
+// The training loss in double (SPEC + the variants). `frozen`: the parameters the stopped paths of
+// stop-gradient / detached AuxK use (nullptr = the plain loss, everything live).
+double loss_double(const GradSetup& s, const DoubleParams& p, double* margin, const DoubleParams* frozen = nullptr) {
+  const auto& c = s.cfg;
+  const int64_t B = s.B, d = c.d_in, D = c.d_sae, G = c.num_groups();
+  const auto bounds = c.boundaries();
+  auto note = [&](double gap) {
+    if (margin) *margin = std::min(*margin, gap);
+  };
+  const Forward live = encode_select(s, p, margin);
+  const Forward fz = frozen ? encode_select(s, *frozen, nullptr) : live;
+  const DoubleParams& pf = frozen ? *frozen : p;
+  const std::vector<double>& pre = live.pre;
+  const std::vector<double>& acts = live.acts;
+  const std::vector<double>& z = live.z;
   // Dead latents after this batch's counter update.
   std::vector<int64_t> dead;
   for (int64_t i = 0; i < D; ++i) {
@@ -87,26 +138,49 @@ double loss_double(const GradSetup& s, const DoubleParams& p, double* margin) {
     for (int64_t r = 0; r < B; ++r) fired |= z[r * D + i] > 0;
     if (!fired && s.n_inactive[i] + 1 >= c.dead_after_batches) dead.push_back(i);
   }
-  // Prefix reconstructions and L_rec.
+  // Prefix reconstructions and L_rec = (t mse(b_dec) + sum_g w_g mse(r_g)) / (G + t).
   const double N = double(B * d);
-  std::vector<double> run(B * d);
+  const int t_bdec = c.bdec_loss_term ? 1 : 0;
+  // run: live sum of the groups so far (no bias); run_f: the same with frozen parameters; rg: r_g.
+  std::vector<double> run(B * d, 0.0), run_f(B * d, 0.0), rg(B * d), r_G(B * d), r_G_frozen(B * d);
   double rec = 0.0;
-  for (int64_t r = 0; r < B; ++r)
-    for (int64_t j = 0; j < d; ++j) {
-      run[r * d + j] = p.b_dec[j];
-      rec += std::pow(p.b_dec[j] - s.x[r * d + j], 2) / N;
-    }
+  if (c.bdec_loss_term)
+    for (int64_t row = 0; row < B; ++row)
+      for (int64_t j = 0; j < d; ++j) rec += std::pow(p.b_dec[j] - s.x[row * d + j], 2) / N;
   for (int64_t g = 0; g < G; ++g) {
     const int64_t lo = g ? bounds[g - 1] : 0;
-    for (int64_t r = 0; r < B; ++r)
-      for (int64_t i = lo; i < bounds[g]; ++i)
-        if (z[r * D + i] != 0)
-          for (int64_t j = 0; j < d; ++j) run[r * d + j] += z[r * D + i] * p.W_dec[i * d + j];
-    for (int64_t n = 0; n < B * d; ++n) rec += std::pow(run[n] - s.x[n], 2) / N;
+    std::vector<double> group(B * d, 0.0), group_f(B * d, 0.0);  // z_g W_g, live and frozen
+    for (int64_t row = 0; row < B; ++row)
+      for (int64_t i = lo; i < bounds[g]; ++i) {
+        if (z[row * D + i] != 0)
+          for (int64_t j = 0; j < d; ++j) group[row * d + j] += z[row * D + i] * p.W_dec[i * d + j];
+        if (fz.z[row * D + i] != 0)
+          for (int64_t j = 0; j < d; ++j) group_f[row * d + j] += fz.z[row * D + i] * pf.W_dec[i * d + j];
+      }
+    double mse = 0.0;
+    for (int64_t n = 0; n < B * d; ++n) {
+      // stop-gradient: the earlier groups enter r_g as constants (frozen parameters), this group live
+      const double earlier = c.stop_gradient_groups ? run_f[n] : run[n];
+      rg[n] = p.b_dec[n % d] + earlier + group[n];
+      run[n] += group[n];
+      run_f[n] += group_f[n];
+      mse += std::pow(rg[n] - s.x[n], 2) / N;
+    }
+    rec += c.prefix_weight(g) * mse;
+    if (g == G - 1) r_G = rg;
   }
-  double loss = rec / double(G + 1);
+  for (int64_t n = 0; n < B * d; ++n) r_G_frozen[n] = pf.b_dec[n % d] + run_f[n];
+  double loss = rec / double(G + t_bdec);
+  if (c.arch == Arch::relu_l1) {
+    double l1 = 0.0;
+    for (int64_t g = 0, i = 0; g < G; ++g)
+      for (; i < bounds[g]; ++i)
+        for (int64_t row = 0; row < B; ++row) l1 += double(G - g) / double(G) * z[row * D + i];
+    loss += s.l1_coef * l1 / double(B);
+  }
+  const std::vector<double>& run_full = c.aux_detach && frozen ? r_G_frozen : r_G;
   // AuxK.
-  const int64_t keep = std::min<int64_t>(c.aux_k, int64_t(dead.size()));
+  const int64_t keep = c.arch == Arch::relu_l1 ? 0 : std::min<int64_t>(c.aux_k, int64_t(dead.size()));
   if (keep > 0) {
     std::vector<double> a(B * d, 0.0);
     for (int64_t r = 0; r < B; ++r) {
@@ -124,7 +198,7 @@ double loss_double(const GradSetup& s, const DoubleParams& p, double* margin) {
     double aux = 0.0;
     for (int64_t n = 0; n < B * d; ++n) {
       any |= a[n] != 0;
-      aux += std::pow(a[n] - (s.x[n] - run[n]), 2) / N;
+      aux += std::pow(a[n] - (s.x[n] - run_full[n]), 2) / N;
     }
     if (any) loss += c.aux_coef * aux;
   }
@@ -178,6 +252,48 @@ struct GradCase {
 
 void PrintTo(const GradCase& c, std::ostream* os) { *os << c.name; }
 
+// The engine's analytic gradients against central differences of loss_double (of its surrogate when a
+// stop-gradient switch is on).
+void check_gradients(msae::SaeConfig cfg, int n_dead_before, const std::string& engine_name, double l1_coef) {
+  msae::SaeParams params;
+  GradSetup s = make_setup(cfg, 8, n_dead_before, params);
+  if (::testing::Test::HasFailure()) return;
+  cfg = s.cfg;
+  s.l1_coef = l1_coef;
+
+  // Analytic gradients from the engine (on a copy: the step updates the threshold and counters).
+  msae::SaeParams p = params;
+  msae::LatentState state;
+  state.n_inactive = s.n_inactive;
+  state.l1_coef = l1_coef;
+  msae::SaeGrads grads = msae::SaeGrads::zeros(cfg.d_in, cfg.d_sae);
+  std::vector<float> xf(s.x.begin(), s.x.end());
+  auto engine = msae::train::make_engine(engine_name);
+  const msae::StepStats stats = engine->forward_backward(cfg, xf.data(), s.B, p, state, grads);
+
+  const DoubleParams base = to_double(params);
+  EXPECT_NEAR(stats.loss, loss_double(s, base, nullptr), 1e-5 * stats.loss) << "forward loss";
+  EXPECT_EQ(stats.aux_active, n_dead_before > 0) << "AuxK runs exactly when latents are dead";
+
+  auto check = [&](std::vector<double> DoubleParams::*member, const msae::Tensor& analytic, const char* what) {
+    std::vector<double> fd(analytic.data.size());
+    for (size_t e = 0; e < fd.size(); ++e) {
+      DoubleParams plus = base, minus = base;
+      (plus.*member)[e] += kStep;
+      (minus.*member)[e] -= kStep;
+      fd[e] = (loss_double(s, plus, nullptr, &base) - loss_double(s, minus, nullptr, &base)) / (2 * kStep);
+    }
+    double scale = 0.0;
+    for (double v : fd) scale = std::max(scale, std::abs(v));
+    for (size_t e = 0; e < fd.size(); ++e)
+      ASSERT_NEAR(analytic.data[e], fd[e], 1e-4 * scale + 1e-10) << what << " element " << e;
+  };
+  check(&DoubleParams::W_enc_t, grads.W_enc_t, "grad W_enc");
+  check(&DoubleParams::W_dec, grads.W_dec, "grad W_dec");
+  check(&DoubleParams::b_dec, grads.b_dec, "grad b_dec");
+  if (cfg.encoder_bias) check(&DoubleParams::b_enc, grads.b_enc, "grad b_enc");
+}
+
 class GradCheck : public ::testing::TestWithParam<std::tuple<GradCase, std::string>> {};
 
 TEST_P(GradCheck, AnalyticMatchesCentralDifferences) {
@@ -191,41 +307,7 @@ TEST_P(GradCheck, AnalyticMatchesCentralDifferences) {
   cfg.encoder_bias = gc.encoder_bias;
   cfg.dead_after_batches = 3;
   cfg.aux_k = gc.aux_k;
-  msae::SaeParams params;
-  GradSetup s = make_setup(cfg, 8, gc.n_dead_before, params);
-  if (HasFailure()) return;
-  cfg = s.cfg;
-
-  // Analytic gradients from the engine (on a copy: the step updates the threshold and counters).
-  msae::SaeParams p = params;
-  msae::LatentState state;
-  state.n_inactive = s.n_inactive;
-  msae::SaeGrads grads = msae::SaeGrads::zeros(cfg.d_in, cfg.d_sae);
-  std::vector<float> xf(s.x.begin(), s.x.end());
-  auto engine = msae::train::make_engine(engine_name);
-  const msae::StepStats stats = engine->forward_backward(cfg, xf.data(), s.B, p, state, grads);
-
-  const DoubleParams base = to_double(params);
-  EXPECT_NEAR(stats.loss, loss_double(s, base, nullptr), 1e-5 * stats.loss) << "forward loss";
-  EXPECT_EQ(stats.aux_active, gc.n_dead_before > 0) << "AuxK runs exactly when latents are dead";
-
-  auto check = [&](std::vector<double> DoubleParams::*member, const msae::Tensor& analytic, const char* what) {
-    std::vector<double> fd(analytic.data.size());
-    for (size_t e = 0; e < fd.size(); ++e) {
-      DoubleParams plus = base, minus = base;
-      (plus.*member)[e] += kStep;
-      (minus.*member)[e] -= kStep;
-      fd[e] = (loss_double(s, plus, nullptr) - loss_double(s, minus, nullptr)) / (2 * kStep);
-    }
-    double scale = 0.0;
-    for (double v : fd) scale = std::max(scale, std::abs(v));
-    for (size_t e = 0; e < fd.size(); ++e)
-      ASSERT_NEAR(analytic.data[e], fd[e], 1e-4 * scale + 1e-10) << what << " element " << e;
-  };
-  check(&DoubleParams::W_enc_t, grads.W_enc_t, "grad W_enc");
-  check(&DoubleParams::W_dec, grads.W_dec, "grad W_dec");
-  check(&DoubleParams::b_dec, grads.b_dec, "grad b_dec");
-  if (cfg.encoder_bias) check(&DoubleParams::b_enc, grads.b_enc, "grad b_enc");
+  check_gradients(cfg, gc.n_dead_before, engine_name, 0.0);
 }
 
 const GradCase kCases[] = {
@@ -242,6 +324,93 @@ const GradCase kCases[] = {
 
 INSTANTIATE_TEST_SUITE_P(AllArchs, GradCheck,
                          ::testing::Combine(::testing::ValuesIn(kCases), ::testing::ValuesIn(msae::train::engine_names())),
+                         [](const auto& test) { return std::get<0>(test.param).name + "_" + std::get<1>(test.param); });
+
+// ---- Variants and ablation switches (docs/variants.md), on a matryoshka base (d 6, D 32, k 3).
+struct VariantCase {
+  std::string name;
+  std::function<void(msae::SaeConfig&)> tweak;
+  int n_dead_before;
+  double l1_coef;
+};
+void PrintTo(const VariantCase& c, std::ostream* os) { *os << c.name; }
+
+std::vector<VariantCase> variant_cases() {
+  using C = msae::SaeConfig;
+  return {
+      {"prefix_weights_aux", [](C& c) { c.prefix_weights = {0.5f, 2.0f, 0.0f, 1.0f, 3.0f}; }, 5, 0.0},
+      {"no_bdec_term", [](C& c) { c.bdec_loss_term = false; }, 0, 0.0},
+      {"stop_gradient", [](C& c) { c.group_sizes = {4, 12, 16}; c.stop_gradient_groups = true; }, 0, 0.0},
+      {"stop_gradient_aux", [](C& c) { c.stop_gradient_groups = true; }, 5, 0.0},
+      {"aux_detach", [](C& c) { c.aux_detach = true; }, 6, 0.0},
+      {"all_switches",
+       [](C& c) {
+         c.group_sizes = {4, 12, 16};
+         c.stop_gradient_groups = true;
+         c.aux_detach = true;
+         c.prefix_weights = {1.0f, 0.5f, 2.0f};
+         c.bdec_loss_term = false;
+         c.encoder_bias = true;
+       },
+       5, 0.0},
+      {"group_k", [](C& c) { c.group_sizes = {4, 12, 16}; c.group_k = {1, 1, 2}; }, 0, 0.0},
+      {"group_k_stop_gradient_aux",
+       [](C& c) {
+         c.group_sizes = {4, 12, 16};
+         c.group_k = {2, 1, 1};
+         c.stop_gradient_groups = true;
+       },
+       4, 0.0},
+      {"group_k_topk_aux",
+       [](C& c) {
+         c.arch = Arch::topk;
+         c.group_sizes = {8, 8, 16};
+         c.group_k = {1, 1, 1};
+       },
+       4, 0.0},
+      // Sampled prefixes reach the engines as one batch's irregular groups.
+      {"sampled_like_groups_aux", [](C& c) { c.group_sizes = {1, 3, 5, 23}; }, 4, 0.0},
+      {"relu_l1", [](C& c) { c.arch = Arch::relu_l1; c.group_sizes = {4, 12, 16}; }, 0, 0.05},
+      {"relu_l1_single_group", [](C& c) { c.arch = Arch::relu_l1; c.group_sizes = {32}; }, 0, 0.2},
+      {"relu_l1_stop_gradient_weights",
+       [](C& c) {
+         c.arch = Arch::relu_l1;
+         c.group_sizes = {8, 24};
+         c.stop_gradient_groups = true;
+         c.prefix_weights = {2.0f, 1.0f};
+       },
+       0, 0.1},
+  };
+}
+
+class VariantGradCheck : public ::testing::TestWithParam<std::tuple<VariantCase, std::string>> {};
+
+TEST_P(VariantGradCheck, AnalyticMatchesCentralDifferences) {
+  const auto& [vc, engine_name] = GetParam();
+  msae::SaeConfig cfg;
+  cfg.arch = Arch::matryoshka;
+  cfg.d_in = 6;
+  cfg.d_sae = 32;
+  cfg.k = 3;
+  cfg.dead_after_batches = 3;
+  vc.tweak(cfg);
+  cfg.finalize();
+  auto engine = msae::train::make_engine(engine_name);
+  if (!engine->unsupported(cfg).empty()) {
+    // An engine without this variant must refuse it (usage error), never compute something else.
+    msae::SaeParams p = msae::SaeParams::init(cfg.d_in, cfg.d_sae, 1);
+    msae::SaeGrads g = msae::SaeGrads::zeros(cfg.d_in, cfg.d_sae);
+    msae::LatentState st;
+    std::vector<float> x(8 * cfg.d_in, 0.5f);
+    EXPECT_THROW(engine->forward_backward(cfg, x.data(), 8, p, st, g), msae::Error);
+    return;
+  }
+  check_gradients(cfg, vc.n_dead_before, engine_name, vc.l1_coef);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, VariantGradCheck,
+                         ::testing::Combine(::testing::ValuesIn(variant_cases()),
+                                            ::testing::ValuesIn(msae::train::engine_names())),
                          [](const auto& test) { return std::get<0>(test.param).name + "_" + std::get<1>(test.param); });
 
 }  // namespace

@@ -17,7 +17,10 @@ namespace msae {
 // matryoshka: BatchTopK selection, nested groups (default D/16, D/16, D/8, D/4, D/2).
 // batchtopk:  BatchTopK selection, one group.
 // topk:       per-row TopK selection, one group unless --group-sizes is given (a Matryoshka TopK).
-enum class Arch { matryoshka, batchtopk, topk };
+// relu_l1:    no TopK: z = relu(pre + b_enc) with an L1 penalty whose coefficient adapts so that the mean
+//             L0 approaches k (Nabeshima's baseline, docs/variants.md); nested groups like matryoshka.
+//             Reference engine only. Inference is the SPEC JumpReLU with threshold 0 (= ReLU).
+enum class Arch { matryoshka, batchtopk, topk, relu_l1 };
 const char* arch_name(Arch a);
 Arch parse_arch(const std::string& name);  // throws usage error listing the valid names
 
@@ -32,12 +35,53 @@ struct SaeConfig {
   int64_t aux_k = 512;               // AuxK: top min(aux_k, n_dead) dead latents per row
   float aux_coef = 1.0f / 32.0f;     // AuxK loss coefficient
 
+  // ---- Variants and ablation switches (docs/variants.md). The defaults reproduce SPEC.md exactly.
+  std::string recipe = "bussmann";    // the --recipe that set the defaults below (metadata only)
+  // Loss: L_rec = (t * mse(b_dec) + sum_g w_g mse(r_g)) / (G + t), t = bdec_loss_term ? 1 : 0.
+  std::vector<float> prefix_weights;  // (G) w_g, each >= 0; empty = all 1 (SPEC)
+  bool bdec_loss_term = true;         // the b_dec-only term of L_rec (SPEC: on)
+  // Stop-gradient between groups: r_g = b_dec + sg(z_{<g} W_dec_{<g}) + z_g W_dec_g, so a latent of group g
+  // is trained by prefix loss g only (and AuxK when g = G); b_dec still gets every term.
+  bool stop_gradient_groups = false;
+  // AuxK residual detached (dictionary_learning, SAELens): e = sg(x - r_G), so AuxK trains only the dead
+  // latents and does not push on the main reconstruction (SPEC: not detached).
+  bool aux_detach = false;
+  // Per-group selection: group g keeps k_g * B entries of its own latents (BatchTopK archs) or k_g per
+  // row (topk). (G), each in 1..s_g; empty = the global selection of SPEC with k. The threshold EMA
+  // follows the smallest kept value over all groups.
+  std::vector<int64_t> group_k;
+  // Sampled prefixes (Nabeshima): each batch draws sampled_prefixes - 1 distinct prefix lengths in
+  // [min_prefix, D-1] plus D, and uses them as that batch's group boundaries (group_sizes is then only
+  // the export/eval default). 0 = off. Distribution: "pareto" (P(len <= l) = ((l-min+1)/(D-min))^pareto_power,
+  // heavy towards short prefixes) or "uniform".
+  int64_t sampled_prefixes = 0;
+  std::string prefix_distribution = "pareto";
+  float pareto_power = 0.5f;
+  int64_t min_prefix = 1;
+  // Latent reordering: every reorder_every steps (0 = never), permute latents by descending running mean
+  // (EMA with reorder_decay) of the batch mean of z^2, with every per-latent tensor, Adam moment and counter.
+  // Threshold EMA schedule: threshold = (1 - rate) threshold + rate * cut, from step threshold_start_step
+  // on (dictionary_learning: rate 0.001, start 1000). SPEC: rate 0.01 from the first step.
+  float threshold_rate = 0.01f;
+  int64_t threshold_start_step = 0;
+  int64_t reorder_every = 0;
+  float reorder_decay = 0.95f;
+  // relu_l1: initial L1 coefficient, multiplicative adaptation rate per step, linear warm-up in steps.
+  float l1_coef = 1.2f;
+  float l1_adapt_rate = 3e-4f;
+  int64_t l1_warmup_steps = 0;
+
   // Fills group_sizes with the arch's default when empty, then checks everything; throws a usage error
   // that names the flag on any inconsistency.
   void finalize();
+  void finalize_variants();  // the variant/switch part of finalize()
   // m_1 < m_2 < ... < m_G = D (cumulative group sizes). Requires finalize().
   std::vector<int64_t> boundaries() const;
   int64_t num_groups() const { return static_cast<int64_t>(group_sizes.size()); }
+  // w_g (1 when prefix_weights is empty).
+  float prefix_weight(int64_t g) const { return prefix_weights.empty() ? 1.0f : prefix_weights[g]; }
+  // True when the config is exactly SPEC's loss and selection (no switch set).
+  bool is_spec_loss() const;
 };
 
 // The default Matryoshka group sizes for D: [D/16, D/16, D/8, D/4, D/2] with the remainder of integer
@@ -71,6 +115,10 @@ struct SaeGrads {
 // Training-only state carried across steps besides the optimizer.
 struct LatentState {
   std::vector<int64_t> n_inactive;  // (D) consecutive batches without a positive entry in z
+  // Filled by the engines only when cfg.reorder_every > 0: (D) mean over the batch rows of z^2.
+  std::vector<double> batch_sq_act;
+  double l1_coef = 0.0;             // relu_l1: the coefficient in force for this step (set by the trainer)
+  bool update_threshold = true;     // false before cfg.threshold_start_step (set by the trainer)
 };
 
 // What one step computed (all means over the B*d elements of the batch, as in SPEC.md).
@@ -84,6 +132,7 @@ struct StepStats {
   double l0 = 0;                      // mean kept latents per row
   int64_t n_dead = 0;                 // latents with n_inactive >= dead_after_batches (after this batch's update)
   bool aux_active = false;
+  double l_sparsity = 0;              // relu_l1: the L1 term (included in loss)
 };
 
 // One training step's forward + loss + backward, exactly SPEC.md, in its order:
@@ -98,6 +147,12 @@ class StepEngine {
                                      LatentState& state, SaeGrads& grads) = 0;
   // Seconds spent in each phase of the last forward_backward, for `msae bench` (empty if not measured).
   virtual std::vector<std::pair<std::string, double>> last_phase_seconds() const { return {}; }
+  // Empty when this engine implements every option of cfg; otherwise the options it does not implement
+  // (the trainer turns that into a usage error naming the engine).
+  virtual std::string unsupported(const SaeConfig& cfg) const {
+    (void)cfg;
+    return {};
+  }
 };
 std::unique_ptr<StepEngine> make_reference_engine();
 // The fast engine (src/model/step_sparse.cpp): one dense GEMM, everything else sparse; same results as
@@ -111,5 +166,39 @@ kernels::SparseCodes encode_inference(const SaeConfig& cfg, const SaeParams& par
                                       int64_t limit);
 // r = b_dec + z @ W_dec, r (B, d).
 void decode(const SaeParams& params, const kernels::SparseCodes& z, float* r);
+
+// ---- Variant building blocks (src/model/variants.cpp), shared by both engines and the trainer.
+
+// Per-group selection (cfg.group_k): for each group [m_{g-1}, m_g) of pre (B, D), keep k_g * B largest
+// positive entries over the batch (row_topk = false) or the k_g largest per row (row_topk = true); ties as
+// kernels::batch_topk / row_topk. Output CSR with ids ascending per row.
+void select_per_group(const float* pre, int64_t B, int64_t D, const std::vector<int64_t>& bounds,
+                      const std::vector<int64_t>& group_k, bool row_topk, kernels::SparseCodes& out);
+
+// Sampled prefixes: the group sizes of one batch (cfg.sampled_prefixes > 0), drawn from rng.
+std::vector<int64_t> sample_prefix_sizes(const SaeConfig& cfg, Rng& rng);
+
+// The registry of named variants (docs/variants.md): each entry turns a SPEC config (arch matryoshka,
+// d_in / d_sae / k set, groups not yet finalized) into the variant. Tests loop over it (construct, train,
+// save, load, compare); `sparse` says whether the sparse engine implements it.
+struct VariantEntry {
+  const char* name;
+  const char* description;
+  void (*apply)(SaeConfig& cfg);
+  bool sparse;
+};
+const std::vector<VariantEntry>& variant_registry();
+
+// Latent reordering: new latent j is old latent perm[j]. Applies the permutation to the rows of a
+// (D, cols) row-major array in place.
+void permute_rows(float* a, int64_t D, int64_t cols, const std::vector<int64_t>& perm);
+// Geometric median of the rows of x (B, d) by Weiszfeld iterations from the mean (dictionary_learning's
+// b_dec init: at most max_iter iterations, stop when the guess moves less than tol).
+std::vector<float> geometric_median(const float* x, int64_t B, int64_t d, int max_iter = 100, double tol = 1e-5);
+// The permutation that sorts latents by descending score (ties: lower index first).
+std::vector<int64_t> descending_order(const std::vector<double>& score);
+// Permutes every per-latent tensor of params (W_enc^T rows, b_enc, W_dec rows; threshold and b_dec are
+// per-SAE and stay).
+void permute_latents(SaeParams& params, const std::vector<int64_t>& perm);
 
 }  // namespace msae

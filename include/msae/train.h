@@ -27,7 +27,13 @@ struct TrainOptions {
   uint64_t seed = 0;             // parameter init and data shuffling
   std::string engine = "reference";
   int64_t log_every = 0;         // metrics.jsonl interval in steps; 0 = automatic (about 100 lines a run)
+  // Recipe options (docs/variants.md); the defaults are SPEC's (no schedule, b_dec starts at 0).
+  bool bdec_geometric_median = false;  // set b_dec to the geometric median of the first batch before step 1
+  int64_t lr_warmup_steps = 0;         // linear warm-up of lr over the first steps
+  int64_t lr_decay_start = -1;         // >= 0: lr decays linearly to 0 from this step to `steps`
 };
+// The learning-rate factor at 0-based step t (dictionary_learning's get_lr_schedule: warm-up, then decay).
+double lr_factor(const TrainOptions& options, int64_t t);
 
 // Adam moments for every trained tensor (same shapes as SaeGrads).
 struct AdamState {
@@ -43,6 +49,42 @@ double apply_update(const SaeConfig& cfg, const kernels::AdamHyper& adam, float 
 
 std::unique_ptr<StepEngine> make_engine(const std::string& name);  // one of engine_names()
 std::vector<std::string> engine_names();  // every registered engine; tests loop over this list
+
+// Training-time state of the variants (docs/variants.md) that lives outside the engines: the per-batch
+// groups of sampled prefixes, the running squared-activation means of latent reordering, and the adaptive
+// L1 coefficient of relu_l1. Defaults (no variant) make before_step return the config unchanged and
+// after_step do nothing.
+class VariantState {
+ public:
+  VariantState() = default;
+  VariantState(const SaeConfig& cfg, uint64_t seed);
+  // The config for this batch's forward_backward (sampled group sizes when cfg.sampled_prefixes > 0);
+  // sets latents.l1_coef for relu_l1.
+  const SaeConfig& before_step(const SaeConfig& cfg, LatentState& latents);
+  // After the update: adapts the L1 coefficient to the batch L0 (relu_l1; one step behind, as the
+  // coefficient must be known before the step), updates the reordering means and, every
+  // cfg.reorder_every steps, permutes the latents (parameters, Adam moments, counters, the means).
+  void after_step(const SaeConfig& cfg, const StepStats& stats, SaeParams& params, AdamState& opt,
+                  LatentState& latents);
+  double l1_coef() const { return l1_coef_; }
+  int64_t permutations() const { return permutations_; }
+  const std::vector<double>& sq_act_mean() const { return sq_act_mean_; }
+  // For checkpoints: everything above plus the sampler's RNG state, as JSON, and its inverse (a resumed
+  // run then draws the same prefixes and keeps its L1 coefficient and reordering means).
+  nlohmann::json state_json() const;
+  void restore(const nlohmann::json& state);
+
+ private:
+  SaeConfig step_cfg_;
+  Rng rng_{0};
+  std::vector<double> sq_act_mean_;  // (D)
+  int64_t step_ = 0, permutations_ = 0;
+  double l1_coef_ = 0.0;
+};
+
+// Applies a latent permutation (new j = old perm[j]) to everything per-latent a trainer holds.
+void permute_training_state(const std::vector<int64_t>& perm, SaeParams& params, AdamState& opt,
+                            LatentState& latents);
 
 // Running summary a trainer keeps for logs and the final report.
 struct ProgressInfo {
@@ -68,6 +110,9 @@ class Trainer {
   // The next step() continues exactly as the trainer that saved them would have (the engines keep no
   // other state that changes results).
   void restore(SaeParams params, AdamState opt, LatentState latents);
+  const VariantState& variant_state() const { return variants_; }
+  // A checkpoint's variant state (VariantState::state_json), after restore().
+  void restore_variants(const nlohmann::json& state) { variants_.restore(state); }
 
  private:
   TrainOptions options_;
@@ -78,10 +123,15 @@ class Trainer {
   std::unique_ptr<StepEngine> engine_;
   StepStats stats_;
   double grad_norm_ = 0;
+  VariantState variants_;
 };
 
 // The SAE config as recorded in msae.json ("config").
 nlohmann::json config_json(const SaeConfig& cfg);
+// The variant/switch part of it (config_json's "variants" object) and its inverse (absent keys keep
+// the SPEC defaults; unknown values are runtime errors naming the key).
+nlohmann::json variant_config_json(const SaeConfig& cfg);
+void variant_config_from_json(const nlohmann::json& variants, SaeConfig& cfg);
 
 // Means over one logging interval of the step statistics written to metrics.jsonl (docs/formats.md).
 struct MetricsInterval {

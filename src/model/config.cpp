@@ -1,3 +1,4 @@
+#include <cmath>
 #include <numeric>
 
 #include "msae/model.h"
@@ -9,6 +10,7 @@ const char* arch_name(Arch a) {
     case Arch::matryoshka: return "matryoshka";
     case Arch::batchtopk: return "batchtopk";
     case Arch::topk: return "topk";
+    case Arch::relu_l1: return "relu_l1";
   }
   return "?";
 }
@@ -17,7 +19,8 @@ Arch parse_arch(const std::string& name) {
   if (name == "matryoshka") return Arch::matryoshka;
   if (name == "batchtopk") return Arch::batchtopk;
   if (name == "topk") return Arch::topk;
-  usage_error("--arch: unknown architecture '", name, "'; expected one of matryoshka, batchtopk, topk");
+  if (name == "relu_l1") return Arch::relu_l1;
+  usage_error("--arch: unknown architecture '", name, "'; expected one of matryoshka, batchtopk, topk, relu_l1");
 }
 
 std::vector<int64_t> default_group_sizes(int64_t D) {
@@ -39,7 +42,7 @@ void SaeConfig::finalize() {
   if (!(aux_coef >= 0.0f)) usage_error("--aux-coef must be >= 0, got ", aux_coef);
 
   if (group_sizes.empty()) {
-    if (arch == Arch::matryoshka) {
+    if (arch == Arch::matryoshka || (arch == Arch::relu_l1 && d_sae >= 16)) {
       if (d_sae < 16)
         usage_error("--d-sae ", d_sae, " is too small for the default Matryoshka groups (D/16, D/16, D/8, D/4, D/2): ",
                     "use --d-sae >= 16 or give --group-sizes");
@@ -58,6 +61,55 @@ void SaeConfig::finalize() {
     usage_error("--group-sizes sum to ", total, " but --d-sae is ", d_sae, "; the sizes must sum to D");
   if (arch == Arch::batchtopk && group_sizes.size() != 1)
     usage_error("--arch batchtopk has a single group; for several groups use --arch matryoshka");
+  finalize_variants();
+}
+
+void SaeConfig::finalize_variants() {
+  const int64_t G = num_groups();
+  if (arch == Arch::relu_l1) encoder_bias = true;  // the ReLU SAE trains b_enc (it has no TopK to set sparsity)
+  if (!prefix_weights.empty()) {
+    if (static_cast<int64_t>(prefix_weights.size()) != G)
+      usage_error("--prefix-weights has ", prefix_weights.size(), " entries but there are ", G,
+                  " groups; give one weight per Matryoshka prefix");
+    for (float w : prefix_weights)
+      if (!(w >= 0.0f) || !std::isfinite(w)) usage_error("--prefix-weights: every weight must be finite and >= 0, got ", w);
+  }
+  if (!group_k.empty()) {
+    if (arch == Arch::relu_l1) usage_error("--group-k: --arch relu_l1 has no TopK selection");
+    if (static_cast<int64_t>(group_k.size()) != G)
+      usage_error("--group-k has ", group_k.size(), " entries but there are ", G, " groups; give one k per group");
+    for (int64_t g = 0; g < G; ++g)
+      if (group_k[g] <= 0 || group_k[g] > group_sizes[g])
+        usage_error("--group-k: group ", g + 1, " has k ", group_k[g], " but ", group_sizes[g],
+                    " latents; each k_g must be in 1..group size");
+  }
+  if (G > 64) usage_error("at most 64 Matryoshka groups are supported, got ", G);
+  if (sampled_prefixes < 0) usage_error("--sampled-prefixes must be >= 0, got ", sampled_prefixes);
+  if (sampled_prefixes > 0) {
+    if (sampled_prefixes > 64) usage_error("--sampled-prefixes: at most 64 prefixes per batch, got ", sampled_prefixes);
+    if (prefix_distribution != "pareto" && prefix_distribution != "uniform")
+      usage_error("--prefix-distribution: unknown '", prefix_distribution, "'; expected pareto or uniform");
+    if (!(pareto_power > 0.0f)) usage_error("--pareto-power must be positive, got ", pareto_power);
+    if (min_prefix < 1) usage_error("--min-prefix must be >= 1, got ", min_prefix);
+    if (d_sae - min_prefix < sampled_prefixes - 1)
+      usage_error("--sampled-prefixes ", sampled_prefixes, " needs ", sampled_prefixes - 1,
+                  " distinct lengths in [--min-prefix ", min_prefix, ", D-1 = ", d_sae - 1, "]");
+    if (!prefix_weights.empty() || !group_k.empty())
+      usage_error("--sampled-prefixes changes the groups every batch; it cannot be combined with --prefix-weights or --group-k");
+  }
+  if (!(threshold_rate > 0.0f && threshold_rate <= 1.0f)) usage_error("--threshold-rate must be in (0, 1], got ", threshold_rate);
+  if (threshold_start_step < 0) usage_error("--threshold-start-step must be >= 0, got ", threshold_start_step);
+  if (reorder_every < 0) usage_error("--reorder-every must be >= 0, got ", reorder_every);
+  if (!(reorder_decay >= 0.0f && reorder_decay < 1.0f)) usage_error("--reorder-decay must be in [0, 1), got ", reorder_decay);
+  if (arch == Arch::relu_l1) {
+    if (!(l1_coef > 0.0f)) usage_error("--l1-coef must be positive, got ", l1_coef);
+    if (!(l1_adapt_rate >= 0.0f && l1_adapt_rate < 1.0f)) usage_error("--l1-adapt-rate must be in [0, 1), got ", l1_adapt_rate);
+    if (l1_warmup_steps < 0) usage_error("--l1-warmup-steps must be >= 0, got ", l1_warmup_steps);
+  }
+}
+
+bool SaeConfig::is_spec_loss() const {
+  return arch != Arch::relu_l1 && prefix_weights.empty() && bdec_loss_term && !stop_gradient_groups && group_k.empty() && !aux_detach;
 }
 
 std::vector<int64_t> SaeConfig::boundaries() const {

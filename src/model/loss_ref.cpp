@@ -64,8 +64,13 @@ class ReferenceEngine final : public StepEngine {
     for (int64_t n = 0; n < B * D; ++n) acts[n] = std::max(pre[n], 0.0f);
 
     // 3. selection -> z (B, D)
+    // (relu_l1: every positive entry; per-group selection with cfg.group_k)
     kernels::SparseCodes codes;
-    if (cfg.arch == Arch::topk)
+    if (cfg.arch == Arch::relu_l1)
+      kernels::threshold_select(pre.data(), B, D, 0.0f, D, codes);
+    else if (!cfg.group_k.empty())
+      select_per_group(pre.data(), B, D, bounds, cfg.group_k, cfg.arch == Arch::topk, codes);
+    else if (cfg.arch == Arch::topk)
       kernels::row_topk(pre.data(), B, D, cfg.k, codes);
     else
       kernels::batch_topk(pre.data(), B, D, cfg.k * B, codes);
@@ -74,9 +79,9 @@ class ReferenceEngine final : public StepEngine {
     stats.l0 = static_cast<double>(codes.nnz()) / static_cast<double>(B);
 
     // 4. threshold EMA (float32 arithmetic, as the published code does it on a float32 buffer)
-    if (codes.nnz() > 0) {
+    if (codes.nnz() > 0 && cfg.arch != Arch::relu_l1 && state.update_threshold) {  // relu_l1: threshold 0 (ReLU)
       const float min_positive = *std::min_element(codes.vals.begin(), codes.vals.end());
-      p.threshold = 0.99f * p.threshold + 0.01f * min_positive;
+      p.threshold = (1.0f - cfg.threshold_rate) * p.threshold + cfg.threshold_rate * min_positive;
     }
 
     // 6. dead-latent counter, before the loss
@@ -90,6 +95,11 @@ class ReferenceEngine final : public StepEngine {
     for (int64_t i = 0; i < D; ++i)
       if (state.n_inactive[i] >= cfg.dead_after_batches) dead.push_back(i);
     stats.n_dead = static_cast<int64_t>(dead.size());
+    if (cfg.reorder_every > 0) {  // latent reordering statistic: batch mean of z^2 per latent
+      state.batch_sq_act.assign(D, 0.0);
+      for (int64_t r = 0; r < B; ++r)
+        for (int64_t i = 0; i < D; ++i) state.batch_sq_act[i] += static_cast<double>(z[r * D + i]) * z[r * D + i] / B;
+    }
 
     // 5. prefix reconstructions r_g = b_dec + z[:, :m_g] @ W_dec[:m_g]  (G, B, d)
     std::vector<float> recon(G * N);
@@ -107,9 +117,24 @@ class ReferenceEngine final : public StepEngine {
     for (int64_t r = 0; r < B; ++r) std::copy(p.b_dec.ptr(), p.b_dec.ptr() + d, b_dec_rows.begin() + r * d);
     stats.mse_bdec = mean_sq_diff(b_dec_rows.data(), x, N);
     stats.mse_prefix.resize(G);
-    double rec_sum = stats.mse_bdec;
-    for (int64_t g = 0; g < G; ++g) rec_sum += stats.mse_prefix[g] = mean_sq_diff(recon.data() + g * N, x, N);
-    stats.l_rec = rec_sum / static_cast<double>(G + 1);
+    // L_rec = (t mse(b_dec) + sum_g w_g mse(r_g)) / (G + t); SPEC: t = 1, w_g = 1.
+    const int64_t t_bdec = cfg.bdec_loss_term ? 1 : 0;
+    double rec_sum = cfg.bdec_loss_term ? stats.mse_bdec : 0.0;
+    for (int64_t g = 0; g < G; ++g)
+      rec_sum += cfg.prefix_weight(g) * (stats.mse_prefix[g] = mean_sq_diff(recon.data() + g * N, x, N));
+    stats.l_rec = rec_sum / static_cast<double>(G + t_bdec);
+    // relu_l1: L_sp = coef * (1/B) sum_r sum_i c_i z_ri with c_i = (G - g(i)) / G: the L1 of each prefix,
+    // averaged over the G prefixes (a latent of group g is in G - g of them).
+    std::vector<float> l1_weight;  // (D) c_i
+    if (cfg.arch == Arch::relu_l1) {
+      l1_weight.resize(D);
+      for (int64_t g = 0, i = 0; g < G; ++g)
+        for (; i < bounds[g]; ++i) l1_weight[i] = static_cast<float>(G - g) / static_cast<float>(G);
+      double total = 0.0;
+      for (int64_t r = 0; r < B; ++r)
+        for (int64_t i = 0; i < D; ++i) total += static_cast<double>(l1_weight[i]) * z[r * D + i];
+      stats.l_sparsity = state.l1_coef * total / static_cast<double>(B);
+    }
     stats.var_x = column_variance(x, B, d);
 
     // AuxK: per row, the top min(aux_k, n_dead) of acts restricted to dead latents (zeros included, as
@@ -117,7 +142,7 @@ class ReferenceEngine final : public StepEngine {
     const float* r_full = recon.data() + (G - 1) * N;
     std::vector<float> aux_acts;  // (B, D) dense, nonzero only at the selected dead entries
     std::vector<float> q;         // (B, d) dL/d(aux reconstruction)
-    const int64_t aux_keep = std::min<int64_t>(cfg.aux_k, stats.n_dead);
+    const int64_t aux_keep = cfg.arch == Arch::relu_l1 ? 0 : std::min<int64_t>(cfg.aux_k, stats.n_dead);
     if (aux_keep > 0) {
       aux_acts.assign(B * D, 0.0f);
       std::vector<int64_t> order(dead.size());
@@ -148,19 +173,23 @@ class ReferenceEngine final : public StepEngine {
         stats.l_aux = cfg.aux_coef * total / static_cast<double>(N);
       }
     }
-    stats.loss = stats.l_rec + stats.l_aux;
+    stats.loss = stats.l_rec + stats.l_aux + stats.l_sparsity;
 
-    // Backward. e_g = dL/dr_g = 2 (r_g - x) / (N (G+1)); AuxK adds q to e_G (through e = x - r_G).
-    const float rec_scale = static_cast<float>(2.0 / (static_cast<double>(N) * static_cast<double>(G + 1)));
-    std::vector<float> suffix(N, 0.0f);  // S_g = sum_{h >= g} e_h, built from the last group down
+    // Backward. e_g = dL/dr_g = 2 w_g (r_g - x) / (N (G+t)); AuxK adds q to e_G (through e = x - r_G).
+    const float rec_scale = static_cast<float>(2.0 / (static_cast<double>(N) * static_cast<double>(G + t_bdec)));
+    // S_g = sum_{h >= g} e_h, built from the last group down; with stop-gradient between groups, S_g = e_g
+    // (the earlier groups' part of r_h is a constant for h > g).
+    std::vector<float> suffix(N, 0.0f);
     std::vector<float> grad_pre(B * D, 0.0f);
     std::fill(grads.W_dec.data.begin(), grads.W_dec.data.end(), 0.0f);
     std::fill(grads.b_dec.data.begin(), grads.b_dec.data.end(), 0.0f);
     for (int64_t g = G - 1; g >= 0; --g) {
       const float* r_g = recon.data() + g * N;
+      const float scale_g = rec_scale * cfg.prefix_weight(g);
+      if (cfg.stop_gradient_groups) std::fill(suffix.begin(), suffix.end(), 0.0f);
       for (int64_t n = 0; n < N; ++n) {
-        float e = rec_scale * (r_g[n] - x[n]);
-        if (g == G - 1 && !q.empty()) e += q[n];
+        float e = scale_g * (r_g[n] - x[n]);
+        if (g == G - 1 && !q.empty() && !cfg.aux_detach) e += q[n];
         suffix[n] += e;
         grads.b_dec.data[n % d] += e;  // r_g contains b_dec once
       }
@@ -174,8 +203,15 @@ class ReferenceEngine final : public StepEngine {
     // Straight-through the selection: only kept entries (z > 0) pass gradient.
     for (int64_t n = 0; n < B * D; ++n)
       if (!(z[n] > 0.0f)) grad_pre[n] = 0.0f;
+    if (!l1_weight.empty()) {  // d L_sp / d z_ri = coef c_i / B on the active entries
+      const float l1_scale = static_cast<float>(state.l1_coef / static_cast<double>(B));
+      for (int64_t r = 0; r < B; ++r)
+        for (int64_t i = 0; i < D; ++i)
+          if (z[r * D + i] > 0.0f) grad_pre[r * D + i] += l1_scale * l1_weight[i];
+    }
     // The b_dec-only term: d/d b_dec of mean((b_dec - x)^2) / (G+1).
-    for (int64_t n = 0; n < N; ++n) grads.b_dec.data[n % d] += rec_scale * (p.b_dec.data[n % d] - x[n]);
+    if (cfg.bdec_loss_term)
+      for (int64_t n = 0; n < N; ++n) grads.b_dec.data[n % d] += rec_scale * (p.b_dec.data[n % d] - x[n]);
 
     if (!q.empty()) {
       // a = aux_acts @ W_dec: grad aux_acts = q @ W_dec^T (only at the selected, positive entries);

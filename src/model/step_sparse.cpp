@@ -66,8 +66,18 @@ class SparseEngine final : public StepEngine {
             {"latents", t_latents_}};
   }
 
+  // Variants: per-prefix loss weights, the b_dec term switch, stop-gradient between groups (S_g = e_g),
+  // per-group selection and sampled prefixes (plain per-batch boundaries) are implemented here; the
+  // ReLU + L1 SAE is not (it has no sparse selection to exploit).
+  std::string unsupported(const SaeConfig& cfg) const override {
+    if (cfg.arch == Arch::relu_l1) return "--arch relu_l1 (dense ReLU codes with an L1 penalty)";
+    return {};
+  }
+
   StepStats forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& p, LatentState& state,
                              SaeGrads& grads) override {
+    if (const std::string why = unsupported(cfg); !why.empty())
+      usage_error("--engine sparse does not implement ", why, "; use --engine reference");
     const int64_t d = p.d, D = p.D, G = cfg.num_groups();
     MSAE_ASSERT(G >= 1 && G <= 64, "groups: ", G);
     MSAE_ASSERT(grads.W_dec.numel() == D * d && grads.W_enc_t.numel() == D * d && grads.b_dec.numel() == d &&
@@ -109,7 +119,10 @@ class SparseEngine final : public StepEngine {
 
     // ---- select, threshold EMA, CSC, dead counters
     float smallest = 0.0f;
-    if (cfg.arch == Arch::topk) {
+    if (!cfg.group_k.empty()) {
+      select_per_group(pre, B, D, bounds_, cfg.group_k, cfg.arch == Arch::topk, codes_);
+      smallest = min_value(codes_);
+    } else if (cfg.arch == Arch::topk) {
       kernels::row_topk(pre, B, D, cfg.k, codes_, select_);
       smallest = min_value(codes_);
     } else {
@@ -119,7 +132,9 @@ class SparseEngine final : public StepEngine {
     }
     const int64_t nnz = codes_.nnz();
     stats.l0 = static_cast<double>(nnz) / static_cast<double>(B);
-    if (nnz > 0) p.threshold = 0.99f * p.threshold + 0.01f * smallest;
+    // (1 - 0.01f) == 0.99f exactly, so the default is SPEC's 0.99f * t + 0.01f * cut
+    if (nnz > 0 && state.update_threshold)
+      p.threshold = (1.0f - cfg.threshold_rate) * p.threshold + cfg.threshold_rate * smallest;
     kernels::csr_to_csc(codes_, csc_);
     state.n_inactive.resize(D, 0);
     dead_.reserve(D);
@@ -130,6 +145,11 @@ class SparseEngine final : public StepEngine {
       if (n >= cfg.dead_after_batches) dead_.push_back(static_cast<int32_t>(i));
     }
     stats.n_dead = static_cast<int64_t>(dead_.size());
+    if (cfg.reorder_every > 0) {  // latent reordering statistic: batch mean of z^2 per latent
+      state.batch_sq_act.assign(D, 0.0);
+      for (int64_t e = 0; e < nnz; ++e)
+        state.batch_sq_act[codes_.ids[e]] += static_cast<double>(codes_.vals[e]) * codes_.vals[e] / B;
+    }
     t_select_ = timer.seconds();
     timer.reset();
 
@@ -155,8 +175,11 @@ class SparseEngine final : public StepEngine {
     }
     grow(row_scratch_, static_cast<size_t>(nt) * static_cast<size_t>((G + 1) * d + 16));
     grow(gb_dec_part_, static_cast<size_t>(nt) * static_cast<size_t>(d));
-    const double rec_scale_d = 2.0 / (static_cast<double>(N) * static_cast<double>(G + 1));
+    const int64_t t_bdec = cfg.bdec_loss_term ? 1 : 0;  // L_rec = (t mse(b_dec) + sum_g w_g mse_g) / (G + t)
+    const double rec_scale_d = 2.0 / (static_cast<double>(N) * static_cast<double>(G + t_bdec));
     const float rec_scale = static_cast<float>(rec_scale_d);
+    gscale_.resize(G);
+    for (int64_t g = 0; g < G; ++g) gscale_[g] = rec_scale * cfg.prefix_weight(g);
     const float aux_scale = static_cast<float>(2.0 * cfg.aux_coef / static_cast<double>(N));
     // AuxK decode a = sum of the AuxK entries' decoder rows (into q_, which row_pass turns into q in place);
     // a == 0 everywhere: SPEC says no AuxK loss and no gradient through it.
@@ -177,9 +200,9 @@ class SparseEngine final : public StepEngine {
       for (int64_t g = 0; g < G; ++g) stats.mse_prefix[g] += parts_[t].mse_prefix[g];
     }
     stats.mse_bdec = mse_bdec / static_cast<double>(N);
-    double rec_sum = stats.mse_bdec;
-    for (int64_t g = 0; g < G; ++g) rec_sum += stats.mse_prefix[g] /= static_cast<double>(N);
-    stats.l_rec = rec_sum / static_cast<double>(G + 1);
+    double rec_sum = cfg.bdec_loss_term ? stats.mse_bdec : 0.0;
+    for (int64_t g = 0; g < G; ++g) rec_sum += cfg.prefix_weight(g) * (stats.mse_prefix[g] /= static_cast<double>(N));
+    stats.l_rec = rec_sum / static_cast<double>(G + t_bdec);
     stats.l_aux = use_aux ? cfg.aux_coef * l_aux / static_cast<double>(N) : 0.0;
     stats.loss = stats.l_rec + stats.l_aux;
     stats.var_x = column_variance(x, B, d, nt);
@@ -235,6 +258,7 @@ class SparseEngine final : public StepEngine {
     const int64_t* bounds = bounds_.data();
     float* S = S_.data();
     float* gz = gz_.data();
+    const bool stop_grad = cfg.stop_gradient_groups, bdec_term = cfg.bdec_loss_term, aux_detach = cfg.aux_detach;
     parallel(
         [&](int tid, int n) {
           ThreadPart& part = parts_[tid];
@@ -262,8 +286,9 @@ class SparseEngine final : public StepEngine {
             float* Sr = S + r * G * d;
             const float* rG = snaps + (G - 1) * d;
             float* SG = Sr + (G - 1) * d;
+            const float scale_G = gscale_[G - 1];
 #pragma omp simd
-            for (int64_t j = 0; j < d; ++j) SG[j] = rec_scale * (rG[j] - xr[j]);
+            for (int64_t j = 0; j < d; ++j) SG[j] = scale_G * (rG[j] - xr[j]);
             if (use_aux) {  // q_ holds this row's AuxK decode a; it becomes q = aux_scale (a - e)
               float* qr = q_.data() + r * d;
               float total = 0.0f;
@@ -276,15 +301,36 @@ class SparseEngine final : public StepEngine {
               }
               l_aux += total;
             }
+            if (use_aux && aux_detach) {  // detached AuxK residual: q reaches the dead latents only
+#pragma omp simd
+              for (int64_t j = 0; j < d; ++j) SG[j] = scale_G * (rG[j] - xr[j]);
+            }
             for (int64_t h = G - 2; h >= 0; --h) {
               float* Sh = Sr + h * d;
               const float* S_next = Sh + d;
               const float* rh = snaps + h * d;
+              const float scale_h = gscale_[h];
+              if (stop_grad) {  // S_h = e_h: later prefixes do not reach group h's latents
 #pragma omp simd
-              for (int64_t j = 0; j < d; ++j) Sh[j] = S_next[j] + rec_scale * (rh[j] - xr[j]);
+                for (int64_t j = 0; j < d; ++j) Sh[j] = scale_h * (rh[j] - xr[j]);
+              } else {
+#pragma omp simd
+                for (int64_t j = 0; j < d; ++j) Sh[j] = S_next[j] + scale_h * (rh[j] - xr[j]);
+              }
             }
             // grad b_dec: every r_g and the b_dec-only term contain b_dec once
-            for (int64_t j = 0; j < d; ++j) gb[j] += static_cast<double>(Sr[j]) + rec_scale * (b_dec[j] - xr[j]);
+            if (!stop_grad && bdec_term) {
+              for (int64_t j = 0; j < d; ++j) gb[j] += static_cast<double>(Sr[j]) + rec_scale * (b_dec[j] - xr[j]);
+            } else {
+              for (int64_t j = 0; j < d; ++j) {
+                double e_sum = 0.0;  // sum_g e_g (+ q): S_1 without stop-gradient, else the sum of the S_g = e_g
+                if (stop_grad)
+                  for (int64_t h = 0; h < G; ++h) e_sum += Sr[h * d + j];
+                else
+                  e_sum = Sr[j];
+                gb[j] += e_sum + (bdec_term ? rec_scale * (b_dec[j] - xr[j]) : 0.0f);
+              }
+            }
             // grad z for the kept entries
             g = 0;
             for (int64_t e = e0; e < e1; ++e) {
@@ -382,6 +428,7 @@ class SparseEngine final : public StepEngine {
   }
 
   std::vector<int64_t> bounds_;
+  std::vector<float> gscale_;  // (G) rec_scale * w_g
   FloatBuffer x_cent_, pre_, S_, q_, gz_, ga_, row_scratch_;
   std::vector<double> gb_dec_part_, gb_dec_part2_, colstat_;
   std::vector<int64_t> split_;

@@ -27,6 +27,9 @@ json saelens_cfg(const SaeConfig& cfg) {
       {"matryoshka_group_sizes", cfg.group_sizes},
       {"matryoshka_group_boundaries", cfg.boundaries()},
       {"msae_version", version_string()},
+      // Variants and switches (docs/variants.md). With sampled prefixes the groups above are only the
+      // evaluation ladder: every prefix length was trained.
+      {"msae_variants", variant_config_json(cfg)},
   };
   return json{{"architecture", "jumprelu"},
               {"d_in", cfg.d_in},
@@ -65,6 +68,7 @@ SaeConfig config_from_files(const json& msae, const json& saelens, int64_t d, in
       cfg.dead_after_batches = c.value("dead_after_batches", int64_t{20});
       cfg.aux_k = c.value("aux_k", int64_t{512});
       cfg.aux_coef = c.value("aux_coef", 1.0f / 32.0f);
+      if (c.contains("variants")) variant_config_from_json(c["variants"], cfg);
     } else if (saelens.contains("metadata") && saelens["metadata"].is_object() &&
                saelens["metadata"].contains("matryoshka_group_sizes")) {
       const json& m = saelens["metadata"];

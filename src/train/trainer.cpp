@@ -17,11 +17,24 @@ Trainer::Trainer(TrainOptions options, SaeParams params)
   MSAE_ASSERT(params_.d == options_.sae.d_in && params_.D == options_.sae.d_sae);
   grads_ = SaeGrads::zeros(params_.d, params_.D);
   latents_.n_inactive.assign(params_.D, 0);
+  if (const std::string why = engine_->unsupported(options_.sae); !why.empty())
+    usage_error("--engine ", engine_->name(), " does not implement ", why, "; use --engine reference");
+  variants_ = VariantState(options_.sae, options_.seed);
 }
 
 const StepStats& Trainer::step(const float* x) {
-  stats_ = engine_->forward_backward(options_.sae, x, options_.batch, params_, latents_, grads_);
-  grad_norm_ = apply_update(options_.sae, options_.adam, options_.max_grad_norm, params_, grads_, opt_);
+  if (opt_.t == 0 && options_.bdec_geometric_median)
+  {
+    const std::vector<float> median = geometric_median(x, options_.batch, params_.d);
+    std::copy(median.begin(), median.end(), params_.b_dec.data.begin());
+  }
+  const SaeConfig& cfg = variants_.before_step(options_.sae, latents_);
+  stats_ = engine_->forward_backward(cfg, x, options_.batch, params_, latents_, grads_);
+  kernels::AdamHyper adam = options_.adam;
+  if (options_.lr_warmup_steps > 0 || options_.lr_decay_start >= 0)
+    adam.lr = static_cast<float>(adam.lr * lr_factor(options_, opt_.t));
+  grad_norm_ = apply_update(cfg, adam, options_.max_grad_norm, params_, grads_, opt_);
+  variants_.after_step(options_.sae, stats_, params_, opt_, latents_);
   return stats_;
 }
 
@@ -39,7 +52,8 @@ nlohmann::json config_json(const SaeConfig& c) {
           {"d_sae", c.d_sae},                {"k", c.k},
           {"group_sizes", c.group_sizes},    {"group_boundaries", c.boundaries()},
           {"encoder_bias", c.encoder_bias},  {"dead_after_batches", c.dead_after_batches},
-          {"aux_k", c.aux_k},                {"aux_coef", c.aux_coef}};
+          {"aux_k", c.aux_k},                {"aux_coef", c.aux_coef},
+          {"variants", variant_config_json(c)}};
 }
 
 void MetricsInterval::add(const StepStats& s) {

@@ -3,6 +3,7 @@
 // a failed run never leaves a half-written SAE and never touches an existing one without --overwrite.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <csignal>
@@ -20,6 +21,7 @@
 #include "msae/synth.h"
 #include "msae/train.h"
 #include "progress.h"
+#include "variant_flags.h"
 
 namespace msae::cli {
 namespace {
@@ -38,6 +40,7 @@ struct TrainArgs {
   int64_t checkpoint_every = 0;
   int keep_checkpoints = 2;
   std::string resume;
+  std::vector<std::string> given_flags;  // the options given on the command line (recorded for --resume)
   std::string arch = "matryoshka";
   int64_t d_sae = 0;
   std::string group_sizes;
@@ -59,6 +62,7 @@ struct TrainArgs {
   int64_t log_every = 0;
   int threads = 0;
   std::string engine = "sparse";
+  VariantArgs variants;  // variant_flags.h
 };
 
 std::atomic<bool> g_interrupted{false};
@@ -114,7 +118,9 @@ json args_json(const TrainArgs& a) {
           {"encoder_bias", a.encoder_bias},
           {"log_every", a.log_every},
           {"threads", a.threads},
-          {"engine", a.engine}};
+          {"engine", a.engine},
+          {"variants", variant_args_json(a.variants)},
+          {"given_flags", a.given_flags}};
 }
 
 TrainArgs args_from_json(const json& j, const std::string& where) {
@@ -144,6 +150,8 @@ TrainArgs args_from_json(const json& j, const std::string& where) {
     a.log_every = j.at("log_every").get<int64_t>();
     a.threads = j.at("threads").get<int>();
     a.engine = j.at("engine").get<std::string>();
+    a.variants = variant_args_from_json(j.at("variants"));
+    a.given_flags = j.at("given_flags").get<std::vector<std::string>>();
   } catch (const json::exception& e) {
     runtime_error(where, ": the run's recorded flags are malformed: ", e.what());
   }
@@ -209,6 +217,9 @@ int run_train(TrainArgs a, const CLI::App& app) {
     a.out = dir;
     a.resume = dir;
   }
+  if (a.resume.empty())
+    for (const CLI::Option* o : app.get_options())
+      if (o->count() > 0) a.given_flags.push_back(o->get_name());
   a.data = a.data_args.data;
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
@@ -312,6 +323,13 @@ int run_train(TrainArgs a, const CLI::App& app) {
   opt.engine = a.engine;
   opt.log_every = a.log_every > 0 ? a.log_every : std::max<int64_t>(1, opt.steps / 100);
   a.log_every = opt.log_every;
+  apply_variant_args(
+      a.variants,
+      [&](const std::string& flag) {
+        return std::find(a.given_flags.begin(), a.given_flags.end(), flag) != a.given_flags.end();
+      },
+      opt);
+  cfg = opt.sae;
 
   SaeParams params = init_params ? std::move(*init_params) : SaeParams::init(d, cfg.d_sae, a.seed);
   train::Trainer trainer(opt, std::move(params));
@@ -335,6 +353,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
     }
     resumed_at.push_back(start_step);
     trainer.restore(std::move(ckpt->params), std::move(ckpt->opt), std::move(ckpt->latents));
+    trainer.restore_variants(ckpt->extra.at("variant_state"));
     log_info(cat("resuming ", a.out, " from ", ckpt->path, " (step ", start_step, " of ", opt.steps, ")"));
   }
 
@@ -364,8 +383,9 @@ int run_train(TrainArgs a, const CLI::App& app) {
   if (!metrics) runtime_error("cannot write ", metrics_path);
 
   auto checkpoint_extra = [&](int64_t done, double secs) {
-    return json{{"args", args_json(a)}, {"data", source->state()}, {"interval", interval_json(interval)},
-                {"scale", scale},       {"seconds", secs},          {"resumed_at", resumed_at}};
+    return json{{"args", args_json(a)},   {"data", source->state()}, {"interval", interval_json(interval)},
+                {"scale", scale},         {"seconds", secs},          {"resumed_at", resumed_at},
+                {"variant_state", trainer.variant_state().state_json()}};
   };
 
   std::signal(SIGINT, on_interrupt);
@@ -499,6 +519,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
                                               [&](int64_t n) { return n >= cfg.dead_after_batches; })}}},
   };
   if (completed) msae_json["final_metrics"] = final_metrics;
+  msae_json["training"]["schedule"] = schedule_json(opt);
   train::write_sae_files(work_dir, cfg, out_params, msae_json);
   if (!live) io::commit_directory(work_dir, a.out, a.overwrite);
   log_info(cat("wrote ", a.out));
@@ -564,6 +585,7 @@ Action add_train_command(CLI::App& root) {
   app->add_option("--log-every", a->log_every, "metrics.jsonl interval in steps (default: steps/100)");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_option("--engine", a->engine, "Training-step engine: sparse (fast) | reference (dense oracle)")->capture_default_str();
+  add_variant_flags(app, a->variants);
   return [a, app]() { return run_train(*a, *app); };
 }
 

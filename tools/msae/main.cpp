@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
       {"inspect", msae::cli::add_inspect_command(app)},
       {"bench", msae::cli::add_bench_command(app)},
       {"bench-data", msae::cli::add_bench_data_command(app)},
+      {"sweep", msae::cli::add_sweep_command(app)},
   };
 
   try {
