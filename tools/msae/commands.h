@@ -13,5 +13,6 @@ Action add_train_command(CLI::App& root);
 Action add_eval_command(CLI::App& root);
 Action add_inspect_command(CLI::App& root);
 Action add_bench_command(CLI::App& root);
+Action add_synth_bench_command(CLI::App& root);
 
 }  // namespace msae::cli

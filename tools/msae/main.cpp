@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
       {"eval", msae::cli::add_eval_command(app)},
       {"inspect", msae::cli::add_inspect_command(app)},
       {"bench", msae::cli::add_bench_command(app)},
+      {"synth-bench", msae::cli::add_synth_bench_command(app)},
   };
 
   try {
