@@ -82,9 +82,9 @@ struct GtReport {
   std::vector<int64_t> learned_by_depth;     // (max depth + 1)
   std::vector<int64_t> features_by_depth;    // (max depth + 1)
   // Roots (depth-0 features with children) that are learned and whose best latent lies in the first m*
-  // latents, over all such roots; m* is the smallest boundary of the default Matryoshka groups for D
-  // (model.h default_group_sizes) that is >= the number of roots. The same m* for every arch, so for a
-  // flat SAE it measures chance (about m*/D).
+  // latents, over all such roots; m* is the smallest group boundary >= the number of roots, of the SAE's
+  // own groups when it has several, else of the default Matryoshka groups for D (model.h
+  // default_group_sizes), so that for a flat SAE it measures chance (about m*/D).
   int64_t roots_prefix = 0;                  // m*
   double roots_in_first_prefix = 0;
 };

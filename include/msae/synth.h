@@ -138,8 +138,9 @@ struct FeatureModel {
 // Parameters of a hierarchical model in the style of SynthSAEBench (Chanin & Garriga-Alonso 2026).
 struct HierarchicalConfig {
   int64_t d = 768, n_features = 16384;
-  double p_max = 0.4, p_min = 5e-4;  // Zipf-like firing probabilities over the feature ids (power law in
-                                      // the index hitting p_max at id 0 and p_min at id N-1)
+  double p_max = 0.4, p_min = 5e-4;  // Zipfian firing probabilities over the feature ids:
+  double zipf_exponent = 0.5;         // r_i = (i + 1)^-exponent, rescaled linearly so that id 0 gets p_max
+                                      // and id N-1 gets p_min
   int64_t n_roots = 128, branching = 4, depth = 3;  // forest: roots take the most frequent ids, then each
                                       // level in breadth-first order; the rest are independent features
   int64_t corr_rank = 25;

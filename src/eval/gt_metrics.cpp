@@ -249,14 +249,17 @@ GtReport score_ground_truth(const SaeConfig& cfg, const SaeParams& params, const
       v = rep.learned_by_depth[dep] > 0 ? v / static_cast<double>(rep.learned_by_depth[dep]) : 0.0;
   int64_t roots = 0, roots_in = 0;
   for (int64_t f = 0; f < N; ++f) roots += truth.parent[f] < 0 && truth.n_children[f] > 0;
+  // m*: from the SAE's own groups when it has several, else from the default Matryoshka groups for D
+  // (for a flat SAE that is a chance-level reference).
   rep.roots_prefix = D;
-  if (D >= 16) {
-    int64_t m = 0;
-    for (int64_t size : default_group_sizes(D)) {
-      m += size;
-      if (m >= roots) break;
+  std::vector<int64_t> sizes = cfg.num_groups() > 1 ? cfg.group_sizes : (D >= 16 ? default_group_sizes(D) : std::vector<int64_t>{});
+  int64_t m = 0;
+  for (int64_t size : sizes) {
+    m += size;
+    if (m >= roots) {
+      rep.roots_prefix = m;
+      break;
     }
-    rep.roots_prefix = m;
   }
   for (int64_t f = 0; f < N; ++f)
     if (truth.parent[f] < 0 && truth.n_children[f] > 0 && learned(f) && rep.feature_best_latent[f] < rep.roots_prefix)

@@ -64,10 +64,15 @@ Axis make_axis(const std::vector<double>& values, bool log, bool include_zero) {
 std::vector<double> ticks(const Axis& a) {
   std::vector<double> out;
   if (a.log) {
-    for (double e = std::ceil(a.lo - 1e-9); e <= a.hi + 1e-9; e += 1) out.push_back(std::pow(10.0, e));
-    if (out.size() < 2) {
-      out = {std::pow(10.0, a.lo), std::pow(10.0, a.hi)};
-    }
+    // Decades, plus 2x and 5x when the range spans fewer than three decades.
+    const bool fine = a.hi - a.lo < 3.0;
+    for (double e = std::floor(a.lo); e <= a.hi + 1e-9; e += 1)
+      for (double m : {1.0, 2.0, 5.0}) {
+        if (m != 1.0 && !fine) continue;
+        const double v = m * std::pow(10.0, e), t = std::log10(v);
+        if (t >= a.lo - 1e-9 && t <= a.hi + 1e-9) out.push_back(v);
+      }
+    if (out.size() < 2) out = {std::pow(10.0, a.lo), std::pow(10.0, a.hi)};
     return out;
   }
   const double span = a.hi - a.lo;

@@ -88,6 +88,8 @@ FeatureModel make_hierarchical(const HierarchicalConfig& c) {
   if (c.d < 1 || c.d > (1 << 16)) usage_error("hierarchical model: d must be in [1, 65536], got ", c.d);
   if (c.n_features < 1 || c.n_features > (1 << 22))
     usage_error("hierarchical model: n_features must be in [1, 4194304], got ", c.n_features);
+  if (!(c.zipf_exponent > 0.0 && c.zipf_exponent <= 4.0))
+    usage_error("hierarchical model: zipf_exponent must be in (0, 4], got ", c.zipf_exponent);
   if (!is_prob(c.p_max) || !is_prob(c.p_min) || c.p_min > c.p_max)
     usage_error("hierarchical model: need 0 < p_min <= p_max <= 1, got p_min = ", c.p_min, ", p_max = ", c.p_max);
   if (c.n_roots < 0 || c.branching < 0 || c.depth < 0 || c.depth > 8)
@@ -116,10 +118,14 @@ FeatureModel make_hierarchical(const HierarchicalConfig& c) {
   Rng base(c.seed);
   Rng dir_rng = base.split(1), mag_rng = base.split(2), bias_rng = base.split(3), corr_rng = base.split(4);
 
-  // Zipf-like marginals by id: p_i = p_max / (1 + i)^alpha, alpha so that p_{N-1} = p_min.
+  // Zipfian marginals by id: r_i = (i + 1)^-a rescaled linearly onto [p_min, p_max].
   std::vector<double> zipf(N);
-  const double alpha = N > 1 ? std::log(c.p_max / c.p_min) / std::log(static_cast<double>(N)) : 0.0;
-  for (int64_t i = 0; i < N; ++i) zipf[i] = c.p_max / std::pow(1.0 + static_cast<double>(i), alpha);
+  const double r_last = std::pow(static_cast<double>(N), -c.zipf_exponent);
+  for (int64_t i = 0; i < N; ++i) {
+    const double r = std::pow(1.0 + static_cast<double>(i), -c.zipf_exponent);
+    zipf[i] = N > 1 ? c.p_min + (c.p_max - c.p_min) * (r - r_last) / (1.0 - r_last) : c.p_max;
+  }
+  zipf[N - 1] = N > 1 ? c.p_min : c.p_max;
 
   // Forest in breadth-first order: level 0 = roots [0, R), level l+1 = children of level l, in order.
   m.parent.assign(N, -1);
@@ -206,11 +212,11 @@ FeatureModel make_preset(const std::string& name, uint64_t seed) {
   }
   if (name == "synth-lite") {
     HierarchicalConfig c;
-    c.d = 128;
-    c.n_features = 1024;
+    c.d = 256;
+    c.n_features = 512;
     c.p_max = 0.4;
     c.p_min = 2e-3;
-    c.n_roots = 16;
+    c.n_roots = 32;
     c.branching = 3;
     c.depth = 2;
     c.corr_rank = 8;
