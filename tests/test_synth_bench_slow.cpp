@@ -1,10 +1,12 @@
 // Slow (label `slow`): `msae synth-bench --preset synth-lite` over 3 seeds; Matryoshka must beat
 // BatchTopK on F1 and on absorption, in every seed and on the mean, by margins taken from the measured
-// spread (docs/synth-bench.md has the table):
-//   measured (3 seeds, 2000 steps x 1024 rows, --threads 1): see kMinF1Gap / kMinAbsorptionGap below.
-// The margins are half the smallest per-seed gap measured, and several times the seed-to-seed standard
-// deviation of either arch, so a regression that erases most of the effect fails while seed noise does
-// not.
+// spread (docs/synth-bench.md has the table). Measured (seeds 0, 1, 2; 2000 steps x 1024 rows; D = 128,
+// k = 8; --threads 1):
+//   F1          matryoshka 0.835 0.826 0.817   batchtopk 0.688 0.675 0.654   per-seed gap >= 0.147
+//   absorption  matryoshka 0.024 0.042 0.019   batchtopk 0.204 0.170 0.199   per-seed gap >= 0.128
+// Seed-to-seed standard deviations are at most 0.017 (F1) and 0.018 (absorption). The margins, 0.07 and
+// 0.06, are about half the smallest measured gap and over 3 standard deviations of either arch, so seed
+// noise does not fail the test while a regression that erases half of the effect does.
 //
 // MSAE_SYNTH_BENCH_RESULTS=dir1,dir2,... checks existing output directories (each with results.json)
 // instead of running the benchmark (for checking the assertions themselves without a 20-minute run).
@@ -19,8 +21,8 @@
 
 namespace {
 
-constexpr double kMinF1Gap = 0.05;          // matryoshka F1 - batchtopk F1, per seed
-constexpr double kMinAbsorptionGap = 0.05;  // batchtopk absorption - matryoshka absorption, per seed
+constexpr double kMinF1Gap = 0.07;          // matryoshka F1 - batchtopk F1, per seed
+constexpr double kMinAbsorptionGap = 0.06;  // batchtopk absorption - matryoshka absorption, per seed
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
@@ -37,7 +39,7 @@ TEST(SynthBenchSlow, MatryoshkaBeatsBatchTopKOnSynthLite) {
     dirs = split(env);
   } else {
     const std::string out = std::string(::testing::TempDir()) + "/msae_synth_bench_slow";
-    const std::string cmd = std::string(MSAE_BINARY) + " synth-bench --preset synth-lite --seeds 0,1,2 --out " + out +
+    const std::string cmd = std::string(MSAE_BINARY) + " synth-bench --preset synth-lite --seeds 0,1,2 --threads 1 --out " + out +
                             " --overwrite --meta-steps 0 > " + out + ".log 2>&1";
     ASSERT_EQ(std::system(cmd.c_str()), 0) << "command failed: " << cmd;
     dirs = {out};

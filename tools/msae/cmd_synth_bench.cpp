@@ -246,7 +246,6 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
     seeds.push_back(v);
   }
   for (const auto& ar : archs) (void)parse_arch(ar);
-  // The tree toy follows Nabeshima's setup: a nested loss at every prefix (groups of one latent).
   std::vector<int64_t> matryoshka_groups;
   if (!a.group_sizes.empty()) {
     for (const auto& g : split_list(a.group_sizes, "--group-sizes")) {
@@ -260,8 +259,6 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
       if (used == 0 || used != g.size()) usage_error("--group-sizes: '", g, "' is not an integer");
       matryoshka_groups.push_back(v);
     }
-  } else if (a.preset == "tree" || a.preset == "absorption") {
-    matryoshka_groups.assign(static_cast<size_t>(d_sae), 1);
   }
   while (a.out.size() > 1 && a.out.back() == '/') a.out.pop_back();
   if (a.out.empty()) usage_error("--out DIR is required");
@@ -353,7 +350,7 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                         {"curve_step", run.curve_step},
                         {"curve_fvu", run.curve_fvu}}},
                       {"eval", eval::to_json(run.ev)},
-                      {"ground_truth", eval::to_json(run.gt)},
+                      {"ground_truth", eval::to_json(run.gt, true)},
                       {"meta_sae", meta}};
         run.result["eval"].erase("latent_frequency");
         log_info(cat(arch, " seed ", seed, ": F1 ", f3(run.gt.f1), " MCC ", f3(run.gt.mcc), " uniqueness ",
@@ -447,7 +444,7 @@ Action add_synth_bench_command(CLI::App& root) {
   app->add_option("--batch", a->batch, "Rows per batch (default 1024; 256 for the toys)");
   app->add_option("--steps", a->steps, "Optimizer steps per run (default per preset: 2000, 50000, 4000, 4000)");
   app->add_option("--group-sizes", a->group_sizes,
-                  "Matryoshka group sizes (default: the standard D/16,D/16,D/8,D/4,D/2; one latent per group for the toys)");
+                  "Matryoshka group sizes (default D/16,D/16,D/8,D/4,D/2)");
   app->add_option("--seeds", a->seeds, "Comma-separated seeds: each seeds the feature model, the stream and the init")
       ->capture_default_str();
   app->add_option("--eval-rows", a->eval_rows, "Held-out rows for the metrics (default 32768; 65536 for synth-16k)");
