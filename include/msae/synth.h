@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "msae/core.h"
@@ -91,6 +92,109 @@ class PlantedSampler {
   uint64_t key_ = 0;                   // stream key, from (dictionary seed, sampler seed)
   int64_t next_row_ = 0;               // index of the next row in the stream
 };
+
+
+// ---------------------------------------------------------------------------------------------
+// Feature models: the general ground-truth generator of `msae synth-bench` (docs/synth-bench.md).
+//
+// N features, each a unit direction in R^d, arranged as a forest: a feature with parent p fires only in
+// rows where p fires, and the children of one parent are mutually exclusive (given that p fired, child c
+// fires with probability cond_prob[c], none of them with 1 - sum). Parentless features ("base" features:
+// roots and independent features) fire independently with probability cond_prob[f], modulated per row by
+// an optional low-rank factor (correlated firing, below). A row is
+//   x = bias + sum over fired f of a_f * direction_f + noise,   a_f ~ N(mag_mean[f], mag_std[f]^2)
+// clipped to >= 0.05 (a fired feature always contributes), noise ~ N(0, noise_std^2 I).
+//
+// Ids are in breadth-first order within the forest: the children of a feature are contiguous
+// ([first_child[f], first_child[f] + n_children[f])) and come after it.
+//
+// Correlation (corr_rank r > 0): each row draws z ~ N(0, I_r); base feature f fires with probability
+// min(1, cond_prob[f] * exp(s * L_f . z - s^2 / 2)), with L_f a unit loading vector (r) and s = corr_scale.
+// E[exp(s L.z - s^2/2)] = 1, so the marginal stays cond_prob[f] unless the min clips; two base features
+// co-fire more (less) often than independent ones when their loadings point the same (opposite) way.
+// ---------------------------------------------------------------------------------------------
+struct FeatureModel {
+  std::string name;                 // preset name or "custom"
+  int64_t d = 0;                    // activation width
+  Tensor directions;                // (N, d) unit rows
+  Tensor bias;                      // (d) constant offset
+  std::vector<int32_t> parent;      // (N) parent id or -1
+  std::vector<int32_t> depth;       // (N) 0 for parentless features
+  std::vector<int32_t> first_child; // (N) first child id (valid when n_children > 0)
+  std::vector<int32_t> n_children;  // (N)
+  std::vector<double> cond_prob;    // (N) P(fire | parent fired), or P(fire) for parentless features
+  std::vector<double> marginal;     // (N) P(fire) without correlation (product down the tree)
+  std::vector<float> mag_mean, mag_std;  // (N) firing magnitude distribution
+  Tensor loadings;                  // (N, r) unit rows for base features (zero rows elsewhere); empty when r = 0
+  double corr_scale = 0.0;          // s
+  float noise_std = 0.0f;
+  uint64_t seed = 0;                // the seed the model was built from
+  int64_t n_features() const { return static_cast<int64_t>(parent.size()); }
+  int64_t corr_rank() const { return loadings.numel() == 0 ? 0 : loadings.cols(); }
+  double expected_l0() const;       // sum of marginal
+  int32_t max_depth() const;
+};
+
+// Parameters of a hierarchical model in the style of SynthSAEBench (Chanin & Garriga-Alonso 2026).
+struct HierarchicalConfig {
+  int64_t d = 768, n_features = 16384;
+  double p_max = 0.4, p_min = 5e-4;  // Zipfian firing probabilities over the feature ids:
+  double zipf_exponent = 0.5;         // r_i = (i + 1)^-exponent, rescaled linearly so that id 0 gets p_max
+                                      // and id N-1 gets p_min
+  int64_t n_roots = 128, branching = 4, depth = 3;  // forest: roots take the most frequent ids, then each
+                                      // level in breadth-first order; the rest are independent features
+  int64_t corr_rank = 25;
+  double corr_scale = 0.3;
+  float mag_first = 5.0f, mag_last = 4.0f;     // mean magnitude, linear over the ids
+  float mag_std_mean = 0.5f, mag_std_std = 0.5f;  // per-feature std ~ |N(mean, std)| (folded normal)
+  float bias_norm = 1.0f, noise_std = 0.0f;
+  uint64_t seed = 0;
+};
+// A child's conditional probability is its Zipf marginal divided by the parent's marginal; when the
+// siblings' conditional probabilities sum to more than 0.9 they are scaled down to sum to 0.9 (their
+// actual marginal is then lower; `marginal` records the true values). Throws usage errors on bad fields.
+FeatureModel make_hierarchical(const HierarchicalConfig& cfg);
+
+// Presets: "synth-16k" (the SynthSAEBench-16k parameters above), "synth-lite" (d=128, N=1024, 16 roots,
+// branching 3, depth 2: trains in about a minute here), "tree" (Nabeshima's nested toy: 20 orthogonal
+// features in 20-d; 3 parents p=0.15 with 3 mutually exclusive children 0.2 each; 8 independent p=0.05),
+// "absorption" (Chanin et al.'s parent/child toy: 1 parent p=0.25 with 4 mutually exclusive children
+// 0.2 each, 11 independent features p=0.05, orthogonal in 16-d). Throws a usage error listing the names.
+FeatureModel make_preset(const std::string& name, uint64_t seed);
+std::vector<std::string> preset_names();
+
+// Sparse "which features fired" per row, CSR: ids[offsets[r] .. offsets[r+1]) ascending.
+struct FiredFeatures {
+  std::vector<int64_t> offsets{0};  // (rows + 1)
+  std::vector<int32_t> ids;
+  int64_t rows() const { return static_cast<int64_t>(offsets.size()) - 1; }
+};
+
+// Streams rows. Row i depends only on (model, seed, i): the same for any thread count and any split of
+// the stream into sample() calls. Keeps a copy of the model. Not thread-safe itself; sample()
+// parallelizes internally.
+class FeatureSampler {
+ public:
+  FeatureSampler(const FeatureModel& model, uint64_t seed);
+  // Writes the next n rows to out (n, d); when fired != nullptr it is overwritten with those rows'
+  // fired features.
+  void sample(int64_t n, float* out, FiredFeatures* fired = nullptr);
+  int64_t position() const { return next_row_; }
+  const FeatureModel& model() const { return m_; }
+
+ private:
+  FeatureModel m_;
+  std::vector<int32_t> base_;          // parentless feature ids, in id order
+  std::vector<double> base_p_;         // (base) cond_prob
+  struct Segment {
+    int64_t begin = 0, end = 0;        // range in base_
+    double q = 0.0;                    // max probability in the segment
+  };
+  std::vector<Segment> segments_;
+  uint64_t key_ = 0;
+  int64_t next_row_ = 0;
+};
+
 
 // The embedded default dataset of `msae train` with no data: d=64, the defaults above, seed 0.
 PlantedConfig default_planted_config();

@@ -15,5 +15,6 @@ Action add_inspect_command(CLI::App& root);
 Action add_bench_command(CLI::App& root);
 Action add_bench_data_command(CLI::App& root);
 Action add_sweep_command(CLI::App& root);
+Action add_synth_bench_command(CLI::App& root);
 
 }  // namespace msae::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
       {"bench", msae::cli::add_bench_command(app)},
       {"bench-data", msae::cli::add_bench_data_command(app)},
       {"sweep", msae::cli::add_sweep_command(app)},
+      {"synth-bench", msae::cli::add_synth_bench_command(app)},
   };
 
   try {

@@ -1,0 +1,155 @@
+// Internal to msae_synth: the counter-based per-row RNG and the ziggurat normal sampler shared by the
+// generators (planted.cpp, feature_model.cpp). Not a public header.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "msae/core.h"
+
+namespace msae::synth::detail {
+
+constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ULL;
+
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Counter-based generator for one row: splitmix64 over a per-row starting point. Every row gets its
+// own stream derived from (key, row index), which is what makes sample() independent of the thread
+// count and of how the stream is split into calls. Inline here because msae::Rng::next_u64 is out of
+// line and this is the hot loop (about d/2 + 20 draws per row).
+struct RowRng {
+  uint64_t s;
+  RowRng(uint64_t key, uint64_t row) : s(mix64(key ^ mix64(row * kGamma + 0x632be59bd9b4e019ULL))) {}
+  uint64_t next() {
+    s += kGamma;
+    return mix64(s);
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+  uint64_t below(uint64_t n) {  // uniform in [0, n), unbiased (rejection), n > 0
+    const uint64_t threshold = (0 - n) % n;
+    for (;;) {
+      const uint64_t r = next();
+      if (r >= threshold) return r % n;
+    }
+  }
+};
+
+// Ziggurat normal sampler (Marsaglia & Tsang's method in Doornik's formulation, 128 layers): on the
+// fast path (~99% of calls) one table lookup and a compare, against two uniforms plus log, sqrt and
+// cos for Box-Muller. The noise costs d normals per row, so this dominates sampling speed.
+constexpr int kZigLayers = 128;
+constexpr double kZigR = 3.442619855899;          // start of the tail
+constexpr double kZigV = 9.91256303526217e-3;     // area of each layer (unnormalized density)
+
+struct ZigTables {
+  double x[kZigLayers + 1];  // layer edges, x[0] = V / f(R) (base layer incl. tail), x[1] = R, x[128] = 0
+  double ratio[kZigLayers];  // x[i + 1] / x[i]: the fraction of layer i that lies under the curve
+  float xf[kZigLayers], ratiof[kZigLayers];  // float copies for the vectorized rectangle test
+  ZigTables() {
+    double f = std::exp(-0.5 * kZigR * kZigR);
+    x[0] = kZigV / f;
+    x[1] = kZigR;
+    x[kZigLayers] = 0.0;
+    for (int i = 2; i < kZigLayers; ++i) {
+      x[i] = std::sqrt(-2.0 * std::log(kZigV / x[i - 1] + f));
+      f = std::exp(-0.5 * x[i] * x[i]);
+    }
+    for (int i = 0; i < kZigLayers; ++i) ratio[i] = x[i + 1] / x[i];
+    for (int i = 0; i < kZigLayers; ++i) {
+      xf[i] = static_cast<float>(x[i]);
+      ratiof[i] = static_cast<float>(ratio[i]);
+    }
+  }
+};
+
+inline const ZigTables& zig_tables() {
+  static const ZigTables tables;
+  return tables;
+}
+
+inline double zig_tail(RowRng& rng, bool negative) {
+  // Marsaglia's tail method: exact N(0,1) conditioned on |z| > R.
+  double a, b;
+  do {
+    a = std::log(1.0 - rng.uniform()) / kZigR;  // 1 - u in (0, 1]: no log(0)
+    b = std::log(1.0 - rng.uniform());
+  } while (-2.0 * b < a * a);
+  return negative ? a - kZigR : kZigR - a;
+}
+
+// The part of the ziggurat after a failed rectangle test on (u, layer i): the tail or wedge test,
+// and a fresh start if that rejects too.
+inline double zig_finish(RowRng& rng, const ZigTables& t, double u, int i);
+
+inline double zig_normal(RowRng& rng, const ZigTables& t) {
+  const uint64_t bits = rng.next();
+  const double u = static_cast<double>(bits >> 11) * 0x1.0p-52 - 1.0;  // [-1, 1), top 53 bits
+  const int i = static_cast<int>(bits & (kZigLayers - 1));              // layer, low 7 bits
+  if (std::fabs(u) < t.ratio[i]) return u * t.x[i];
+  return zig_finish(rng, t, u, i);
+}
+
+inline double zig_finish(RowRng& rng, const ZigTables& t, double u, int i) {
+  if (i == 0) return zig_tail(rng, u < 0.0);
+  const double z = u * t.x[i];
+  const double f0 = std::exp(-0.5 * (t.x[i] * t.x[i] - z * z));
+  const double f1 = std::exp(-0.5 * (t.x[i + 1] * t.x[i + 1] - z * z));
+  if (f1 + rng.uniform() * (f0 - f1) < 1.0) return z;
+  return zig_normal(rng, t);
+}
+
+// y[j] = base[j] + scale * N(0, 1) for j < n. The rectangle test of the ziggurat runs vectorized on
+// 64 normals at a time, two per 64-bit draw (32 bits each: 7 for the layer, 25 for a signed uniform);
+// the ~1% of lanes that fail it finish in scalar code with fresh draws.
+inline void add_gaussian(RowRng& rng, const ZigTables& t, const float* base, float scale, float* y, int64_t n) {
+  constexpr int64_t kBlock = 64;
+  alignas(64) uint32_t bits[kBlock];
+  alignas(64) float z[kBlock];
+  alignas(64) int32_t ok[kBlock];
+  for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+    const int64_t m = std::min(kBlock, n - j0);
+    for (int64_t k = 0; k < m; k += 2) {
+      const uint64_t b = rng.next();
+      bits[k] = static_cast<uint32_t>(b);
+      bits[k + 1] = static_cast<uint32_t>(b >> 32);  // k + 1 < kBlock always; unused when k + 1 == m
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < m; ++k) {
+      const int li = static_cast<int>(bits[k] & (kZigLayers - 1));
+      const float u = static_cast<float>(static_cast<int32_t>(bits[k] & ~uint32_t{kZigLayers - 1})) * 0x1.0p-31f;
+      z[k] = u * t.xf[li];
+      ok[k] = std::fabs(u) < t.ratiof[li];
+    }
+    for (int64_t k = 0; k < m; ++k) {
+      if (ok[k]) continue;
+      const int li = static_cast<int>(bits[k] & (kZigLayers - 1));
+      const double u = static_cast<double>(static_cast<int32_t>(bits[k] & ~uint32_t{kZigLayers - 1})) * 0x1.0p-31;
+      z[k] = static_cast<float>(zig_finish(rng, t, u, li));
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < m; ++k) y[j0 + k] = base[j0 + k] + scale * z[k];
+  }
+}
+
+// A uniformly random unit vector (Gaussian, normalized).
+inline void random_unit(Rng& rng, float* v, int64_t d) {
+  for (;;) {
+    double norm2 = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      v[j] = static_cast<float>(rng.normal());
+      norm2 += static_cast<double>(v[j]) * v[j];
+    }
+    if (norm2 > 1e-12) {
+      const float inv = static_cast<float>(1.0 / std::sqrt(norm2));
+      for (int64_t j = 0; j < d; ++j) v[j] *= inv;
+      return;
+    }
+  }
+}
+
+}  // namespace msae::synth::detail

@@ -1,0 +1,424 @@
+// Feature models (synth::FeatureModel, FeatureSampler), the ground-truth metrics (gt_metrics.h) on cases
+// with hand-computed answers, the meta-SAE, and the report writer.
+//
+// Tolerances: firing frequencies are checked against their analytic marginals to within 5 binomial
+// standard deviations (sqrt(p (1 - p) / rows)), a false-failure rate below 1e-6 per check. Metric cases
+// use exact magnitudes (mag_std = 0) so that the expected counts follow from the fired features alone
+// and are compared exactly; cosines to 1e-5 (float32 dot products of unit vectors in <= 20 dims).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+
+#include "msae/gt_metrics.h"
+#include "msae/report.h"
+#include "msae/synth.h"
+
+namespace msae {
+namespace {
+
+using synth::FeatureModel;
+using synth::FiredFeatures;
+
+FiredFeatures sample_fired(const FeatureModel& m, int64_t rows, uint64_t seed, std::vector<float>* x = nullptr) {
+  std::vector<float> buf(static_cast<size_t>(rows * m.d));
+  FiredFeatures fired;
+  synth::FeatureSampler(m, seed).sample(rows, buf.data(), &fired);
+  if (x) *x = std::move(buf);
+  return fired;
+}
+
+TEST(FeatureModel, TreePresetStructure) {
+  const FeatureModel m = synth::make_preset("tree", 3);
+  ASSERT_EQ(m.n_features(), 20);
+  ASSERT_EQ(m.d, 20);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(m.parent[i], -1);
+    EXPECT_EQ(m.n_children[i], 3);
+    EXPECT_EQ(m.first_child[i], 3 + 3 * i);
+    EXPECT_DOUBLE_EQ(m.marginal[i], 0.15);
+  }
+  for (int c = 3; c < 12; ++c) {
+    EXPECT_EQ(m.parent[c], (c - 3) / 3);
+    EXPECT_EQ(m.depth[c], 1);
+    EXPECT_NEAR(m.marginal[c], 0.15 * 0.2, 1e-15);
+  }
+  for (int f = 12; f < 20; ++f) EXPECT_DOUBLE_EQ(m.marginal[f], 0.05);
+  // Orthonormal directions.
+  for (int a = 0; a < 20; ++a)
+    for (int b = 0; b < 20; ++b) {
+      double dot = 0;
+      for (int j = 0; j < 20; ++j) dot += m.directions.ptr()[a * 20 + j] * m.directions.ptr()[b * 20 + j];
+      EXPECT_NEAR(dot, a == b ? 1.0 : 0.0, 1e-5) << a << " " << b;
+    }
+  EXPECT_NEAR(m.expected_l0(), 3 * 0.15 * 1.6 + 8 * 0.05, 1e-12);
+}
+
+TEST(FeatureModel, SamplerRespectsHierarchyAndFrequencies) {
+  const FeatureModel m = synth::make_preset("tree", 0);
+  const int64_t rows = 200000;
+  std::vector<float> x;
+  const FiredFeatures fired = sample_fired(m, rows, 7, &x);
+  std::vector<int64_t> count(20, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::set<int32_t> ids(fired.ids.begin() + fired.offsets[r], fired.ids.begin() + fired.offsets[r + 1]);
+    ASSERT_EQ(static_cast<int64_t>(ids.size()), fired.offsets[r + 1] - fired.offsets[r]);  // no duplicates
+    for (int32_t f : ids) {
+      count[f] += 1;
+      if (m.parent[f] >= 0) {
+        ASSERT_TRUE(ids.count(m.parent[f])) << "child " << f << " without its parent, row " << r;
+      }
+    }
+    for (int p = 0; p < 3; ++p) {
+      int kids = 0;
+      for (int c = 0; c < 3; ++c) kids += static_cast<int>(ids.count(3 + 3 * p + c));
+      ASSERT_LE(kids, 1) << "siblings fired together in row " << r;
+    }
+    // x = sum of fired directions times magnitudes: projecting on an unfired (orthogonal) direction gives 0.
+    for (int f = 0; f < 20; ++f) {
+      double proj = 0;
+      for (int j = 0; j < 20; ++j) proj += x[r * 20 + j] * m.directions.ptr()[f * 20 + j];
+      if (!ids.count(f)) {
+        ASSERT_NEAR(proj, 0.0, 1e-4);
+      } else {
+        ASSERT_GE(proj, 0.05 - 1e-4);
+      }
+    }
+  }
+  for (int f = 0; f < 20; ++f) {
+    const double p = m.marginal[f], sd = std::sqrt(p * (1 - p) / rows);
+    EXPECT_NEAR(static_cast<double>(count[f]) / rows, p, 5 * sd) << "feature " << f;
+  }
+}
+
+TEST(FeatureModel, StreamIsDeterministicAcrossSplitsAndThreads) {
+  const FeatureModel m = synth::make_preset("synth-lite", 1);
+  const int64_t n = 700;
+  std::vector<float> a(n * m.d), b(n * m.d);
+  FiredFeatures fa, fb1, fb2;
+  set_num_threads(2);
+  synth::FeatureSampler(m, 5).sample(n, a.data(), &fa);
+  set_num_threads(1);
+  synth::FeatureSampler sb(m, 5);
+  sb.sample(300, b.data(), &fb1);
+  sb.sample(n - 300, b.data() + 300 * m.d, &fb2);
+  set_num_threads(0);
+  EXPECT_EQ(a, b);
+  std::vector<int32_t> ids = fb1.ids;
+  ids.insert(ids.end(), fb2.ids.begin(), fb2.ids.end());
+  EXPECT_EQ(fa.ids, ids);
+  // A different seed gives a different stream.
+  std::vector<float> c(n * m.d);
+  synth::FeatureSampler(m, 6).sample(n, c.data());
+  EXPECT_NE(a, c);
+}
+
+TEST(FeatureModel, HierarchicalPresetMatchesTheSpec) {
+  const FeatureModel m = synth::make_preset("synth-16k", 0);
+  ASSERT_EQ(m.n_features(), 16384);
+  ASSERT_EQ(m.d, 768);
+  std::vector<int64_t> per_depth(4, 0);
+  for (int64_t f = 0; f < m.n_features(); ++f)
+    if (m.parent[f] >= 0 || m.n_children[f] > 0) per_depth[m.depth[f]] += 1;
+  EXPECT_EQ(per_depth, (std::vector<int64_t>{128, 512, 2048, 8192}));
+  EXPECT_DOUBLE_EQ(m.cond_prob[0], 0.4);
+  EXPECT_NEAR(m.marginal[16383], 5e-4, 1e-12);  // the last id is an independent feature
+  for (int64_t f = 0; f < m.n_features(); ++f) {
+    double mass = 0;
+    for (int32_t c = 0; c < m.n_children[f]; ++c) mass += m.cond_prob[m.first_child[f] + c];
+    ASSERT_LE(mass, 0.9 + 1e-12);
+    ASSERT_GE(m.mag_std[f], 0.0f);
+  }
+  EXPECT_FLOAT_EQ(m.mag_mean[0], 5.0f);
+  EXPECT_FLOAT_EQ(m.mag_mean[16383], 4.0f);
+  EXPECT_EQ(m.corr_rank(), 25);
+}
+
+TEST(FeatureModel, CorrelationKeepsMarginalsAndCorrelatesAlignedLoadings) {
+  // Two independent features with identical loadings co-fire more often than p^2; a third with the
+  // opposite loading co-fires less. E[exp(s L.z - s^2/2)] = 1 keeps each marginal.
+  synth::HierarchicalConfig c;
+  c.d = 8;
+  c.n_features = 3;
+  c.p_max = 0.1;
+  c.p_min = 0.1;
+  c.n_roots = 0;
+  c.corr_rank = 4;
+  c.corr_scale = 0.5;  // small enough that min(1, p m) practically never clips (needs z > 4.8)
+  c.bias_norm = 0;
+  FeatureModel m = synth::make_hierarchical(c);
+  for (int k = 0; k < 4; ++k) {
+    m.loadings.ptr()[0 * 4 + k] = k == 0 ? 1.0f : 0.0f;
+    m.loadings.ptr()[1 * 4 + k] = k == 0 ? 1.0f : 0.0f;
+    m.loadings.ptr()[2 * 4 + k] = k == 0 ? -1.0f : 0.0f;
+  }
+  const int64_t rows = 400000;
+  const FiredFeatures fired = sample_fired(m, rows, 3);
+  int64_t n[3] = {0, 0, 0}, n01 = 0, n02 = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    bool on[3] = {false, false, false};
+    for (int64_t e = fired.offsets[r]; e < fired.offsets[r + 1]; ++e) on[fired.ids[e]] = true;
+    for (int f = 0; f < 3; ++f) n[f] += on[f];
+    n01 += on[0] && on[1];
+    n02 += on[0] && on[2];
+  }
+  const double sd = std::sqrt(0.1 * 0.9 / rows);
+  for (int f = 0; f < 3; ++f) EXPECT_NEAR(static_cast<double>(n[f]) / rows, 0.1, 5 * sd);
+  // Analytic: E[m_a m_b] = e^{s^2} for aligned loadings, e^{-s^2} for opposite: P(both) = p^2 e^{+-s^2}.
+  const double both = 0.01 * std::exp(0.25), anti = 0.01 * std::exp(-0.25);
+  EXPECT_NEAR(static_cast<double>(n01) / rows, both, 5 * std::sqrt(both / rows));
+  EXPECT_NEAR(static_cast<double>(n02) / rows, anti, 5 * std::sqrt(anti / rows));
+}
+
+TEST(FeatureModel, BadConfigsAreUsageErrors) {
+  synth::HierarchicalConfig c;
+  c.n_features = 100;  // 128 roots alone do not fit
+  EXPECT_THROW(synth::make_hierarchical(c), Error);
+  EXPECT_THROW(synth::make_preset("nope", 0), Error);
+  synth::HierarchicalConfig c2;
+  c2.p_min = 0.5;
+  c2.p_max = 0.4;
+  EXPECT_THROW(synth::make_hierarchical(c2), Error);
+}
+
+// ---- metrics on hand-computed cases
+
+kernels::SparseCodes codes(int64_t D, const std::vector<std::vector<int32_t>>& rows) {
+  kernels::SparseCodes z;
+  z.rows = static_cast<int64_t>(rows.size());
+  z.cols = D;
+  z.row_ptr = {0};
+  for (const auto& r : rows) {
+    for (int32_t id : r) {
+      z.ids.push_back(id);
+      z.vals.push_back(1.0f);
+    }
+    z.row_ptr.push_back(static_cast<int64_t>(z.ids.size()));
+  }
+  return z;
+}
+FiredFeatures fired_of(const std::vector<std::vector<int32_t>>& rows) {
+  FiredFeatures f;
+  for (const auto& r : rows) {
+    f.ids.insert(f.ids.end(), r.begin(), r.end());
+    f.offsets.push_back(static_cast<int64_t>(f.ids.size()));
+  }
+  return f;
+}
+
+TEST(GtMetrics, FiringConfusionByHand) {
+  // 5 rows. Latent 0 tracks feature 0 with one miss and one false alarm; latent 1 never fires.
+  const auto z = codes(2, {{0}, {0}, {}, {0}, {}});
+  const auto f = fired_of({{0}, {0, 1}, {0}, {1}, {}});
+  const auto c = eval::firing_confusion(z, f, {0, 1, 0}, {0, 1, 1}, 2);
+  ASSERT_EQ(c.size(), 3u);
+  EXPECT_EQ(c[0].tp, 2);  // rows 0, 1
+  EXPECT_EQ(c[0].fp, 1);  // row 3
+  EXPECT_EQ(c[0].fn, 1);  // row 2
+  EXPECT_DOUBLE_EQ(c[0].f1(), 4.0 / 6.0);
+  EXPECT_DOUBLE_EQ(c[0].precision(), 2.0 / 3.0);
+  EXPECT_EQ(c[1].tp, 0);
+  EXPECT_EQ(c[1].fn, 2);  // feature 1 in rows 1, 3
+  EXPECT_DOUBLE_EQ(c[1].f1(), 0.0);
+  // Latent 0 against feature 1: the latent fires in rows 0, 1, 3, the feature in rows 1, 3.
+  EXPECT_EQ(c[2].tp, 2);
+  EXPECT_EQ(c[2].fp, 1);
+  EXPECT_EQ(c[2].fn, 0);
+}
+
+TEST(GtMetrics, Uniqueness) {
+  EXPECT_DOUBLE_EQ(eval::uniqueness({0, 0, 1, 2}), 0.75);
+  EXPECT_DOUBLE_EQ(eval::uniqueness({5}), 1.0);
+  EXPECT_DOUBLE_EQ(eval::uniqueness({}), 1.0);
+}
+
+// An SAE whose latents are the true features (encoder = decoder = directions), except that
+// `absorbing_parent` (if >= 0) has the directions of its children subtracted from its encoder row, so it
+// goes silent exactly when a child fires. Latent order = feature order, shifted by `shift` (cyclic).
+SaeParams oracle_sae(const FeatureModel& m, int absorbing_parent, int64_t shift) {
+  const int64_t N = m.n_features(), d = m.d;
+  SaeParams p = SaeParams::zeros(d, N);
+  for (int64_t f = 0; f < N; ++f) {
+    const int64_t l = (f + shift) % N;
+    for (int64_t j = 0; j < d; ++j) {
+      float enc = m.directions.ptr()[f * d + j];
+      if (f == absorbing_parent)
+        for (int32_t c = 0; c < m.n_children[f]; ++c) enc -= m.directions.ptr()[(m.first_child[f] + c) * d + j];
+      p.W_enc_t.ptr()[l * d + j] = enc;
+      p.W_dec.ptr()[l * d + j] = m.directions.ptr()[f * d + j];
+    }
+  }
+  p.threshold = 0.5f;
+  return p;
+}
+
+TEST(GtMetrics, OracleSaeScoresPerfectly) {
+  FeatureModel m = synth::make_preset("absorption", 0);
+  std::fill(m.mag_std.begin(), m.mag_std.end(), 0.0f);  // magnitudes exactly 1
+  std::vector<float> x;
+  const FiredFeatures fired = sample_fired(m, 20000, 1, &x);
+  SaeConfig cfg;
+  cfg.arch = Arch::matryoshka;
+  cfg.d_in = m.d;
+  cfg.d_sae = m.n_features();
+  cfg.k = 1;
+  cfg.finalize();  // groups 1,1,2,4,8
+  const SaeParams p = oracle_sae(m, -1, 0);
+  const eval::GtReport r = eval::score_ground_truth(cfg, p, m, x.data(), fired);
+  EXPECT_NEAR(r.mcc, 1.0, 1e-5);
+  EXPECT_NEAR(r.mean_max_cosine, 1.0, 1e-5);
+  EXPECT_DOUBLE_EQ(r.f1, 1.0);
+  EXPECT_DOUBLE_EQ(r.uniqueness, 1.0);
+  EXPECT_DOUBLE_EQ(r.splitting, 0.0);
+  EXPECT_DOUBLE_EQ(r.absorption_rate, 0.0);
+  EXPECT_EQ(r.alive_latents, 16);
+  EXPECT_EQ(r.roots_prefix, 1);
+  EXPECT_DOUBLE_EQ(r.roots_in_first_prefix, 1.0);
+  // Shifting the latents moves the parent out of the first prefix.
+  const eval::GtReport s = eval::score_ground_truth(cfg, oracle_sae(m, -1, 5), m, x.data(), fired);
+  EXPECT_DOUBLE_EQ(s.roots_in_first_prefix, 0.0);
+  EXPECT_DOUBLE_EQ(s.f1, 1.0);
+  EXPECT_EQ(s.feature_group[0], 3);  // latent 5 is in group 4 ([4, 8))
+}
+
+TEST(GtMetrics, AbsorbingParentByHand) {
+  FeatureModel m = synth::make_preset("absorption", 2);
+  std::fill(m.mag_std.begin(), m.mag_std.end(), 0.0f);
+  std::vector<float> x;
+  const int64_t rows = 20000;
+  const FiredFeatures fired = sample_fired(m, rows, 4, &x);
+  // Hand count: rows with the parent alone (its latent fires) and with a child (it is silent).
+  int64_t alone = 0, with_child = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    bool parent = false, child = false;
+    for (int64_t e = fired.offsets[r]; e < fired.offsets[r + 1]; ++e) {
+      parent |= fired.ids[e] == 0;
+      child |= fired.ids[e] >= 1 && fired.ids[e] <= 4;
+    }
+    alone += parent && !child;
+    with_child += child;
+  }
+  ASSERT_GT(alone, 0);
+  ASSERT_GT(with_child, 0);
+  SaeConfig cfg;
+  cfg.arch = Arch::batchtopk;
+  cfg.d_in = m.d;
+  cfg.d_sae = m.n_features();
+  cfg.k = 1;
+  cfg.finalize();
+  const eval::GtReport r = eval::score_ground_truth(cfg, oracle_sae(m, 0, 0), m, x.data(), fired);
+  ASSERT_EQ(r.absorption.size(), 1u);
+  EXPECT_EQ(r.absorption[0].pairs, 4);
+  EXPECT_EQ(r.absorption[0].child_rows, with_child);
+  EXPECT_EQ(r.absorption[0].silent, with_child);
+  EXPECT_DOUBLE_EQ(r.absorption_rate, 1.0);
+  // The parent's latent: tp = alone, fn = with_child, fp = 0.
+  const double f1_parent = 2.0 * alone / (2.0 * alone + with_child);
+  EXPECT_DOUBLE_EQ(r.latent_f1[0], f1_parent);
+  EXPECT_DOUBLE_EQ(r.feature_f1[0], f1_parent);
+  EXPECT_NEAR(r.f1, (15.0 + f1_parent) / 16.0, 1e-12);
+  EXPECT_NEAR(r.mcc, 1.0, 1e-5);  // the decoder is still exact
+}
+
+TEST(GtMetrics, MccDividesByTheSmallerSide) {
+  // D = 16 < N = 20: the decoder holds features 0..15 exactly (negated), so every matched pair has |cos| 1.
+  FeatureModel m = synth::make_preset("tree", 0);
+  std::vector<float> x;
+  const FiredFeatures fired = sample_fired(m, 2000, 1, &x);
+  SaeConfig cfg;
+  cfg.arch = Arch::batchtopk;
+  cfg.d_in = m.d;
+  cfg.d_sae = 16;
+  cfg.k = 1;
+  cfg.finalize();
+  SaeParams p = SaeParams::zeros(m.d, 16);
+  for (int64_t l = 0; l < 16; ++l)
+    for (int64_t j = 0; j < m.d; ++j) {
+      p.W_dec.ptr()[l * m.d + j] = -m.directions.ptr()[l * m.d + j];  // sign does not matter for MCC
+      p.W_enc_t.ptr()[l * m.d + j] = m.directions.ptr()[l * m.d + j];
+    }
+  const eval::GtReport r = eval::score_ground_truth(cfg, p, m, x.data(), fired);
+  EXPECT_NEAR(r.mcc, 1.0, 1e-5);
+  // Mean max (signed) cosine: 16 features at -1 have max 0 (orthogonal rows exist), 4 at 0: mean 0.
+  EXPECT_NEAR(r.mean_max_cosine, 0.0, 1e-5);
+}
+
+TEST(GtMetrics, SplittingCountsFeaturesClaimedTwice) {
+  FeatureModel m = synth::make_preset("tree", 1);
+  std::fill(m.mag_std.begin(), m.mag_std.end(), 0.0f);
+  std::vector<float> x;
+  const FiredFeatures fired = sample_fired(m, 5000, 2, &x);
+  SaeConfig cfg;
+  cfg.arch = Arch::batchtopk;
+  cfg.d_in = m.d;
+  cfg.d_sae = 20;
+  cfg.k = 1;
+  cfg.finalize();
+  SaeParams p = oracle_sae(m, -1, 0);
+  // Latent 19 (feature 19) becomes a second copy of feature 12: feature 12 is split, 19 is lost.
+  for (int64_t j = 0; j < m.d; ++j) {
+    p.W_dec.ptr()[19 * m.d + j] = m.directions.ptr()[12 * m.d + j];
+    p.W_enc_t.ptr()[19 * m.d + j] = m.directions.ptr()[12 * m.d + j];
+  }
+  const eval::GtReport r = eval::score_ground_truth(cfg, p, m, x.data(), fired);
+  EXPECT_DOUBLE_EQ(r.splitting, 1.0 / 19.0);
+  EXPECT_DOUBLE_EQ(r.uniqueness, 19.0 / 20.0);
+  EXPECT_NEAR(r.mcc, 19.0 / 20.0, 1e-5);
+}
+
+TEST(MetaSae, ExplainsRepeatedDirectionsAndNotNoise) {
+  // 64 decoder rows that are 16 directions repeated: a 16-wide meta-SAE explains nearly all of it.
+  const int64_t D = 64, d = 32;
+  Rng rng(3);
+  std::vector<float> W(D * d), noise(D * d);
+  std::vector<float> base(16 * d);
+  for (auto& v : base) v = static_cast<float>(rng.normal() / std::sqrt(static_cast<double>(d)));
+  for (int64_t i = 0; i < D; ++i)
+    for (int64_t j = 0; j < d; ++j) W[i * d + j] = base[(i % 16) * d + j];
+  for (auto& v : noise) v = static_cast<float>(rng.normal() / std::sqrt(static_cast<double>(d)));
+  eval::MetaSaeOptions o;
+  o.steps = 400;
+  o.lr = 1e-2f;  // a toy of 64 rows: the default 3e-4 would need thousands of steps
+  o.batch = 64;
+  o.k = 1;
+  const auto good = eval::meta_sae(W.data(), D, d, o);
+  const auto bad = eval::meta_sae(noise.data(), D, d, o);
+  EXPECT_EQ(good.width, 16);
+  EXPECT_GT(good.explained_variance, 0.9);
+  EXPECT_LT(bad.explained_variance, good.explained_variance - 0.3);
+  EXPECT_THROW(eval::meta_sae(W.data(), 32, d, o), Error);  // width 8 < 16
+}
+
+// ---- report writer
+
+TEST(Report, SvgAndHtml) {
+  report::LinePlot lp{"t<1>", "x", "y", {{"a&b", {1, 2, 3}, {1, 4, 9}}, {"c", {1, 2}, {2, NAN}}}, false, false, true};
+  const std::string svg = report::line_svg(lp);
+  EXPECT_NE(svg.find("t&lt;1&gt;"), std::string::npos);
+  EXPECT_NE(svg.find("a&amp;b"), std::string::npos);
+  EXPECT_EQ(svg.find("nan"), std::string::npos);
+  size_t circles = 0;
+  for (size_t pos = 0; (pos = svg.find("<circle", pos)) != std::string::npos; ++pos) ++circles;
+  EXPECT_EQ(circles, 4u);  // 3 + 1 finite points
+  report::Histogram h{"h", "v", {{"s", {}, {0.05, 0.15, 0.15, 0.95}}}, 10, 0, 1, false};
+  const std::string hs = report::histogram_svg(h);
+  size_t rects = 0;
+  for (size_t pos = 0; (pos = hs.find("fill-opacity", pos)) != std::string::npos; ++pos) ++rects;
+  EXPECT_EQ(rects, 10u);
+  report::BarChart bc{"b", "y", {"x1", "x2"}, {{"s", {}, {1, 2}}}};
+  EXPECT_NE(report::bar_svg(bc).find("x2"), std::string::npos);
+  report::Page page("P");
+  page.heading("H");
+  page.paragraph("a < b");
+  page.raw(svg);
+  page.raw(report::table_html({"h"}, {{"<td>"}}));
+  const std::string html = page.html();
+  EXPECT_NE(html.find("a &lt; b"), std::string::npos);
+  EXPECT_NE(html.find("&lt;td&gt;"), std::string::npos);
+  EXPECT_EQ(html.find("<script"), std::string::npos);
+  EXPECT_EQ(html.find("src="), std::string::npos);  // self-contained
+  EXPECT_NE(html.find("<svg"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace msae

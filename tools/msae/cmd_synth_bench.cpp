@@ -1,0 +1,459 @@
+// msae synth-bench: trains each architecture on the same synthetic stream (a feature model with known
+// features, synth::make_preset), scores the SAEs against the truth (gt_metrics.h) and writes
+// results.json, report.html (self-contained, inline SVG) and the truth files into --out.
+// docs/synth-bench.md describes the presets, the metrics and measured results.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <sstream>
+
+#include "commands.h"
+#include "msae/eval.h"
+#include "msae/gt_metrics.h"
+#include "msae/io.h"
+#include "msae/report.h"
+#include "msae/synth.h"
+#include "msae/train.h"
+#include "progress.h"
+
+namespace msae::cli {
+namespace {
+
+using nlohmann::json;
+
+struct BenchArgs {
+  std::string preset = "synth-lite";
+  std::string archs = "matryoshka,batchtopk";
+  int64_t d_sae = 0, k = 0, batch = 0, steps = 0, eval_rows = 0, meta_steps = -1;
+  std::string seeds = "0";
+  std::string group_sizes;  // Matryoshka groups; empty = the preset's default
+  std::string out;
+  bool overwrite = false;
+  int threads = 0;
+  double lr = 3e-4;
+};
+
+// Per-preset defaults: width, L0, batch, steps, eval rows.
+struct PresetDefaults {
+  int64_t d_sae, k, batch, steps, eval_rows, meta_steps;
+};
+PresetDefaults preset_defaults(const std::string& p) {
+  if (p == "synth-16k") return {4096, 25, 1024, 50000, 65536, 2000};
+  if (p == "synth-lite") return {128, 8, 1024, 2000, 32768, 1000};
+  if (p == "tree") return {20, 1, 256, 4000, 32768, 0};
+  return {16, 1, 256, 4000, 32768, 0};  // absorption
+}
+
+std::vector<std::string> split_list(const std::string& s, const char* flag) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ','))
+    if (!item.empty()) out.push_back(item);
+  if (out.empty()) usage_error(flag, ": empty list");
+  return out;
+}
+
+std::string f3(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3f", v);
+  return b;
+}
+
+struct Run {
+  std::string arch;
+  uint64_t seed = 0;
+  SaeConfig cfg;
+  json result;
+  eval::EvalReport ev;
+  eval::GtReport gt;
+  std::vector<double> curve_step, curve_fvu;
+};
+
+double mean_of(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+double std_of(const std::vector<double>& v) {
+  if (v.size() < 2) return 0;
+  const double m = mean_of(v);
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return std::sqrt(s / static_cast<double>(v.size() - 1));
+}
+
+void write_truth(const std::string& dir, const synth::FeatureModel& m, const synth::FiredFeatures& fired) {
+  const int64_t N = m.n_features();
+  std::vector<float> parent(N), depth(N), cond(N), marg(N);
+  for (int64_t f = 0; f < N; ++f) {
+    parent[f] = static_cast<float>(m.parent[f]);
+    depth[f] = static_cast<float>(m.depth[f]);
+    cond[f] = static_cast<float>(m.cond_prob[f]);
+    marg[f] = static_cast<float>(m.marginal[f]);
+  }
+  std::vector<float> offsets(fired.offsets.begin(), fired.offsets.end()), ids(fired.ids.begin(), fired.ids.end());
+  io::write_safetensors(dir + "/truth.safetensors",
+                        {{"directions", {N, m.d}, m.directions.ptr()},
+                         {"bias", {m.d}, m.bias.ptr()},
+                         {"parent", {N}, parent.data()},
+                         {"depth", {N}, depth.data()},
+                         {"cond_prob", {N}, cond.data()},
+                         {"marginal", {N}, marg.data()},
+                         {"eval_fired_offsets", {static_cast<int64_t>(offsets.size())}, offsets.data()},
+                         {"eval_fired_ids", {static_cast<int64_t>(ids.size())}, ids.data()}},
+                        {{"format", "msae-truth"}, {"model", m.name}});
+}
+
+void write_report(const std::string& path, const std::string& preset, const synth::FeatureModel& m,
+                  const std::vector<Run>& runs, const std::vector<std::string>& archs, const json& summary) {
+  report::Page page("msae synth-bench: " + preset);
+  page.paragraph(cat("Feature model '", m.name, "': N = ", m.n_features(), " features in d = ", m.d,
+                     ", hierarchy depth ", m.max_depth(), ", expected L0 ", f3(m.expected_l0()), ". ", runs.size(),
+                     " runs. Metrics are defined in docs/synth-bench.md."));
+  // Summary table.
+  page.heading("Summary (mean ± std over seeds)");
+  const std::vector<std::pair<std::string, std::string>> keys = {
+      {"f1", "F1"}, {"mcc", "MCC"}, {"uniqueness", "uniqueness"}, {"explained_variance", "EV"},
+      {"absorption_rate", "absorption"}, {"splitting", "splitting"}, {"mean_max_cosine", "mean max cos"},
+      {"l0", "L0"}, {"dead_fraction", "dead"}, {"roots_in_first_prefix", "roots in first prefix"},
+      {"meta_sae_ev", "meta-SAE EV"}};
+  std::vector<std::string> header = {"arch", "seeds"};
+  for (const auto& k : keys) header.push_back(k.second);
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& a : archs) {
+    const json& s = summary.at(a);
+    std::vector<std::string> r = {a, std::to_string(s.at("seeds").get<int64_t>())};
+    for (const auto& k : keys)
+      r.push_back(s.contains(k.first) ? f3(s.at(k.first).at("mean").get<double>()) + " ± " +
+                                            f3(s.at(k.first).at("std").get<double>())
+                                      : "-");
+    rows.push_back(r);
+  }
+  page.raw(report::table_html(header, rows));
+
+  // Plots, first seed of each arch.
+  std::vector<const Run*> first;
+  for (const auto& a : archs)
+    for (const auto& r : runs)
+      if (r.arch == a) {
+        first.push_back(&r);
+        break;
+      }
+  page.heading("Reconstruction per Matryoshka prefix (first seed)");
+  report::LinePlot fvu{"FVU per prefix", "prefix width (latents)", "FVU", {}, true, true, true};
+  for (const Run* r : first) {
+    report::Series s{r->arch, {}, {}};
+    for (const auto& p : r->ev.prefixes) {
+      s.x.push_back(static_cast<double>(p.latents));
+      s.y.push_back(p.fvu);
+    }
+    fvu.series.push_back(s);
+  }
+  report::LinePlot curve{"Training curve", "step", "FVU (training batch)", {}, false, true, false};
+  for (const Run* r : first) curve.series.push_back({r->arch, r->curve_step, r->curve_fvu});
+  page.raw(report::line_svg(fvu) + report::line_svg(curve));
+
+  page.heading("Activation frequency");
+  // Share of activations in each Matryoshka group's latent range (the Matryoshka boundaries for every arch).
+  std::vector<int64_t> bounds;
+  for (const Run* r : first)
+    if (r->cfg.num_groups() > 1) bounds = r->cfg.boundaries();
+  if (bounds.empty() && !first.empty()) bounds = {first[0]->cfg.d_sae};
+  report::BarChart by_group{"Share of activations by latent group", "share of activations", {}, {}};
+  for (size_t g = 0; g < bounds.size(); ++g)
+    by_group.categories.push_back(cat("[", g == 0 ? 0 : bounds[g - 1], ",", bounds[g], ")"));
+  report::Histogram freq{"Latent firing frequency", "fraction of rows (log10)", {}, 30, 0, 0, true};
+  for (const Run* r : first) {
+    report::Series s{r->arch, {}, std::vector<double>(bounds.size(), 0.0)};
+    double total = 0;
+    for (int64_t l = 0; l < static_cast<int64_t>(r->ev.latent_frequency.size()); ++l) {
+      const size_t g = static_cast<size_t>(std::upper_bound(bounds.begin(), bounds.end(), l) - bounds.begin());
+      s.y[std::min(g, bounds.size() - 1)] += r->ev.latent_frequency[l];
+      total += r->ev.latent_frequency[l];
+    }
+    for (auto& v : s.y) v = total > 0 ? v / total : 0;
+    by_group.series.push_back(s);
+    freq.series.push_back({r->arch, {}, r->ev.latent_frequency});
+  }
+  page.raw(report::bar_svg(by_group) + report::histogram_svg(freq));
+
+  page.heading("Feature recovery");
+  report::Histogram f1h{"F1 of alive latents vs their best feature", "F1", {}, 20, 0, 1, false};
+  report::Histogram cosh{"Max decoder cosine per true feature", "cosine", {}, 20, -0.1, 1, false};
+  for (const Run* r : first) {
+    report::Series s{r->arch, {}, {}};
+    for (size_t l = 0; l < r->gt.latent_f1.size(); ++l)
+      if (r->ev.latent_frequency[l] > 0) s.y.push_back(r->gt.latent_f1[l]);
+    f1h.series.push_back(s);
+    cosh.series.push_back({r->arch, {}, r->gt.feature_max_cos});
+  }
+  page.raw(report::histogram_svg(f1h) + report::histogram_svg(cosh));
+
+  page.heading("Absorption and where features land");
+  report::BarChart absb{"Absorption rate by child depth (parent latent silent while a child fires)", "rate", {}, {}};
+  report::BarChart land{"Matryoshka: learned features whose best latent is in group 1, by depth", "share", {}, {}};
+  const int32_t D = m.max_depth();
+  for (int32_t l = 1; l <= D; ++l) absb.categories.push_back(cat("depth ", l));
+  for (int32_t l = 0; l <= D; ++l) land.categories.push_back(cat("depth ", l));
+  for (const Run* r : first) {
+    report::Series s{r->arch, {}, {}}, t{r->arch, {}, {}};
+    for (const auto& a : r->gt.absorption) s.y.push_back(a.rate());
+    for (const auto& v : r->gt.landing) t.y.push_back(v.empty() ? 0.0 : v[0]);
+    absb.series.push_back(s);
+    if (r->cfg.num_groups() > 1) land.series.push_back(t);
+  }
+  if (D > 0) page.raw(report::bar_svg(absb));
+  if (!land.series.empty()) page.raw(report::bar_svg(land));
+
+  page.heading("Every run");
+  std::vector<std::vector<std::string>> all;
+  for (const auto& r : runs)
+    all.push_back({r.arch, std::to_string(r.seed), f3(r.gt.f1), f3(r.gt.mcc), f3(r.gt.uniqueness),
+                   f3(r.ev.prefixes.back().explained_variance), f3(r.gt.absorption_rate), f3(r.ev.prefixes.back().l0),
+                   f3(r.ev.dead_fraction), f3(r.result.at("train").at("seconds").get<double>())});
+  page.raw(report::table_html({"arch", "seed", "F1", "MCC", "uniqueness", "EV", "absorption", "L0", "dead", "train s"}, all));
+  page.write(path);
+}
+
+int run_synth_bench(BenchArgs a, const CLI::App& app) {
+  set_num_threads(a.threads);
+  kernels::set_blas_threads(num_threads());
+  bool known = false;
+  for (const auto& p : synth::preset_names()) known |= p == a.preset;
+  if (!known) (void)synth::make_preset(a.preset, 0);  // throws the usage error listing the presets
+  const PresetDefaults def = preset_defaults(a.preset);
+  const int64_t d_sae = app.count("--d-sae") ? a.d_sae : def.d_sae;
+  const int64_t k = app.count("--k") ? a.k : def.k;
+  const int64_t batch = app.count("--batch") ? a.batch : def.batch;
+  const int64_t steps = app.count("--steps") ? a.steps : def.steps;
+  const int64_t eval_rows = app.count("--eval-rows") ? a.eval_rows : def.eval_rows;
+  const int64_t meta_steps = a.meta_steps >= 0 ? a.meta_steps : def.meta_steps;
+  if (batch <= 0 || steps <= 0 || eval_rows <= 0) usage_error("--batch, --steps and --eval-rows must be positive");
+  const std::vector<std::string> archs = split_list(a.archs, "--archs");
+  std::vector<uint64_t> seeds;
+  for (const auto& s : split_list(a.seeds, "--seeds")) {
+    size_t used = 0;
+    unsigned long long v = 0;
+    try {
+      v = std::stoull(s, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != s.size() || used == 0) usage_error("--seeds: '", s, "' is not a non-negative integer");
+    seeds.push_back(v);
+  }
+  for (const auto& ar : archs) (void)parse_arch(ar);
+  std::vector<int64_t> matryoshka_groups;
+  if (!a.group_sizes.empty()) {
+    for (const auto& g : split_list(a.group_sizes, "--group-sizes")) {
+      size_t used = 0;
+      long long v = 0;
+      try {
+        v = std::stoll(g, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != g.size()) usage_error("--group-sizes: '", g, "' is not an integer");
+      matryoshka_groups.push_back(v);
+    }
+  }
+  while (a.out.size() > 1 && a.out.back() == '/') a.out.pop_back();
+  if (a.out.empty()) usage_error("--out DIR is required");
+  if (io::path_exists(a.out) && !a.overwrite) usage_error("output directory '", a.out, "' exists; pass --overwrite to replace it");
+  const std::string tmp = cat(a.out, ".tmp-", getpid());
+  io::remove_all(tmp);
+  io::create_directories(tmp);
+
+  std::vector<Run> runs;
+  json runs_json = json::array();
+  synth::FeatureModel model0;
+  try {
+    for (uint64_t seed : seeds) {
+      const synth::FeatureModel model = synth::make_preset(a.preset, seed);
+      if (runs.empty()) model0 = model;
+      log_info(cat("preset ", a.preset, " seed ", seed, ": N=", model.n_features(), " d=", model.d, " expected L0 ",
+                   model.expected_l0()));
+      // Held-out evaluation rows with their fired features.
+      std::vector<float> ex(static_cast<size_t>(eval_rows * model.d));
+      synth::FiredFeatures fired;
+      synth::FeatureSampler(model, 1000003 + seed).sample(eval_rows, ex.data(), &fired);
+      if (seed == seeds.front()) write_truth(tmp, model, fired);
+      for (const auto& arch : archs) {
+        SaeConfig cfg;
+        cfg.arch = parse_arch(arch);
+        cfg.d_in = model.d;
+        cfg.d_sae = d_sae;
+        cfg.k = k;
+        if (cfg.arch == Arch::matryoshka) cfg.group_sizes = matryoshka_groups;
+        cfg.finalize();
+        train::TrainOptions opt;
+        opt.sae = cfg;
+        opt.batch = batch;
+        opt.steps = steps;
+        opt.seed = seed;
+        opt.engine = "sparse";
+        opt.adam.lr = static_cast<float>(a.lr);
+        train::Trainer trainer(opt, SaeParams::init(model.d, d_sae, seed));
+        synth::FeatureSampler stream(model, 2 * seed + 1);  // the same stream for every arch
+        std::vector<float> x(static_cast<size_t>(batch * model.d));
+        Run run;
+        run.arch = arch;
+        run.seed = seed;
+        run.cfg = cfg;
+        double gen_s = 0, step_s = 0;
+        Progress progress(steps);
+        const int64_t log_every = std::max<int64_t>(1, steps / 100);
+        train::MetricsInterval interval;
+        for (int64_t s = 0; s < steps; ++s) {
+          Timer t;
+          stream.sample(batch, x.data());
+          gen_s += t.seconds();
+          t.reset();
+          const StepStats& st = trainer.step(x.data());
+          step_s += t.seconds();
+          if (!std::isfinite(st.loss)) runtime_error("the loss became ", st.loss, " at step ", s + 1, " (", arch, ")");
+          interval.add(st);
+          if ((s + 1) % log_every == 0 || s + 1 == steps) {
+            run.curve_step.push_back(static_cast<double>(s + 1));
+            run.curve_fvu.push_back(interval.to_json().at("fvu").get<double>());
+            interval = train::MetricsInterval{};
+          }
+          progress.update(s + 1, cat(arch, " seed ", seed, " | FVU ", f3(st.var_x > 0 ? st.mse_prefix.back() / st.var_x : 0),
+                                     " | L0 ", f3(st.l0)), s + 1 == steps);
+        }
+        progress.finish();
+        auto src = eval::array_source(ex.data(), eval_rows, model.d, "held-out synthetic rows");
+        run.ev = eval::evaluate(cfg, trainer.params(), *src, eval_rows);
+        run.gt = eval::score_ground_truth(cfg, trainer.params(), model, ex.data(), fired);
+        json meta = nullptr;
+        if (meta_steps > 0 && d_sae / 4 >= 16) {
+          eval::MetaSaeOptions mo;
+          mo.steps = meta_steps;
+          mo.seed = seed;
+          const eval::MetaSaeResult mr = eval::meta_sae(trainer.params().W_dec.ptr(), d_sae, model.d, mo);
+          meta = {{"width", mr.width}, {"k", mr.k}, {"steps", mr.steps}, {"explained_variance", mr.explained_variance}};
+        }
+        run.result = {{"arch", arch},
+                      {"seed", seed},
+                      {"config", train::config_json(cfg)},
+                      {"train",
+                       {{"steps", steps},
+                        {"batch", batch},
+                        {"samples", steps * batch},
+                        {"lr", a.lr},
+                        {"seconds", gen_s + step_s},
+                        {"generation_seconds", gen_s},
+                        {"step_seconds", step_s},
+                        {"curve_step", run.curve_step},
+                        {"curve_fvu", run.curve_fvu}}},
+                      {"eval", eval::to_json(run.ev)},
+                      {"ground_truth", eval::to_json(run.gt, true)},
+                      {"meta_sae", meta}};
+        run.result["eval"].erase("latent_frequency");
+        log_info(cat(arch, " seed ", seed, ": F1 ", f3(run.gt.f1), " MCC ", f3(run.gt.mcc), " uniqueness ",
+                     f3(run.gt.uniqueness), " EV ", f3(run.ev.prefixes.back().explained_variance), " absorption ",
+                     f3(run.gt.absorption_rate), " L0 ", f3(run.ev.prefixes.back().l0), " (train ", f3(step_s),
+                     " s, generation ", f3(gen_s), " s)"));
+        runs_json.push_back(run.result);
+        runs.push_back(std::move(run));
+      }
+    }
+
+    json summary = json::object();
+    for (const auto& arch : archs) {
+      std::map<std::string, std::vector<double>> vals;
+      int64_t n = 0;
+      for (const auto& r : runs) {
+        if (r.arch != arch) continue;
+        ++n;
+        vals["f1"].push_back(r.gt.f1);
+        vals["mcc"].push_back(r.gt.mcc);
+        vals["uniqueness"].push_back(r.gt.uniqueness);
+        vals["explained_variance"].push_back(r.ev.prefixes.back().explained_variance);
+        vals["absorption_rate"].push_back(r.gt.absorption_rate);
+        vals["splitting"].push_back(r.gt.splitting);
+        vals["mean_max_cosine"].push_back(r.gt.mean_max_cosine);
+        vals["feature_f1_mean"].push_back(r.gt.feature_f1_mean);
+        vals["l0"].push_back(r.ev.prefixes.back().l0);
+        vals["dead_fraction"].push_back(r.ev.dead_fraction);
+        vals["roots_in_first_prefix"].push_back(r.gt.roots_in_first_prefix);
+        if (!r.result.at("meta_sae").is_null())
+          vals["meta_sae_ev"].push_back(r.result.at("meta_sae").at("explained_variance").get<double>());
+      }
+      json s = {{"seeds", n}};
+      for (const auto& [key, v] : vals) s[key] = {{"mean", mean_of(v)}, {"std", std_of(v)}, {"values", v}};
+      summary[arch] = s;
+    }
+    const json results = {{"format", "msae-synth-bench"},
+                          {"format_version", 1},
+                          {"msae_version", version_string()},
+                          {"git_commit", git_commit()},
+                          {"preset", a.preset},
+                          {"model",
+                           {{"name", model0.name},
+                            {"n_features", model0.n_features()},
+                            {"d", model0.d},
+                            {"max_depth", model0.max_depth()},
+                            {"expected_l0", model0.expected_l0()},
+                            {"corr_rank", model0.corr_rank()},
+                            {"corr_scale", model0.corr_scale}}},
+                          {"d_sae", d_sae},
+                          {"k", k},
+                          {"eval_rows", eval_rows},
+                          {"threads", num_threads()},
+                          {"summary", summary},
+                          {"runs", runs_json}};
+    io::write_text_file_atomic(tmp + "/results.json", results.dump(1) + "\n");
+    write_report(tmp + "/report.html", a.preset, model0, runs, archs, summary);
+    io::commit_directory(tmp, a.out, a.overwrite);
+
+    std::printf("msae synth-bench: preset %s, d_sae %lld, k %lld, %lld steps x %lld rows, seeds %s\n", a.preset.c_str(),
+                static_cast<long long>(d_sae), static_cast<long long>(k), static_cast<long long>(steps),
+                static_cast<long long>(batch), a.seeds.c_str());
+    std::printf("  %-11s %-15s %-15s %-15s %-15s %-15s %-15s\n", "arch", "F1", "MCC", "uniqueness", "EV", "absorption",
+                "roots in 1st prefix");
+    for (const auto& arch : archs) {
+      const json& s = summary.at(arch);
+      auto cell = [&](const char* key) {
+        return f3(s.at(key).at("mean").get<double>()) + "±" + f3(s.at(key).at("std").get<double>());
+      };
+      std::printf("  %-11s %-15s %-15s %-15s %-15s %-15s %-15s\n", arch.c_str(), cell("f1").c_str(), cell("mcc").c_str(),
+                  cell("uniqueness").c_str(), cell("explained_variance").c_str(), cell("absorption_rate").c_str(),
+                  cell("roots_in_first_prefix").c_str());
+    }
+    std::printf("output: %s (results.json, report.html, truth.safetensors)\n", a.out.c_str());
+  } catch (...) {
+    io::remove_all(tmp);
+    throw;
+  }
+  return 0;
+}
+
+}  // namespace
+
+Action add_synth_bench_command(CLI::App& root) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* app = root.add_subcommand("synth-bench", "Train architectures on a synthetic feature model with known features and score them");
+  app->add_option("--preset", a->preset, "synth-lite | synth-16k | tree | absorption")->capture_default_str();
+  app->add_option("--archs", a->archs, "Comma-separated architectures, each trained on the same stream")->capture_default_str();
+  app->add_option("--d-sae", a->d_sae, "Latents D (default per preset: 128, 4096, 20, 16)");
+  app->add_option("--k", a->k, "Mean active latents per row (default per preset: 8, 25, 1, 1)");
+  app->add_option("--batch", a->batch, "Rows per batch (default 1024; 256 for the toys)");
+  app->add_option("--steps", a->steps, "Optimizer steps per run (default per preset: 2000, 50000, 4000, 4000)");
+  app->add_option("--group-sizes", a->group_sizes,
+                  "Matryoshka group sizes (default D/16,D/16,D/8,D/4,D/2)");
+  app->add_option("--seeds", a->seeds, "Comma-separated seeds: each seeds the feature model, the stream and the init")
+      ->capture_default_str();
+  app->add_option("--eval-rows", a->eval_rows, "Held-out rows for the metrics (default 32768; 65536 for synth-16k)");
+  app->add_option("--meta-steps", a->meta_steps, "Meta-SAE training steps (0 = skip; default 1000, 2000 for synth-16k, 0 for the toys)");
+  app->add_option("--lr", a->lr, "Adam learning rate")->capture_default_str();
+  app->add_option("--out", a->out, "Output directory (results.json, report.html, truth.safetensors)")->required();
+  app->add_flag("--overwrite", a->overwrite, "Replace an existing output directory");
+  app->add_option("--threads", a->threads, "Threads (default: all cores)");
+  return [a, app]() { return run_synth_bench(*a, *app); };
+}
+
+}  // namespace msae::cli
