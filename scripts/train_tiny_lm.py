@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--n-embd", type=int, default=128)
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--ctx", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -74,7 +74,7 @@ def main():
     print(f"{len(active)} distinct training tokens; sampled softmax over {n_neg} of the other {len(others)}",
           file=sys.stderr, flush=True)
     budget = args.minutes * 60.0
-    warmup = 100
+    warmup = 20
     t0 = time.time()
     step = 0
     ema = None

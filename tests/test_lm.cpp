@@ -238,3 +238,81 @@ TEST(Probe, LogisticRegressionSeparates) {
   for (int64_t i = 0; i < n; ++i) correct += ((p.score(&X[i * d]) > 0) == (y[i] != 0));
   EXPECT_GT(static_cast<double>(correct) / n, 0.97);
 }
+
+TEST(Absorption, WordRulesFollowSaebench) {
+  // Latents: 0 = main (cos 0.9), 1 = absorber (cos 0.5), 2 = weakly aligned (cos 0.05), 3 = anti-aligned.
+  const std::vector<float> cos = {0.9f, 0.5f, 0.05f, -0.5f};
+  const std::vector<int32_t> main = {0};
+  {  // main latent fires and explains the probe projection: no absorption
+    const std::vector<int32_t> ids = {0, 1};
+    const std::vector<float> v = {2.0f, 0.2f};
+    const auto w = lm::word_absorption(ids.data(), v.data(), 2, cos.data(), 1.5f, main);
+    EXPECT_EQ(w.fraction, 0.0);
+    EXPECT_FALSE(w.full);
+  }
+  {  // main silent, latent 1 carries 0.5*2 = 1.0 of probe_proj 1.2 (>= 0.4): full absorption, fraction 1
+    const std::vector<int32_t> ids = {1};
+    const std::vector<float> v = {2.0f};
+    const auto w = lm::word_absorption(ids.data(), v.data(), 1, cos.data(), 1.2f, main);
+    EXPECT_EQ(w.fraction, 1.0);
+    EXPECT_TRUE(w.full);
+  }
+  {  // main partly fires (0.9*0.5 = 0.45), absorber adds 0.5*1.5 = 0.75, probe_proj 1.5: partial
+    const std::vector<int32_t> ids = {0, 1};
+    const std::vector<float> v = {0.5f, 1.5f};
+    const auto w = lm::word_absorption(ids.data(), v.data(), 2, cos.data(), 1.5f, main);
+    const double ab = std::min(0.75, 1.5 - 0.45);
+    EXPECT_NEAR(w.fraction, ab / (ab + 0.45), 1e-6);
+    EXPECT_FALSE(w.full);  // a main latent fired
+  }
+  {  // the only other latent is below the fraction cos threshold (0.1) but above the full one (0.025)
+    const std::vector<int32_t> ids = {2};
+    const std::vector<float> v = {20.0f};  // projection 1.0 of 1.2
+    const auto w = lm::word_absorption(ids.data(), v.data(), 1, cos.data(), 1.2f, main);
+    EXPECT_EQ(w.fraction, 0.0);
+    EXPECT_TRUE(w.full);
+  }
+  {  // too small a share of the projection (0.5*0.5 = 0.25 < 0.4 * 1.0)
+    const std::vector<int32_t> ids = {1, 3};
+    const std::vector<float> v = {0.5f, 3.0f};
+    const auto w = lm::word_absorption(ids.data(), v.data(), 2, cos.data(), 1.0f, main);
+    EXPECT_EQ(w.fraction, 0.0);
+    EXPECT_FALSE(w.full);
+  }
+}
+
+TEST(Probe, MultiProbeDenseAndSparseAgree) {
+  // The same data as dense rows and as CSR rows train the same probe (same seed, same order).
+  Rng rng(3);
+  const int64_t n = 300, d = 12, C = 3;
+  std::vector<float> X(static_cast<size_t>(n * d), 0.0f);
+  std::vector<int32_t> y(static_cast<size_t>(n));
+  lm::SparseRows S;
+  S.rows = n;
+  S.cols = d;
+  S.row_ptr.push_back(0);
+  for (int64_t i = 0; i < n; ++i) {
+    y[i] = static_cast<int32_t>(i % C);
+    for (int64_t j = 0; j < d; ++j)
+      if (j % C == y[i] || rng.uniform() < 0.2) {
+        X[i * d + j] = 1.0f + static_cast<float>(rng.uniform());
+        S.ids.push_back(static_cast<int32_t>(j));
+        S.vals.push_back(X[i * d + j]);
+      }
+    S.row_ptr.push_back(static_cast<int64_t>(S.ids.size()));
+  }
+  lm::MultiProbeOptions o;
+  o.epochs = 20;
+  o.batch = 32;
+  const auto a = lm::train_multi_probe(X.data(), n, d, y.data(), C, o);
+  const auto b = lm::train_multi_probe(S, y.data(), C, o);
+  for (size_t i = 0; i < a.W.size(); ++i) EXPECT_NEAR(a.W[i], b.W[i], 1e-4);
+  int64_t correct = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int best = 0;
+    for (int c = 1; c < C; ++c)
+      if (a.score(c, &X[i * d]) > a.score(best, &X[i * d])) best = c;
+    correct += best == y[i];
+  }
+  EXPECT_GT(correct, n * 9 / 10);
+}

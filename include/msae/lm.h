@@ -29,7 +29,8 @@ namespace msae::lm {
 // ---------------------------------------------------------------------------------------------
 class Tokenizer {
  public:
-  // Reads DIR/encoder.json and DIR/vocab.bpe. Throws msae::Error (runtime) naming the file.
+  // Reads DIR/encoder.json and DIR/vocab.bpe (or HF's names for the same files, vocab.json and
+  // merges.txt). Throws msae::Error naming the file.
   static Tokenizer load(const std::string& dir);
   static Tokenizer load(const std::string& encoder_json, const std::string& vocab_bpe);
 
@@ -165,5 +166,30 @@ struct SparseRows {
   std::vector<float> vals;       // (nnz)
 };
 MultiProbe train_multi_probe(const SparseRows& X, const int32_t* labels, int64_t C, const MultiProbeOptions& opt);
+
+// ---------------------------------------------------------------------------------------------
+// First-letter absorption for one word (SAEBench's FeatureAbsorptionCalculator, docs/lm.md). Inputs: the
+// word's SAE codes (latent ids and positive values), cos (D) = cosine of each decoder row with the letter's
+// probe direction, probe_proj = <x, unit probe direction> of the word's activation, and the letter's main
+// latents (the k-sparse probe's feature split).
+//  - absorption fraction: 0 if the main latents' projection sum_i z_i cos_i >= probe_proj, or if the top
+//    `max_absorbers` other latents with cos >= fraction_cos and positive projection carry less than
+//    `proj_proportion` of probe_proj; else 1 if the main latents' projection <= 0; else
+//    min(A, probe_proj - main) / (min(A, probe_proj - main) + main), clipped to [0, 1], A = those latents' sum.
+//  - full absorption: every main latent is 0 (< 1e-8), the latent with the largest projection has
+//    cos >= full_cos, probe_proj >= 0, and that latent's projection is >= proj_proportion * probe_proj.
+// ---------------------------------------------------------------------------------------------
+struct AbsorptionThresholds {
+  float full_cos = 0.025f;       // full_absorption_probe_cos_sim_threshold
+  float fraction_cos = 0.1f;     // absorption_fraction_probe_cos_sim_threshold
+  float proj_proportion = 0.4f;  // probe_projection_proportion_threshold
+  int max_absorbers = 3;         // absorption_fraction_max_absorbing_latents
+};
+struct WordAbsorption {
+  double fraction = 0.0;
+  bool full = false;
+};
+WordAbsorption word_absorption(const int32_t* ids, const float* vals, int64_t nnz, const float* cos, float probe_proj,
+                               const std::vector<int32_t>& main_latents, const AbsorptionThresholds& th = {});
 
 }  // namespace msae::lm

@@ -238,3 +238,55 @@ MultiProbe train_multi_probe(const SparseRows& X, const int32_t* labels, int64_t
 }
 
 }  // namespace msae::lm
+
+namespace msae::lm {
+
+WordAbsorption word_absorption(const int32_t* ids, const float* vals, int64_t nnz, const float* cos, float probe_proj,
+                               const std::vector<int32_t>& main_latents, const AbsorptionThresholds& th) {
+  auto is_main = [&](int32_t id) {
+    return std::find(main_latents.begin(), main_latents.end(), id) != main_latents.end();
+  };
+  double main_proj = 0;
+  bool main_fired = false;
+  std::vector<double> absorbers;
+  double top_proj = 0;  // inactive latents project 0, so the top is at least 0
+  int32_t top_id = -1;
+  for (int64_t e = 0; e < nnz; ++e) {
+    const double proj = static_cast<double>(vals[e]) * cos[ids[e]];
+    if (is_main(ids[e])) {
+      main_proj += proj;
+      if (vals[e] >= 1e-8f) main_fired = true;
+      continue;
+    }
+    if (cos[ids[e]] >= th.fraction_cos && proj > 0) absorbers.push_back(proj);
+    if (proj > top_proj) {
+      top_proj = proj;
+      top_id = ids[e];
+    }
+  }
+  // A main latent can also hold the largest projection.
+  for (int64_t e = 0; e < nnz; ++e) {
+    const double proj = static_cast<double>(vals[e]) * cos[ids[e]];
+    if (is_main(ids[e]) && proj > top_proj) {
+      top_proj = proj;
+      top_id = ids[e];
+    }
+  }
+  std::sort(absorbers.begin(), absorbers.end(), std::greater<>());
+  double A = 0;
+  for (size_t i = 0; i < absorbers.size() && static_cast<int>(i) < th.max_absorbers; ++i) A += absorbers[i];
+  WordAbsorption w;
+  const double pp = probe_proj;
+  if (main_proj >= pp || A / pp < th.proj_proportion) {
+    w.fraction = 0.0;
+  } else if (main_proj <= 0.0) {
+    w.fraction = 1.0;
+  } else {
+    const double ab = std::min(A, pp - main_proj);
+    w.fraction = std::clamp(ab / (ab + main_proj), 0.0, 1.0);
+  }
+  w.full = !main_fired && top_id >= 0 && cos[top_id] >= th.full_cos && pp >= 0 && top_proj / pp >= th.proj_proportion;
+  return w;
+}
+
+}  // namespace msae::lm

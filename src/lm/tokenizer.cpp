@@ -153,7 +153,13 @@ const std::vector<std::string>& byte_symbols() {
 }  // namespace
 
 Tokenizer Tokenizer::load(const std::string& dir) {
-  return load(dir + "/encoder.json", dir + "/vocab.bpe");
+  // openai/gpt-2 names the files encoder.json / vocab.bpe; the HF gpt2 repository vocab.json / merges.txt
+  // (same contents).
+  const bool openai = io::path_exists(dir + "/encoder.json");
+  const bool hf = io::path_exists(dir + "/vocab.json") && io::path_exists(dir + "/merges.txt");
+  if (!openai && !hf)
+    usage_error("tokenizer directory ", dir, ": expected encoder.json + vocab.bpe (or HF's vocab.json + merges.txt)");
+  return openai ? load(dir + "/encoder.json", dir + "/vocab.bpe") : load(dir + "/vocab.json", dir + "/merges.txt");
 }
 
 Tokenizer Tokenizer::load(const std::string& encoder_json, const std::string& vocab_bpe) {

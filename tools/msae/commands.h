@@ -13,5 +13,7 @@ Action add_train_command(CLI::App& root);
 Action add_eval_command(CLI::App& root);
 Action add_inspect_command(CLI::App& root);
 Action add_bench_command(CLI::App& root);
+Action add_harvest_command(CLI::App& root);
+Action add_absorption_command(CLI::App& root);
 
 }  // namespace msae::cli

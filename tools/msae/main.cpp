@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
       {"eval", msae::cli::add_eval_command(app)},
       {"inspect", msae::cli::add_inspect_command(app)},
       {"bench", msae::cli::add_bench_command(app)},
+      {"harvest", msae::cli::add_harvest_command(app)},
+      {"absorption", msae::cli::add_absorption_command(app)},
   };
 
   try {
