@@ -35,10 +35,10 @@ int run_harvest(const HarvestArgs& a) {
     usage_error("the tokenizer has ", tok.vocab_size(), " tokens but the model's vocab_size is ", model.config().vocab_size);
   if (a.ctx > model.config().n_positions)
     usage_error("--ctx ", a.ctx, " exceeds the model's n_positions = ", model.config().n_positions);
-  const TokenStream stream = tokenize_files(tok, a.text);
   const bool bos = !a.no_bos;
   const int64_t per_ctx_rows = a.skip_bos ? a.ctx - 1 : a.ctx;
   const int64_t max_ctx = a.max_tokens > 0 ? (a.max_tokens + per_ctx_rows - 1) / per_ctx_rows : 0;
+  const TokenStream stream = tokenize_files(tok, a.text, max_ctx * a.ctx);
   const Contexts c = make_contexts(stream, a.ctx, bos, max_ctx, tok.eot());
   const int64_t d = model.d_model(), T = c.T;
   const int64_t rows = c.N * per_ctx_rows;

@@ -26,8 +26,8 @@ int run_lm_eval(const LmEvalArgs& a) {
   const lm::Tokenizer tok = load_tokenizer(a.model, a.tokenizer);
   if (a.ctx > model.config().n_positions)
     usage_error("--ctx ", a.ctx, " exceeds the model's n_positions = ", model.config().n_positions);
-  const TokenStream stream = tokenize_files(tok, a.text);
   const int64_t max_ctx = a.max_tokens > 0 ? (a.max_tokens + a.ctx - 1) / a.ctx : 0;
+  const TokenStream stream = tokenize_files(tok, a.text, max_ctx * a.ctx);
   const Contexts c = make_contexts(stream, a.ctx, true, max_ctx, tok.eot());
   const int64_t d = model.d_model(), T = c.T;
   const float scale = sae_input_scale(sae);
@@ -132,9 +132,14 @@ int run_lm_eval(const LmEvalArgs& a) {
                         {"ablation", a.ablation},
                         {"ce_clean", clean},
                         {"ce_ablated", ablated},
+                        // CE recovered divides by this gap: when ablating the hook costs little (a weak model,
+                        // a site the model barely uses), the ratio is noisy.
+                        {"ce_ablation_gap", ablated - clean},
                         {"prefixes", per_prefix},
                         {"ce_recovered", per_prefix.back()["ce_recovered"]},
                         {"input_scale", scale}};
+  if (ablated - clean < 0.05)
+    log_warn(cat("ablating the hook raises CE by only ", ablated - clean, " nats: CE recovered is ill-conditioned here"));
   std::printf("%s\n", out.dump(2).c_str());
   return 0;
 }

@@ -24,11 +24,12 @@ lm::Tokenizer load_tokenizer(const std::string& model_dir, const std::string& to
               "pass --tokenizer DIR");
 }
 
-TokenStream tokenize_files(const lm::Tokenizer& tok, const std::vector<std::string>& files) {
+TokenStream tokenize_files(const lm::Tokenizer& tok, const std::vector<std::string>& files, int64_t max_tokens) {
   if (files.empty()) usage_error("--text: give at least one text file");
   TokenStream s;
   std::vector<int64_t> off;
   for (size_t f = 0; f < files.size(); ++f) {
+    if (max_tokens > 0 && static_cast<int64_t>(s.ids.size()) >= max_tokens) break;
     const std::string text = io::read_text_file(files[f]);
     const std::vector<int32_t> ids = tok.encode(text, &off);
     s.ids.insert(s.ids.end(), ids.begin(), ids.end());

@@ -25,7 +25,8 @@ struct TokenStream {
   std::vector<int32_t> file;
   std::vector<int64_t> offset;
 };
-TokenStream tokenize_files(const lm::Tokenizer& tok, const std::vector<std::string>& files);
+// Stops reading further files once the stream holds at least max_tokens tokens (0 = read all).
+TokenStream tokenize_files(const lm::Tokenizer& tok, const std::vector<std::string>& files, int64_t max_tokens = 0);
 
 // Non-overlapping contexts of T tokens: with bos, each is <|endoftext|> followed by T-1 stream tokens
 // (as SAELens / TransformerLens prepend BOS); the last partial window is dropped. At most max_contexts
