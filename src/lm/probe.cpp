@@ -5,6 +5,12 @@
 #include "msae/kernels.h"
 #include "msae/lm.h"
 
+// GCC 12 reports a false -Wfree-nonheap-object inside std::vector<float>'s destructor once train_multi is
+// inlined (the same false positive appears in src/core); it would break -Werror builds.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wfree-nonheap-object"
+#endif
+
 namespace msae::lm {
 
 float LogisticProbe::score(const float* x) const {
