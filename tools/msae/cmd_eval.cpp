@@ -1,6 +1,7 @@
 // msae eval: reconstruction and sparsity of an SAE on activations, per Matryoshka prefix, as JSON on stdout.
 #include <cstdio>
 
+#include "cmd_lm_eval.h"
 #include "commands.h"
 #include "data_args.h"
 #include "msae/eval.h"
@@ -17,9 +18,18 @@ struct EvalArgs {
   int64_t rows = 0;
   uint64_t seed = 0;
   int threads = 0;
+  LmEvalArgs lm;  // --model/--text: downstream CE (cmd_lm_eval.cpp)
 };
 
 int run_eval(const EvalArgs& a) {
+  if (!a.lm.model.empty() || !a.lm.text.empty()) {
+    if (a.lm.model.empty() || a.lm.text.empty()) usage_error("--model and --text go together (downstream CE eval)");
+    if (!a.data.empty() || a.synthetic) usage_error("--model/--text cannot be combined with --data or --synthetic");
+    LmEvalArgs lm = a.lm;
+    lm.sae = a.sae;
+    lm.threads = a.threads;
+    return run_lm_eval(lm);
+  }
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
   const std::string& data = a.data_args.data;
@@ -57,6 +67,7 @@ Action add_eval_command(CLI::App& root) {
   app->add_option("--rows", a->rows, "Rows to evaluate (default: all rows of --data; 16384 synthetic)");
   app->add_option("--seed", a->seed, "Synthetic stream seed");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
+  add_lm_eval_options(app, a->lm);
   return [a]() { return run_eval(*a); };
 }
 

@@ -16,5 +16,7 @@ Action add_bench_command(CLI::App& root);
 Action add_bench_data_command(CLI::App& root);
 Action add_sweep_command(CLI::App& root);
 Action add_synth_bench_command(CLI::App& root);
+Action add_harvest_command(CLI::App& root);
+Action add_absorption_command(CLI::App& root);
 
 }  // namespace msae::cli

@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
       {"bench-data", msae::cli::add_bench_data_command(app)},
       {"sweep", msae::cli::add_sweep_command(app)},
       {"synth-bench", msae::cli::add_synth_bench_command(app)},
+      {"harvest", msae::cli::add_harvest_command(app)},
+      {"absorption", msae::cli::add_absorption_command(app)},
   };
 
   try {

@@ -1,0 +1,225 @@
+// msae harvest / eval --model / absorption end to end on a tiny random GPT-2 with the real GPT-2 vocabulary
+// (written by the test: 50257 x 8 embeddings, 2 blocks), so it runs in seconds.
+//  - harvest: the rows equal the activations a direct forward gives at the hook (float32 round-off only:
+//    the same code computes both, so 1e-6), tokens.npy holds the tokenizer's ids and byte offsets, --skip-bos
+//    drops the BOS rows, f16 output is the f32 output rounded to half.
+//  - eval --model: an SAE that reconstructs exactly (W_enc = [I, -I], W_dec = [I; -I], threshold 0:
+//    relu(x) - relu(-x) = x) gives spliced CE = clean CE and CE recovered = 1 (to 1e-5 of float
+//    round-off); its first prefix (relu(x) only) does worse; a trained SAE lands between.
+//  - absorption: runs, reports probe statistics and per-prefix results with the documented fields.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "msae/io.h"
+#include "msae/lm.h"
+#include "msae/train.h"
+
+using namespace msae;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;
+};
+Result run(const std::string& args) {
+  const std::string cmd = std::string(MSAE_BINARY) + " " + args + " 2>/dev/null";
+  Result r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.out.append(buf, n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+class LmCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("msae_lm_cli_" + std::to_string(::getpid()));
+    fs::create_directories(dir_ / "model");
+    // A random GPT-2 (d 8, 2 heads, 2 blocks, 64 positions) with the GPT-2 vocabulary.
+    const int64_t V = 50257, P = 64, d = 8, L = 2;
+    Rng rng(11);
+    std::map<std::string, Tensor> t;
+    auto rnd = [&](std::vector<int64_t> shape, float s, float base = 0.0f) {
+      Tensor x(shape);
+      for (auto& v : x.data) v = base + s * static_cast<float>(rng.normal());
+      return x;
+    };
+    t["wte.weight"] = rnd({V, d}, 0.5f);
+    t["wpe.weight"] = rnd({P, d}, 0.3f);
+    for (int64_t l = 0; l < L; ++l) {
+      const std::string p = "h." + std::to_string(l) + ".";
+      t[p + "ln_1.weight"] = rnd({d}, 0.1f, 1.0f);
+      t[p + "ln_1.bias"] = rnd({d}, 0.1f);
+      t[p + "attn.c_attn.weight"] = rnd({d, 3 * d}, 0.35f);
+      t[p + "attn.c_attn.bias"] = rnd({3 * d}, 0.1f);
+      t[p + "attn.c_proj.weight"] = rnd({d, d}, 0.35f);
+      t[p + "attn.c_proj.bias"] = rnd({d}, 0.1f);
+      t[p + "ln_2.weight"] = rnd({d}, 0.1f, 1.0f);
+      t[p + "ln_2.bias"] = rnd({d}, 0.1f);
+      t[p + "mlp.c_fc.weight"] = rnd({d, 4 * d}, 0.35f);
+      t[p + "mlp.c_fc.bias"] = rnd({4 * d}, 0.1f);
+      t[p + "mlp.c_proj.weight"] = rnd({4 * d, d}, 0.2f);
+      t[p + "mlp.c_proj.bias"] = rnd({d}, 0.1f);
+    }
+    t["ln_f.weight"] = rnd({d}, 0.1f, 1.0f);
+    t["ln_f.bias"] = rnd({d}, 0.1f);
+    std::vector<io::TensorRef> refs;
+    for (auto& [name, x] : t) refs.push_back({name, x.shape, x.ptr()});
+    io::write_safetensors((dir_ / "model" / "model.safetensors").string(), refs, {{"format", "pt"}});
+    io::write_text_file_atomic((dir_ / "model" / "config.json").string(),
+                               R"({"model_type": "gpt2", "activation_function": "gelu_new", "vocab_size": 50257,
+ "n_positions": 64, "n_embd": 8, "n_layer": 2, "n_head": 2, "layer_norm_epsilon": 1e-5})");
+    std::string text;
+    for (int i = 0; i < 40; ++i)
+      text += "Call me Ishmael. Some years ago\u2014never mind how long precisely\u2014having little or no money in my "
+              "purse, and nothing particular to interest me on shore, I thought I would sail about. ";
+    io::write_text_file_atomic((dir_ / "a.txt").string(), text);
+    io::write_text_file_atomic((dir_ / "b.txt").string(), "It is a way I have of driving off the spleen.\n\n" + text.substr(0, 2000));
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static std::string p(const std::string& rel) { return (dir_ / rel).string(); }
+  static fs::path dir_;
+};
+fs::path LmCli::dir_;
+
+// An exact SAE for width d: latents [0, d) = relu(x), [d, 2d) = relu(-x); two groups of d.
+void write_identity_sae(const std::string& dir, int64_t d) {
+  SaeConfig cfg;
+  cfg.arch = Arch::matryoshka;
+  cfg.d_in = d;
+  cfg.d_sae = 2 * d;
+  cfg.k = d;
+  cfg.group_sizes = {d, d};
+  cfg.finalize();
+  SaeParams p = SaeParams::zeros(d, 2 * d);
+  for (int64_t i = 0; i < d; ++i) {
+    p.W_enc_t.data[i * d + i] = 1.0f;
+    p.W_enc_t.data[(d + i) * d + i] = -1.0f;
+    p.W_dec.data[i * d + i] = 1.0f;
+    p.W_dec.data[(d + i) * d + i] = -1.0f;
+  }
+  p.threshold = 0.0f;
+  fs::create_directories(dir);
+  train::write_sae_files(dir, cfg, p, nlohmann::json{{"format", "msae-sae"}, {"config", {{"arch", "matryoshka"}, {"d_in", d}, {"d_sae", 2 * d}, {"k", d}, {"group_sizes", {d, d}}}}});
+}
+
+}  // namespace
+
+TEST_F(LmCli, HarvestMatchesDirectForward) {
+  const Result r = run("harvest --model " + p("model") + " --text " + p("a.txt") + " " + p("b.txt") +
+                       " --layer 1 --site resid_pre --ctx 32 --out " + p("h32") + " --threads 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto info = nlohmann::json::parse(io::read_text_file(p("h32/harvest.json")));
+  const int64_t rows = info["rows"], d = info["d"];
+  const Tensor acts = io::read_npy(p("h32/acts.npy"));
+  ASSERT_EQ(acts.shape, (std::vector<int64_t>{rows, d}));
+  // tokens.npy: (rows, 4) int64 = id, file, offset, position. Read the raw int64 data after the header.
+  const io::NpyHeader hdr = io::read_npy_header(p("h32/acts.npy"));
+  (void)hdr;
+  const std::string raw = io::read_text_file(p("h32/tokens.npy"));
+  const uint16_t hl = static_cast<uint16_t>(static_cast<unsigned char>(raw[8]) | (static_cast<unsigned char>(raw[9]) << 8));
+  ASSERT_EQ(raw.size(), 10u + hl + static_cast<size_t>(rows) * 32);
+  const auto* meta = reinterpret_cast<const int64_t*>(raw.data() + 10 + hl);
+  // Direct forward of the same contexts.
+  const lm::Model m = lm::Model::load(p("model"));
+  const lm::Tokenizer tok = lm::Tokenizer::load(std::string(MSAE_SOURCE_DIR) + "/models/gpt2-tokenizer");
+  const std::string text_a = io::read_text_file(p("a.txt"));
+  std::vector<int64_t> off;
+  const auto ids_a = tok.encode(text_a, &off);
+  // Compare the contexts that lie inside a.txt (the rest mixes in the separator and b.txt).
+  const int64_t T = 32, N = static_cast<int64_t>(ids_a.size()) / (T - 1);
+  ASSERT_GE(N, 2);
+  ASSERT_GT(rows, N * T);
+  std::vector<int32_t> ctx;
+  for (int64_t n = 0; n < N; ++n) {
+    ctx.push_back(tok.eot());
+    for (int64_t t = 0; t < T - 1; ++t) ctx.push_back(ids_a[static_cast<size_t>(n * (T - 1) + t)]);
+  }
+  Tensor want;
+  std::vector<lm::Hook> hooks = {{1, lm::Site::resid_pre, [&](float* x, int64_t R) {
+                                    want = Tensor({R, d});
+                                    std::copy(x, x + R * d, want.ptr());
+                                  }}};
+  m.run(ctx.data(), N, T, hooks);
+  for (int64_t i = 0; i < N * T * d; ++i) ASSERT_NEAR(acts.data[i], want.data[i], 1e-5) << "element " << i;
+  for (int64_t row = 0; row < N * T; ++row) {
+    ASSERT_EQ(meta[row * 4 + 0], ctx[static_cast<size_t>(row)]);
+    ASSERT_EQ(meta[row * 4 + 3], row % T);
+    if (row % T == 0) {
+      EXPECT_EQ(meta[row * 4 + 1], -1);
+    } else {
+      const size_t k = static_cast<size_t>((row / T) * (T - 1) + row % T - 1);
+      ASSERT_EQ(meta[row * 4 + 1], 0);
+      ASSERT_EQ(meta[row * 4 + 2], off[k]);
+    }
+  }
+  // --skip-bos drops exactly the BOS rows; f16 is the same data rounded.
+  const Result s = run("harvest --model " + p("model") + " --text " + p("a.txt") + " " + p("b.txt") +
+                       " --layer 1 --ctx 32 --skip-bos --dtype f16 --out " + p("h32s"));
+  ASSERT_EQ(s.code, 0) << s.out;
+  const Tensor acts16 = io::read_npy(p("h32s/acts.npy"));
+  ASSERT_EQ(acts16.shape[0], rows / T * (T - 1));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t t = 1; t < T; ++t)
+      for (int64_t j = 0; j < d; ++j)
+        ASSERT_EQ(acts16.data[(n * (T - 1) + t - 1) * d + j], io::half_to_float(io::float_to_half(acts.data[(n * T + t) * d + j])));
+  // Errors: bad layer, existing output, context longer than the model's.
+  EXPECT_EQ(run("harvest --model " + p("model") + " --text " + p("a.txt") + " --layer 2 --out " + p("bad")).code, 2);
+  EXPECT_EQ(run("harvest --model " + p("model") + " --text " + p("a.txt") + " --layer 0 --out " + p("h32")).code, 2);
+  EXPECT_EQ(run("harvest --model " + p("model") + " --text " + p("a.txt") + " --layer 0 --ctx 65 --out " + p("bad")).code, 2);
+  EXPECT_FALSE(fs::exists(p("bad")));
+}
+
+TEST_F(LmCli, EvalSplicedCeAndAbsorption) {
+  write_identity_sae(p("ident"), 8);
+  const Result r = run("eval --sae " + p("ident") + " --model " + p("model") + " --text " + p("a.txt") +
+                       " --layer 1 --site resid_pre --ctx 32 --max-tokens 640");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  const double clean = j["ce_clean"], ablated = j["ce_ablated"];
+  EXPECT_GT(ablated, clean);
+  ASSERT_EQ(j["prefixes"].size(), 2u);
+  EXPECT_NEAR(j["prefixes"][1]["ce_spliced"].get<double>(), clean, 1e-5);
+  EXPECT_NEAR(j["prefixes"][1]["ce_recovered"].get<double>(), 1.0, 1e-4);
+  EXPECT_NEAR(j["prefixes"][1]["fvu"].get<double>(), 0.0, 1e-9);
+  EXPECT_GT(j["prefixes"][0]["fvu"].get<double>(), 0.05);  // relu(x) alone loses the negative half
+  EXPECT_NE(j["prefixes"][0]["ce_spliced"].get<double>(), clean);
+  // Mean ablation is a different (usually smaller) baseline.
+  const Result mres = run("eval --sae " + p("ident") + " --model " + p("model") + " --text " + p("a.txt") +
+                          " --layer 1 --ctx 32 --max-tokens 640 --ablation mean");
+  ASSERT_EQ(mres.code, 0) << mres.out;
+  EXPECT_NE(nlohmann::json::parse(mres.out)["ce_ablated"].get<double>(), ablated);
+  // Flag errors.
+  EXPECT_EQ(run("eval --sae " + p("ident") + " --model " + p("model") + " --layer 1").code, 2);
+  EXPECT_EQ(run("eval --sae " + p("ident") + " --model " + p("model") + " --text " + p("a.txt") + " --layer 1 --ablation x").code, 2);
+
+  // Absorption on a small vocabulary sample: the probes are meaningless on a random model, but every field
+  // is present and the rates are in [0, 1].
+  const Result a = run("absorption --sae " + p("ident") + " --model " + p("model") +
+                       " --layer 1 --max-words 400 --icl 2 --max-k 3");
+  ASSERT_EQ(a.code, 0) << a.out;
+  const auto aj = nlohmann::json::parse(a.out);
+  EXPECT_EQ(aj["probe"]["per_letter"].size(), 26u);
+  EXPECT_TRUE(aj["probe"]["weak"].get<bool>());
+  ASSERT_EQ(aj["saes"].size(), 1u);
+  ASSERT_EQ(aj["saes"][0]["prefixes"].size(), 2u);
+  for (const auto& pj : aj["saes"][0]["prefixes"]) {
+    EXPECT_GE(pj["mean_absorption_fraction"].get<double>(), 0.0);
+    EXPECT_LE(pj["mean_absorption_fraction"].get<double>(), 1.0);
+    EXPECT_GE(pj["mean_full_absorption_rate"].get<double>(), 0.0);
+    EXPECT_LE(pj["mean_full_absorption_rate"].get<double>(), 1.0);
+    EXPECT_EQ(pj["per_letter"].size(), 26u);
+  }
+}

@@ -1,0 +1,26 @@
+// msae eval with a language model in the loop (--model/--text): the branch of cmd_eval.cpp that
+// cmd_lm_eval.cpp implements (docs/lm.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace msae::cli {
+
+struct LmEvalArgs {
+  std::string sae, model, tokenizer, site = "resid_pre", ablation = "zero";
+  std::vector<std::string> text;
+  int64_t layer = -1, ctx = 128, batch = 8, max_tokens = 0;
+  bool splice_bos = false;
+  int threads = 0;
+};
+
+// Registers --model, --text, --layer, --site, --ctx, --max-tokens, --ablation, --splice-bos, --lm-batch and
+// --tokenizer on the eval subcommand (the SAE is eval's --sae; --threads is eval's).
+void add_lm_eval_options(CLI::App* app, LmEvalArgs& a);
+int run_lm_eval(const LmEvalArgs& a);
+
+}  // namespace msae::cli
