@@ -24,7 +24,7 @@ struct EvalArgs {
 int run_eval(const EvalArgs& a) {
   if (!a.lm.model.empty() || !a.lm.text.empty()) {
     if (a.lm.model.empty() || a.lm.text.empty()) usage_error("--model and --text go together (downstream CE eval)");
-    if (!a.data.empty() || a.synthetic) usage_error("--model/--text cannot be combined with --data or --synthetic");
+    if (!a.data_args.data.empty() || a.synthetic) usage_error("--model/--text cannot be combined with --data or --synthetic");
     LmEvalArgs lm = a.lm;
     lm.sae = a.sae;
     lm.threads = a.threads;
