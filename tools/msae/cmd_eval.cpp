@@ -39,6 +39,7 @@ int run_eval(const EvalArgs& a) {
   out["sae"] = a.sae;
   out["data"] = a.synthetic ? "synthetic" : a.data;
   out["arch"] = arch_name(sae.sae.arch);
+  out["format"] = sae.format;  // msae, or the trainer an imported SAE came from (docs/interop.md)
   std::printf("%s\n", out.dump(2).c_str());
   return 0;
 }
@@ -48,7 +49,7 @@ int run_eval(const EvalArgs& a) {
 Action add_eval_command(CLI::App& root) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* app = root.add_subcommand("eval", "Evaluate an SAE directory on activations (JSON on stdout)");
-  app->add_option("--sae", a->sae, "SAE directory (SAELens layout)")->required();
+  app->add_option("--sae", a->sae, "SAE directory: msae output, SAELens (jumprelu/standard/topk) or EleutherAI sparsify (docs/interop.md)")->required();
   app->add_option("--data", a->data, "Activations: a 2-D (N, d) .npy file");
   app->add_flag("--synthetic", a->synthetic, "Evaluate on held-out rows of the embedded synthetic dataset");
   app->add_flag("--bf16", a->bf16, "The .npy holds bfloat16 stored as uint16");
