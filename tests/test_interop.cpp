@@ -349,3 +349,43 @@ TEST(Import, EvaluateMatchesDirectComputation) {
 
 }  // namespace
 }  // namespace msae
+
+namespace msae {
+namespace {
+
+// Regression: error messages used to print the offending JSON value with json::dump(), which recurses;
+// a value nested a million levels deep (2 MB of brackets) overflowed the stack (SIGSEGV) instead of
+// giving an error. Found by reviewing what the fuzz targets reach; json_excerpt never recurses.
+std::string deep_array(int depth) { return std::string(depth, '[') + std::string(depth, ']'); }
+
+TEST(FuzzRegression, DeeplyNestedSafetensorsHeaderValueIsAnError) {
+  TempDir dir("deep_st");
+  const std::string header = "{\"W_enc\":{\"dtype\":" + deep_array(1'000'000) + ",\"shape\":[1,1],\"data_offsets\":[0,4]}}";
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  write_text(dir.path / "sae_weights.safetensors", bytes + header + std::string(4, '\0'));
+  try {
+    io::read_safetensors(dir.str() + "/sae_weights.safetensors");
+    FAIL() << "accepted a nested dtype";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("(nested)"), std::string::npos) << e.what();
+  }
+}
+
+TEST(FuzzRegression, DeeplyNestedCfgJsonValueIsAnError) {
+  TempDir dir("deep_cfg");
+  Tiny t;
+  write_saelens(dir, t, saelens_cfg("standard", true), false);
+  write_text(dir.path / "cfg.json", "{\"architecture\": \"standard\", \"apply_b_dec_to_input\": " +
+                                        deep_array(1'000'000) + "}");
+  EXPECT_THROW(train::read_sae_dir(dir.str()), Error);
+}
+
+TEST(FuzzRegression, JsonExcerptIsShortAndFlat) {
+  EXPECT_EQ(io::json_excerpt(json::parse("[1, 2]")), "[1,2]");
+  EXPECT_EQ(io::json_excerpt(json::parse("[[1], 2]")), "an array of 2 elements (nested)");
+  EXPECT_EQ(io::json_excerpt(json(std::string(500, 'a'))).size(), 203u);
+}
+
+}  // namespace
+}  // namespace msae

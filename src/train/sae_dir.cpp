@@ -69,7 +69,7 @@ int64_t as_int(const json& v, const std::string& file, const std::string& key) {
     const double x = v.get<double>();
     if (x >= -9.0e15 && x <= 9.0e15 && x == static_cast<double>(static_cast<int64_t>(x))) return static_cast<int64_t>(x);
   }
-  runtime_error(file, ": \"", key, "\" must be an integer, found ", v.dump());
+  runtime_error(file, ": \"", key, "\" must be an integer, found ", io::json_excerpt(v));
 }
 
 int64_t int_field(const json& obj, const char* key, int64_t fallback, const std::string& file) {
@@ -80,30 +80,30 @@ int64_t int_field(const json& obj, const char* key, int64_t fallback, const std:
 bool bool_field(const json& obj, const char* key, bool fallback, const std::string& file) {
   const json* v = field(obj, key);
   if (!v) return fallback;
-  if (!v->is_boolean()) runtime_error(file, ": \"", key, "\" must be true or false, found ", v->dump());
+  if (!v->is_boolean()) runtime_error(file, ": \"", key, "\" must be true or false, found ", io::json_excerpt(*v));
   return v->get<bool>();
 }
 
 std::string string_field(const json& obj, const char* key, const std::string& fallback, const std::string& file) {
   const json* v = field(obj, key);
   if (!v) return fallback;
-  if (!v->is_string()) runtime_error(file, ": \"", key, "\" must be a string, found ", v->dump());
+  if (!v->is_string()) runtime_error(file, ": \"", key, "\" must be a string, found ", io::json_excerpt(*v));
   return v->get<std::string>();
 }
 
 float float_field(const json& obj, const char* key, float fallback, const std::string& file) {
   const json* v = field(obj, key);
   if (!v) return fallback;
-  if (!v->is_number()) runtime_error(file, ": \"", key, "\" must be a number, found ", v->dump());
+  if (!v->is_number()) runtime_error(file, ": \"", key, "\" must be a number, found ", io::json_excerpt(*v));
   const double x = v->get<double>();
-  if (!(x >= -3.0e38 && x <= 3.0e38)) runtime_error(file, ": \"", key, "\" is out of float range: ", v->dump());
+  if (!(x >= -3.0e38 && x <= 3.0e38)) runtime_error(file, ": \"", key, "\" is out of float range: ", io::json_excerpt(*v));
   return static_cast<float>(x);
 }
 
 // Group sizes: each in [1, D] (so their sum cannot overflow), at most D of them.
 std::vector<int64_t> group_sizes_field(const json& v, int64_t D, const std::string& file, const char* key) {
   if (!v.is_array() || v.empty() || static_cast<int64_t>(v.size()) > D)
-    runtime_error(file, ": \"", key, "\" must be a non-empty array of at most d_sae = ", D, " sizes, found ", v.dump());
+    runtime_error(file, ": \"", key, "\" must be a non-empty array of at most d_sae = ", D, " sizes, found ", io::json_excerpt(v));
   std::vector<int64_t> out;
   for (const json& g : v) {
     const int64_t n = as_int(g, file, key);
@@ -121,7 +121,7 @@ SaeConfig msae_config(const json& msae, const json& saelens, int64_t d, int64_t 
   cfg.arch = Arch::batchtopk;
   const std::string msae_file = dir + "/msae.json", cfg_file = dir + "/cfg.json";
   if (const json* c = field(msae, "config")) {
-    if (!c->is_object()) runtime_error(msae_file, ": \"config\" must be an object, found ", c->dump());
+    if (!c->is_object()) runtime_error(msae_file, ": \"config\" must be an object, found ", io::json_excerpt(*c));
     cfg.arch = parse_arch(string_field(*c, "arch", "", msae_file));
     cfg.k = int_field(*c, "k", cfg.k, msae_file);
     if (const json* g = field(*c, "group_sizes")) cfg.group_sizes = group_sizes_field(*g, D, msae_file, "group_sizes");
