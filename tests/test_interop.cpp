@@ -368,7 +368,7 @@ TEST(FuzzRegression, DeeplyNestedSafetensorsHeaderValueIsAnError) {
     io::read_safetensors(dir.str() + "/sae_weights.safetensors");
     FAIL() << "accepted a nested dtype";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("(nested)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("nested"), std::string::npos) << e.what();
   }
 }
 
@@ -379,6 +379,23 @@ TEST(FuzzRegression, DeeplyNestedCfgJsonValueIsAnError) {
   write_text(dir.path / "cfg.json", "{\"architecture\": \"standard\", \"apply_b_dec_to_input\": " +
                                         deep_array(1'000'000) + "}");
   EXPECT_THROW(train::read_sae_dir(dir.str()), Error);
+}
+
+// Regression: msae.json is kept in SaeDirectory and copied/printed by `msae inspect` (recursive operations);
+// a deeply nested one crashed there. The parser now refuses nesting beyond 64 levels.
+TEST(FuzzRegression, DeeplyNestedMsaeJsonIsRefusedAtParse) {
+  TempDir dir("deep_msae");
+  Tiny t;
+  write_saelens(dir, t, saelens_cfg("standard", true), false);
+  write_text(dir.path / "msae.json", "{\"training\": " + deep_array(100'000) + "}");
+  try {
+    train::read_sae_dir(dir.str());
+    FAIL() << "accepted a 100000-deep msae.json";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nested deeper"), std::string::npos) << e.what();
+  }
+  write_text(dir.path / "msae.json", "{\"training\": " + deep_array(60) + "}");  // deep but sane: accepted
+  EXPECT_EQ(train::read_sae_dir(dir.str()).format, "saelens-standard");
 }
 
 TEST(FuzzRegression, JsonExcerptIsShortAndFlat) {

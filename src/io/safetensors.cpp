@@ -160,7 +160,12 @@ json read_header(int fd, int64_t size, const std::string& path, int64_t& data_st
   std::set<std::string> names;
   std::string duplicate;
   bool has_duplicate = false;
+  // A valid header nests 3 levels ({name: {"shape": [...]}}); anything much deeper is refused while parsing,
+  // before a recursive operation on the value (copy, dump) could exhaust the stack.
+  constexpr int kMaxDepth = 32;
   auto watch_keys = [&](int depth, json::parse_event_t event, json& parsed) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth > kMaxDepth)
+      st_fail(path, cat("header is nested deeper than ", kMaxDepth, " levels"), "the file is corrupt or not a .safetensors file");
     if (event == json::parse_event_t::key && depth == 1 && !names.insert(parsed.get<std::string>()).second) {
       duplicate = parsed.get<std::string>();
       has_duplicate = true;
