@@ -235,6 +235,15 @@ TEST(Import, SparsifyTopKFromBf16) {
   EXPECT_THROW(train::read_sae_dir(dir.str()), Error);  // 3 * 1 != 4 rows
 }
 
+TEST(Import, InitFromAnImportedSaeTakesTheWeightsOnly) {
+  TempDir dir("init");
+  Tiny t;
+  write_sparsify(dir.path, t, sparsify_cfg(Tiny::d, Tiny::D, 1));
+  const SaeParams p = train::load_init_params(dir.str(), Tiny::d, Tiny::D);
+  EXPECT_TRUE(p.rule.is_default());
+  EXPECT_EQ(p.b_dec.data[0], 0.25f);
+}
+
 TEST(Import, SparsifyMultiLayerRootNamesTheLayers) {
   TempDir dir("sparsify_root");
   Tiny t;

@@ -117,7 +117,8 @@ void write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaePara
 // connections, transcoders, groupmax) are refused with msae::Error naming the field.
 SaeDirectory read_sae_dir(const std::string& dir);
 
-// Loads initial parameters for --init: the tensors of `dir`, checked against d and D.
+// Loads initial parameters for --init: the tensors of `dir`, checked against d and D; an imported SAE's
+// encoding rule is dropped (the run trains an msae SAE).
 SaeParams load_init_params(const std::string& dir, int64_t d, int64_t D);
 
 }  // namespace msae::train

@@ -289,7 +289,8 @@ void read_sparsify(SaeDirectory& out, const std::string& dir, const std::string&
     std::string list;
     for (size_t i = 0; i < found.size() && i < 8; ++i) list += (i ? ", " : "") + found[i];
     if (found.size() > 8) list += cat(", ... (", found.size(), " in all)");
-    runtime_error(dir, ": holds ", found.size(), " SAE directories (one per hookpoint): ", list, "; pass one of them");
+    runtime_error(dir, ": no sae_weights.safetensors or sae.safetensors here, but it holds ", found.size(),
+                  " SAE directories (e.g. one per hookpoint): ", list, "; pass one of them");
   }
   runtime_error(dir, ": no sae_weights.safetensors (SAELens layout: cfg.json + sae_weights.safetensors) and no ",
                 "sae.safetensors (EleutherAI sparsify layout: cfg.json + sae.safetensors)");
@@ -377,6 +378,8 @@ SaeParams load_init_params(const std::string& dir, int64_t d, int64_t D) {
   if (sae.params.D != D)
     usage_error("--init ", dir, ": the SAE has d_sae ", sae.params.D, " but --d-sae is ", D,
                 " (omit --d-sae to take it from --init)");
+  // --init takes the weights only: the run trains and exports an msae SAE, encoded by msae's rule.
+  sae.params.rule = EncodeRule{};
   return std::move(sae.params);
 }
 
