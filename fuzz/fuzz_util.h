@@ -8,11 +8,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 namespace msae::fuzz {
 
-// A per-process scratch directory, created once and removed at exit.
+// A per-process scratch directory, created once and removed at a normal exit.
 inline const std::string& scratch_dir() {
   static const std::string dir = [] {
     const char* base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
@@ -21,6 +22,14 @@ inline const std::string& scratch_dir() {
       std::perror("mkdtemp");
       std::abort();
     }
+    // Removed on a normal exit (time limit reached); a crash leaves it for inspection. The path is copied
+    // to a plain array: the handler runs after this std::string has been destroyed.
+    static char path_at_exit[4096];
+    std::snprintf(path_at_exit, sizeof path_at_exit, "%s", templ.c_str());
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(path_at_exit, ec);
+    });
     return templ;
   }();
   return dir;
