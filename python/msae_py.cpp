@@ -487,6 +487,7 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
       if (!a.d_sae) a.d_sae = p.D;
       if (p.D != *a.d_sae) usage_error("init ", init_desc, ": the SAE has d_sae ", p.D, " but d_sae is ", *a.d_sae);
       init_params = std::make_unique<SaeParams>(std::move(p));
+      init_params->rule = EncodeRule{};  // an imported SAE's inference rule is not the trained one
       if (scale != 1.0f) train::unfold_input_scale(*init_params, scale);  // init takes raw x; training sees x * scale
     }
     cfg.d_sae = a.d_sae ? *a.d_sae : 8 * d;

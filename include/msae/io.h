@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "msae/core.h"
 
 namespace msae::io {
@@ -112,6 +114,11 @@ struct TensorRef {
 // Written to path + ".tmp" then renamed.
 void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// A JSON value (from a file header or config) rendered for an error message without recursion, so a
+// maliciously deep value cannot overflow the stack: scalars and containers of scalars in full (cut at
+// 200 characters), nested containers as e.g. "an array of 3 elements (nested)".
+std::string json_excerpt(const nlohmann::json& value);
 
 // ---------------------------------------------------------------------------------------------
 // File-system helpers.

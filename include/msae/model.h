@@ -88,6 +88,21 @@ struct SaeConfig {
 // division added to the last group. Requires D >= 16.
 std::vector<int64_t> default_group_sizes(int64_t D);
 
+// How inference encoding (encode_inference) turns pre-activations into codes. The default is the msae
+// rule of SPEC "Inference" (JumpReLU at the one global SaeParams::threshold, x centred by b_dec). SAEs
+// imported from other trainers (train::read_sae_dir: SAELens jumprelu/standard/topk, EleutherAI sparsify)
+// carry their own trainer's rule; the training engines ignore this struct.
+struct EncodeRule {
+  enum class Kind { jumprelu, topk };
+  Kind kind = Kind::jumprelu;
+  // jumprelu: per-latent thresholds (D) (SAELens JumpReLU: relu(pre) * (pre > threshold_i)); empty means
+  // SaeParams::threshold for every latent. A SAELens "standard" (ReLU) SAE is jumprelu with all zeros.
+  std::vector<float> thresholds;
+  int64_t k = 0;              // topk: the k largest positive pre-activations of each row are kept
+  bool center_input = true;   // subtract b_dec from x before the encoder (SAELens apply_b_dec_to_input)
+  bool is_default() const { return kind == Kind::jumprelu && thresholds.empty() && center_input; }
+};
+
 // All parameters, float32. W_enc is stored transposed, (D, d), so every per-latent quantity (encoder
 // row, decoder row, their gradients and Adam moments) is one contiguous row. Exported as W_enc (d, D).
 struct SaeParams {
@@ -97,6 +112,7 @@ struct SaeParams {
   Tensor W_dec;    // (D, d), rows unit-norm after each update's decoder constraint
   Tensor b_dec;    // (d)
   float threshold = 0.0f;  // inference JumpReLU threshold (EMA of the BatchTopK cut); not a gradient parameter
+  EncodeRule rule;         // inference rule; the default unless imported from another trainer
 
   static SaeParams zeros(int64_t d, int64_t D);
   // SPEC init: W_enc ~ U(-sqrt(6/D), sqrt(6/D)), W_dec = W_enc^T with unit-norm rows, biases 0, threshold 0.
@@ -161,6 +177,8 @@ std::unique_ptr<StepEngine> make_sparse_engine();
 
 // Inference encoding (SPEC "Inference"): z = acts * (acts > threshold) for latents < limit (a Matryoshka
 // prefix; limit = D for the whole SAE), acts = relu((x - b_dec) @ W_enc (+ b_enc when used)).
+// params.rule generalizes this for imported SAEs: per-latent thresholds, per-row TopK over all D latents
+// (then restricted to ids < limit), and x used uncentred when !center_input.
 // Processes x (B, d) in chunks internally; returns CSR codes.
 kernels::SparseCodes encode_inference(const SaeConfig& cfg, const SaeParams& params, const float* x, int64_t B,
                                       int64_t limit);

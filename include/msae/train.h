@@ -149,17 +149,30 @@ struct SaeDirectory {
   SaeConfig sae;
   SaeParams params;
   nlohmann::json msae_json;  // {} when the directory has no msae.json (e.g. a plain SAELens SAE)
+  // Where it came from (docs/interop.md): "msae", "saelens-jumprelu", "saelens-standard", "saelens-topk"
+  // or "sparsify-topk". Imported SAEs carry their trainer's inference rule in params.rule.
+  std::string format = "msae";
 };
 
 // Writes the SAE directory files into `dir` (which must exist). Atomic at the directory level is the
 // caller's job (write to a temporary directory, then io::commit_directory).
 void write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaeParams& params,
                      const nlohmann::json& msae_json);
-// Reads a SAELens-layout directory: sae_weights.safetensors with W_enc (d, D), W_dec (D, d), b_enc (D),
-// b_dec (d) and optionally threshold (D); cfg.json and msae.json are optional. Validates shapes.
+// Reads an SAE directory (docs/interop.md), validating every shape and configuration field it uses:
+//  - msae's own output (SAELens layout + msae.json, or cfg.json metadata written by msae): the msae rule;
+//  - a SAELens directory from another trainer: cfg.json "architecture" jumprelu (tensor threshold (D)),
+//    standard (ReLU; activation_fn "topk" with activation_fn_kwargs.k = a SAELens 5 TopK SAE) or topk
+//    (cfg "k"), with apply_b_dec_to_input honoured; sae_weights.safetensors W_enc (d, D), W_dec (D, d),
+//    b_enc (D), b_dec (d); F32/F16/BF16;
+//  - an EleutherAI sparsify directory: cfg.json (d_in, k, num_latents or expansion_factor, activation
+//    "topk") + sae.safetensors encoder.weight (D, d), encoder.bias (D), W_dec (D, d), b_dec (d).
+// A directory holding such directories (sparsify's layers.N/, one per hookpoint) is refused with a list
+// of them. Features the eval path cannot reproduce exactly (gated, per-row normalization, skip
+// connections, transcoders, groupmax) are refused with msae::Error naming the field.
 SaeDirectory read_sae_dir(const std::string& dir);
 
-// Loads initial parameters for --init: the tensors of `dir`, checked against d and D.
+// Loads initial parameters for --init: the tensors of `dir`, checked against d and D; an imported SAE's
+// encoding rule is dropped (the run trains an msae SAE).
 SaeParams load_init_params(const std::string& dir, int64_t d, int64_t D);
 
 // ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ struct Entry {
 };
 
 DType parse_dtype(const std::string& name, const json& j, const std::string& path) {
-  if (!j.is_string()) st_fail(path, cat("tensor '", name, "': \"dtype\" must be a string, found ", j.dump()));
+  if (!j.is_string()) st_fail(path, cat("tensor '", name, "': \"dtype\" must be a string, found ", json_excerpt(j)));
   const std::string s = j.get<std::string>();
   if (s == "F32") return DType::f32;
   if (s == "F16") return DType::f16;
@@ -58,12 +58,12 @@ DType parse_dtype(const std::string& name, const json& j, const std::string& pat
 
 // A JSON array of non-negative integers (shape dims, offsets). `what` names the field for messages.
 std::vector<int64_t> parse_uints(const std::string& name, const json& j, const char* what, const std::string& path) {
-  if (!j.is_array()) st_fail(path, cat("tensor '", name, "': \"", what, "\" must be an array, found ", j.dump()));
+  if (!j.is_array()) st_fail(path, cat("tensor '", name, "': \"", what, "\" must be an array, found ", json_excerpt(j)));
   std::vector<int64_t> out;
   for (const json& v : j) {
     // is_number_unsigned: JSON integers >= 0 (negative ones parse as signed, floats as float).
     if (!v.is_number_unsigned() || v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
-      st_fail(path, cat("tensor '", name, "': \"", what, "\" must hold non-negative integers below 2^63, found ", j.dump()));
+      st_fail(path, cat("tensor '", name, "': \"", what, "\" must hold non-negative integers below 2^63, found ", json_excerpt(j)));
     }
     out.push_back(static_cast<int64_t>(v.get<uint64_t>()));
   }
@@ -72,7 +72,7 @@ std::vector<int64_t> parse_uints(const std::string& name, const json& j, const c
 
 Entry parse_entry(const std::string& name, const json& j, int64_t data_size, const std::string& path) {
   if (!j.is_object()) {
-    st_fail(path, cat("tensor '", name, "': expected an object {dtype, shape, data_offsets}, found ", j.dump()));
+    st_fail(path, cat("tensor '", name, "': expected an object {dtype, shape, data_offsets}, found ", json_excerpt(j)));
   }
   for (const char* key : {"dtype", "shape", "data_offsets"}) {
     if (!j.contains(key)) st_fail(path, cat("tensor '", name, "': missing \"", key, "\""));
@@ -83,7 +83,7 @@ Entry parse_entry(const std::string& name, const json& j, int64_t data_size, con
   e.shape = parse_uints(name, j["shape"], "shape", path);
   const std::vector<int64_t> offsets = parse_uints(name, j["data_offsets"], "data_offsets", path);
   if (offsets.size() != 2) {
-    st_fail(path, cat("tensor '", name, "': \"data_offsets\" must be [begin, end], found ", j["data_offsets"].dump()));
+    st_fail(path, cat("tensor '", name, "': \"data_offsets\" must be [begin, end], found ", json_excerpt(j["data_offsets"])));
   }
   e.begin = offsets[0];
   e.end = offsets[1];
@@ -107,11 +107,11 @@ Entry parse_entry(const std::string& name, const json& j, int64_t data_size, con
 }
 
 std::map<std::string, std::string> parse_metadata(const json& j, const std::string& path) {
-  if (!j.is_object()) st_fail(path, cat("\"__metadata__\" must be an object of strings, found ", j.dump()));
+  if (!j.is_object()) st_fail(path, cat("\"__metadata__\" must be an object of strings, found ", json_excerpt(j)));
   std::map<std::string, std::string> out;
   for (const auto& [key, value] : j.items()) {
     if (!value.is_string()) {
-      st_fail(path, cat("\"__metadata__\" value for '", key, "' must be a string, found ", value.dump()),
+      st_fail(path, cat("\"__metadata__\" value for '", key, "' must be a string, found ", json_excerpt(value)),
               "the safetensors format allows only string metadata; encode other values as JSON text");
     }
     out[key] = value.get<std::string>();
@@ -160,7 +160,12 @@ json read_header(int fd, int64_t size, const std::string& path, int64_t& data_st
   std::set<std::string> names;
   std::string duplicate;
   bool has_duplicate = false;
+  // A valid header nests 3 levels ({name: {"shape": [...]}}); anything much deeper is refused while parsing,
+  // before a recursive operation on the value (copy, dump) could exhaust the stack.
+  constexpr int kMaxDepth = 32;
   auto watch_keys = [&](int depth, json::parse_event_t event, json& parsed) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth > kMaxDepth)
+      st_fail(path, cat("header is nested deeper than ", kMaxDepth, " levels"), "the file is corrupt or not a .safetensors file");
     if (event == json::parse_event_t::key && depth == 1 && !names.insert(parsed.get<std::string>()).second) {
       duplicate = parsed.get<std::string>();
       has_duplicate = true;
@@ -193,6 +198,19 @@ Tensor read_tensor(int fd, int64_t data_start, const Entry& e, const std::string
 }
 
 }  // namespace
+
+std::string json_excerpt(const json& v) {
+  constexpr size_t kMax = 200;
+  if (v.is_array() || v.is_object()) {
+    for (const json& child : v)  // direct children only: no recursion
+      if (child.is_array() || child.is_object())
+        return cat(v.is_array() ? "an array of " : "an object with ", v.size(), v.is_array() ? " elements" : " keys",
+                   " (nested)");
+  }
+  std::string text = v.dump();  // scalars, or one level of scalars: bounded depth
+  if (text.size() > kMax) text = text.substr(0, kMax) + "...";
+  return text;
+}
 
 SafetensorsFile read_safetensors(const std::string& path) {
   int64_t size = 0;

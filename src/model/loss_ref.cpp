@@ -242,6 +242,53 @@ class ReferenceEngine final : public StepEngine {
 
 std::unique_ptr<StepEngine> make_reference_engine() { return std::make_unique<ReferenceEngine>(); }
 
+namespace {
+
+// The selection step of encode_inference for p.rule, on pre (rows, D) -> out (CSR, ascending ids < limit).
+void select_inference(const SaeParams& p, const float* pre, int64_t rows, int64_t limit, kernels::SparseCodes& out) {
+  const int64_t D = p.D;
+  const EncodeRule& rule = p.rule;
+  if (rule.kind == EncodeRule::Kind::topk) {
+    kernels::row_topk(pre, rows, D, std::min(rule.k, D), out);
+    if (limit >= D) return;
+    int64_t kept = 0, begin = 0;  // drop ids >= limit in place (ids ascend within a row)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t end = out.row_ptr[r + 1];
+      for (int64_t e = begin; e < end; ++e)
+        if (out.ids[e] < limit) {
+          out.ids[kept] = out.ids[e];
+          out.vals[kept++] = out.vals[e];
+        }
+      begin = end;
+      out.row_ptr[r + 1] = kept;
+    }
+    out.ids.resize(kept);
+    out.vals.resize(kept);
+    return;
+  }
+  if (rule.thresholds.empty()) {
+    kernels::threshold_select(pre, rows, D, p.threshold, limit, out);
+    return;
+  }
+  MSAE_ASSERT(static_cast<int64_t>(rule.thresholds.size()) == D, "EncodeRule: thresholds must have D entries");
+  out.rows = rows;
+  out.cols = D;
+  out.row_ptr.assign(1, 0);
+  out.ids.clear();
+  out.vals.clear();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = pre + r * D;
+    for (int64_t i = 0; i < std::min(limit, D); ++i)
+      if (row[i] > 0.0f && row[i] > rule.thresholds[i]) {  // relu(pre) * (pre > threshold_i), zeros not stored
+        out.ids.push_back(static_cast<int32_t>(i));
+        out.vals.push_back(row[i]);
+      }
+    out.row_ptr.push_back(static_cast<int64_t>(out.ids.size()));
+  }
+}
+
+}  // namespace
+
 kernels::SparseCodes encode_inference(const SaeConfig& cfg, const SaeParams& p, const float* x, int64_t B,
                                       int64_t limit) {
   const int64_t d = p.d, D = p.D;
@@ -255,12 +302,13 @@ kernels::SparseCodes encode_inference(const SaeConfig& cfg, const SaeParams& p, 
   for (int64_t r0 = 0; r0 < B; r0 += kChunk) {
     const int64_t rows = std::min(kChunk, B - r0);
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < d; ++j) x_cent[r * d + j] = x[(r0 + r) * d + j] - p.b_dec.data[j];
+      for (int64_t j = 0; j < d; ++j)
+        x_cent[r * d + j] = x[(r0 + r) * d + j] - (p.rule.center_input ? p.b_dec.data[j] : 0.0f);
     kernels::sgemm(Trans::no, Trans::yes, rows, D, d, 1.0f, x_cent.data(), d, p.W_enc_t.ptr(), d, 0.0f, pre.data(), D);
     if (cfg.encoder_bias)
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t i = 0; i < D; ++i) pre[r * D + i] += p.b_enc.data[i];
-    kernels::threshold_select(pre.data(), rows, D, p.threshold, limit, part);
+    select_inference(p, pre.data(), rows, limit, part);
     const int64_t base = out.row_ptr.back();
     for (int64_t r = 1; r <= rows; ++r) out.row_ptr.push_back(base + part.row_ptr[r]);
     out.ids.insert(out.ids.end(), part.ids.begin(), part.ids.end());

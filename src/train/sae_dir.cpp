@@ -1,6 +1,9 @@
 // The SAE output directory: SAELens layout (cfg.json + sae_weights.safetensors, architecture "jumprelu"),
-// plus msae.json (full config, training summary) written by the caller's json.
+// plus msae.json (full config, training summary) written by the caller's json; and the reader, which also
+// imports SAELens (jumprelu / standard / topk) and EleutherAI sparsify directories (docs/interop.md).
 #include <algorithm>
+#include <filesystem>
+#include <utility>
 
 #include "msae/io.h"
 #include "msae/train.h"
@@ -46,58 +49,261 @@ const Tensor& require_tensor(const io::SafetensorsFile& file, const std::string&
                              const std::vector<int64_t>& shape) {
   auto it = file.tensors.find(name);
   if (it == file.tensors.end())
-    runtime_error(path, ": tensor '", name, "' is missing; an SAE needs W_enc (d, D), W_dec (D, d), b_enc (D), b_dec (d)");
+    runtime_error(path, ": tensor '", name, "' is missing; expected shape ", shape_str(shape));
   if (it->second.shape != shape)
     runtime_error(path, ": tensor '", name, "' has shape ", shape_str(it->second.shape), ", expected ", shape_str(shape));
   return it->second;
 }
 
-// Fills cfg from msae.json when present, else from cfg.json's metadata, else a single-group batchtopk.
-SaeConfig config_from_files(const json& msae, const json& saelens, int64_t d, int64_t D, const std::string& dir) {
+// Typed access to JSON configuration fields. Every reader checks the JSON type itself (nlohmann's get<>
+// converts silently, and a float that does not fit an integer would be undefined behaviour), and names
+// the file and the key on a mismatch.
+const json* field(const json& obj, const char* key) {
+  if (!obj.is_object()) return nullptr;
+  auto it = obj.find(key);
+  return it == obj.end() || it->is_null() ? nullptr : &*it;
+}
+
+int64_t as_int(const json& v, const std::string& file, const std::string& key) {
+  if (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX)) return v.get<int64_t>();
+  if (v.is_number_integer() && !v.is_number_unsigned()) return v.get<int64_t>();
+  // SAELens writes some counts as floats (e.g. "k": 32.0 since batchtopk allowed fractional k).
+  if (v.is_number_float()) {
+    const double x = v.get<double>();
+    if (x >= -9.0e15 && x <= 9.0e15 && x == static_cast<double>(static_cast<int64_t>(x))) return static_cast<int64_t>(x);
+  }
+  runtime_error(file, ": \"", key, "\" must be an integer, found ", io::json_excerpt(v));
+}
+
+int64_t int_field(const json& obj, const char* key, int64_t fallback, const std::string& file) {
+  const json* v = field(obj, key);
+  return v ? as_int(*v, file, key) : fallback;
+}
+
+bool bool_field(const json& obj, const char* key, bool fallback, const std::string& file) {
+  const json* v = field(obj, key);
+  if (!v) return fallback;
+  if (!v->is_boolean()) runtime_error(file, ": \"", key, "\" must be true or false, found ", io::json_excerpt(*v));
+  return v->get<bool>();
+}
+
+std::string string_field(const json& obj, const char* key, const std::string& fallback, const std::string& file) {
+  const json* v = field(obj, key);
+  if (!v) return fallback;
+  if (!v->is_string()) runtime_error(file, ": \"", key, "\" must be a string, found ", io::json_excerpt(*v));
+  return v->get<std::string>();
+}
+
+float float_field(const json& obj, const char* key, float fallback, const std::string& file) {
+  const json* v = field(obj, key);
+  if (!v) return fallback;
+  if (!v->is_number()) runtime_error(file, ": \"", key, "\" must be a number, found ", io::json_excerpt(*v));
+  const double x = v->get<double>();
+  if (!(x >= -3.0e38 && x <= 3.0e38)) runtime_error(file, ": \"", key, "\" is out of float range: ", io::json_excerpt(*v));
+  return static_cast<float>(x);
+}
+
+// Group sizes: each in [1, D] (so their sum cannot overflow), at most D of them.
+std::vector<int64_t> group_sizes_field(const json& v, int64_t D, const std::string& file, const char* key) {
+  if (!v.is_array() || v.empty() || static_cast<int64_t>(v.size()) > D)
+    runtime_error(file, ": \"", key, "\" must be a non-empty array of at most d_sae = ", D, " sizes, found ", io::json_excerpt(v));
+  std::vector<int64_t> out;
+  for (const json& g : v) {
+    const int64_t n = as_int(g, file, key);
+    if (n < 1 || n > D) runtime_error(file, ": \"", key, "\" entries must lie in [1, ", D, "], found ", n);
+    out.push_back(n);
+  }
+  return out;
+}
+
+// Fills cfg from msae.json when present, else from cfg.json's metadata (both written by msae).
+SaeConfig msae_config(const json& msae, const json& saelens, int64_t d, int64_t D, const std::string& dir) {
   SaeConfig cfg;
   cfg.d_in = d;
   cfg.d_sae = D;
   cfg.arch = Arch::batchtopk;
-  try {
-    if (msae.contains("config")) {
-      const json& c = msae["config"];
-      cfg.arch = parse_arch(c.at("arch").get<std::string>());
-      cfg.k = c.at("k").get<int64_t>();
-      cfg.group_sizes = c.at("group_sizes").get<std::vector<int64_t>>();
-      cfg.encoder_bias = c.value("encoder_bias", false);
-      cfg.dead_after_batches = c.value("dead_after_batches", int64_t{20});
-      cfg.aux_k = c.value("aux_k", int64_t{512});
-      cfg.aux_coef = c.value("aux_coef", 1.0f / 32.0f);
-      if (c.contains("variants")) variant_config_from_json(c["variants"], cfg);
-    } else if (saelens.contains("metadata") && saelens["metadata"].is_object() &&
-               saelens["metadata"].contains("matryoshka_group_sizes")) {
-      const json& m = saelens["metadata"];
-      cfg.group_sizes = m["matryoshka_group_sizes"].get<std::vector<int64_t>>();
-      if (m.contains("msae_arch")) cfg.arch = parse_arch(m["msae_arch"].get<std::string>());
-      if (m.contains("msae_k")) cfg.k = m["msae_k"].get<int64_t>();
+  const std::string msae_file = dir + "/msae.json", cfg_file = dir + "/cfg.json";
+  if (const json* c = field(msae, "config")) {
+    if (!c->is_object()) runtime_error(msae_file, ": \"config\" must be an object, found ", io::json_excerpt(*c));
+    cfg.arch = parse_arch(string_field(*c, "arch", "", msae_file));
+    cfg.k = int_field(*c, "k", cfg.k, msae_file);
+    if (const json* g = field(*c, "group_sizes")) cfg.group_sizes = group_sizes_field(*g, D, msae_file, "group_sizes");
+    cfg.encoder_bias = bool_field(*c, "encoder_bias", false, msae_file);
+    cfg.dead_after_batches = int_field(*c, "dead_after_batches", cfg.dead_after_batches, msae_file);
+    cfg.aux_k = int_field(*c, "aux_k", cfg.aux_k, msae_file);
+    cfg.aux_coef = float_field(*c, "aux_coef", cfg.aux_coef, msae_file);
+    if (const json* v = field(*c, "variants")) {
+      try {
+        variant_config_from_json(*v, cfg);
+      } catch (const json::exception& e) {
+        runtime_error(msae_file, ": malformed \"config.variants\": ", e.what());
+      }
     }
-    // An SAE from elsewhere: an encoder bias is part of its forward pass.
-    if (!msae.contains("config")) cfg.encoder_bias = true;
-    cfg.k = std::min(cfg.k, D);
-    if (cfg.arch == Arch::batchtopk && cfg.group_sizes.size() > 1) cfg.arch = Arch::matryoshka;
-    cfg.finalize();
-  } catch (const json::exception& e) {
-    runtime_error(dir, ": malformed configuration (msae.json / cfg.json): ", e.what());
-  } catch (const Error& e) {
-    runtime_error(dir, ": inconsistent configuration: ", e.what());
+  } else {
+    const json* m = field(saelens, "metadata");
+    if (m && field(*m, "matryoshka_group_sizes"))
+      cfg.group_sizes = group_sizes_field(*field(*m, "matryoshka_group_sizes"), D, cfg_file, "matryoshka_group_sizes");
+    if (m && field(*m, "msae_arch")) cfg.arch = parse_arch(string_field(*m, "msae_arch", "", cfg_file));
+    if (m) cfg.k = int_field(*m, "msae_k", cfg.k, cfg_file);
+    // No msae.json: the encoder bias is part of the forward pass whenever the file has one.
+    cfg.encoder_bias = true;
   }
+  cfg.k = std::min(cfg.k, D);
+  if (cfg.arch == Arch::batchtopk && cfg.group_sizes.size() > 1) cfg.arch = Arch::matryoshka;
   return cfg;
 }
 
+// cfg.json / msae.json. Nesting is capped while parsing (msae and SAELens write at most 3-4 levels): copying
+// or printing a value recurses, so a pathologically deep file must never get past the parser.
 json read_json_if_present(const std::string& path) {
   if (!io::path_exists(path)) return json::object();
+  constexpr int kMaxDepth = 64;
+  auto cap_depth = [&](int depth, json::parse_event_t event, json&) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth > kMaxDepth)
+      runtime_error(path, ": JSON nested deeper than ", kMaxDepth, " levels; not an SAE configuration file");
+    return true;
+  };
   try {
-    json j = json::parse(io::read_text_file(path));
+    json j = json::parse(io::read_text_file(path), cap_depth);
     if (!j.is_object()) runtime_error(path, ": expected a JSON object");
     return j;
   } catch (const json::exception& e) {
     runtime_error(path, ": not valid JSON (", e.what(), ")");
   }
+}
+
+// The (rows, cols) of a 2-D tensor with both dimensions positive.
+std::pair<int64_t, int64_t> matrix_shape(const io::SafetensorsFile& file, const std::string& path,
+                                         const std::string& name, const char* expected) {
+  auto it = file.tensors.find(name);
+  if (it == file.tensors.end())
+    runtime_error(path, ": tensor '", name, "' with shape ", expected, " is missing");
+  const std::vector<int64_t>& s = it->second.shape;
+  if (s.size() != 2 || s[0] <= 0 || s[1] <= 0)
+    runtime_error(path, ": tensor '", name, "' must have shape ", expected, " with both sizes positive, found ", shape_str(s));
+  if (s[1] > (int64_t{1} << 31) - 1 || s[0] > (int64_t{1} << 31) - 1)
+    runtime_error(path, ": tensor '", name, "' has shape ", shape_str(s), "; at most 2^31-1 latents are supported");
+  return {s[0], s[1]};
+}
+
+// Per-row TopK config: SaeConfig (arch topk, one group) and the rule.
+void set_topk(SaeDirectory& out, int64_t k, const std::string& file) {
+  if (k < 1) runtime_error(file, ": k must be a positive integer, found ", k);
+  out.params.rule.kind = EncodeRule::Kind::topk;
+  out.params.rule.k = std::min(k, out.params.D);
+  out.sae.arch = Arch::topk;
+  out.sae.k = out.params.rule.k;
+}
+
+// A SAELens directory written by another trainer (cfg.json has no msae metadata).
+void read_saelens_foreign(SaeDirectory& out, const json& cfg, const io::SafetensorsFile& file,
+                          const std::string& weights, const std::string& cfg_file) {
+  const int64_t d = out.params.d, D = out.params.D;
+  const std::string arch = string_field(cfg, "architecture", "standard", cfg_file);
+  // SAELens <= 5 named the activation "activation_fn_str"; kwargs carried TopK's k.
+  std::string act = string_field(cfg, "activation_fn", "", cfg_file);
+  if (act.empty()) act = string_field(cfg, "activation_fn_str", "relu", cfg_file);
+  const json* kwargs = field(cfg, "activation_fn_kwargs");
+  const int64_t kwargs_k = kwargs ? int_field(*kwargs, "k", 0, cfg_file) : 0;
+
+  const std::string norm = string_field(cfg, "normalize_activations", "none", cfg_file);
+  // expected_average_only_in is a training-time scale that SAELens folds into the weights on saving; its
+  // inference path is the identity, as here. The per-row normalizations change every reconstruction.
+  if (norm != "none" && norm != "expected_average_only_in")
+    runtime_error(cfg_file, ": normalize_activations '", norm, "' is not supported (per-row input normalization); ",
+                  "msae imports 'none' and 'expected_average_only_in'");
+  out.params.rule.center_input = bool_field(cfg, "apply_b_dec_to_input", true, cfg_file);
+  if (bool_field(cfg, "rescale_acts_by_decoder_norm", false, cfg_file))
+    runtime_error(cfg_file, ": rescale_acts_by_decoder_norm = true is not supported; fold the decoder norms into the ",
+                  "encoder first (SAELens fold_W_dec_norm) and save again");
+
+  out.sae.arch = Arch::batchtopk;
+  out.sae.encoder_bias = true;
+  out.params.b_enc = require_tensor(file, weights, "b_enc", {D});
+  if (arch == "jumprelu") {
+    const Tensor& thr = require_tensor(file, weights, "threshold", {D});
+    out.params.rule.thresholds.assign(thr.data.begin(), thr.data.end());
+    out.format = "saelens-jumprelu";
+  } else if (arch == "standard") {
+    if (act == "topk") {
+      if (kwargs_k < 1)
+        runtime_error(cfg_file, ": a standard SAE with activation_fn 'topk' needs activation_fn_kwargs.k (a positive integer)");
+      set_topk(out, kwargs_k, cfg_file);
+      out.format = "saelens-topk";
+    } else if (act == "relu") {
+      out.params.rule.thresholds.assign(static_cast<size_t>(D), 0.0f);  // ReLU = JumpReLU at 0
+      out.format = "saelens-standard";
+    } else {
+      runtime_error(cfg_file, ": activation_fn '", act, "' is not supported; expected relu or topk");
+    }
+  } else if (arch == "topk") {
+    const int64_t k = field(cfg, "k") ? int_field(cfg, "k", 0, cfg_file) : kwargs_k;
+    if (k < 1) runtime_error(cfg_file, ": a topk SAE needs \"k\" (a positive integer)");
+    set_topk(out, k, cfg_file);
+    out.format = "saelens-topk";
+  } else {
+    runtime_error(cfg_file, ": architecture '", arch, "' is not supported; msae imports SAELens jumprelu, standard and topk ",
+                  "SAEs (a batchtopk or matryoshka SAELens SAE is saved as jumprelu)");
+  }
+  (void)d;
+}
+
+// An EleutherAI sparsify directory: cfg.json + sae.safetensors (one hookpoint).
+void read_sparsify(SaeDirectory& out, const std::string& dir, const std::string& weights) {
+  const std::string cfg_file = dir + "/cfg.json";
+  if (!io::path_exists(cfg_file))
+    runtime_error(dir, ": has sae.safetensors but no cfg.json; a sparsify SAE directory holds both");
+  const json cfg = read_json_if_present(cfg_file);
+  const io::SafetensorsFile file = io::read_safetensors(weights);
+  const auto [D, d] = matrix_shape(file, weights, "encoder.weight", "(num_latents, d_in)");
+  if (!field(cfg, "d_in")) runtime_error(cfg_file, ": \"d_in\" is missing (sparsify writes it next to the SAE config)");
+  const int64_t d_in = int_field(cfg, "d_in", 0, cfg_file);
+  if (d_in != d) runtime_error(cfg_file, ": d_in is ", d_in, " but encoder.weight has ", d, " columns");
+  const int64_t num_latents = int_field(cfg, "num_latents", 0, cfg_file);
+  const int64_t expansion = int_field(cfg, "expansion_factor", 32, cfg_file);
+  if (num_latents != 0 ? num_latents != D : (expansion < 1 || expansion > D || expansion * d != D))
+    runtime_error(cfg_file, ": num_latents ", num_latents, " / expansion_factor ", expansion, " with d_in ", d,
+                  " do not give the ", D, " rows of encoder.weight");
+  const std::string act = string_field(cfg, "activation", "topk", cfg_file);
+  if (act != "topk") runtime_error(cfg_file, ": activation '", act, "' is not supported; msae imports topk sparsify SAEs");
+  for (const char* flag : {"transcode", "skip_connection", "embed_skip", "gram_lookup"})
+    if (bool_field(cfg, flag, false, cfg_file))
+      runtime_error(cfg_file, ": \"", flag, "\" = true is not supported; msae imports plain sparse autoencoders");
+  if (file.tensors.count("W_skip")) runtime_error(weights, ": has W_skip (a skip connection), which msae does not support");
+
+  out.params = SaeParams::zeros(d, D);
+  out.params.W_enc_t = file.tensors.at("encoder.weight");  // (D, d) is already msae's layout
+  out.params.b_enc = require_tensor(file, weights, "encoder.bias", {D});
+  out.params.W_dec = require_tensor(file, weights, "W_dec", {D, d});
+  out.params.b_dec = require_tensor(file, weights, "b_dec", {d});
+  out.sae.d_in = d;
+  out.sae.d_sae = D;
+  out.sae.encoder_bias = true;
+  out.sae.group_sizes = {D};
+  set_topk(out, int_field(cfg, "k", 32, cfg_file), cfg_file);  // 32: sparsify's default
+  out.format = "sparsify-topk";
+}
+
+// When `dir` holds no SAE but its subdirectories do (sparsify saves one per hookpoint), says which.
+[[noreturn]] void no_sae_here(const std::string& dir) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (!entry.is_directory(ec)) continue;
+    const std::string sub = entry.path().string();
+    if (io::path_exists(sub + "/sae.safetensors") || io::path_exists(sub + "/sae_weights.safetensors"))
+      found.push_back(sub);
+  }
+  std::sort(found.begin(), found.end());
+  if (!found.empty()) {
+    std::string list;
+    for (size_t i = 0; i < found.size() && i < 8; ++i) list += (i ? ", " : "") + found[i];
+    if (found.size() > 8) list += cat(", ... (", found.size(), " in all)");
+    runtime_error(dir, ": no sae_weights.safetensors or sae.safetensors here, but it holds ", found.size(),
+                  " SAE directories (e.g. one per hookpoint): ", list, "; pass one of them");
+  }
+  runtime_error(dir, ": no sae_weights.safetensors (SAELens layout: cfg.json + sae_weights.safetensors) and no ",
+                "sae.safetensors (EleutherAI sparsify layout: cfg.json + sae.safetensors)");
 }
 
 }  // namespace
@@ -118,38 +324,59 @@ void write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaePara
 
 SaeDirectory read_sae_dir(const std::string& dir) {
   if (!io::is_directory(dir)) runtime_error("SAE directory '", dir, "' does not exist or is not a directory");
-  const std::string weights = dir + "/sae_weights.safetensors";
-  if (!io::path_exists(weights))
-    runtime_error(dir, ": no sae_weights.safetensors; expected a SAELens-layout directory (cfg.json + sae_weights.safetensors)");
-  const io::SafetensorsFile file = io::read_safetensors(weights);
-  auto w_enc = file.tensors.find("W_enc");
-  if (w_enc == file.tensors.end() || w_enc->second.shape.size() != 2)
-    runtime_error(weights, ": tensor 'W_enc' with shape (d_in, d_sae) is missing");
-  const int64_t d = w_enc->second.shape[0], D = w_enc->second.shape[1];
-  const json saelens = read_json_if_present(dir + "/cfg.json");
-  if (saelens.contains("d_in") && saelens["d_in"].is_number_integer() && saelens["d_in"].get<int64_t>() != d)
-    runtime_error(dir, "/cfg.json: d_in is ", saelens["d_in"].get<int64_t>(), " but W_enc has d_in ", d);
-  if (saelens.contains("d_sae") && saelens["d_sae"].is_number_integer() && saelens["d_sae"].get<int64_t>() != D)
-    runtime_error(dir, "/cfg.json: d_sae is ", saelens["d_sae"].get<int64_t>(), " but W_enc has d_sae ", D);
-
   SaeDirectory out;
-  out.msae_json = read_json_if_present(dir + "/msae.json");
-  out.sae = config_from_files(out.msae_json, saelens, d, D, dir);
-  out.params = SaeParams::zeros(d, D);
-  out.params.W_enc_t = transposed(w_enc->second.ptr(), d, D);
-  out.params.W_dec = require_tensor(file, weights, "W_dec", {D, d});
-  out.params.b_dec = require_tensor(file, weights, "b_dec", {d});
-  if (file.tensors.count("b_enc")) out.params.b_enc = require_tensor(file, weights, "b_enc", {D});
-  auto thr = file.tensors.find("threshold");
-  if (thr != file.tensors.end()) {
-    if (thr->second.numel() != D && thr->second.numel() != 1)
-      runtime_error(weights, ": tensor 'threshold' has shape ", shape_str(thr->second.shape), ", expected (", D, ",)");
-    const float t0 = thr->second.data[0];
-    for (float t : thr->second.data)
-      if (t != t0)
-        runtime_error(weights, ": per-latent thresholds differ; msae SAEs use one global threshold (",
-                      "a JumpReLU SAE from another trainer is not supported yet)");
-    out.params.threshold = t0;
+  try {
+    const std::string weights = dir + "/sae_weights.safetensors";
+    if (!io::path_exists(weights)) {
+      if (!io::path_exists(dir + "/sae.safetensors")) no_sae_here(dir);
+      read_sparsify(out, dir, dir + "/sae.safetensors");
+    } else {
+      const io::SafetensorsFile file = io::read_safetensors(weights);
+      const auto [d, D] = matrix_shape(file, weights, "W_enc", "(d_in, d_sae)");
+      const std::string cfg_file = dir + "/cfg.json";
+      const json saelens = read_json_if_present(cfg_file);
+      if (field(saelens, "d_in") && int_field(saelens, "d_in", 0, cfg_file) != d)
+        runtime_error(cfg_file, ": d_in is ", int_field(saelens, "d_in", 0, cfg_file), " but W_enc has d_in ", d);
+      if (field(saelens, "d_sae") && int_field(saelens, "d_sae", 0, cfg_file) != D)
+        runtime_error(cfg_file, ": d_sae is ", int_field(saelens, "d_sae", 0, cfg_file), " but W_enc has d_sae ", D);
+      out.msae_json = read_json_if_present(dir + "/msae.json");
+      const json* meta = field(saelens, "metadata");
+      const bool written_by_msae = field(out.msae_json, "config") || saelens.empty() ||
+                                   (meta && (field(*meta, "msae_arch") || field(*meta, "matryoshka_group_sizes")));
+      out.params = SaeParams::zeros(d, D);
+      out.params.W_enc_t = transposed(file.tensors.at("W_enc").ptr(), d, D);
+      out.params.W_dec = require_tensor(file, weights, "W_dec", {D, d});
+      out.params.b_dec = require_tensor(file, weights, "b_dec", {d});
+      if (written_by_msae) {
+        out.sae = msae_config(out.msae_json, saelens, d, D, dir);
+        if (file.tensors.count("b_enc")) out.params.b_enc = require_tensor(file, weights, "b_enc", {D});
+        auto thr = file.tensors.find("threshold");
+        if (thr != file.tensors.end()) {
+          if (thr->second.numel() != D && thr->second.numel() != 1)
+            runtime_error(weights, ": tensor 'threshold' has shape ", shape_str(thr->second.shape), ", expected (", D, ",)");
+          out.params.threshold = thr->second.data[0];
+          // msae writes one global threshold D times; differing values are honoured per latent.
+          for (float t : thr->second.data)
+            if (!(t == out.params.threshold)) {
+              out.params.rule.thresholds.assign(static_cast<size_t>(D), 0.0f);
+              for (int64_t i = 0; i < D; ++i) out.params.rule.thresholds[i] = thr->second.data[thr->second.numel() == 1 ? 0 : i];
+              break;
+            }
+        }
+      } else {
+        out.sae.d_in = d;
+        out.sae.d_sae = D;
+        out.sae.group_sizes = {D};
+        read_saelens_foreign(out, saelens, file, weights, cfg_file);
+        out.sae.k = std::min(out.sae.k, D);
+      }
+    }
+    out.sae.finalize();
+  } catch (const json::exception& e) {
+    runtime_error(dir, ": malformed configuration (msae.json / cfg.json): ", e.what());
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::runtime) throw;
+    runtime_error(dir, ": inconsistent configuration: ", e.what());
   }
   return out;
 }
@@ -161,6 +388,8 @@ SaeParams load_init_params(const std::string& dir, int64_t d, int64_t D) {
   if (sae.params.D != D)
     usage_error("--init ", dir, ": the SAE has d_sae ", sae.params.D, " but --d-sae is ", D,
                 " (omit --d-sae to take it from --init)");
+  // --init takes the weights only: the run trains and exports an msae SAE, encoded by msae's rule.
+  sae.params.rule = EncodeRule{};
   return std::move(sae.params);
 }
 

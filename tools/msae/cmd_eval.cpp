@@ -52,6 +52,7 @@ int run_eval(const EvalArgs& a) {
   const data::DataStats st = source->stats();
   if (st.nonfinite_skipped > 0) out["nonfinite_rows_skipped"] = st.nonfinite_skipped;
   out["arch"] = arch_name(sae.sae.arch);
+  out["format"] = sae.format;  // msae, or the trainer an imported SAE came from (docs/interop.md)
   std::printf("%s\n", out.dump(2).c_str());
   return 0;
 }
@@ -61,7 +62,7 @@ int run_eval(const EvalArgs& a) {
 Action add_eval_command(CLI::App& root) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* app = root.add_subcommand("eval", "Evaluate an SAE directory on activations (JSON on stdout)");
-  app->add_option("--sae", a->sae, "SAE directory (SAELens layout)")->required();
+  app->add_option("--sae", a->sae, "SAE directory: msae output, SAELens (jumprelu/standard/topk) or EleutherAI sparsify (docs/interop.md)")->required();
   a->data_args.add_to(app, false);
   app->add_flag("--synthetic", a->synthetic, "Evaluate on held-out rows of the embedded synthetic dataset");
   app->add_option("--rows", a->rows, "Rows to evaluate (default: all rows of --data; 16384 synthetic)");

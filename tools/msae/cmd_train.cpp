@@ -285,6 +285,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
     if (init_dir.params.D != a.d_sae)
       usage_error("--init ", a.init, ": the SAE has d_sae ", init_dir.params.D, " but --d-sae is ", a.d_sae);
     init_params = std::make_unique<SaeParams>(std::move(init_dir.params));
+    init_params->rule = EncodeRule{};  // an imported SAE's inference rule is not the trained one
     // The --init SAE takes raw activations; training sees x * scale.
     if (scale != 1.0f) train::unfold_input_scale(*init_params, scale);
   }
