@@ -108,8 +108,5 @@ struct MetaSaeResult {
 // Throws a usage error when D / width_div < 16 (the smallest SAE msae trains).
 MetaSaeResult meta_sae(const float* W_dec /*(D, d)*/, int64_t D, int64_t d, const MetaSaeOptions& opt = {});
 
-// An in-memory ActivationSource over rows (n, d) (not copied; must outlive the source), served in order,
-// wrapping at the end. For eval::evaluate on a fixed sample.
-std::unique_ptr<data::ActivationSource> array_source(const float* x, int64_t n, int64_t d, std::string what);
 
 }  // namespace msae::eval

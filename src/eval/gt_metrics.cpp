@@ -20,34 +20,7 @@ void group_pairs(const std::vector<int64_t>& key, int64_t n_keys, std::vector<in
   for (size_t p = 0; p < key.size(); ++p) idx[fill[key[p]]++] = static_cast<int64_t>(p);
 }
 
-class ArraySource final : public data::ActivationSource {
- public:
-  ArraySource(const float* x, int64_t n, int64_t d, std::string what) : x_(x), n_(n), d_(d), what_(std::move(what)) {}
-  int64_t d() const override { return d_; }
-  int64_t rows() const override { return n_; }
-  int64_t position() const override { return pos_; }
-  std::string describe() const override { return what_; }
-  void next_batch(int64_t B, float* out) override {
-    for (int64_t r = 0; r < B; ++r) {
-      const int64_t i = (pos_ + r) % n_;
-      std::copy(x_ + i * d_, x_ + (i + 1) * d_, out + r * d_);
-    }
-    pos_ += B;
-  }
-
- private:
-  const float* x_;
-  int64_t n_, d_;
-  std::string what_;
-  int64_t pos_ = 0;
-};
-
 }  // namespace
-
-std::unique_ptr<data::ActivationSource> array_source(const float* x, int64_t n, int64_t d, std::string what) {
-  MSAE_ASSERT(x != nullptr && n > 0 && d > 0);
-  return std::make_unique<ArraySource>(x, n, d, std::move(what));
-}
 
 std::vector<Confusion> firing_confusion(const kernels::SparseCodes& z, const synth::FiredFeatures& fired,
                                         const std::vector<int64_t>& pair_latent,
@@ -332,7 +305,9 @@ MetaSaeResult meta_sae(const float* W_dec, int64_t D, int64_t d, const MetaSaeOp
     }
     trainer.step(batch.data());
   }
-  auto src = array_source(W_dec, D, d, "decoder rows");
+  data::DataOptions in_order;
+  in_order.shuffle = false;  // file order, wrapping at the end
+  auto src = data::open_array(W_dec, D, d, "decoder rows", in_order);
   const EvalReport ev = evaluate(cfg, trainer.params(), *src, D);
   MetaSaeResult res;
   res.width = width;

@@ -325,7 +325,9 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                                      " | L0 ", f3(st.l0)), s + 1 == steps);
         }
         progress.finish();
-        auto src = eval::array_source(ex.data(), eval_rows, model.d, "held-out synthetic rows");
+        data::DataOptions in_order;
+        in_order.shuffle = false;  // file order, wrapping at the end
+        auto src = data::open_array(ex.data(), eval_rows, model.d, "held-out synthetic rows", in_order);
         run.ev = eval::evaluate(cfg, trainer.params(), *src, eval_rows);
         run.gt = eval::score_ground_truth(cfg, trainer.params(), model, ex.data(), fired);
         json meta = nullptr;
