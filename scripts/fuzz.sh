@@ -14,12 +14,12 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SECONDS_EACH=25 ;;
     --time) SECONDS_EACH="$2"; shift ;;
-    npy|safetensors|sae_dir) TARGETS+=("$1") ;;
-    *) echo "usage: scripts/fuzz.sh [--smoke | --time SECONDS] [npy|safetensors|sae_dir ...]" >&2; exit 2 ;;
+    npy|safetensors|sae_dir|checkpoint) TARGETS+=("$1") ;;
+    *) echo "usage: scripts/fuzz.sh [--smoke | --time SECONDS] [npy|safetensors|sae_dir|checkpoint ...]" >&2; exit 2 ;;
   esac
   shift
 done
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(npy safetensors sae_dir)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(npy safetensors sae_dir checkpoint)
 BUILD=build-fuzz
 CC=clang CXX=clang++ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMSAE_FUZZ=ON \
   -DMSAE_BUILD_TESTS=OFF -DMSAE_PYTHON=OFF >/dev/null

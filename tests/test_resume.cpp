@@ -193,6 +193,29 @@ TEST_F(Resume, VariantRunResumesBitIdentically) {
   EXPECT_EQ(losses(fs::path(out) / "metrics.jsonl"), losses(dir_ / "A" / "metrics.jsonl"));
 }
 
+// A checkpoint is outside bytes too (fuzz/fuzz_checkpoint.cpp): malformed or pathologically deep state.json
+// gives an error naming the file, never a crash (copying a 100000-deep JSON value would overflow the stack).
+TEST_F(Resume, MalformedCheckpointStateIsRefused) {
+  const fs::path step = dir_ / "R" / "checkpoints" / "step-0000000001";
+  fs::create_directories(step);
+  { std::ofstream(dir_ / "R" / "checkpoints" / "latest") << "step-0000000001\n"; }
+  const std::pair<std::string, std::string> cases[] = {
+      {std::string(100000, '[') + std::string(100000, ']'), "nested deeper"},
+      {"{\"format\": \"msae-checkpoint\",", "not valid JSON"},
+      {"{\"format\": \"something-else\", \"format_version\": 1}", "msae-checkpoint"},
+  };
+  for (const auto& [text, expected] : cases) {
+    { std::ofstream(step / "state.json") << text; }
+    try {
+      msae::train::read_checkpoint((dir_ / "R").string());
+      ADD_FAILURE() << "accepted: " << text.substr(0, 40);
+    } catch (const msae::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("state.json"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST_F(Resume, ResumeTakesNoOtherFlagsAndNeedsACheckpoint) {
   const std::string log = p("log.txt");
   fs::create_directories(dir_ / "plain");

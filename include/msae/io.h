@@ -120,6 +120,11 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
 // 200 characters), nested containers as e.g. "an array of 3 elements (nested)".
 std::string json_excerpt(const nlohmann::json& value);
 
+// Parses the text of a JSON file with nesting capped at max_depth while parsing (copying or printing a
+// value recurses, so a pathologically deep file must never get past the parser). Throws msae::Error
+// (runtime) naming `path` when the text is not valid JSON or is nested deeper.
+nlohmann::json parse_json_file_text(const std::string& text, const std::string& path, int max_depth = 64);
+
 // ---------------------------------------------------------------------------------------------
 // File-system helpers.
 // ---------------------------------------------------------------------------------------------

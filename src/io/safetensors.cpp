@@ -199,6 +199,19 @@ Tensor read_tensor(int fd, int64_t data_start, const Entry& e, const std::string
 
 }  // namespace
 
+json parse_json_file_text(const std::string& text, const std::string& path, int max_depth) {
+  auto cap_depth = [&](int depth, json::parse_event_t event, json&) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth > max_depth)
+      runtime_error(path, ": JSON nested deeper than ", max_depth, " levels");
+    return true;
+  };
+  try {
+    return json::parse(text, cap_depth);
+  } catch (const json::exception& e) {
+    runtime_error(path, ": not valid JSON (", e.what(), ")");
+  }
+}
+
 std::string json_excerpt(const json& v) {
   constexpr size_t kMax = 200;
   if (v.is_array() || v.is_object()) {

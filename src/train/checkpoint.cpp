@@ -125,12 +125,7 @@ Checkpoint read_checkpoint(const std::string& run_dir) {
   Checkpoint c;
   c.path = run_dir + "/checkpoints/" + name;
   const std::string state_file = c.path + "/state.json";
-  json state;
-  try {
-    state = json::parse(io::read_text_file(state_file));
-  } catch (const json::exception& e) {
-    runtime_error(state_file, ": not valid JSON: ", e.what());
-  }
+  const json state = io::parse_json_file_text(io::read_text_file(state_file), state_file);
   int64_t d = 0, D = 0;
   try {
     if (state.at("format").get<std::string>() != "msae-checkpoint")

@@ -153,23 +153,12 @@ SaeConfig msae_config(const json& msae, const json& saelens, int64_t d, int64_t 
   return cfg;
 }
 
-// cfg.json / msae.json. Nesting is capped while parsing (msae and SAELens write at most 3-4 levels): copying
-// or printing a value recurses, so a pathologically deep file must never get past the parser.
+// cfg.json / msae.json (msae and SAELens write at most 3-4 levels of nesting; io caps it at 64).
 json read_json_if_present(const std::string& path) {
   if (!io::path_exists(path)) return json::object();
-  constexpr int kMaxDepth = 64;
-  auto cap_depth = [&](int depth, json::parse_event_t event, json&) {
-    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth > kMaxDepth)
-      runtime_error(path, ": JSON nested deeper than ", kMaxDepth, " levels; not an SAE configuration file");
-    return true;
-  };
-  try {
-    json j = json::parse(io::read_text_file(path), cap_depth);
-    if (!j.is_object()) runtime_error(path, ": expected a JSON object");
-    return j;
-  } catch (const json::exception& e) {
-    runtime_error(path, ": not valid JSON (", e.what(), ")");
-  }
+  json j = io::parse_json_file_text(io::read_text_file(path), path);
+  if (!j.is_object()) runtime_error(path, ": expected a JSON object");
+  return j;
 }
 
 // The (rows, cols) of a 2-D tensor with both dimensions positive.
