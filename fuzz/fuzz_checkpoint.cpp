@@ -13,41 +13,19 @@
 #include "fuzz_util.h"
 #include "msae/train.h"
 
-namespace {
-
-std::string take_chunk(const uint8_t*& p, const uint8_t* end) {
-  size_t n = 0;
-  if (end - p >= 2) {
-    n = static_cast<size_t>(p[0]) | (static_cast<size_t>(p[1]) << 8);
-    p += 2;
-  } else {
-    p = end;
-  }
-  n = std::min(n, static_cast<size_t>(end - p));
-  std::string out(reinterpret_cast<const char*>(p), n);
-  p += n;
-  return out;
-}
-
-void write_text(const std::string& path, const std::string& s) {
-  msae::fuzz::write_bytes(path, reinterpret_cast<const uint8_t*>(s.data()), s.size());
-}
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace msae;
   const uint8_t* p = data;
   const uint8_t* end = data + size;
-  const std::string latest = take_chunk(p, end);
-  const std::string state = take_chunk(p, end);
+  const std::string latest = fuzz::take_chunk(p, end);
+  const std::string state = fuzz::take_chunk(p, end);
   // One fixed checkpoint directory; `latest` may name any other (the reader must refuse what escapes).
   const std::string run = fuzz::scratch_dir();
   const std::string step_dir = run + "/checkpoints/step-0000000001";
   ::mkdir((run + "/checkpoints").c_str(), 0700);
   ::mkdir(step_dir.c_str(), 0700);
-  write_text(run + "/checkpoints/latest", latest);
-  write_text(step_dir + "/state.json", state);
+  fuzz::write_text(run + "/checkpoints/latest", latest);
+  fuzz::write_text(step_dir + "/state.json", state);
   fuzz::write_bytes(step_dir + "/state.safetensors", p, static_cast<size_t>(end - p));
   try {
     const train::Checkpoint c = train::read_checkpoint(run);

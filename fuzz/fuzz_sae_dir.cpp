@@ -16,44 +16,21 @@
 #include "msae/model.h"
 #include "msae/train.h"
 
-namespace {
-
-// Next length-prefixed chunk of [p, end).
-std::string take_chunk(const uint8_t*& p, const uint8_t* end) {
-  size_t n = 0;
-  if (end - p >= 2) {
-    n = static_cast<size_t>(p[0]) | (static_cast<size_t>(p[1]) << 8);
-    p += 2;
-  } else {
-    p = end;
-  }
-  n = std::min(n, static_cast<size_t>(end - p));
-  std::string out(reinterpret_cast<const char*>(p), n);
-  p += n;
-  return out;
-}
-
-void write_text(const std::string& path, const std::string& s) {
-  msae::fuzz::write_bytes(path, reinterpret_cast<const uint8_t*>(s.data()), s.size());
-}
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace msae;
   if (size < 1) return 0;
   const uint8_t flags = data[0];
   const uint8_t* p = data + 1;
   const uint8_t* end = data + size;
-  const std::string cfg = take_chunk(p, end);
-  const std::string msae_json = take_chunk(p, end);
+  const std::string cfg = fuzz::take_chunk(p, end);
+  const std::string msae_json = fuzz::take_chunk(p, end);
 
   const std::string& dir = fuzz::scratch_dir();
   // Only the files this input names exist in the directory.
   for (const char* f : {"cfg.json", "msae.json", "sae.safetensors", "sae_weights.safetensors"})
     std::remove((dir + "/" + f).c_str());
-  if (flags & 2u) write_text(dir + "/cfg.json", cfg);
-  if (flags & 4u) write_text(dir + "/msae.json", msae_json);
+  if (flags & 2u) fuzz::write_text(dir + "/cfg.json", cfg);
+  if (flags & 4u) fuzz::write_text(dir + "/msae.json", msae_json);
   fuzz::write_bytes(dir + ((flags & 1u) ? "/sae.safetensors" : "/sae_weights.safetensors"), p,
                     static_cast<size_t>(end - p));
   try {

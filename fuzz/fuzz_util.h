@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +53,26 @@ inline void write_bytes(const std::string& path, const uint8_t* data, size_t siz
     done += static_cast<size_t>(put);
   }
   ::close(fd);
+}
+
+inline void write_text(const std::string& path, const std::string& s) {
+  write_bytes(path, reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+
+// The next chunk of [p, end) in the targets' input formats: a u16 little-endian length, then that many
+// bytes (clipped to what is left). Advances p.
+inline std::string take_chunk(const uint8_t*& p, const uint8_t* end) {
+  size_t n = 0;
+  if (end - p >= 2) {
+    n = static_cast<size_t>(p[0]) | (static_cast<size_t>(p[1]) << 8);
+    p += 2;
+  } else {
+    p = end;
+  }
+  n = std::min(n, static_cast<size_t>(end - p));
+  std::string out(reinterpret_cast<const char*>(p), n);
+  p += n;
+  return out;
 }
 
 }  // namespace msae::fuzz
