@@ -10,6 +10,7 @@
 // always ahead, so the shadow meets every bad row after the producer has recorded it.
 #include <glob.h>
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 #include <sys/mman.h>
@@ -112,7 +113,17 @@ __attribute__((target("avx,f16c"))) void half_to_f32_f16c(const unsigned char* s
   }
   if (i < n) io::convert_to_f32(io::DType::f16, src + 2 * i, dst + i, n - i);
 }
-const bool kHasF16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+// CPUID leaf 1 (AVX, F16C, OSXSAVE) and XGETBV (the OS saves YMM state); clang 14's
+// __builtin_cpu_supports does not know "f16c", so the bits are read directly (GCC and clang alike).
+bool cpu_has_avx_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  if (!(c & (1u << 27)) || !(c & (1u << 28)) || !(c & (1u << 29))) return false;
+  unsigned lo = 0, hi = 0;
+  __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 6u) == 6u;
+}
+const bool kHasF16c = cpu_has_avx_f16c();
 #else
 const bool kHasF16c = false;
 void half_to_f32_f16c(const unsigned char* src, float* dst, int64_t n) { io::convert_to_f32(io::DType::f16, src, dst, n); }
