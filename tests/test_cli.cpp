@@ -251,3 +251,26 @@ TEST_F(Cli, BadInitAndSaeDirectories) {
 }
 
 }  // namespace
+
+// msae synth-bench takes msae train's variant flags. Reordering a BatchTopK SAE is an exact permutation
+// of its latents, so the scores must be identical while the latents' best features move (which fails
+// if the flag is ignored); a sampled-prefix run must record the variant in its config.
+TEST_F(Cli, SynthBenchAppliesVariantFlags) {
+  const std::string common = " --preset tree --seeds 0 --steps 150 --eval-rows 2048 --threads 1 --out ";
+  ASSERT_EQ(run("synth-bench --archs batchtopk" + common + path("plain")).code, 0);
+  Result r = run("synth-bench --archs batchtopk --reorder-every 1" + common + path("reordered"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto plain = nlohmann::json::parse(slurp(dir_ / "plain" / "results.json"))["runs"][0];
+  const auto reord = nlohmann::json::parse(slurp(dir_ / "reordered" / "results.json"))["runs"][0];
+  for (const char* key : {"f1", "mcc", "absorption_rate", "uniqueness"})
+    // 1e-6: the Hungarian matching and the sums run over the latents in another order (float round-off)
+    EXPECT_NEAR(plain["ground_truth"][key].get<double>(), reord["ground_truth"][key].get<double>(), 1e-6) << key;
+  EXPECT_EQ(reord["config"]["variants"]["reorder_every"], 1);
+  EXPECT_NE(plain["ground_truth"]["latent_best_feature"], reord["ground_truth"]["latent_best_feature"]);
+
+  r = run("synth-bench --archs matryoshka --sampled-prefixes 4" + common + path("sampled"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto sampled = nlohmann::json::parse(slurp(dir_ / "sampled" / "results.json"))["runs"][0];
+  EXPECT_EQ(sampled["config"]["variants"]["sampled_prefixes"], 4);
+  expect_error(run("synth-bench --archs matryoshka --sampled-prefixes -2" + common + path("bad")), 2, "sampled-prefixes");
+}

@@ -17,6 +17,7 @@
 #include "msae/synth.h"
 #include "msae/train.h"
 #include "progress.h"
+#include "variant_flags.h"
 
 namespace msae::cli {
 namespace {
@@ -33,6 +34,8 @@ struct BenchArgs {
   bool overwrite = false;
   int threads = 0;
   double lr = 3e-4;
+  std::string engine = "sparse";
+  VariantArgs variants;  // variant_flags.h: the same switches as msae train, applied to every arch
 };
 
 // Per-preset defaults: width, L0, batch, steps, eval rows.
@@ -294,8 +297,11 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
         opt.batch = batch;
         opt.steps = steps;
         opt.seed = seed;
-        opt.engine = "sparse";
+        opt.engine = a.engine;
         opt.adam.lr = static_cast<float>(a.lr);
+        apply_variant_args(
+            a.variants, [&](const std::string& flag) { return app.count(flag) > 0; }, opt);
+        cfg = opt.sae;  // the variant switches may change the SAE config (recipes, per-group k, ...)
         train::Trainer trainer(opt, SaeParams::init(model.d, d_sae, seed));
         synth::FeatureSampler stream(model, 2 * seed + 1);  // the same stream for every arch
         std::vector<float> x(static_cast<size_t>(batch * model.d));
@@ -455,6 +461,8 @@ Action add_synth_bench_command(CLI::App& root) {
   app->add_option("--out", a->out, "Output directory (results.json, report.html, truth.safetensors)")->required();
   app->add_flag("--overwrite", a->overwrite, "Replace an existing output directory");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
+  app->add_option("--engine", a->engine, "Step engine: sparse | reference")->capture_default_str();
+  add_variant_flags(app, a->variants);
   return [a, app]() { return run_synth_bench(*a, *app); };
 }
 
