@@ -652,41 +652,21 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
     else
       data_desc = cat("python iterator (", iter->rows_seen(), " rows in ", iter->items_seen(), " arrays, ",
                       iter->rows_dropped(), " rows of an incomplete last batch unused)");
-    const auto& n_inactive = trainer->latent_state().n_inactive;
-    json info = {
-        {"format", "msae-sae"},
-        {"format_version", 1},
-        {"msae_version", version_string()},
-        {"git_commit", git_commit()},
-        {"config", train::config_json(cfg)},
-        {"data_normalization", {{"method", a.normalize}, {"scale", scale}, {"folded_into_weights", true}}},
-        {"training",
-         {{"completed", true},
-          {"steps", done},
-          {"steps_planned", steps >= 0 ? json(steps) : json(nullptr)},
-          {"tokens", done * opt.batch},
-          {"batch", opt.batch},
-          {"lr", opt.adam.lr},
-          {"beta1", opt.adam.beta1},
-          {"beta2", opt.adam.beta2},
-          {"eps", opt.adam.eps},
-          {"max_grad_norm", opt.max_grad_norm},
-          {"seed", a.seed},
-          {"shuffle", source != nullptr && a.shuffle},
-          {"epochs", dstats.epochs},
-          {"nonfinite_rows_skipped", dstats.nonfinite_skipped},
-          {"data", data_desc},
-          {"init", init_desc.empty() ? json(nullptr) : json(init_desc)},
-          {"engine", trainer->options().engine},
-          {"threads", num_threads()},
-          {"seconds", train_seconds},
-          {"tokens_per_s", static_cast<double>(done * opt.batch) / std::max(train_seconds, 1e-9)},
-          {"threshold", trainer->params().threshold},
-          {"dead_latents_at_end", std::count_if(n_inactive.begin(), n_inactive.end(), [&](int64_t n) {
-             return n >= cfg.dead_after_batches;
-           })},
-          {"api", "python"}}},
-    };
+    train::RunFacts facts;
+    facts.steps = done;
+    facts.steps_planned = steps >= 0 ? json(steps) : json(nullptr);
+    facts.seed = a.seed;
+    facts.shuffle = source != nullptr && a.shuffle;
+    facts.data = data_desc;
+    facts.init = init_desc.empty() ? json(nullptr) : json(init_desc);
+    facts.normalize = a.normalize;
+    facts.scale = scale;
+    facts.epochs = dstats.epochs;
+    facts.nonfinite_rows_skipped = dstats.nonfinite_skipped;
+    facts.seconds = train_seconds;
+    facts.tokens_per_s = static_cast<double>(done * opt.batch) / std::max(train_seconds, 1e-9);
+    json info = train::run_record(*trainer, facts);
+    info["training"]["api"] = "python";
     if (source) info["final_metrics"] = final_metrics;
 
     auto result = std::make_shared<Sae>();

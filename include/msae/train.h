@@ -133,6 +133,26 @@ nlohmann::json config_json(const SaeConfig& cfg);
 nlohmann::json variant_config_json(const SaeConfig& cfg);
 void variant_config_from_json(const nlohmann::json& variants, SaeConfig& cfg);
 
+// What a finished (or interrupted) training run records in msae.json beyond the trainer's own state.
+struct RunFacts {
+  bool completed = true;
+  int64_t steps = 0;                         // optimizer steps done
+  nlohmann::json steps_planned = nullptr;    // null when the run length was open (a Python iterator)
+  uint64_t seed = 0;
+  bool shuffle = false;
+  std::string data;                          // the data's description ("synthetic", a path, ...)
+  nlohmann::json init = nullptr;             // --init directory, or null
+  std::string normalize = "none";            // data normalization method and the scale the SAE sees
+  double scale = 1.0;
+  int64_t epochs = 0, nonfinite_rows_skipped = 0;
+  double seconds = 0, tokens_per_s = 0;
+};
+
+// The msae.json document (docs/formats.md "msae.json"): format fields, "config", "data_normalization"
+// and the "training" record every way of training writes (msae train, the Python module). Callers add
+// their own fields to "training" and "final_metrics".
+nlohmann::json run_record(const Trainer& trainer, const RunFacts& facts);
+
 // Means over one logging interval of the step statistics written to metrics.jsonl (docs/formats.md).
 struct MetricsInterval {
   int64_t steps = 0;

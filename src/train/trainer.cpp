@@ -1,4 +1,5 @@
 #include <algorithm>
+
 #include "msae/train.h"
 
 namespace msae::train {
@@ -54,6 +55,43 @@ nlohmann::json config_json(const SaeConfig& c) {
           {"encoder_bias", c.encoder_bias},  {"dead_after_batches", c.dead_after_batches},
           {"aux_k", c.aux_k},                {"aux_coef", c.aux_coef},
           {"variants", variant_config_json(c)}};
+}
+
+nlohmann::json run_record(const Trainer& trainer, const RunFacts& f) {
+  const SaeConfig& cfg = trainer.options().sae;
+  const TrainOptions& opt = trainer.options();
+  const auto& n_inactive = trainer.latent_state().n_inactive;
+  const int64_t dead = std::count_if(n_inactive.begin(), n_inactive.end(),
+                                     [&](int64_t n) { return n >= cfg.dead_after_batches; });
+  return {{"format", "msae-sae"},
+          {"format_version", 1},
+          {"msae_version", version_string()},
+          {"git_commit", git_commit()},
+          {"config", config_json(cfg)},
+          {"data_normalization", {{"method", f.normalize}, {"scale", f.scale}, {"folded_into_weights", true}}},
+          {"training",
+           {{"completed", f.completed},
+            {"steps", f.steps},
+            {"steps_planned", f.steps_planned},
+            {"tokens", f.steps * opt.batch},
+            {"batch", opt.batch},
+            {"lr", opt.adam.lr},
+            {"beta1", opt.adam.beta1},
+            {"beta2", opt.adam.beta2},
+            {"eps", opt.adam.eps},
+            {"max_grad_norm", opt.max_grad_norm},
+            {"seed", f.seed},
+            {"shuffle", f.shuffle},
+            {"data", f.data},
+            {"epochs", f.epochs},
+            {"nonfinite_rows_skipped", f.nonfinite_rows_skipped},
+            {"init", f.init},
+            {"engine", opt.engine},
+            {"threads", num_threads()},
+            {"seconds", f.seconds},
+            {"tokens_per_s", f.tokens_per_s},
+            {"threshold", trainer.params().threshold},
+            {"dead_latents_at_end", dead}}}};
 }
 
 void MetricsInterval::add(const StepStats& s) {

@@ -481,44 +481,27 @@ int run_train(TrainArgs a, const CLI::App& app) {
                                  {"mcc", rec.mcc}};
   }
 
-  json msae_json = {
-      {"format", "msae-sae"},
-      {"format_version", 1},
-      {"msae_version", version_string()},
-      {"git_commit", git_commit()},
-      {"config", train::config_json(cfg)},
-      {"data_normalization", {{"method", a.normalize}, {"scale", scale}, {"folded_into_weights", true}}},
-      {"training",
-       {{"completed", completed},
-        {"steps", step},
-        {"steps_planned", opt.steps},
-        {"tokens", step * opt.batch},
-        {"batch", opt.batch},
-        {"lr", opt.adam.lr},
-        {"beta1", opt.adam.beta1},
-        {"beta2", opt.adam.beta2},
-        {"eps", opt.adam.eps},
-        {"max_grad_norm", opt.max_grad_norm},
-        {"seed", a.seed},
-        {"shuffle", !synthetic && !a.no_shuffle},
-        {"data", synthetic ? "synthetic" : a.data},
-        {"data_options", synthetic ? json(nullptr) : a.data_args.to_json()},
-        {"epochs", dstats.epochs},
-        {"nonfinite_rows_skipped", dstats.nonfinite_skipped},
-        {"reader_wait_seconds", dstats.wait_seconds},
-        {"checkpoint_every", a.checkpoint_every},
-        {"checkpoint_seconds", checkpoint_seconds},
-        {"resumed_at_steps", resumed_at},
-        {"init", a.init.empty() ? json(nullptr) : json(a.init)},
-        {"engine", trainer.options().engine},
-        {"threads", num_threads()},
-        {"seconds", train_seconds},
-        {"tokens_per_s", static_cast<double>((step - start_step) * opt.batch) / std::max(session_seconds, 1e-9)},
-        {"threshold", trainer.params().threshold},
-        {"dead_latents_at_end", std::count_if(trainer.latent_state().n_inactive.begin(),
-                                              trainer.latent_state().n_inactive.end(),
-                                              [&](int64_t n) { return n >= cfg.dead_after_batches; })}}},
-  };
+  train::RunFacts facts;
+  facts.completed = completed;
+  facts.steps = step;
+  facts.steps_planned = opt.steps;
+  facts.seed = a.seed;
+  facts.shuffle = !synthetic && !a.no_shuffle;
+  facts.data = synthetic ? "synthetic" : a.data;
+  facts.init = a.init.empty() ? json(nullptr) : json(a.init);
+  facts.normalize = a.normalize;
+  facts.scale = scale;
+  facts.epochs = dstats.epochs;
+  facts.nonfinite_rows_skipped = dstats.nonfinite_skipped;
+  facts.seconds = train_seconds;
+  facts.tokens_per_s = static_cast<double>((step - start_step) * opt.batch) / std::max(session_seconds, 1e-9);
+  json msae_json = train::run_record(trainer, facts);
+  json& training = msae_json["training"];
+  training["data_options"] = synthetic ? json(nullptr) : a.data_args.to_json();
+  training["reader_wait_seconds"] = dstats.wait_seconds;
+  training["checkpoint_every"] = a.checkpoint_every;
+  training["checkpoint_seconds"] = checkpoint_seconds;
+  training["resumed_at_steps"] = resumed_at;
   if (completed) msae_json["final_metrics"] = final_metrics;
   msae_json["training"]["schedule"] = schedule_json(opt);
   train::write_sae_files(work_dir, cfg, out_params, msae_json);
