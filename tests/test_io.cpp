@@ -886,3 +886,38 @@ TEST_F(IoTest, CommitDirectory) {
 }
 
 }  // namespace
+
+// io::json_*: only the stated kind and range pass; everything else is an msae::Error naming `what`
+// (never a silent truncation or an undefined float -> integer conversion).
+TEST(JsonRead, NumbersAreTypeAndRangeChecked) {
+  using nlohmann::json;
+  using msae::io::json_int;
+  EXPECT_EQ(json_int(json(7), "x"), 7);
+  EXPECT_EQ(json_int(json(-7), "x"), -7);
+  EXPECT_EQ(json_int(json(uint64_t{9223372036854775807ULL}), "x"), INT64_MAX);
+  EXPECT_EQ(msae::io::json_uint64(json(uint64_t{18446744073709551615ULL}), "x"), UINT64_MAX);
+  EXPECT_FLOAT_EQ(msae::io::json_float(json(2.5), "x"), 2.5f);
+  EXPECT_FLOAT_EQ(msae::io::json_float(json(3), "x"), 3.0f);
+  EXPECT_EQ(msae::io::json_int_vector(json::parse("[1, 2, 3]"), "x", 0, 5), (std::vector<int64_t>{1, 2, 3}));
+  const std::pair<std::function<void()>, std::string> bad[] = {
+      {[] { json_int(json(1.1e88), "d_sae"); }, "d_sae must be an integer"},
+      {[] { json_int(json(2.0), "k"); }, "k must be an integer"},  // a float is not an integer, even 2.0
+      {[] { json_int(json("3"), "k"); }, "k must be an integer"},
+      {[] { json_int(json(uint64_t{18446744073709551615ULL}), "n"); }, "n must be an integer"},
+      {[] { json_int(json(-1), "bits", 0, 10); }, "bits must be an integer in [0, 10], found -1"},
+      {[] { msae::io::json_uint64(json(-1), "seed"); }, "seed must be an unsigned"},
+      {[] { msae::io::json_float(json(1e300), "lr"); }, "lr must be a finite number within float range"},
+      {[] { msae::io::json_float(json(nullptr), "lr"); }, "lr must be a finite number"},
+      {[] { msae::io::json_double(json("x"), "loss"); }, "loss must be a finite number"},
+      {[] { msae::io::json_int_vector(json::parse("[1, 2.5]"), "ids"); }, "ids[1] must be an integer"},
+      {[] { msae::io::json_double_vector(json(4), "m"); }, "m must be an array of numbers"},
+  };
+  for (const auto& [call, expected] : bad) {
+    try {
+      call();
+      ADD_FAILURE() << "accepted; expected: " << expected;
+    } catch (const msae::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    }
+  }
+}

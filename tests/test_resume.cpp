@@ -203,6 +203,18 @@ TEST_F(Resume, MalformedCheckpointStateIsRefused) {
       {std::string(100000, '[') + std::string(100000, ']'), "nested deeper"},
       {"{\"format\": \"msae-checkpoint\",", "not valid JSON"},
       {"{\"format\": \"something-else\", \"format_version\": 1}", "msae-checkpoint"},
+      // Fuzz finding (fuzz_checkpoint): a float where an integer belongs was read with get<int64_t>(),
+      // undefined behaviour for 1e88; every number is now type- and range-checked (io::json_int).
+      {"{\"format\": \"msae-checkpoint\", \"format_version\": 1, \"step\": 2, \"adam_t\": 2, \"d_in\": 4, "
+       "\"d_sae\": 1.1e88, \"n_inactive\": [], \"threshold_bits\": 0, \"extra\": {}}",
+       "\"d_sae\" must be an integer"},
+      {"{\"format\": \"msae-checkpoint\", \"format_version\": 1.5}", "\"format_version\" must be an integer"},
+      {"{\"format\": \"msae-checkpoint\", \"format_version\": 1, \"step\": 2, \"adam_t\": 2, \"d_in\": 4, "
+       "\"d_sae\": 2, \"n_inactive\": [0, 3.5], \"threshold_bits\": 0, \"extra\": {}}",
+       "\"n_inactive\"[1] must be an integer"},
+      {"{\"format\": \"msae-checkpoint\", \"format_version\": 1, \"step\": 2, \"adam_t\": 2, \"d_in\": 4, "
+       "\"d_sae\": 2, \"n_inactive\": [0, 3], \"threshold_bits\": -1, \"extra\": {}}",
+       "\"threshold_bits\" must be an integer in [0, 4294967295]"},
   };
   for (const auto& [text, expected] : cases) {
     { std::ofstream(step / "state.json") << text; }

@@ -125,6 +125,19 @@ std::string json_excerpt(const nlohmann::json& value);
 // (runtime) naming `path` when the text is not valid JSON or is nested deeper.
 nlohmann::json parse_json_file_text(const std::string& text, const std::string& path, int max_depth = 64);
 
+// Checked reads of numbers from JSON that came from a file. nlohmann's get<> converts whatever is there:
+// a float read as an integer is truncated, and one outside the integer's (or a double outside float's)
+// range is undefined behaviour. These accept only the stated kind and range and otherwise throw
+// msae::Error (runtime) "WHAT must be ..., found VALUE"; `what` names the file and the key.
+int64_t json_int(const nlohmann::json& v, const std::string& what, int64_t lo = INT64_MIN, int64_t hi = INT64_MAX);
+uint64_t json_uint64(const nlohmann::json& v, const std::string& what);
+std::vector<int64_t> json_int_vector(const nlohmann::json& v, const std::string& what, int64_t lo = INT64_MIN,
+                                     int64_t hi = INT64_MAX);
+std::vector<uint64_t> json_uint64_vector(const nlohmann::json& v, const std::string& what);
+std::vector<double> json_double_vector(const nlohmann::json& v, const std::string& what);
+double json_double(const nlohmann::json& v, const std::string& what);  // any finite number
+float json_float(const nlohmann::json& v, const std::string& what);    // a finite number within float's range
+
 // ---------------------------------------------------------------------------------------------
 // File-system helpers.
 // ---------------------------------------------------------------------------------------------

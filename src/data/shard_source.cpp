@@ -468,23 +468,23 @@ class Planner {
 
   void set_state(const json& j) {
     try {
-      if (j.at("mode").get<std::string>() != mode_name(mode_) || j.at("seed").get<uint64_t>() != seed_ ||
-          j.at("buffer_rows").get<int64_t>() != S_ || j.at("rows").get<int64_t>() != set_->N ||
-          j.at("d").get<int64_t>() != set_->d || j.at("shards").get<size_t>() != set_->shards.size())
+      if (j.at("mode").get<std::string>() != mode_name(mode_) || io::json_uint64(j.at("seed"), "checkpoint data position \"seed\"") != seed_ ||
+          io::json_int(j.at("buffer_rows"), "checkpoint data position \"buffer_rows\"") != S_ || io::json_int(j.at("rows"), "checkpoint data position \"rows\"") != set_->N ||
+          io::json_int(j.at("d"), "checkpoint data position \"d\"") != set_->d || static_cast<size_t>(io::json_int(j.at("shards"), "checkpoint data position \"shards\"", 0)) != set_->shards.size())
         runtime_error("the checkpoint's data position (", j.at("mode").get<std::string>(), " order, seed ",
-                      j.at("seed").get<uint64_t>(), ", ", j.at("rows").get<int64_t>(), " rows of width ",
-                      j.at("d").get<int64_t>(), " in ", j.at("shards").get<size_t>(),
+                      io::json_uint64(j.at("seed"), "checkpoint data position \"seed\""), ", ", io::json_int(j.at("rows"), "checkpoint data position \"rows\""), " rows of width ",
+                      io::json_int(j.at("d"), "checkpoint data position \"d\""), " in ", static_cast<size_t>(io::json_int(j.at("shards"), "checkpoint data position \"shards\"", 0)),
                       " shards) does not match the data now (", mode_name(mode_), ", seed ", seed_, ", ", set_->N,
                       " rows of width ", set_->d, " in ", set_->shards.size(),
                       " shards); was the data changed since the checkpoint?");
-      epoch_ = j.at("epoch").get<int64_t>();
-      block_pos_ = j.at("block_pos").get<int64_t>();
-      row_in_block_ = j.at("row_in_block").get<int64_t>();
-      pulled_ = j.at("pulled").get<int64_t>();
-      pos_ = j.at("pos").get<int64_t>();
-      rng_.set_state(j.at("rng").get<std::vector<uint64_t>>());
+      epoch_ = io::json_int(j.at("epoch"), "checkpoint data position \"epoch\"");
+      block_pos_ = io::json_int(j.at("block_pos"), "checkpoint data position \"block_pos\"");
+      row_in_block_ = io::json_int(j.at("row_in_block"), "checkpoint data position \"row_in_block\"");
+      pulled_ = io::json_int(j.at("pulled"), "checkpoint data position \"pulled\"");
+      pos_ = io::json_int(j.at("pos"), "checkpoint data position \"pos\"");
+      rng_.set_state(io::json_uint64_vector(j.at("rng"), "checkpoint data position \"rng\""));
       filled_ = j.at("filled").get<bool>();
-      ids_ = j.at("ids").get<std::vector<int64_t>>();
+      ids_ = io::json_int_vector(j.at("ids"), "checkpoint data position \"ids\"");
     } catch (const json::exception& e) {
       runtime_error("checkpoint data position is malformed: ", e.what());
     }
@@ -756,9 +756,9 @@ class FileSource final : public ActivationSource {
   void set_state(const json& j) override {
     MSAE_ASSERT(!thread_.joinable(), "set_state before the first batch");
     try {
-      position_ = j.at("position").get<int64_t>();
-      batches_ = j.at("batches").get<int64_t>();
-      for (int64_t r : j.at("nonfinite_rows").get<std::vector<int64_t>>()) {
+      position_ = io::json_int(j.at("position"), "checkpoint data position \"position\"");
+      batches_ = io::json_int(j.at("batches"), "checkpoint data position \"batches\"");
+      for (int64_t r : io::json_int_vector(j.at("nonfinite_rows"), "checkpoint data position \"nonfinite_rows\"")) {
         if (r < 0 || r >= set_->N) runtime_error("checkpoint data position: non-finite row ", r, " out of range");
         bad_.add(r, "");
       }

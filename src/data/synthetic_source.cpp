@@ -1,4 +1,5 @@
 #include "msae/data.h"
+#include "msae/io.h"
 #include "msae/synth.h"
 
 namespace msae::data {
@@ -26,10 +27,10 @@ class SyntheticSource final : public ActivationSource {
   }
   void set_state(const nlohmann::json& j) override {
     try {
-      if (j.at("seed").get<uint64_t>() != seed_)
-        runtime_error("checkpoint data position: synthetic seed ", j.at("seed").get<uint64_t>(), " but this run has ", seed_);
-      position_ = j.at("position").get<int64_t>();
-      sampler_.set_rng_state(j.at("rng").get<std::vector<uint64_t>>());
+      if (io::json_uint64(j.at("seed"), "checkpoint data position \"seed\"") != seed_)
+        runtime_error("checkpoint data position: synthetic seed ", io::json_uint64(j.at("seed"), "checkpoint data position \"seed\""), " but this run has ", seed_);
+      position_ = io::json_int(j.at("position"), "checkpoint data position \"position\"");
+      sampler_.set_rng_state(io::json_uint64_vector(j.at("rng"), "checkpoint data position \"rng\""));
     } catch (const nlohmann::json::exception& e) {
       runtime_error("checkpoint data position is malformed: ", e.what());
     }

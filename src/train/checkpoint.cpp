@@ -130,16 +130,20 @@ Checkpoint read_checkpoint(const std::string& run_dir) {
   try {
     if (state.at("format").get<std::string>() != "msae-checkpoint")
       runtime_error(state_file, ": \"format\" is not \"msae-checkpoint\"");
-    if (state.at("format_version").get<int>() != kCheckpointFormat)
-      runtime_error(state_file, ": format_version ", state.at("format_version").get<int>(), " is not supported (expected ",
-                    kCheckpointFormat, ")");
-    c.step = state.at("step").get<int64_t>();
-    d = state.at("d_in").get<int64_t>();
-    D = state.at("d_sae").get<int64_t>();
-    c.opt.t = state.at("adam_t").get<int64_t>();
-    c.latents.n_inactive = state.at("n_inactive").get<std::vector<int64_t>>();
+    // Every number through io::json_* (type and range checked before converting: fuzz finding, a float
+    // d_sae of 1e88 read with get<int64_t>() was undefined behaviour).
+    auto key = [&](const char* k) { return cat(state_file, ": \"", k, "\""); };
+    const int64_t version = io::json_int(state.at("format_version"), key("format_version"));
+    if (version != kCheckpointFormat)
+      runtime_error(state_file, ": format_version ", version, " is not supported (expected ", kCheckpointFormat, ")");
+    c.step = io::json_int(state.at("step"), key("step"), 0);
+    d = io::json_int(state.at("d_in"), key("d_in"), 1, int64_t{1} << 31);
+    D = io::json_int(state.at("d_sae"), key("d_sae"), 1, int64_t{1} << 31);
+    c.opt.t = io::json_int(state.at("adam_t"), key("adam_t"), 0);
+    c.latents.n_inactive = io::json_int_vector(state.at("n_inactive"), key("n_inactive"), 0);
     c.extra = state.at("extra");
-    const float threshold = bits_float(state.at("threshold_bits").get<uint32_t>());
+    const float threshold =
+        bits_float(static_cast<uint32_t>(io::json_int(state.at("threshold_bits"), key("threshold_bits"), 0, UINT32_MAX)));
     if (c.step < 0 || c.opt.t < 0 || d <= 0 || D <= 0 || static_cast<int64_t>(c.latents.n_inactive.size()) != D)
       runtime_error(state_file, ": inconsistent step/shape fields (step ", c.step, ", d_in ", d, ", d_sae ", D,
                     ", ", c.latents.n_inactive.size(), " dead counters)");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "msae/io.h"
 #include "msae/train.h"
 
 namespace msae::train {
@@ -76,11 +77,11 @@ json VariantState::state_json() const {
 
 void VariantState::restore(const json& s) {
   try {
-    step_ = s.at("step").get<int64_t>();
-    permutations_ = s.at("permutations").get<int64_t>();
-    l1_coef_ = s.at("l1_coef").get<double>();
-    rng_.set_state(s.at("rng").get<std::vector<uint64_t>>());
-    sq_act_mean_ = s.at("sq_act_mean").get<std::vector<double>>();
+    step_ = io::json_int(s.at("step"), "checkpoint variant state \"step\"");
+    permutations_ = io::json_int(s.at("permutations"), "checkpoint variant state \"permutations\"");
+    l1_coef_ = io::json_double(s.at("l1_coef"), "checkpoint variant state \"l1_coef\"");
+    rng_.set_state(io::json_uint64_vector(s.at("rng"), "checkpoint variant state \"rng\""));
+    sq_act_mean_ = io::json_double_vector(s.at("sq_act_mean"), "checkpoint variant state \"sq_act_mean\"");
   } catch (const json::exception& e) {
     runtime_error("checkpoint: malformed variant state (", e.what(), ")");
   }

@@ -130,25 +130,25 @@ TrainArgs args_from_json(const json& j, const std::string& where) {
     a.data = a.data_args.data;
     a.synthetic = j.at("synthetic").get<bool>();
     a.normalize = j.at("normalize").get<std::string>();
-    a.checkpoint_every = j.at("checkpoint_every").get<int64_t>();
-    a.keep_checkpoints = j.at("keep_checkpoints").get<int>();
+    a.checkpoint_every = io::json_int(j.at("checkpoint_every"), "checkpoint run state \"checkpoint_every\"");
+    a.keep_checkpoints = static_cast<int>(io::json_int(j.at("keep_checkpoints"), "checkpoint run state \"keep_checkpoints\"", INT32_MIN, INT32_MAX));
     a.arch = j.at("arch").get<std::string>();
-    a.d_sae = j.at("d_sae").get<int64_t>();
+    a.d_sae = io::json_int(j.at("d_sae"), "checkpoint run state \"d_sae\"");
     a.group_sizes = j.at("group_sizes").get<std::string>();
-    a.k = j.at("k").get<int64_t>();
-    a.batch = j.at("batch").get<int64_t>();
-    a.steps = j.at("steps").get<int64_t>();
-    a.lr = j.at("lr").get<float>();
-    a.seed = j.at("seed").get<uint64_t>();
+    a.k = io::json_int(j.at("k"), "checkpoint run state \"k\"");
+    a.batch = io::json_int(j.at("batch"), "checkpoint run state \"batch\"");
+    a.steps = io::json_int(j.at("steps"), "checkpoint run state \"steps\"");
+    a.lr = io::json_float(j.at("lr"), "checkpoint run state \"lr\"");
+    a.seed = io::json_uint64(j.at("seed"), "checkpoint run state \"seed\"");
     a.init = j.at("init").get<std::string>();
     a.no_shuffle = j.at("no_shuffle").get<bool>();
-    a.dead_after = j.at("dead_after").get<int64_t>();
-    a.aux_k = j.at("aux_k").get<int64_t>();
-    a.aux_coef = j.at("aux_coef").get<float>();
-    a.max_grad_norm = j.at("max_grad_norm").get<float>();
+    a.dead_after = io::json_int(j.at("dead_after"), "checkpoint run state \"dead_after\"");
+    a.aux_k = io::json_int(j.at("aux_k"), "checkpoint run state \"aux_k\"");
+    a.aux_coef = io::json_float(j.at("aux_coef"), "checkpoint run state \"aux_coef\"");
+    a.max_grad_norm = io::json_float(j.at("max_grad_norm"), "checkpoint run state \"max_grad_norm\"");
     a.encoder_bias = j.at("encoder_bias").get<bool>();
-    a.log_every = j.at("log_every").get<int64_t>();
-    a.threads = j.at("threads").get<int>();
+    a.log_every = io::json_int(j.at("log_every"), "checkpoint run state \"log_every\"");
+    a.threads = static_cast<int>(io::json_int(j.at("threads"), "checkpoint run state \"threads\"", INT32_MIN, INT32_MAX));
     a.engine = j.at("engine").get<std::string>();
     a.variants = variant_args_from_json(j.at("variants"));
     a.given_flags = j.at("given_flags").get<std::vector<std::string>>();
@@ -167,9 +167,11 @@ void truncate_metrics(const std::string& path, int64_t step) {
     while (std::getline(in, line)) {
       if (line.empty()) continue;
       try {
-        if (json::parse(line).at("step").get<int64_t>() > step) break;
+        if (io::json_int(json::parse(line).at("step"), path + ": \"step\"") > step) break;
       } catch (const json::exception&) {
         break;  // a torn last line of a killed run
+      } catch (const Error&) {
+        break;  // or a step that is not an integer: the file is cut there too
       }
       kept += line + "\n";
     }
@@ -183,12 +185,12 @@ json interval_json(const train::MetricsInterval& m) {
 }
 train::MetricsInterval interval_from_json(const json& j) {
   train::MetricsInterval m;
-  m.steps = j.at("steps").get<int64_t>();
-  m.loss = j.at("loss").get<double>();
-  m.l_aux = j.at("l_aux").get<double>();
-  m.fvu = j.at("fvu").get<double>();
-  m.l0 = j.at("l0").get<double>();
-  m.mse_prefix = j.at("mse_prefix").get<std::vector<double>>();
+  m.steps = io::json_int(j.at("steps"), "checkpoint run state \"steps\"");
+  m.loss = io::json_double(j.at("loss"), "checkpoint run state \"loss\"");
+  m.l_aux = io::json_double(j.at("l_aux"), "checkpoint run state \"l_aux\"");
+  m.fvu = io::json_double(j.at("fvu"), "checkpoint run state \"fvu\"");
+  m.l0 = io::json_double(j.at("l0"), "checkpoint run state \"l0\"");
+  m.mse_prefix = io::json_double_vector(j.at("mse_prefix"), "checkpoint run state \"mse_prefix\"");
   return m;
 }
 
@@ -250,7 +252,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
   float scale = 1.0f;
   if (a.normalize == "expected-norm") {
     if (ckpt) {
-      scale = ckpt->extra.at("scale").get<float>();
+      scale = io::json_float(ckpt->extra.at("scale"), "checkpoint run state \"scale\"");
     } else {
       data::DataOptions so = a.data_args.options(true, a.seed ^ 0x6e6f726dULL);
       so.shuffle_buffer = 65536;
@@ -347,8 +349,8 @@ int run_train(TrainArgs a, const CLI::App& app) {
     try {
       source->set_state(ckpt->extra.at("data"));
       interval = interval_from_json(ckpt->extra.at("interval"));
-      seconds_before = ckpt->extra.at("seconds").get<double>();
-      resumed_at = ckpt->extra.at("resumed_at").get<std::vector<int64_t>>();
+      seconds_before = io::json_double(ckpt->extra.at("seconds"), "checkpoint run state \"seconds\"");
+      resumed_at = io::json_int_vector(ckpt->extra.at("resumed_at"), "checkpoint run state \"resumed_at\"");
     } catch (const json::exception& e) {
       runtime_error(ckpt->path, "/state.json: malformed run state: ", e.what());
     }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "msae/data.h"
+#include "msae/io.h"
 
 namespace msae::cli {
 
@@ -63,8 +64,8 @@ struct DataArgs {
     dtype = j.at("dtype").get<std::string>();
     bf16 = false;
     tensor = j.at("tensor").get<std::string>();
-    d_in = j.at("d_in").get<int64_t>();
-    shuffle_buffer = j.at("shuffle_buffer").get<int64_t>();
+    d_in = io::json_int(j.at("d_in"), "checkpoint run state \"d_in\"");
+    shuffle_buffer = io::json_int(j.at("shuffle_buffer"), "checkpoint run state \"shuffle_buffer\"");
     on_nonfinite = j.at("on_nonfinite").get<std::string>();
     no_reader_thread = j.at("no_reader_thread").get<bool>();
   }
