@@ -507,9 +507,12 @@ const std::vector<std::string>& plotted_metrics() {
       "FVU prefix 1", "L0", "dead %", "meta-SAE EV", "recovered % (cos>=0.9)", "mean max cos"};
   return names;
 }
-// The ground-truth metrics that share the [0, 1] scale, drawn together in overview.svg.
-const std::vector<std::string>& overview_metrics() {
-  static const std::vector<std::string> names = {"F1", "MCC", "uniqueness", "absorption", "roots in 1st prefix", "EV"};
+// The ground-truth metrics that share the [0, 1] scale, drawn together in overview.svg, with the short
+// category labels that fit under their bars.
+const std::vector<std::pair<std::string, std::string>>& overview_metrics() {
+  static const std::vector<std::pair<std::string, std::string>> names = {
+      {"F1", "F1"},         {"MCC", "MCC"},          {"uniqueness", "unique"},
+      {"absorption", "absorb"}, {"roots in 1st prefix", "roots p1"}, {"EV", "EV"}};
   return names;
 }
 
@@ -518,11 +521,11 @@ const std::vector<std::string>& overview_metrics() {
 std::string overview_svg(const Summary& sum, const std::string& title) {
   report::BarChart chart{title, "mean ± std over seeds", {}, {}};
   std::vector<size_t> cols;
-  for (const std::string& m : overview_metrics()) {
+  for (const auto& [m, label] : overview_metrics()) {
     auto it = std::find(sum.metrics.begin(), sum.metrics.end(), m);
     if (it == sum.metrics.end()) continue;
     cols.push_back(static_cast<size_t>(it - sum.metrics.begin()));
-    chart.categories.push_back(m);
+    chart.categories.push_back(label);
   }
   if (cols.empty()) return {};
   std::vector<std::vector<double>> errors;
@@ -549,7 +552,8 @@ void write_report(const std::string& dir, const std::string& grid, const Summary
   for (const std::string& d : data) sources += (sources.empty() ? "" : ", ") + (d == "-" ? std::string("synthetic") : d);
   page.paragraph(cat(n_runs, " runs, ", sum.rows.size(), " configurations, data: ", sources,
                      ". Each row pools a configuration's seeds: mean ± sample standard deviation. Ground-truth metrics "
-                     "(preset: data) are defined in docs/synth-bench.md; whiskers are ± 1 std."));
+                     "(preset: data) are defined in docs/synth-bench.md; whiskers are ± 1 std. Overview labels: unique = "
+                     "uniqueness, absorb = absorption, roots p1 = roots in 1st prefix."));
   page.heading("Comparison (mean ± std over seeds)");
   std::vector<std::string> header = {"#"};
   for (const std::string& k : sum.varying) header.push_back(k);
@@ -565,7 +569,7 @@ void write_report(const std::string& dir, const std::string& grid, const Summary
       r.push_back(num(row.mean[m]) + (row.n[m] > 1 ? " ± " + num(row.sd[m], "%.2g") : ""));
     rows.push_back(r);
   }
-  page.raw(report::table_html(header, rows));
+  page.raw("<div style=\"overflow-x:auto\">\n" + report::table_html(header, rows) + "</div>\n");
   const std::string overview = overview_svg(sum, "Ground-truth metrics per configuration");
   if (!overview.empty()) {
     page.heading("Overview");
