@@ -570,7 +570,8 @@ void write_report(const std::string& dir, const std::string& grid, const Summary
     rows.push_back(r);
   }
   page.raw("<div style=\"overflow-x:auto\">\n" + report::table_html(header, rows) + "</div>\n");
-  const std::string overview = overview_svg(sum, "Ground-truth metrics per configuration");
+  const std::string grid_name = grid.substr(grid.find_last_of('/') == std::string::npos ? 0 : grid.find_last_of('/') + 1);
+  const std::string overview = overview_svg(sum, cat(grid_name, " on ", sources, " (mean ± std)"));
   if (!overview.empty()) {
     page.heading("Overview");
     page.raw(overview);
