@@ -1,5 +1,5 @@
 // msae eval: a small writer for self-contained HTML reports with inline SVG plots (no scripts, no
-// external files). Generic: series in, SVG/HTML out. Used by `msae synth-bench` (and meant for `msae sweep`).
+// external files). Generic: series in, SVG/HTML out. Used by `msae synth-bench` and `msae sweep`.
 #pragma once
 
 #include <string>
@@ -27,6 +27,11 @@ struct BarChart {
   std::vector<Series> series;  // x unused; y has one value per category
 };
 std::string bar_svg(const BarChart& chart);
+// The same with error bars: errors[i][c] is the half-length (e.g. one standard deviation) of the whisker
+// drawn on the bar of series i in category c; errors is empty or has one entry per series, each empty
+// (no whiskers for that series) or one value per category; non-finite or <= 0 values draw none. The y
+// axis covers every bar's value +- its error.
+std::string bar_svg(const BarChart& chart, const std::vector<std::vector<double>>& errors);
 
 // Overlaid histograms of raw values (each Series' y holds the samples) on shared bins over [lo, hi]
 // (lo == hi: the range of the data). Bars show the share of each series' samples in the bin.

@@ -183,12 +183,29 @@ std::string line_svg(const LinePlot& p) {
   return s + legend(p.series) + "</svg>\n";
 }
 
-std::string bar_svg(const BarChart& c) {
+std::string bar_svg(const BarChart& c) { return bar_svg(c, {}); }
+
+std::string bar_svg(const BarChart& c, const std::vector<std::vector<double>>& errors) {
+  MSAE_ASSERT(errors.empty() || errors.size() == c.series.size(), "", errors.size(), " error lists for ",
+              c.series.size(), " series");
+  auto err = [&](size_t i, size_t k) -> double {
+    if (errors.empty() || errors[i].empty()) return 0.0;
+    const double e = errors[i][k];
+    return std::isfinite(e) && e > 0 ? e : 0.0;
+  };
   std::vector<double> ys;
-  for (const auto& s : c.series) {
+  for (size_t i = 0; i < c.series.size(); ++i) {
+    const Series& s = c.series[i];
     MSAE_ASSERT(s.y.size() == c.categories.size(), "series ", s.name, " has ", s.y.size(), " values for ",
                 c.categories.size(), " categories");
+    MSAE_ASSERT(errors.empty() || errors[i].empty() || errors[i].size() == s.y.size(), "series ", s.name, " has ",
+                errors.empty() ? 0 : errors[i].size(), " errors for ", s.y.size(), " values");
     ys.insert(ys.end(), s.y.begin(), s.y.end());
+    for (size_t k = 0; k < s.y.size(); ++k)
+      if (err(i, k) > 0 && std::isfinite(s.y[k])) {
+        ys.push_back(s.y[k] + err(i, k));
+        ys.push_back(s.y[k] - err(i, k));
+      }
   }
   const Axis ay = make_axis(ys, false, true);
   Axis ax;
@@ -207,7 +224,15 @@ std::string bar_svg(const BarChart& c) {
       const double bx = x0 + slot * static_cast<double>(k) + 0.1 * slot + bar * static_cast<double>(i);
       s += "<rect x=\"" + num(bx) + "\" y=\"" + num(std::min(y, yz)) + "\" width=\"" + num(bar) + "\" height=\"" +
            num(std::fabs(yz - y)) + "\" fill=\"" + color(i) + "\"><title>" + html_escape(c.series[i].name) + " " +
-           html_escape(c.categories[k]) + ": " + tick_label(v) + "</title></rect>\n";
+           html_escape(c.categories[k]) + ": " + tick_label(v) +
+           (err(i, k) > 0 ? " ± " + tick_label(err(i, k)) : std::string()) + "</title></rect>\n";
+      const double e = err(i, k);
+      if (e > 0) {  // whisker: a vertical line from v - e to v + e with caps
+        const double mx = bx + bar / 2, ya = py(ay, v - e), yb = py(ay, v + e), cap = std::min(4.0, bar / 3);
+        s += "<path class=\"errorbar\" d=\"M" + num(mx) + " " + num(ya) + "V" + num(yb) + "M" + num(mx - cap) + " " +
+             num(ya) + "H" + num(mx + cap) + "M" + num(mx - cap) + " " + num(yb) + "H" + num(mx + cap) +
+             "\" stroke=\"#222\" stroke-width=\"1.2\" fill=\"none\"/>\n";
+      }
     }
   }
   return s + legend(c.series) + "</svg>\n";

@@ -2,7 +2,10 @@
 // appends one JSON line per finished run to DIR/results.jsonl. Each run's configuration is hashed to an
 // id; runs whose id is already in results.jsonl are skipped, so a killed sweep resumes where it stopped.
 // After the runs it writes the comparison tables DIR/table.md and DIR/table.csv (one row per
-// configuration, mean and standard deviation over the seeds). Grid format: docs/cli.md "msae sweep".
+// configuration, mean and standard deviation over the seeds) and DIR/report.html (that table and bar charts
+// with error bars, src/eval/report.cpp). Grid format: docs/cli.md "msae sweep".
+// A run whose "data" is "preset:NAME" trains on that ground-truth preset's stream with the routine of
+// `msae synth-bench` (preset_run.h) and is scored with the suite's ground-truth metrics.
 #include <atomic>
 #include <cmath>
 #include <csignal>
@@ -16,8 +19,10 @@
 #include "msae/eval.h"
 #include "msae/io.h"
 #include "msae/recovery.h"
+#include "msae/report.h"
 #include "msae/synth.h"
 #include "msae/train.h"
+#include "preset_run.h"
 #include "progress.h"
 #include "variant_flags.h"
 
@@ -28,6 +33,7 @@ using nlohmann::json;
 
 struct SweepArgs {
   std::string grid;
+  std::vector<std::string> sets;  // --set KEY=VALUE, in order
   std::string out;
   int threads = 0;
   bool dry_run = false;
@@ -40,7 +46,7 @@ extern "C" void on_sweep_signal(int) { g_stop = true; }
 const std::set<std::string>& known_keys() {
   static const std::set<std::string> keys = {
       "data", "bf16", "arch", "d-sae", "group-sizes", "k", "batch", "steps", "lr", "seed", "dead-after-batches",
-      "aux-k", "aux-coef", "max-grad-norm", "encoder-bias", "engine", "eval-rows",
+      "aux-k", "aux-coef", "max-grad-norm", "encoder-bias", "engine", "eval-rows", "meta-steps",
       // variant_flags.h
       "recipe", "prefix-weights", "no-bdec-term", "stop-gradient-groups", "aux-detach", "group-k",
       "sampled-prefixes", "prefix-distribution", "pareto-power", "min-prefix", "reorder-every", "reorder-decay",
@@ -65,11 +71,42 @@ std::string run_id(const json& config) {
 // A .json file: {"base": {...}, "axes": {"key": [v1, v2, ...], ...}, "runs": [{...}, ...]}: each entry of
 // "runs" merged over the base (or the base alone when there is no "runs"), each crossed with the cartesian
 // product of the axes (axes in key order, the last varying fastest).
-std::vector<json> expand_grid(const std::string& path) {
+// --set KEY=VALUE overrides the grid everywhere: VALUE is parsed as JSON (a bare word that is not JSON is
+// a string). A list becomes the axis KEY (replacing an axis or base value of that name); any other value
+// sets KEY in the base and in every entry of "runs", and removes an axis KEY.
+void apply_sets(const std::vector<std::string>& sets, json& base, json& axes, json* runs) {
+  for (const std::string& s : sets) {
+    const size_t eq = s.find('=');
+    if (eq == std::string::npos || eq == 0) usage_error("--set '", s, "': expected KEY=VALUE, e.g. --set steps=500");
+    const std::string key = s.substr(0, eq), text = s.substr(eq + 1);
+    if (!known_keys().count(key)) usage_error("--set: unknown key '", key, "'; keys are msae train's flags without the dashes");
+    json value;
+    try {
+      value = json::parse(text);
+    } catch (const json::exception&) {
+      value = text;
+    }
+    if (value.is_array()) {
+      if (value.empty()) usage_error("--set ", key, ": an axis needs at least one value");
+      axes[key] = value;
+      base.erase(key);
+      if (runs)
+        for (json& r : *runs) r.erase(key);
+    } else {
+      axes.erase(key);
+      base[key] = value;
+      if (runs)
+        for (json& r : *runs) r[key] = value;
+    }
+  }
+}
+
+std::vector<json> expand_grid(const std::string& path, const std::vector<std::string>& sets) {
   const std::string text = io::read_text_file(path);
   std::vector<json> runs;
   auto fail = [&](const std::string& what) { usage_error("--grid ", path, ": ", what); };
   const bool jsonl = path.size() >= 6 && path.substr(path.size() - 6) == ".jsonl";
+  if (jsonl && !sets.empty()) usage_error("--set works with .json grids (base + axes), not with .jsonl run lists");
   try {
     if (jsonl) {
       std::istringstream in(text);
@@ -88,16 +125,20 @@ std::vector<json> expand_grid(const std::string& path) {
       for (const auto& [key, value] : g.items())
         if (key != "base" && key != "axes" && key != "runs")
           fail(cat("unknown top-level key '", key, "'; expected base, axes, runs"));
-      const json base = g.value("base", json::object());
+      json base = g.value("base", json::object());
       if (!base.is_object()) fail("\"base\" must be an object");
-      const json axes = g.value("axes", json::object());
+      json axes = g.value("axes", json::object());
       if (!axes.is_object()) fail("\"axes\" must be an object of lists");
+      json run_list = g.value("runs", json());
+      if (g.contains("runs") && (!run_list.is_array() || run_list.empty()))
+        fail("\"runs\" must be a non-empty list of objects");
+      for (const json& extra : run_list)
+        if (!extra.is_object()) fail("every entry of \"runs\" must be an object");
+      apply_sets(sets, base, axes, g.contains("runs") ? &run_list : nullptr);
       // templates: the base, or each entry of "runs" merged over the base; then each template crossed with the axes
       std::vector<json> product;
       if (g.contains("runs")) {
-        if (!g["runs"].is_array() || g["runs"].empty()) fail("\"runs\" must be a non-empty list of objects");
-        for (const json& extra : g["runs"]) {
-          if (!extra.is_object()) fail("every entry of \"runs\" must be an object");
+        for (const json& extra : run_list) {
           json r = base;
           r.update(extra);
           product.push_back(r);
@@ -154,35 +195,28 @@ std::vector<int64_t> parse_sizes(const std::string& text) {
   return out;
 }
 
-// One run: build the options as `msae train` would, train, evaluate. Returns the result line.
-json run_one(const json& r, const std::string& id) {
-  const std::string data_path = get<std::string>(r, "data", "synthetic");
-  const bool synthetic = data_path == "synthetic";
-  const uint64_t seed = get<uint64_t>(r, "seed", 0);
-  const bool bf16 = get<bool>(r, "bf16", false);
-  std::unique_ptr<data::ActivationSource> source =
-      synthetic ? data::open_synthetic(seed) : data::open_npy(data_path, true, seed, bf16);
-  const int64_t d = source->d();
+// The training options of run r, as `msae train` would build them from the same flags; `def` holds the
+// data source's defaults (width, k, batch, steps) for the keys r does not set.
+train::TrainOptions run_options(const json& r, const std::string& id, int64_t d, const PresetDefaults& def) {
   train::TrainOptions opt;
   SaeConfig& cfg = opt.sae;
   cfg.arch = parse_arch(get<std::string>(r, "arch", "matryoshka"));
   cfg.d_in = d;
-  cfg.d_sae = get<int64_t>(r, "d-sae", synthetic ? data::SyntheticDefaults::d_sae : 8 * d);
-  cfg.k = get<int64_t>(r, "k", synthetic ? data::SyntheticDefaults::k : 32);
+  cfg.d_sae = get<int64_t>(r, "d-sae", def.d_sae);
+  cfg.k = get<int64_t>(r, "k", def.k);
   if (r.contains("group-sizes")) cfg.group_sizes = parse_sizes(list_text(r, "group-sizes"));
   cfg.encoder_bias = get<bool>(r, "encoder-bias", false);
   cfg.dead_after_batches = get<int64_t>(r, "dead-after-batches", 20);
   cfg.aux_k = get<int64_t>(r, "aux-k", 512);
   cfg.aux_coef = get<float>(r, "aux-coef", 1.0f / 32.0f);
   cfg.finalize();
-  opt.batch = get<int64_t>(r, "batch", synthetic ? data::SyntheticDefaults::batch : 4096);
+  opt.batch = get<int64_t>(r, "batch", def.batch);
   if (opt.batch <= 0) usage_error("grid: batch must be positive");
-  opt.steps = get<int64_t>(r, "steps", synthetic ? data::SyntheticDefaults::steps
-                                                  : std::max<int64_t>(1, (source->rows() + opt.batch - 1) / opt.batch));
+  opt.steps = get<int64_t>(r, "steps", def.steps);
   if (opt.steps <= 0) usage_error("grid: steps must be positive");
   opt.adam.lr = get<float>(r, "lr", 3e-4f);
   opt.max_grad_norm = get<float>(r, "max-grad-norm", 1e5f);
-  opt.seed = seed;
+  opt.seed = get<uint64_t>(r, "seed", 0);
   opt.engine = get<std::string>(r, "engine", "sparse");
   json variant_keys = r;
   if (r.contains("prefix-weights")) variant_keys["prefix-weights"] = list_text(r, "prefix-weights");
@@ -194,8 +228,64 @@ json run_one(const json& r, const std::string& id) {
     usage_error("grid run ", id, ": a variant key has the wrong type (", e.what(), ")");
   }
   apply_variant_args(va, [&](const std::string& flag) { return r.contains(flag.substr(2)); }, opt);
+  return opt;
+}
 
-  train::Trainer trainer(opt, SaeParams::init(d, cfg.d_sae, seed));
+constexpr const char* kPresetPrefix = "preset:";
+
+// A run on a ground-truth preset: the preset's defaults for what r does not set, `seed` seeding the
+// feature model, the stream and the init exactly as `msae synth-bench --seeds` does; scored against
+// the truth. Returns a null json when interrupted.
+json run_preset(const json& r, const std::string& id, const std::string& preset) {
+  const PresetDefaults def = preset_defaults(preset);  // usage error listing the presets if unknown
+  const uint64_t seed = get<uint64_t>(r, "seed", 0);
+  const synth::FeatureModel model = synth::make_preset(preset, seed);
+  const train::TrainOptions opt = run_options(r, id, model.d, def);
+  const int64_t eval_rows = get<int64_t>(r, "eval-rows", def.eval_rows);
+  if (eval_rows <= 0) usage_error("grid: eval-rows must be positive");
+  const PresetEvalRows held_out = preset_eval_rows(model, seed, eval_rows);
+  PresetRunOptions ro;
+  ro.meta_steps = get<int64_t>(r, "meta-steps", 0);
+  ro.label = cat("run ", id);
+  ro.stop = &g_stop;
+  const PresetRun run = train_on_preset(model, opt, held_out, ro);
+  if (run.interrupted) return json();
+  json entries = preset_run_json(run, opt, false);
+  json metrics = entries["eval"];
+  metrics["ground_truth"] = entries["ground_truth"];
+  if (!entries["meta_sae"].is_null()) metrics["meta_sae"] = entries["meta_sae"];
+  return {{"id", id},
+          {"config", r},
+          {"preset", preset},
+          {"sae", train::config_json(opt.sae)},
+          {"engine", opt.engine},
+          {"steps", opt.steps},
+          {"seconds", entries["train"]["seconds"]},
+          {"train", entries["train"]},
+          {"metrics", metrics}};
+}
+
+// One run: build the options as `msae train` would, train, evaluate. Returns the result line (null when
+// interrupted).
+json run_one(const json& r, const std::string& id) {
+  const std::string data_path = get<std::string>(r, "data", "synthetic");
+  if (data_path.rfind(kPresetPrefix, 0) == 0) return run_preset(r, id, data_path.substr(std::string(kPresetPrefix).size()));
+  const bool synthetic = data_path == "synthetic";
+  if (r.contains("meta-steps")) usage_error("grid run ", id, ": meta-steps needs ground truth (\"data\": \"preset:NAME\")");
+  const uint64_t seed = get<uint64_t>(r, "seed", 0);
+  const bool bf16 = get<bool>(r, "bf16", false);
+  std::unique_ptr<data::ActivationSource> source =
+      synthetic ? data::open_synthetic(seed) : data::open_npy(data_path, true, seed, bf16);
+  const int64_t d = source->d();
+  const int64_t rows_per_batch = get<int64_t>(r, "batch", synthetic ? data::SyntheticDefaults::batch : 4096);
+  if (rows_per_batch <= 0) usage_error("grid: batch must be positive");
+  const PresetDefaults def{synthetic ? data::SyntheticDefaults::d_sae : 8 * d, synthetic ? data::SyntheticDefaults::k : 32,
+                           rows_per_batch,
+                           synthetic ? data::SyntheticDefaults::steps
+                                     : std::max<int64_t>(1, (source->rows() + rows_per_batch - 1) / rows_per_batch),
+                           16384, 0};
+  const train::TrainOptions opt = run_options(r, id, d, def);
+  train::Trainer trainer(opt, SaeParams::init(d, opt.sae.d_sae, seed));
   std::vector<float> batch(opt.batch * d);
   Timer clock;
   double loss_tail = 0;
@@ -235,8 +325,40 @@ json run_one(const json& r, const std::string& id) {
           {"metrics", metrics}};
 }
 
+double number_at(const json& j, const char* key) {
+  return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN;
+}
+
+// The numbers a table row shows for a run on a ground-truth preset: the suite's metrics (docs/synth-bench.md).
+std::vector<std::pair<std::string, double>> preset_row_metrics(const json& res) {
+  std::vector<std::pair<std::string, double>> m;
+  const json& met = res["metrics"];
+  const json& gt = met["ground_truth"];
+  m.push_back({"F1", number_at(gt, "f1")});
+  m.push_back({"MCC", number_at(gt, "mcc")});
+  m.push_back({"uniqueness", number_at(gt, "uniqueness")});
+  m.push_back({"absorption", number_at(gt, "absorption_rate")});
+  if (gt.contains("absorption_by_level"))
+    for (const json& level : gt["absorption_by_level"])
+      m.push_back({cat("absorption d", level.value("child_depth", 0)), number_at(level, "rate")});
+  m.push_back({"splitting", number_at(gt, "splitting")});
+  m.push_back({"roots in 1st prefix", number_at(gt, "roots_in_first_prefix")});
+  m.push_back({"mean max cos", number_at(gt, "mean_max_cosine")});
+  m.push_back({"EV", number_at(met["whole"], "explained_variance")});
+  m.push_back({"FVU", number_at(met["whole"], "fvu")});
+  if (met.contains("prefixes") && met["prefixes"].is_array())
+    for (size_t g = 0; g + 1 < met["prefixes"].size(); ++g)
+      m.push_back({cat("FVU p", g + 1), number_at(met["prefixes"][g], "fvu")});
+  m.push_back({"L0", number_at(met["whole"], "l0")});
+  m.push_back({"dead %", 100.0 * number_at(met, "dead_fraction")});
+  if (met.contains("meta_sae")) m.push_back({"meta-SAE EV", number_at(met["meta_sae"], "explained_variance")});
+  m.push_back({"seconds", number_at(res, "seconds")});
+  return m;
+}
+
 // The numbers each table row shows, from one result line.
 std::vector<std::pair<std::string, double>> row_metrics(const json& res) {
+  if (res.contains("preset")) return preset_row_metrics(res);
   std::vector<std::pair<std::string, double>> m;
   const json& met = res["metrics"];
   auto whole = [&](const char* key) -> double {
@@ -264,19 +386,33 @@ std::string num(double v, const char* f = "%.4g") {
   return buf;
 }
 
-// Writes table.md and table.csv: one row per configuration without its seed (mean, and "± std" over
-// seeds where there are several), columns = the keys that vary across the grid, then the metrics.
-// (The HTML report with plots is the benchmark suite's report writer; this writes the tables it reads.)
-void write_tables(const std::string& dir, const std::vector<json>& results) {
+// The results pooled per configuration (the run's config without its seed), in grid order.
+struct Summary {
+  std::vector<std::string> varying;   // config keys (not "seed") whose value differs across the runs
+  std::vector<std::string> metrics;   // column names, in row_metrics order
+  struct Row {
+    json config;                      // the first run's config
+    int64_t seeds = 0;
+    std::vector<double> mean, sd;     // per metric; sd NaN with fewer than 2 values, mean NaN with none
+    std::vector<int64_t> n;           // values per metric
+  };
+  std::vector<Row> rows;
+};
+
+std::string config_value(const json& c, const std::string& k) {
+  return c.contains(k) ? (c[k].is_string() ? c[k].get<std::string>() : c[k].dump()) : "-";
+}
+
+Summary summarize(const std::vector<json>& results) {
+  Summary sum;
   std::set<std::string> keys;
   for (const json& r : results)
     for (const auto& [k, v] : r["config"].items()) keys.insert(k);
-  std::vector<std::string> varying;
   for (const std::string& k : keys) {
     if (k == "seed") continue;
     std::set<std::string> values;
     for (const json& r : results) values.insert(r["config"].contains(k) ? r["config"][k].dump() : "-");
-    if (values.size() > 1) varying.push_back(k);
+    if (values.size() > 1) sum.varying.push_back(k);
   }
   std::map<std::string, std::vector<const json*>> groups;  // config without seed -> runs
   std::vector<std::string> order;
@@ -287,48 +423,75 @@ void write_tables(const std::string& dir, const std::vector<json>& results) {
     if (!groups.count(key)) order.push_back(key);
     groups[key].push_back(&r);
   }
-  std::vector<std::string> metric_names;
-  for (const json& r : results)
-    for (const auto& [name, v] : row_metrics(r))
-      if (std::find(metric_names.begin(), metric_names.end(), name) == metric_names.end()) metric_names.push_back(name);
-
-  std::ostringstream md, csv;
-  md << "| ";
-  for (const std::string& k : varying) md << k << " | ";
-  md << "seeds | ";
-  for (const std::string& m : metric_names) md << m << " | ";
-  md << "\n|";
-  for (size_t i = 0; i < varying.size() + 1 + metric_names.size(); ++i) md << "---|";
-  md << "\n";
-  for (const std::string& k : varying) csv << k << ",";
-  csv << "seeds";
-  for (const std::string& m : metric_names) csv << "," << m << "," << m << " std";
-  csv << "\n";
+  // The union of the runs' metric names; a name first seen in a later run goes right after the name
+  // that precedes it there (so "FVU p6" of an 8-group run lands after "FVU p5", not at the end).
+  for (const json& r : results) {
+    size_t pos = 0;
+    for (const auto& [name, v] : row_metrics(r)) {
+      auto it = std::find(sum.metrics.begin(), sum.metrics.end(), name);
+      if (it == sum.metrics.end()) it = sum.metrics.insert(sum.metrics.begin() + static_cast<std::ptrdiff_t>(pos), name);
+      pos = static_cast<size_t>(it - sum.metrics.begin()) + 1;
+    }
+  }
   for (const std::string& key : order) {
     const auto& runs = groups[key];
-    const json& c = (*runs[0])["config"];
-    md << "| ";
-    for (const std::string& k : varying) {
-      const std::string v = c.contains(k) ? (c[k].is_string() ? c[k].get<std::string>() : c[k].dump()) : "-";
-      md << v << " | ";
-      csv << "\"" << v << "\",";
-    }
-    md << runs.size() << " | ";
-    csv << runs.size();
-    for (const std::string& m : metric_names) {
-      double sum = 0, sq = 0;
-      int n = 0;
+    Summary::Row row;
+    row.config = (*runs[0])["config"];
+    row.seeds = static_cast<int64_t>(runs.size());
+    for (const std::string& m : sum.metrics) {
+      std::vector<double> vals;
       for (const json* r : runs)
         for (const auto& [name, v] : row_metrics(*r))
-          if (name == m && !std::isnan(v)) {
-            sum += v;
-            sq += v * v;
-            ++n;
-          }
-      const double mean = n ? sum / n : NAN;
-      const double sd = n > 1 ? std::sqrt(std::max(0.0, (sq - n * mean * mean) / (n - 1))) : NAN;
-      md << num(mean) << (n > 1 ? " ± " + num(sd, "%.2g") : "") << " | ";
-      csv << "," << num(mean, "%.6g") << "," << num(sd, "%.6g");
+          if (name == m && !std::isnan(v)) vals.push_back(v);
+      double mean = NAN, sd = NAN;
+      if (!vals.empty()) {
+        mean = 0;
+        for (double v : vals) mean += v;
+        mean /= static_cast<double>(vals.size());
+      }
+      if (vals.size() > 1) {
+        double sq = 0;
+        for (double v : vals) sq += (v - mean) * (v - mean);
+        sd = std::sqrt(sq / static_cast<double>(vals.size() - 1));
+      }
+      row.mean.push_back(mean);
+      row.sd.push_back(sd);
+      row.n.push_back(static_cast<int64_t>(vals.size()));
+    }
+    sum.rows.push_back(std::move(row));
+  }
+  return sum;
+}
+
+// Writes table.md and table.csv: one row per configuration without its seed (mean, and "± std" over
+// seeds where there are several), columns = the keys that vary across the grid, then the metrics.
+void write_tables(const std::string& dir, const Summary& sum) {
+  std::ostringstream md, csv;
+  md << "| ";
+  for (const std::string& k : sum.varying) md << k << " | ";
+  md << "seeds | ";
+  for (const std::string& m : sum.metrics) md << m << " | ";
+  md << "\n|";
+  for (size_t i = 0; i < sum.varying.size() + 1 + sum.metrics.size(); ++i) md << "---|";
+  md << "\n";
+  for (const std::string& k : sum.varying) csv << k << ",";
+  csv << "seeds";
+  for (const std::string& m : sum.metrics) csv << "," << m << "," << m << " std";
+  csv << "\n";
+  for (const Summary::Row& row : sum.rows) {
+    md << "| ";
+    for (const std::string& k : sum.varying) {
+      const std::string v = config_value(row.config, k);
+      md << v << " | ";
+      std::string quoted;
+      for (char ch : v) quoted += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+      csv << "\"" << quoted << "\",";
+    }
+    md << row.seeds << " | ";
+    csv << row.seeds;
+    for (size_t m = 0; m < sum.metrics.size(); ++m) {
+      md << num(row.mean[m]) << (row.n[m] > 1 ? " ± " + num(row.sd[m], "%.2g") : "") << " | ";
+      csv << "," << num(row.mean[m], "%.6g") << "," << num(row.sd[m], "%.6g");
     }
     md << "\n";
     csv << "\n";
@@ -337,10 +500,106 @@ void write_tables(const std::string& dir, const std::vector<json>& results) {
   io::write_text_file_atomic(dir + "/table.csv", csv.str());
 }
 
+// The metrics drawn as bar charts in report.html, in this order, where the runs have them.
+const std::vector<std::string>& plotted_metrics() {
+  static const std::vector<std::string> names = {
+      "F1", "MCC", "uniqueness", "absorption", "splitting", "roots in 1st prefix", "EV", "FVU", "FVU p1",
+      "FVU prefix 1", "L0", "dead %", "meta-SAE EV", "recovered % (cos>=0.9)", "mean max cos"};
+  return names;
+}
+// The ground-truth metrics that share the [0, 1] scale, drawn together in overview.svg, with the short
+// category labels that fit under their bars.
+const std::vector<std::pair<std::string, std::string>>& overview_metrics() {
+  static const std::vector<std::pair<std::string, std::string>> names = {
+      {"F1", "F1"},         {"MCC", "MCC"},          {"uniqueness", "unique"},
+      {"absorption", "absorb"}, {"roots in 1st prefix", "roots p1"}, {"EV", "EV"}};
+  return names;
+}
+
+// overview.svg: the [0, 1] ground-truth metrics (categories) for every configuration (series, named
+// "#i"), mean with +- 1 std whiskers over seeds. Empty when the runs have none of those metrics.
+std::string overview_svg(const Summary& sum, const std::string& title) {
+  report::BarChart chart{title, "mean ± std over seeds", {}, {}};
+  std::vector<size_t> cols;
+  for (const auto& [m, label] : overview_metrics()) {
+    auto it = std::find(sum.metrics.begin(), sum.metrics.end(), m);
+    if (it == sum.metrics.end()) continue;
+    cols.push_back(static_cast<size_t>(it - sum.metrics.begin()));
+    chart.categories.push_back(label);
+  }
+  if (cols.empty()) return {};
+  std::vector<std::vector<double>> errors;
+  for (size_t i = 0; i < sum.rows.size(); ++i) {
+    report::Series s{cat("#", i + 1), {}, {}};
+    std::vector<double> e;
+    for (size_t c : cols) {
+      s.y.push_back(sum.rows[i].mean[c]);
+      e.push_back(sum.rows[i].sd[c]);
+    }
+    chart.series.push_back(s);
+    errors.push_back(e);
+  }
+  return report::bar_svg(chart, errors);
+}
+
+// report.html: the comparison table (mean ± std over seeds) and one bar chart with +- 1 std whiskers
+// per key metric, configurations along x (numbered as in the table); also writes overview.svg.
+void write_report(const std::string& dir, const std::string& grid, const Summary& sum, size_t n_runs) {
+  report::Page page("msae sweep: " + grid);
+  std::set<std::string> data;
+  for (const Summary::Row& row : sum.rows) data.insert(config_value(row.config, "data"));
+  std::string sources;
+  for (const std::string& d : data) sources += (sources.empty() ? "" : ", ") + (d == "-" ? std::string("synthetic") : d);
+  page.paragraph(cat(n_runs, " runs, ", sum.rows.size(), " configurations, data: ", sources,
+                     ". Each row pools a configuration's seeds: mean ± sample standard deviation. Ground-truth metrics "
+                     "(preset: data) are defined in docs/synth-bench.md; whiskers are ± 1 std. Overview labels: unique = "
+                     "uniqueness, absorb = absorption, roots p1 = roots in 1st prefix."));
+  page.heading("Comparison (mean ± std over seeds)");
+  std::vector<std::string> header = {"#"};
+  for (const std::string& k : sum.varying) header.push_back(k);
+  header.push_back("seeds");
+  for (const std::string& m : sum.metrics) header.push_back(m);
+  std::vector<std::vector<std::string>> rows;
+  for (size_t i = 0; i < sum.rows.size(); ++i) {
+    const Summary::Row& row = sum.rows[i];
+    std::vector<std::string> r = {cat("#", i + 1)};
+    for (const std::string& k : sum.varying) r.push_back(config_value(row.config, k));
+    r.push_back(std::to_string(row.seeds));
+    for (size_t m = 0; m < sum.metrics.size(); ++m)
+      r.push_back(num(row.mean[m]) + (row.n[m] > 1 ? " ± " + num(row.sd[m], "%.2g") : ""));
+    rows.push_back(r);
+  }
+  page.raw("<div style=\"overflow-x:auto\">\n" + report::table_html(header, rows) + "</div>\n");
+  const std::string grid_name = grid.substr(grid.find_last_of('/') == std::string::npos ? 0 : grid.find_last_of('/') + 1);
+  const std::string overview = overview_svg(sum, cat(grid_name, " on ", sources, " (mean ± std)"));
+  if (!overview.empty()) {
+    page.heading("Overview");
+    page.raw(overview);
+    io::write_text_file_atomic(dir + "/overview.svg", overview);
+  }
+  page.heading("Key metrics per configuration");
+  std::string plots;
+  for (const std::string& m : plotted_metrics()) {
+    auto it = std::find(sum.metrics.begin(), sum.metrics.end(), m);
+    if (it == sum.metrics.end()) continue;
+    const size_t c = static_cast<size_t>(it - sum.metrics.begin());
+    report::BarChart chart{m, m, {}, {report::Series{"mean ± std", {}, {}}}};
+    std::vector<double> e;
+    for (size_t i = 0; i < sum.rows.size(); ++i) {
+      chart.categories.push_back(cat("#", i + 1));
+      chart.series[0].y.push_back(sum.rows[i].mean[c]);
+      e.push_back(sum.rows[i].sd[c]);
+    }
+    plots += report::bar_svg(chart, {e});
+  }
+  page.raw(plots);
+  page.write(dir + "/report.html");
+}
+
 int run_sweep(const SweepArgs& a) {
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
-  const std::vector<json> runs = expand_grid(a.grid);
+  const std::vector<json> runs = expand_grid(a.grid, a.sets);
   std::vector<std::string> ids;
   for (const json& r : runs) ids.push_back(run_id(r));
   if (a.dry_run) {
@@ -394,11 +653,16 @@ int run_sweep(const SweepArgs& a) {
   std::vector<json> results;  // in grid order, only this grid's runs
   for (const std::string& id : ids)
     if (done.count(id)) results.push_back(done[id]);
-  if (!results.empty()) write_tables(dir, results);
+  if (!results.empty()) {
+    const Summary sum = summarize(results);
+    write_tables(dir, sum);
+    write_report(dir, a.grid, sum, results.size());
+  }
   std::printf("msae sweep: %lld runs in the grid, %lld trained now, %lld already done%s\n",
               static_cast<long long>(runs.size()), static_cast<long long>(trained), static_cast<long long>(skipped),
               g_stop ? " (interrupted; run again to resume)" : "");
-  std::printf("results: %s\ntables: %s/table.md, %s/table.csv\n", results_path.c_str(), dir.c_str(), dir.c_str());
+  std::printf("results: %s\ntables: %s/table.md, %s/table.csv\nreport: %s/report.html\n", results_path.c_str(),
+              dir.c_str(), dir.c_str(), dir.c_str());
   if (!results.empty()) std::fputs(io::read_text_file(dir + "/table.md").c_str(), stdout);
   return g_stop ? 130 : 0;
 }
@@ -409,7 +673,10 @@ Action add_sweep_command(CLI::App& root) {
   auto a = std::make_shared<SweepArgs>();
   CLI::App* app = root.add_subcommand("sweep", "Train and evaluate a grid of configurations (resumable)");
   app->add_option("--grid", a->grid, "Grid file: .json (base + axes + runs) or .jsonl (one run per line)")->required();
-  app->add_option("--out", a->out, "Output directory (results.jsonl, table.md, table.csv)")->required();
+  app->add_option("--set", a->sets,
+                  "KEY=VALUE (repeatable): override a grid key everywhere; a JSON list makes KEY an axis "
+                  "(e.g. --set data=preset:synth-lite --set seed=[0,1,2] --set steps=500)");
+  app->add_option("--out", a->out, "Output directory (results.jsonl, table.md, table.csv, report.html)")->required();
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_flag("--dry-run", a->dry_run, "Print each run's id and configuration, train nothing");
   return [a]() { return run_sweep(*a); };

@@ -16,6 +16,7 @@
 #include "msae/report.h"
 #include "msae/synth.h"
 #include "msae/train.h"
+#include "preset_run.h"
 #include "progress.h"
 #include "variant_flags.h"
 
@@ -37,17 +38,6 @@ struct BenchArgs {
   std::string engine = "sparse";
   VariantArgs variants;  // variant_flags.h: the same switches as msae train, applied to every arch
 };
-
-// Per-preset defaults: width, L0, batch, steps, eval rows.
-struct PresetDefaults {
-  int64_t d_sae, k, batch, steps, eval_rows, meta_steps;
-};
-PresetDefaults preset_defaults(const std::string& p) {
-  if (p == "synth-16k") return {4096, 25, 1024, 50000, 65536, 2000};
-  if (p == "synth-lite") return {128, 8, 1024, 2000, 32768, 1000};
-  if (p == "tree") return {20, 1, 256, 4000, 32768, 0};
-  return {16, 1, 256, 4000, 32768, 0};  // absorption
-}
 
 std::vector<std::string> split_list(const std::string& s, const char* flag) {
   std::vector<std::string> out;
@@ -224,10 +214,7 @@ void write_report(const std::string& path, const std::string& preset, const synt
 int run_synth_bench(BenchArgs a, const CLI::App& app) {
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
-  bool known = false;
-  for (const auto& p : synth::preset_names()) known |= p == a.preset;
-  if (!known) (void)synth::make_preset(a.preset, 0);  // throws the usage error listing the presets
-  const PresetDefaults def = preset_defaults(a.preset);
+  const PresetDefaults def = preset_defaults(a.preset);  // a usage error listing the presets if unknown
   const int64_t d_sae = app.count("--d-sae") ? a.d_sae : def.d_sae;
   const int64_t k = app.count("--k") ? a.k : def.k;
   const int64_t batch = app.count("--batch") ? a.batch : def.batch;
@@ -280,10 +267,8 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
       log_info(cat("preset ", a.preset, " seed ", seed, ": N=", model.n_features(), " d=", model.d, " expected L0 ",
                    model.expected_l0()));
       // Held-out evaluation rows with their fired features.
-      std::vector<float> ex(static_cast<size_t>(eval_rows * model.d));
-      synth::FiredFeatures fired;
-      synth::FeatureSampler(model, 1000003 + seed).sample(eval_rows, ex.data(), &fired);
-      if (seed == seeds.front()) write_truth(tmp, model, fired);
+      const PresetEvalRows held_out = preset_eval_rows(model, seed, eval_rows);
+      if (seed == seeds.front()) write_truth(tmp, model, held_out.fired);
       for (const auto& arch : archs) {
         SaeConfig cfg;
         cfg.arch = parse_arch(arch);
@@ -302,65 +287,28 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
         apply_variant_args(
             a.variants, [&](const std::string& flag) { return app.count(flag) > 0; }, opt);
         cfg = opt.sae;  // the variant switches may change the SAE config (recipes, per-group k, ...)
-        train::Trainer trainer(opt, SaeParams::init(model.d, d_sae, seed));
-        synth::FeatureSampler stream(model, 2 * seed + 1);  // the same stream for every arch
-        std::vector<float> x(static_cast<size_t>(batch * model.d));
+        PresetRunOptions ro;
+        ro.meta_steps = meta_steps;
+        ro.label = cat(arch, " seed ", seed);
+        PresetRun pr = train_on_preset(model, opt, held_out, ro);
+        json entries = preset_run_json(pr, opt, true);
+        entries["train"]["lr"] = a.lr;  // as given (a double), not the float the optimizer uses
         Run run;
         run.arch = arch;
         run.seed = seed;
         run.cfg = cfg;
-        double gen_s = 0, step_s = 0;
-        Progress progress(steps);
-        const int64_t log_every = std::max<int64_t>(1, steps / 100);
-        train::MetricsInterval interval;
-        for (int64_t s = 0; s < steps; ++s) {
-          Timer t;
-          stream.sample(batch, x.data());
-          gen_s += t.seconds();
-          t.reset();
-          const StepStats& st = trainer.step(x.data());
-          step_s += t.seconds();
-          if (!std::isfinite(st.loss)) runtime_error("the loss became ", st.loss, " at step ", s + 1, " (", arch, ")");
-          interval.add(st);
-          if ((s + 1) % log_every == 0 || s + 1 == steps) {
-            run.curve_step.push_back(static_cast<double>(s + 1));
-            run.curve_fvu.push_back(interval.to_json().at("fvu").get<double>());
-            interval = train::MetricsInterval{};
-          }
-          progress.update(s + 1, cat(arch, " seed ", seed, " | FVU ", f3(st.var_x > 0 ? st.mse_prefix.back() / st.var_x : 0),
-                                     " | L0 ", f3(st.l0)), s + 1 == steps);
-        }
-        progress.finish();
-        data::DataOptions in_order;
-        in_order.shuffle = false;  // file order, wrapping at the end
-        auto src = data::open_array(ex.data(), eval_rows, model.d, "held-out synthetic rows", in_order);
-        run.ev = eval::evaluate(cfg, trainer.params(), *src, eval_rows);
-        run.gt = eval::score_ground_truth(cfg, trainer.params(), model, ex.data(), fired);
-        json meta = nullptr;
-        if (meta_steps > 0 && d_sae / 4 >= 16) {
-          eval::MetaSaeOptions mo;
-          mo.steps = meta_steps;
-          mo.seed = seed;
-          const eval::MetaSaeResult mr = eval::meta_sae(trainer.params().W_dec.ptr(), d_sae, model.d, mo);
-          meta = {{"width", mr.width}, {"k", mr.k}, {"steps", mr.steps}, {"explained_variance", mr.explained_variance}};
-        }
+        run.ev = std::move(pr.ev);
+        run.gt = std::move(pr.gt);
+        run.curve_step = pr.curve_step;
+        run.curve_fvu = pr.curve_fvu;
+        const double gen_s = pr.generation_seconds, step_s = pr.step_seconds;
         run.result = {{"arch", arch},
                       {"seed", seed},
                       {"config", train::config_json(cfg)},
-                      {"train",
-                       {{"steps", steps},
-                        {"batch", batch},
-                        {"samples", steps * batch},
-                        {"lr", a.lr},
-                        {"seconds", gen_s + step_s},
-                        {"generation_seconds", gen_s},
-                        {"step_seconds", step_s},
-                        {"curve_step", run.curve_step},
-                        {"curve_fvu", run.curve_fvu}}},
-                      {"eval", eval::to_json(run.ev)},
-                      {"ground_truth", eval::to_json(run.gt, true)},
-                      {"meta_sae", meta}};
-        run.result["eval"].erase("latent_frequency");
+                      {"train", entries["train"]},
+                      {"eval", entries["eval"]},
+                      {"ground_truth", entries["ground_truth"]},
+                      {"meta_sae", entries["meta_sae"]}};
         log_info(cat(arch, " seed ", seed, ": F1 ", f3(run.gt.f1), " MCC ", f3(run.gt.mcc), " uniqueness ",
                      f3(run.gt.uniqueness), " EV ", f3(run.ev.prefixes.back().explained_variance), " absorption ",
                      f3(run.gt.absorption_rate), " L0 ", f3(run.ev.prefixes.back().l0), " (train ", f3(step_s),

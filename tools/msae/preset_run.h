@@ -1,0 +1,62 @@
+// Training one SAE on a ground-truth preset's stream (synth::make_preset) and scoring it against the truth
+// (gt_metrics.h): the routine `msae synth-bench` runs for each arch and seed, and `msae sweep` for each run
+// whose "data" is "preset:NAME". Both call it, so a sweep run with default switches reproduces the
+// synth-bench figures for the same arch, seed, width, k, batch, steps and eval rows exactly.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "msae/eval.h"
+#include "msae/gt_metrics.h"
+#include "msae/synth.h"
+#include "msae/train.h"
+
+namespace msae::cli {
+
+// Per-preset defaults: width D, L0 k, batch B, steps, held-out eval rows, meta-SAE steps (0 = skip).
+struct PresetDefaults {
+  int64_t d_sae, k, batch, steps, eval_rows, meta_steps;
+};
+// Throws the usage error of synth::make_preset (listing the presets) for an unknown name.
+PresetDefaults preset_defaults(const std::string& preset);
+
+// Held-out rows of a preset and the features that fired in each: FeatureSampler(model, 1000003 + seed).
+struct PresetEvalRows {
+  int64_t rows = 0;
+  std::vector<float> x;  // (rows, d)
+  synth::FiredFeatures fired;
+};
+PresetEvalRows preset_eval_rows(const synth::FeatureModel& model, uint64_t seed, int64_t rows);
+
+struct PresetRunOptions {
+  int64_t meta_steps = 0;                  // > 0: train the meta-SAE (only when D / 4 >= 16)
+  std::string label;                       // progress-bar and error prefix, e.g. "matryoshka seed 0"
+  const std::atomic<bool>* stop = nullptr;  // when set and true, training stops at the next step
+};
+
+struct PresetRun {
+  bool interrupted = false;  // `stop` was raised: nothing below is filled in
+  eval::EvalReport ev;       // eval::evaluate on the held-out rows, in file order
+  eval::GtReport gt;         // eval::score_ground_truth on the same rows
+  nlohmann::json meta_sae;   // {width, k, steps, explained_variance}, or null when not run
+  std::vector<double> curve_step, curve_fvu;  // about 100 points of the training-batch FVU
+  double generation_seconds = 0, step_seconds = 0;
+};
+
+// Trains opt (opt.sae.d_in must be model.d) from SaeParams::init(model.d, opt.sae.d_sae, opt.seed) on the
+// stream FeatureSampler(model, 2 * opt.seed + 1) for opt.steps batches of opt.batch rows, then evaluates
+// and scores on `held_out`. A non-finite loss is a runtime error naming the step. Deterministic for a
+// given thread count.
+PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOptions& opt,
+                          const PresetEvalRows& held_out, const PresetRunOptions& ro);
+
+// The run's "train", "eval", "ground_truth" and "meta_sae" entries as results.json of synth-bench writes
+// them (eval without latent_frequency; ground_truth with the per-feature arrays when per_feature).
+nlohmann::json preset_run_json(const PresetRun& run, const train::TrainOptions& opt, bool per_feature);
+
+}  // namespace msae::cli
