@@ -905,6 +905,7 @@ TEST(JsonRead, NumbersAreTypeAndRangeChecked) {
       {[] { json_int(json("3"), "k"); }, "k must be an integer"},
       {[] { json_int(json(uint64_t{18446744073709551615ULL}), "n"); }, "n must be an integer"},
       {[] { json_int(json(-1), "bits", 0, 10); }, "bits must be an integer in [0, 10], found -1"},
+      {[] { json_int(json(-3), "step", 0); }, "step must be an integer >= 0, found -3"},
       {[] { msae::io::json_uint64(json(-1), "seed"); }, "seed must be an unsigned"},
       {[] { msae::io::json_float(json(1e300), "lr"); }, "lr must be a finite number within float range"},
       {[] { msae::io::json_float(json(nullptr), "lr"); }, "lr must be a finite number"},

@@ -154,6 +154,18 @@ TEST_F(Sweep, BadPresetKeysAreUsageErrors) {
   r = run("sweep --grid " + meta + " --out " + (dir_ / "b").string());
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("meta-steps"), std::string::npos) << r.output;
+  // Numbers are type- and range-checked (a float step count was truncated, 1e30 undefined behaviour).
+  const std::pair<const char*, const char*> numbers[] = {
+      {R"({"base": {"data": "preset:tree", "steps": 2.5}})", "'steps' must be an integer"},
+      {R"({"base": {"data": "preset:tree", "steps": 1e30}})", "'steps' must be an integer"},
+      {R"({"base": {"data": "preset:tree", "steps": 5, "sampled-prefixes": 1.5}})", "\"sampled-prefixes\" must be an integer"},
+      {R"({"base": {"data": "preset:tree", "steps": 5, "lr": 1e300}})", "'lr' must be a finite number"},
+  };
+  for (const auto& [text, expected] : numbers) {
+    r = run("sweep --grid " + write("n.json", text) + " --out " + (dir_ / "n").string());
+    EXPECT_EQ(r.code, 2) << text << "\n" << r.output;
+    EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
+  }
 }
 
 TEST_F(Sweep, SetOverridesTheGridEverywhere) {

@@ -22,8 +22,14 @@ int64_t json_int(const json& v, const std::string& what, int64_t lo, int64_t hi)
     ok = true;
     x = v.get<int64_t>();
   }
-  if (!ok || x < lo || x > hi)
-    runtime_error(what, " must be an integer in [", lo, ", ", hi, "], found ", json_excerpt(v));
+  if (!ok || x < lo || x > hi) {
+    constexpr int64_t kMin = std::numeric_limits<int64_t>::min(), kMax = std::numeric_limits<int64_t>::max();
+    const std::string range = lo == kMin && hi == kMax ? std::string()
+                              : hi == kMax             ? cat(" >= ", lo)
+                              : lo == kMin             ? cat(" <= ", hi)
+                                                       : cat(" in [", lo, ", ", hi, "]");
+    runtime_error(what, " must be an integer", range, ", found ", json_excerpt(v));
+  }
   return x;
 }
 

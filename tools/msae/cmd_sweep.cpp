@@ -11,9 +11,11 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "commands.h"
 #include "msae/eval.h"
@@ -170,12 +172,26 @@ std::vector<json> expand_grid(const std::string& path, const std::vector<std::st
   return runs;
 }
 
+// A grid value of type T, or the fallback when the key is absent. Numbers go through io::json_* (type and
+// range checked: nlohmann's get<int64_t>() of 1e30 is undefined behaviour, of 2.7 a silent 2).
 template <class T>
 T get(const json& r, const char* key, T fallback) {
+  if (!r.contains(key)) return fallback;
+  const json& v = r[key];
+  const std::string what = cat("grid: key '", key, "'");
   try {
-    return r.contains(key) ? r[key].get<T>() : fallback;
+    if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, std::string>)
+      return v.get<T>();
+    else if constexpr (std::is_same_v<T, uint64_t>)
+      return io::json_uint64(v, what);
+    else if constexpr (std::is_integral_v<T>)
+      return static_cast<T>(io::json_int(v, what, std::numeric_limits<T>::min(), std::numeric_limits<T>::max()));
+    else
+      return io::json_float(v, what);
   } catch (const json::exception&) {
-    usage_error("grid: key '", key, "' has the wrong type (", r[key].dump(), ")");
+    usage_error(what, " has the wrong type (", io::json_excerpt(v), ")");
+  } catch (const Error& e) {
+    usage_error(e.what());
   }
 }
 
@@ -226,6 +242,8 @@ train::TrainOptions run_options(const json& r, const std::string& id, int64_t d,
     va = variant_args_from_json(variant_keys);
   } catch (const json::exception& e) {
     usage_error("grid run ", id, ": a variant key has the wrong type (", e.what(), ")");
+  } catch (const Error& e) {  // a number of the wrong kind or range (io::json_*)
+    usage_error("grid run ", id, ": ", e.what());
   }
   apply_variant_args(va, [&](const std::string& flag) { return r.contains(flag.substr(2)); }, opt);
   return opt;

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <sstream>
 
+#include "msae/io.h"
+
 namespace msae::cli {
 namespace {
 
@@ -162,26 +164,34 @@ VariantArgs variant_args_from_json(const nlohmann::json& j) {
       usage_error("grid: '", key, "' must be a list or a comma-separated string");
     }
   };
+  // Numbers through io::json_* (type and range checked: a float read with value<int64_t> would be
+  // truncated, or undefined behaviour when out of range; the JSON comes from grid files and checkpoints).
+  auto int_or = [&](const char* key, int64_t fallback) {
+    return j.contains(key) ? io::json_int(j[key], cat("\"", key, "\"")) : fallback;
+  };
+  auto float_or = [&](const char* key, float fallback) {
+    return j.contains(key) ? io::json_float(j[key], cat("\"", key, "\"")) : fallback;
+  };
   a.recipe = j.value("recipe", std::string());
   str_or_list("prefix-weights", a.prefix_weights);
   str_or_list("group-k", a.group_k);
   a.no_bdec_term = j.value("no-bdec-term", false);
   a.stop_gradient_groups = j.value("stop-gradient-groups", false);
   a.aux_detach = j.value("aux-detach", false);
-  a.sampled_prefixes = j.value("sampled-prefixes", int64_t{0});
+  a.sampled_prefixes = int_or("sampled-prefixes", 0);
   a.prefix_distribution = j.value("prefix-distribution", std::string("pareto"));
-  a.pareto_power = j.value("pareto-power", 0.5f);
-  a.min_prefix = j.value("min-prefix", int64_t{1});
-  a.reorder_every = j.value("reorder-every", int64_t{0});
-  a.reorder_decay = j.value("reorder-decay", 0.95f);
-  a.l1_coef = j.value("l1-coef", 1.2f);
-  a.l1_adapt_rate = j.value("l1-adapt-rate", 3e-4f);
-  a.l1_warmup_steps = j.value("l1-warmup-steps", int64_t{-1});
-  a.threshold_rate = j.value("threshold-rate", 0.01f);
-  a.threshold_start_step = j.value("threshold-start-step", int64_t{0});
-  a.beta2 = j.value("beta2", 0.99f);
-  a.lr_warmup_steps = j.value("lr-warmup-steps", int64_t{0});
-  a.lr_decay_start = j.value("lr-decay-start", int64_t{-1});
+  a.pareto_power = float_or("pareto-power", 0.5f);
+  a.min_prefix = int_or("min-prefix", 1);
+  a.reorder_every = int_or("reorder-every", 0);
+  a.reorder_decay = float_or("reorder-decay", 0.95f);
+  a.l1_coef = float_or("l1-coef", 1.2f);
+  a.l1_adapt_rate = float_or("l1-adapt-rate", 3e-4f);
+  a.l1_warmup_steps = int_or("l1-warmup-steps", -1);
+  a.threshold_rate = float_or("threshold-rate", 0.01f);
+  a.threshold_start_step = int_or("threshold-start-step", 0);
+  a.beta2 = float_or("beta2", 0.99f);
+  a.lr_warmup_steps = int_or("lr-warmup-steps", 0);
+  a.lr_decay_start = int_or("lr-decay-start", -1);
   a.bdec_median = j.value("bdec-median", false);
   return a;
 }
