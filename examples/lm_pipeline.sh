@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 $MSAE harvest --model "$MODEL" --text $(cat "$CORPUS/train.txt") --layer "$LAYER" --site resid_pre --ctx 128 \
   --skip-bos --max-tokens "$TOKENS" --out "$OUT/acts" --overwrite > "$OUT/harvest.json"
 for arch in matryoshka batchtopk; do
-  $MSAE train --data "$OUT/acts/acts.npy" --arch $arch --d-sae "$D_SAE" --k "$K" --batch 4096 \
+  $MSAE train --data "$OUT/acts" --arch $arch --d-sae "$D_SAE" --k "$K" --batch 4096 \
     --tokens "$TRAIN_TOKENS" --out "$OUT/$arch" --overwrite > "$OUT/train_$arch.txt"
   $MSAE eval --sae "$OUT/$arch" --model "$MODEL" --text $(cat "$CORPUS/heldout.txt") --layer "$LAYER" \
     --site resid_pre --ctx 128 --max-tokens "$EVAL_TOKENS" > "$OUT/ce_$arch.json"
