@@ -5,7 +5,7 @@
 # Defaults: the shipped tiny model (models/tiny-gpt2) and out/lm-example. The text is the corpus of
 # scripts/make_tiny_lm.sh (downloaded with npm into out/lm-corpus when absent): the training split is
 # harvested, the held-out split is scored. Any GPT-2 directory (config.json + model.safetensors, e.g. HF
-# `gpt2`) works the same; set LAYER, D_SAE, K, TOKENS, STEPS_TOKENS, WORDS to scale it.
+# `gpt2`) works the same; set LAYER, D_SAE, K, TOKENS, TRAIN_TOKENS, EVAL_TOKENS, WORDS to scale it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/tiny-gpt2}
