@@ -5,7 +5,7 @@
 # Defaults: the shipped tiny model (models/tiny-gpt2) and out/lm-example. The text is the corpus of
 # scripts/make_tiny_lm.sh (downloaded with npm into out/lm-corpus when absent): the training split is
 # harvested, the held-out split is scored. Any GPT-2 directory (config.json + model.safetensors, e.g. HF
-# `gpt2`) works the same; set LAYER, D_SAE, K, TOKENS, STEPS_TOKENS, WORDS to scale it.
+# `gpt2`) works the same; set LAYER, D_SAE, K, TOKENS, TRAIN_TOKENS, EVAL_TOKENS, WORDS to scale it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/tiny-gpt2}
@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 $MSAE harvest --model "$MODEL" --text $(cat "$CORPUS/train.txt") --layer "$LAYER" --site resid_pre --ctx 128 \
   --skip-bos --max-tokens "$TOKENS" --out "$OUT/acts" --overwrite > "$OUT/harvest.json"
 for arch in matryoshka batchtopk; do
-  $MSAE train --data "$OUT/acts/acts.npy" --arch $arch --d-sae "$D_SAE" --k "$K" --batch 4096 \
+  $MSAE train --data "$OUT/acts" --arch $arch --d-sae "$D_SAE" --k "$K" --batch 4096 \
     --tokens "$TRAIN_TOKENS" --out "$OUT/$arch" --overwrite > "$OUT/train_$arch.txt"
   $MSAE eval --sae "$OUT/$arch" --model "$MODEL" --text $(cat "$CORPUS/heldout.txt") --layer "$LAYER" \
     --site resid_pre --ctx 128 --max-tokens "$EVAL_TOKENS" > "$OUT/ce_$arch.json"

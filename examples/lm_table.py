@@ -33,3 +33,18 @@ print()
 print("| SAE | prefix (latents) | L0 | FVU | CE spliced | CE recovered | absorption fraction | full absorption | split latents |")
 print("|---|---|---|---|---|---|---|---|---|")
 print("\n".join(rows))
+# The absorption figures restricted to letters whose probe reaches --min-probe-f1 (SAEBench's min_GT_probe_f1).
+print()
+print("| SAE | prefix | letters with a good probe | absorption fraction (good probes) | full absorption (good probes) |")
+print("|---|---|---|---|---|")
+fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+for arch in ("matryoshka", "batchtopk"):
+    for q in by_sae[arch]["prefixes"]:
+        print(f"| {arch} | {q['prefix']} | {q['letters_with_good_probe']} | {fmt(q['mean_absorption_fraction_good_probe'])} | "
+              f"{fmt(q['mean_full_absorption_rate_good_probe'])} |")
+# The probes, per letter (held-out words).
+print()
+print("| letter | held-out positives | F1 | precision | recall | accuracy |")
+print("|---|---|---|---|---|---|")
+for q in probe["per_letter"]:
+    print(f"| {q['letter']} | {q['test_positives']} | {q['f1']:.3f} | {q['precision']:.3f} | {q['recall']:.3f} | {q['accuracy']:.3f} |")

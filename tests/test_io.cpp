@@ -574,6 +574,64 @@ TEST_F(IoTest, NpyTruncatedData) {
   expect_npy_error(p, {"needs 4000000000000 bytes", "found 16"});
 }
 
+// Integer arrays (io::read_npy_int / write_npy_int): '<i4' and '<i8' by hand and round trip, all three
+// format versions, the header layout numpy writes, and the errors (float dtype, other integer types,
+// big-endian, truncated data). The float readers keep rejecting integer arrays.
+TEST_F(IoTest, NpyIntHandWrittenAndRoundTrip) {
+  const std::vector<int32_t> i4 = {0, -1, 50256, INT32_MIN, INT32_MAX, 7};
+  const std::vector<int64_t> i8 = {0, -1, int64_t{1} << 40, INT64_MIN, INT64_MAX, 7};
+  for (int major : {1, 2, 3}) {
+    const std::string p = path("i.npy");
+    write_bytes(p, npy_file("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", raw_bytes(i4), major));
+    io::NpyIntArray a = io::read_npy_int(p);
+    EXPECT_EQ(a.itemsize, 4);
+    EXPECT_EQ(a.shape, (std::vector<int64_t>{2, 3}));
+    ASSERT_EQ(a.values.size(), 6u);
+    for (size_t i = 0; i < 6; ++i) EXPECT_EQ(a.values[i], i4[i]) << i;
+    write_bytes(p, npy_file("{'shape': (6,), 'descr': '<i8', 'fortran_order': False}", raw_bytes(i8), major));
+    a = io::read_npy_int(p);
+    EXPECT_EQ(a.itemsize, 8);
+    EXPECT_EQ(a.shape, (std::vector<int64_t>{6}));
+    EXPECT_EQ(a.values, i8);
+  }
+  // Writers: numpy's layout (64-byte aligned data, the descr) and a round trip; more than one read chunk.
+  std::vector<int32_t> big(200000);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<int32_t>(i * 2654435761u);
+  const std::string p = path("w.npy");
+  io::write_npy_int(p, big.data(), {100000, 2});
+  const std::string bytes = read_bytes(p);
+  EXPECT_NE(bytes.find("{'descr': '<i4', 'fortran_order': False, 'shape': (100000, 2), }"), std::string::npos);
+  EXPECT_EQ(bytes.size(), 128u + big.size() * 4);
+  io::NpyIntArray a = io::read_npy_int(p);
+  ASSERT_EQ(a.values.size(), big.size());
+  for (size_t i = 0; i < big.size(); ++i) ASSERT_EQ(a.values[i], big[i]) << i;
+  io::write_npy_int(p, i8.data(), {3, 2});
+  a = io::read_npy_int(p);
+  EXPECT_EQ(a.shape, (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(a.values, i8);
+  // The float readers reject it, as before.
+  expect_npy_error(p, {"unsupported dtype '<i8'"});
+}
+
+TEST_F(IoTest, NpyIntErrors) {
+  const std::string p = path("ie.npy");
+  auto expect_int_error = [&](std::initializer_list<std::string> parts) {
+    expect_error([&] { io::read_npy_int(p); }, 1, p, parts);
+  };
+  for (const std::string descr : {"<f4", "<f2", "<u2", "<i2", "|i1", "<u8", "<f8"}) {
+    SCOPED_TRACE(descr);
+    write_bytes(p, npy_file("{'descr': '" + descr + "', 'fortran_order': False, 'shape': (2, 2), }", std::string(64, '\0')));
+    expect_int_error({"dtype '" + descr + "' is not supported", "'<i4' (int32) or '<i8' (int64)", "hint"});
+  }
+  write_bytes(p, npy_file("{'descr': '>i8', 'fortran_order': False, 'shape': (2,), }", std::string(16, '\0')));
+  expect_int_error({"big-endian", "'>i8'"});
+  write_bytes(p, npy_file("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }", std::string(16, '\0')));
+  expect_int_error({"truncated data", "int64", "needs 24 bytes"});
+  write_bytes(p, npy_file("{'descr': '<i4', 'fortran_order': True, 'shape': (2, 2), }", std::string(16, '\0')));
+  expect_int_error({"Fortran"});
+  expect_error([&] { io::read_npy_int(path("missing.npy")); }, 1, path("missing.npy"), {"no such file"});
+}
+
 TEST_F(IoTest, NpyWriteIntoMissingDirectory) {
   const std::string p = path("no/such/dir/x.npy");
   expect_error([&] { io::write_npy(p, ramp(2).data(), {2}); }, 1, p, {"cannot create"});

@@ -171,6 +171,57 @@ TEST(Gpt2, HooksReadAndWrite) {
     }
 }
 
+// The streaming cross-entropy (token_cross_entropy) against the reference that forms the full logits and
+// takes a double-precision log-softmax (the implementation before it). Tolerance 2e-5 absolute on CE values
+// of about 11-200: both use the same float logits up to GEMM blocking round-off (d = 48: ~1e-6), the fast
+// exp is within a few float ulps, and the fast path sums at most 256 terms in float (relative error
+// ~1e-6 here, an absolute error of ~1e-6 in the log); a wrong rescale, a lost vocabulary block or an
+// off-by-one target moves CE by 1e-2 or far more.
+TEST(Gpt2, StreamingCrossEntropyEqualsReference) {
+  const int64_t V = 50257, d = 48;
+  Rng rng(5);
+  Tensor U({V, d});
+  for (auto& v : U.data) v = 0.3f * static_cast<float>(rng.normal());
+  for (const int64_t R : {int64_t{1}, int64_t{3}, int64_t{64}, int64_t{300}}) {
+    SCOPED_TRACE(R);
+    Tensor h({R, d});
+    for (auto& v : h.data) v = static_cast<float>(rng.normal());
+    std::vector<int32_t> tgt(static_cast<size_t>(R));
+    for (int64_t r = 0; r < R; ++r) tgt[static_cast<size_t>(r)] = static_cast<int32_t>((r * 7919 + 13) % V);
+    tgt[0] = V - 1;  // the last, partial vocabulary block
+    if (R > 1) tgt[1] = 0;
+    std::vector<float> fast(static_cast<size_t>(R)), ref(static_cast<size_t>(R));
+    lm::token_cross_entropy(h.ptr(), R, d, U.ptr(), V, tgt.data(), fast.data());
+    lm::token_cross_entropy_reference(h.ptr(), R, d, U.ptr(), V, tgt.data(), ref.data());
+    for (int64_t r = 0; r < R; ++r) ASSERT_NEAR(fast[static_cast<size_t>(r)], ref[static_cast<size_t>(r)], 2e-5) << r;
+  }
+  // Large logits whose maximum sits in a late vocabulary block (the online max must rescale the sum):
+  // token 40000 gets logit ~+300 on row 0, token 5 ~+300 on row 1, everything else ~N(0, 30^2).
+  Tensor h({2, d});
+  for (auto& v : h.data) v = 10.0f * static_cast<float>(rng.normal());
+  Tensor U2 = U;
+  for (int64_t j = 0; j < d; ++j) {
+    U2.data[40000 * d + j] = 3.0f * h.data[j] / static_cast<float>(d);
+    U2.data[5 * d + j] = 3.0f * h.data[d + j] / static_cast<float>(d);
+  }
+  for (const std::vector<int32_t> tgt : {std::vector<int32_t>{40000, 5}, std::vector<int32_t>{7, 40000}}) {
+    float fast[2], ref[2];
+    lm::token_cross_entropy(h.ptr(), 2, d, U2.ptr(), V, tgt.data(), fast);
+    lm::token_cross_entropy_reference(h.ptr(), 2, d, U2.ptr(), V, tgt.data(), ref);
+    for (int r = 0; r < 2; ++r) EXPECT_NEAR(fast[r], ref[r], 2e-5 * std::max(1.0f, std::fabs(ref[r]) / 10)) << r;
+  }
+  // On a model: next_token_losses with and without the reference agree.
+  const lm::Model m = lm::Model::load(kFix + "/model");
+  int64_t N = 0, T = 0;
+  const auto ids = fixture_ids(N, T);
+  const auto a = m.next_token_losses(ids.data(), N, T), b = m.next_token_losses(ids.data(), N, T, {}, true);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-5) << i;
+  const int32_t bad = static_cast<int32_t>(V);
+  float out = 0.0f;
+  EXPECT_THROW(lm::token_cross_entropy(h.ptr(), 1, d, U.ptr(), V, &bad, &out), msae::Error);
+}
+
 TEST(Gpt2, LoaderNamesAndErrors) {
   const lm::ModelConfig cfg = lm::read_model_config(kFix + "/model/config.json");
   io::SafetensorsFile f = io::read_safetensors(kFix + "/model/model.safetensors");

@@ -1,8 +1,10 @@
 // msae harvest / eval --model / absorption end to end on a tiny random GPT-2 with the real GPT-2 vocabulary
 // (written by the test: 50257 x 8 embeddings, 2 blocks), so it runs in seconds.
-//  - harvest: the rows equal the activations a direct forward gives at the hook (float32 round-off only:
-//    the same code computes both, so 1e-6), tokens.npy holds the tokenizer's ids and byte offsets, --skip-bos
-//    drops the BOS rows, f16 output is the f32 output rounded to half.
+//  - harvest: the rows (shards acts-NNNNN.npy of --shard-rows rows, concatenated in name order) equal the
+//    activations a direct forward gives at the hook (float32 round-off only: the same code computes both, so
+//    1e-5), index/tokens.npy reads back with io::read_npy_int and holds the tokenizer's ids and byte offsets,
+//    `msae train --data DIR` reads exactly the shards (all rows, not the token index), --skip-bos drops the BOS
+//    rows, f16 output is the f32 output rounded to half.
 //  - eval --model: an SAE that reconstructs exactly (W_enc = [I, -I], W_dec = [I; -I], threshold 0:
 //    relu(x) - relu(-x) = x) gives spliced CE = clean CE and CE recovered = 1 (to 1e-5 of float
 //    round-off); its first prefix (relu(x) only) does worse; a trained SAE lands between.
@@ -117,21 +119,45 @@ void write_identity_sae(const std::string& dir, int64_t d) {
 
 }  // namespace
 
+// The shards of a harvest directory, concatenated in name order; checks each shard's rows against harvest.json.
+Tensor read_shards(const std::string& dir, int64_t* shard_count = nullptr) {
+  const auto info = nlohmann::json::parse(io::read_text_file(dir + "/harvest.json"));
+  const int64_t rows = info["rows"], d = info["d"];
+  Tensor all({rows, d});
+  int64_t at = 0;
+  for (const auto& sh : info["shards"]) {
+    const Tensor t = io::read_npy(dir + "/" + sh["file"].get<std::string>());
+    EXPECT_EQ(sh["first_row"].get<int64_t>(), at);
+    EXPECT_EQ(t.shape, (std::vector<int64_t>{sh["rows"].get<int64_t>(), d}));
+    if (at + t.shape[0] > rows) break;
+    std::copy(t.data.begin(), t.data.end(), all.data.begin() + at * d);
+    at += t.shape[0];
+  }
+  EXPECT_EQ(at, rows);
+  if (shard_count) *shard_count = static_cast<int64_t>(info["shards"].size());
+  return all;
+}
+
 TEST_F(LmCli, HarvestMatchesDirectForward) {
   const Result r = run("harvest --model " + p("model") + " --text " + p("a.txt") + " " + p("b.txt") +
-                       " --layer 1 --site resid_pre --ctx 32 --out " + p("h32") + " --threads 2");
+                       " --layer 1 --site resid_pre --ctx 32 --shard-rows 100 --out " + p("h32") + " --threads 2");
   ASSERT_EQ(r.code, 0) << r.out;
   const auto info = nlohmann::json::parse(io::read_text_file(p("h32/harvest.json")));
   const int64_t rows = info["rows"], d = info["d"];
-  const Tensor acts = io::read_npy(p("h32/acts.npy"));
-  ASSERT_EQ(acts.shape, (std::vector<int64_t>{rows, d}));
-  // tokens.npy: (rows, 4) int64 = id, file, offset, position. Read the raw int64 data after the header.
-  const io::NpyHeader hdr = io::read_npy_header(p("h32/acts.npy"));
-  (void)hdr;
-  const std::string raw = io::read_text_file(p("h32/tokens.npy"));
-  const uint16_t hl = static_cast<uint16_t>(static_cast<unsigned char>(raw[8]) | (static_cast<unsigned char>(raw[9]) << 8));
-  ASSERT_EQ(raw.size(), 10u + hl + static_cast<size_t>(rows) * 32);
-  const auto* meta = reinterpret_cast<const int64_t*>(raw.data() + 10 + hl);
+  int64_t shards = 0;
+  const Tensor acts = read_shards(p("h32"), &shards);
+  EXPECT_EQ(shards, (rows + 99) / 100);
+  ASSERT_TRUE(fs::exists(p("h32/acts-00000.npy")));
+  // The token index: (rows, 4) int64 = id, file, offset, position, read back by the project's reader.
+  const io::NpyIntArray index = io::read_npy_int(p("h32/index/tokens.npy"));
+  ASSERT_EQ(index.shape, (std::vector<int64_t>{rows, 4}));
+  EXPECT_EQ(index.itemsize, 8);
+  const int64_t* meta = index.values.data();
+  // `msae train --data DIR` trains on the shards, every row of them and nothing else.
+  const Result tr = run("train --data " + p("h32") + " --d-sae 32 --k 4 --batch 64 --steps 4 --out " + p("sae32") +
+                        " --threads 2");
+  ASSERT_EQ(tr.code, 0) << tr.out;
+  EXPECT_NE(tr.out.find("evaluation on " + std::to_string(rows) + " data rows"), std::string::npos) << tr.out;
   // Direct forward of the same contexts.
   const lm::Model m = lm::Model::load(p("model"));
   const lm::Tokenizer tok = lm::Tokenizer::load(std::string(MSAE_SOURCE_DIR) + "/models/gpt2-tokenizer");
@@ -169,7 +195,8 @@ TEST_F(LmCli, HarvestMatchesDirectForward) {
   const Result s = run("harvest --model " + p("model") + " --text " + p("a.txt") + " " + p("b.txt") +
                        " --layer 1 --ctx 32 --skip-bos --dtype f16 --out " + p("h32s"));
   ASSERT_EQ(s.code, 0) << s.out;
-  const Tensor acts16 = io::read_npy(p("h32s/acts.npy"));
+  const Tensor acts16 = read_shards(p("h32s"));
+  EXPECT_EQ(io::read_npy_header(p("h32s/acts-00000.npy")).dtype, io::DType::f16);
   ASSERT_EQ(acts16.shape[0], rows / T * (T - 1));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t t = 1; t < T; ++t)
@@ -179,6 +206,7 @@ TEST_F(LmCli, HarvestMatchesDirectForward) {
   EXPECT_EQ(run("harvest --model " + p("model") + " --text " + p("a.txt") + " --layer 2 --out " + p("bad")).code, 2);
   EXPECT_EQ(run("harvest --model " + p("model") + " --text " + p("a.txt") + " --layer 0 --out " + p("h32")).code, 2);
   EXPECT_EQ(run("harvest --model " + p("model") + " --text " + p("a.txt") + " --layer 0 --ctx 65 --out " + p("bad")).code, 2);
+  EXPECT_EQ(run("harvest --model " + p("model") + " --text " + p("a.txt") + " --layer 0 --shard-rows 0 --out " + p("bad")).code, 2);
   EXPECT_FALSE(fs::exists(p("bad")));
 }
 

@@ -51,6 +51,22 @@ Tensor read_npy(const std::string& path, bool bf16_as_u2 = false);
 void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape);
 inline void write_npy(const std::string& path, const Tensor& t) { write_npy(path, t.ptr(), t.shape); }
 
+// Integer .npy arrays: '<i4' (int32) or '<i8' (int64), C order, any shape (e.g. the token index that
+// `msae harvest` writes, docs/formats.md). Values are widened to int64; itemsize says how they were stored.
+// The float readers above reject integer dtypes (an integer file in a data directory is an error there).
+struct NpyIntArray {
+  std::vector<int64_t> shape;
+  std::vector<int64_t> values;  // numel(shape), C order
+  int itemsize = 8;             // 4 for '<i4', 8 for '<i8'
+};
+NpyIntArray read_npy_int(const std::string& path);
+// Write an integer array as .npy version 1.0 ('<i4' or '<i8', C order), atomically like write_npy.
+void write_npy_int(const std::string& path, const int32_t* data, const std::vector<int64_t>& shape);
+void write_npy_int(const std::string& path, const int64_t* data, const std::vector<int64_t>& shape);
+// The bytes before the data of a version-1.0 .npy of this descr ('<f4', '<f2', '<i4', '<i8', ...) and shape,
+// as numpy.save writes them (64-byte aligned), for writers that stream the data after it.
+std::string npy_header_bytes(const std::string& descr, const std::vector<int64_t>& shape);
+
 // A read-only memory map of a 2-D .npy (N, d): rows are converted to float32 on request.
 // Thread-safe for concurrent reads.
 class NpyRows {

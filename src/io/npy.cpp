@@ -313,6 +313,7 @@ class HeaderParser {
 
 DType parse_descr(const std::string& descr, bool bf16_as_u2, const std::string& path) {
   if (descr == "<f4") return DType::f32;
+
   if (descr == "<f2") return DType::f16;
   if (descr == "<u2") {
     if (bf16_as_u2) return DType::bf16;
@@ -343,8 +344,22 @@ const PyValue& require_key(const std::map<std::string, PyValue>& dict, const cha
   return it->second;
 }
 
-// Turns the parsed dict into a header, checking keys, types, dtype, layout and shape.
-NpyHeader interpret_dict(const std::map<std::string, PyValue>& dict, bool bf16_as_u2, const std::string& path) {
+// Bytes per element of an integer descr ('<i4' or '<i8'), else a runtime error naming the file.
+int int_itemsize(const std::string& descr, const std::string& path) {
+  if (descr == "<i4") return 4;
+  if (descr == "<i8") return 8;
+  if (!descr.empty() && descr[0] == '>') {
+    npy_fail(path, cat("big-endian dtype '", descr, "' is not supported; expected '<i4' (int32) or '<i8' (int64)"),
+             "convert with a.astype('<i8')");
+  }
+  npy_fail(path, cat("dtype '", descr, "' is not supported here; expected an integer array, '<i4' (int32) or '<i8' (int64)"),
+           "convert with a.astype(np.int64) before saving");
+}
+
+// Turns the parsed dict into a header, checking keys, types, dtype, layout and shape. With int_descr,
+// the array must be an integer one ('<i4' / '<i8'): its descr goes there and h.dtype stays f32 (unused).
+NpyHeader interpret_dict(const std::map<std::string, PyValue>& dict, bool bf16_as_u2, const std::string& path,
+                         std::string* int_descr = nullptr) {
   for (const auto& entry : dict) {
     if (entry.first != "descr" && entry.first != "fortran_order" && entry.first != "shape") {
       npy_fail(path, cat("malformed .npy header: unexpected key '", entry.first,
@@ -356,7 +371,12 @@ NpyHeader interpret_dict(const std::map<std::string, PyValue>& dict, bool bf16_a
   const auto& descr = require_key(dict, "descr", PyValue::Kind::string, "a dtype string such as '<f4'", path);
   const auto& fortran = require_key(dict, "fortran_order", PyValue::Kind::boolean, "True or False", path);
   const auto& shape = require_key(dict, "shape", PyValue::Kind::tuple, "a tuple such as (N, d)", path);
-  h.dtype = parse_descr(descr.str, bf16_as_u2, path);
+  if (int_descr) {
+    int_itemsize(descr.str, path);
+    *int_descr = descr.str;
+  } else {
+    h.dtype = parse_descr(descr.str, bf16_as_u2, path);
+  }
   if (fortran.boolean) {
     npy_fail(path, "array is stored in Fortran (column-major) order; expected C order (fortran_order: False)",
              "save np.ascontiguousarray(a) instead");
@@ -384,8 +404,9 @@ uint32_t read_le(const unsigned char* p, int bytes) {
   return v;
 }
 
-// Parses the header of the already opened file (fd, size bytes).
-NpyHeader parse_header(int fd, int64_t size, const std::string& path, bool bf16_as_u2) {
+// Parses the header of the already opened file (fd, size bytes). int_descr: as in interpret_dict.
+NpyHeader parse_header(int fd, int64_t size, const std::string& path, bool bf16_as_u2,
+                       std::string* int_descr = nullptr) {
   if (size == 0) npy_fail(path, "empty file (0 bytes); expected a .npy file", "was it written completely?");
   unsigned char prefix[12] = {};
   const int64_t have = std::min<int64_t>(size, 12);
@@ -422,15 +443,17 @@ NpyHeader parse_header(int fd, int64_t size, const std::string& path, bool bf16_
   }
   std::string text(static_cast<size_t>(header_len), '\0');
   detail::pread_exact(fd, prefix_len, text.data(), header_len, path);
-  NpyHeader h = interpret_dict(HeaderParser(text, path).parse_dict(), bf16_as_u2, path);
+  NpyHeader h = interpret_dict(HeaderParser(text, path).parse_dict(), bf16_as_u2, path, int_descr);
   h.data_offset = data_offset;
 
-  const int64_t nbytes = checked_nbytes(h.shape, dtype_size(h.dtype));
+  const int itemsize = int_descr ? int_itemsize(*int_descr, path) : dtype_size(h.dtype);
+  const std::string type_name = int_descr ? (itemsize == 4 ? "int32" : "int64") : dtype_name(h.dtype);
+  const int64_t nbytes = checked_nbytes(h.shape, itemsize);
   if (nbytes < 0) {
     npy_fail(path, cat("shape ", shape_str(h.shape), " has more elements than fit in 64 bits"), "the file is corrupt");
   }
   if (size - data_offset < nbytes) {
-    npy_fail(path, cat("truncated data: shape ", shape_str(h.shape), " of ", dtype_name(h.dtype), " needs ", nbytes,
+    npy_fail(path, cat("truncated data: shape ", shape_str(h.shape), " of ", type_name, " needs ", nbytes,
                        " bytes after the ", data_offset, "-byte header, found ", size - data_offset),
              "was the file written completely?");
   }
@@ -473,28 +496,71 @@ Tensor read_npy(const std::string& path, bool bf16_as_u2) {
   return t;
 }
 
-void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
+NpyIntArray read_npy_int(const std::string& path) {
+  int64_t size = 0;
+  FdCloser file{detail::open_read(path, size)};
+  std::string descr;
+  const NpyHeader h = parse_header(file.fd, size, path, false, &descr);
+  NpyIntArray a;
+  a.shape = h.shape;
+  a.itemsize = descr == "<i4" ? 4 : 8;
+  const int64_t n = numel(h.shape);  // bounded by the file size (checked in parse_header)
+  a.values.resize(static_cast<size_t>(n));
+  if (a.itemsize == 8) {
+    detail::pread_exact(file.fd, h.data_offset, a.values.data(), n * 8, path);
+    return a;
+  }
+  constexpr int64_t kChunk = 1 << 16;
+  std::vector<int32_t> raw(static_cast<size_t>(std::min(n, kChunk)));
+  for (int64_t done = 0; done < n; done += kChunk) {
+    const int64_t m = std::min(kChunk, n - done);
+    detail::pread_exact(file.fd, h.data_offset + 4 * done, raw.data(), 4 * m, path);
+    std::copy(raw.begin(), raw.begin() + m, a.values.begin() + done);
+  }
+  return a;
+}
+
+std::string npy_header_bytes(const std::string& descr, const std::vector<int64_t>& shape) {
   std::string dims;
   for (int64_t dim : shape) {
-    MSAE_ASSERT(dim >= 0, "write_npy: negative dimension in ", shape_str(shape));
+    MSAE_ASSERT(dim >= 0, "npy header: negative dimension in ", shape_str(shape));
     dims += std::to_string(dim) + ", ";
   }
   if (shape.size() > 1) dims.resize(dims.size() - 2);  // "(N,)" keeps its comma; "(N, d)" does not.
   if (shape.size() == 1) dims.pop_back();
-  const int64_t n = numel(shape);
-  MSAE_ASSERT(n == 0 || data != nullptr);
   // Same text and 64-byte data alignment as numpy.save, so numpy can also memory-map what we write.
-  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
   const size_t unpadded = 6 + 2 + 2 + header.size() + 1;  // magic, version, u16 length, text, '\n'
   header.append((64 - unpadded % 64) % 64, ' ');
   header += '\n';
-  MSAE_ASSERT(header.size() <= 0xffff, "write_npy: header too long for format 1.0");
+  MSAE_ASSERT(header.size() <= 0xffff, "npy header too long for format 1.0");
   std::string prefix(kMagic, kMagicLen);
   prefix += '\x01';
   prefix += '\x00';
   prefix += static_cast<char>(header.size() & 0xff);
   prefix += static_cast<char>(header.size() >> 8);
   prefix += header;
+  return prefix;
+}
+
+void write_npy_int(const std::string& path, const int32_t* data, const std::vector<int64_t>& shape) {
+  const int64_t n = numel(shape);
+  MSAE_ASSERT(n == 0 || data != nullptr);
+  const std::string prefix = npy_header_bytes("<i4", shape);
+  detail::write_file_atomic(path, {{prefix.data(), prefix.size()}, {data, static_cast<size_t>(n) * 4}});
+}
+
+void write_npy_int(const std::string& path, const int64_t* data, const std::vector<int64_t>& shape) {
+  const int64_t n = numel(shape);
+  MSAE_ASSERT(n == 0 || data != nullptr);
+  const std::string prefix = npy_header_bytes("<i8", shape);
+  detail::write_file_atomic(path, {{prefix.data(), prefix.size()}, {data, static_cast<size_t>(n) * 8}});
+}
+
+void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
+  const int64_t n = numel(shape);
+  MSAE_ASSERT(n == 0 || data != nullptr);
+  const std::string prefix = npy_header_bytes("<f4", shape);
   detail::write_file_atomic(path, {{prefix.data(), prefix.size()}, {data, static_cast<size_t>(n) * sizeof(float)}});
 }
 

@@ -286,31 +286,21 @@ Tensor Model::forward_logits(const int32_t* ids, int64_t N, int64_t T, const std
 }
 
 std::vector<float> Model::next_token_losses(const int32_t* ids, int64_t N, int64_t T,
-                                            const std::vector<Hook>& hooks) const {
+                                            const std::vector<Hook>& hooks, bool reference) const {
   const Tensor h = run(ids, N, T, hooks);
   const int64_t V = cfg_.vocab_size, d = cfg_.n_embd;
   std::vector<float> loss(static_cast<size_t>(N * (T - 1 > 0 ? T - 1 : 0)));
   if (T < 2) return loss;
-  const int64_t block = 256;
-  FloatBuffer lg(static_cast<size_t>(block * V));
+  // Rows predicting a next token: positions 0..T-2 of every sequence, packed (N*(T-1), d).
+  const int64_t R = N * (T - 1);
+  FloatBuffer rows(static_cast<size_t>(R * d));
+  std::vector<int32_t> targets(static_cast<size_t>(R));
   for (int64_t n = 0; n < N; ++n) {
-    for (int64_t t0 = 0; t0 < T - 1; t0 += block) {
-      const int64_t rows = std::min(block, T - 1 - t0);
-      logits(h.ptr() + (n * T + t0) * d, rows, lg.data());
-      parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const float* z = lg.data() + r * V;
-          float mx = -INFINITY;
-          for (int64_t v = 0; v < V; ++v) mx = std::max(mx, z[v]);
-          double sum = 0;
-          for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(z[v] - mx));
-          const int32_t target = ids[n * T + t0 + r + 1];
-          loss[static_cast<size_t>(n * (T - 1) + t0 + r)] =
-              static_cast<float>(std::log(sum) + mx - static_cast<double>(z[target]));
-        }
-      });
-    }
+    std::copy(h.ptr() + n * T * d, h.ptr() + (n * T + T - 1) * d, rows.data() + n * (T - 1) * d);
+    std::copy(ids + n * T + 1, ids + (n + 1) * T, targets.data() + n * (T - 1));
   }
+  (reference ? token_cross_entropy_reference : token_cross_entropy)(rows.data(), R, d, unembed().ptr(), V,
+                                                                    targets.data(), loss.data());
   return loss;
 }
 

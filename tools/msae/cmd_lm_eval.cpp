@@ -86,7 +86,7 @@ int run_lm_eval(const LmEvalArgs& a) {
                                              ++var_rows;
                                            }
                                          }}};
-    const std::vector<float> clean = model.next_token_losses(ids, nb, T, stats_hook);
+    const std::vector<float> clean = model.next_token_losses(ids, nb, T, stats_hook, a.ce_reference);
     ce_clean += total(clean);
     n_loss += static_cast<int64_t>(clean.size());
     std::vector<lm::Hook> ablate = {{a.layer, site, [&](float* x, int64_t R) {
@@ -94,12 +94,12 @@ int run_lm_eval(const LmEvalArgs& a) {
                                          if (keep[static_cast<size_t>(r)])
                                            for (int64_t j = 0; j < d; ++j) x[r * d + j] = static_cast<float>(mean[j]);
                                      }}};
-    ce_ablate += total(model.next_token_losses(ids, nb, T, ablate));
+    ce_ablate += total(model.next_token_losses(ids, nb, T, ablate, a.ce_reference));
     for (int64_t g = 0; g < G; ++g) {
       std::vector<lm::Hook> splice = {{a.layer, site, [&](float* x, int64_t R) {
                                          splice_sae(sae, scale, prefixes[g], x, R, &keep, &st[g]);
                                        }}};
-      ce_splice[g] += total(model.next_token_losses(ids, nb, T, splice));
+      ce_splice[g] += total(model.next_token_losses(ids, nb, T, splice, a.ce_reference));
     }
     progress.update(n0 + nb, cat("CE clean ", ce_clean / n_loss, " | spliced ", ce_splice[G - 1] / n_loss));
   }
@@ -137,7 +137,9 @@ int run_lm_eval(const LmEvalArgs& a) {
                         {"ce_ablation_gap", ablated - clean},
                         {"prefixes", per_prefix},
                         {"ce_recovered", per_prefix.back()["ce_recovered"]},
-                        {"input_scale", scale}};
+                        {"input_scale", scale},
+                        {"ce_method", a.ce_reference ? "reference" : "streaming"},
+                        {"seconds", progress.elapsed()}};
   if (ablated - clean < 0.05)
     log_warn(cat("ablating the hook raises CE by only ", ablated - clean, " nats: CE recovered is ill-conditioned here"));
   std::printf("%s\n", out.dump(2).c_str());
@@ -159,6 +161,9 @@ void add_lm_eval_options(CLI::App* app, LmEvalArgs& a) {
   app->add_flag("--splice-bos", a.splice_bos, "With --model: splice at the BOS position too (default: leave it clean)");
   app->add_option("--lm-batch", a.batch, "With --model: contexts per forward pass (default 8)");
   app->add_option("--tokenizer", a.tokenizer, "With --model: tokenizer directory when the model has none");
+  app->add_flag("--ce-reference", a.ce_reference,
+                "With --model: compute CE with the naive full-logits log-softmax instead of the streaming kernel "
+                "(slow; for timing and cross-checks)");
 }
 
 }  // namespace msae::cli

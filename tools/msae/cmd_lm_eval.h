@@ -15,6 +15,7 @@ struct LmEvalArgs {
   std::vector<std::string> text;
   int64_t layer = -1, ctx = 128, batch = 8, max_tokens = 0;
   bool splice_bos = false;
+  bool ce_reference = false;  // --ce-reference: the naive full-logits log-softmax (timing, cross-checks)
   int threads = 0;
 };
 

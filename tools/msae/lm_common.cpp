@@ -123,21 +123,12 @@ namespace msae::cli {
 
 NpyWriter::NpyWriter(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape)
     : path_(path) {
-  std::string sh = "(";
-  for (size_t i = 0; i < shape.size(); ++i) sh += std::to_string(shape[i]) + (shape.size() == 1 || i + 1 < shape.size() ? "," : "");
-  if (shape.size() > 1 && sh.back() == ',') sh.pop_back();
-  sh += ")";
-  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + sh + ", }";
-  const size_t unpadded = 10 + header.size() + 1;
-  header += std::string((64 - unpadded % 64) % 64, ' ') + "\n";
+  const std::string prefix = io::npy_header_bytes(descr, shape);
   f_ = std::fopen(path.c_str(), "wb");
   if (!f_) runtime_error(path, ": cannot create (", std::strerror(errno), ")");
-  const unsigned char magic[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
-  const uint16_t hl = static_cast<uint16_t>(header.size());
-  std::fwrite(magic, 1, 8, f_);
-  std::fwrite(&hl, 2, 1, f_);
-  std::fwrite(header.data(), 1, header.size(), f_);
-  const int64_t item = descr == "<i8" ? 8 : (descr == "<f4" ? 4 : 2);
+  write(prefix.data(), prefix.size());
+  written_ = 0;
+  const int64_t item = descr == "<i8" ? 8 : (descr == "<f4" || descr == "<i4" ? 4 : 2);
   expected_ = item;
   for (int64_t s : shape) expected_ *= s;
 }

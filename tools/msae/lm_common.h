@@ -64,7 +64,7 @@ std::vector<int64_t> sae_prefixes(const train::SaeDirectory& sae);
 
 namespace msae::cli {
 // Streams a C-order .npy (version 1.0) of a known shape: the header first, then raw little-endian rows.
-// descr: "<f4", "<f2" or "<i8". Written to path (the caller writes into a temporary directory).
+// descr: "<f4", "<f2", "<i4" or "<i8" (header: io::npy_header_bytes). Written to path (the caller writes into a temporary directory).
 class NpyWriter {
  public:
   NpyWriter(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape);
