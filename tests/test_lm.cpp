@@ -204,7 +204,7 @@ TEST(Gpt2, StreamingCrossEntropyEqualsReference) {
     U2.data[40000 * d + j] = 3.0f * h.data[j] / static_cast<float>(d);
     U2.data[5 * d + j] = 3.0f * h.data[d + j] / static_cast<float>(d);
   }
-  for (const std::vector<int32_t> tgt : {std::vector<int32_t>{40000, 5}, std::vector<int32_t>{7, 40000}}) {
+  for (const std::vector<int32_t>& tgt : {std::vector<int32_t>{40000, 5}, std::vector<int32_t>{7, 40000}}) {
     float fast[2], ref[2];
     lm::token_cross_entropy(h.ptr(), 2, d, U2.ptr(), V, tgt.data(), fast);
     lm::token_cross_entropy_reference(h.ptr(), 2, d, U2.ptr(), V, tgt.data(), ref);
