@@ -13,34 +13,15 @@
 #include <string>
 
 #include "msae/io.h"
+#include "cli_run.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string output;  // stdout + stderr
-};
-
-// Runs msae with `args`; the output is stdout + stderr, or stdout alone with stdout_only.
-Result run(const std::string& args, bool stdout_only = false) {
-  const std::string cmd = std::string(MSAE_BINARY) + " " + args + (stdout_only ? " 2>/dev/null" : " 2>&1");
-  Result r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using msae::test_util::Result;
+using msae::test_util::run;
+using msae::test_util::slurp;
 
 class Cli : public ::testing::Test {
  protected:
