@@ -21,28 +21,16 @@
 #include "msae/io.h"
 #include "msae/lm.h"
 #include "msae/train.h"
+#include "cli_run.h"
 
 using namespace msae;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out;
-};
-Result run(const std::string& args) {
-  const std::string cmd = std::string(MSAE_BINARY) + " " + args + " 2>/dev/null";
-  Result r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.out.append(buf, n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
+using msae::test_util::Result;
+// stdout only: eval and absorption print JSON there, progress goes to stderr.
+Result run(const std::string& args) { return msae::test_util::run(args, true); }
 
 class LmCli : public ::testing::Test {
  protected:
@@ -141,7 +129,7 @@ Tensor read_shards(const std::string& dir, int64_t* shard_count = nullptr) {
 TEST_F(LmCli, HarvestMatchesDirectForward) {
   const Result r = run("harvest --model " + p("model") + " --text " + p("a.txt") + " " + p("b.txt") +
                        " --layer 1 --site resid_pre --ctx 32 --shard-rows 100 --out " + p("h32") + " --threads 2");
-  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(r.code, 0) << r.output;
   const auto info = nlohmann::json::parse(io::read_text_file(p("h32/harvest.json")));
   const int64_t rows = info["rows"], d = info["d"];
   int64_t shards = 0;
@@ -156,8 +144,8 @@ TEST_F(LmCli, HarvestMatchesDirectForward) {
   // `msae train --data DIR` trains on the shards, every row of them and nothing else.
   const Result tr = run("train --data " + p("h32") + " --d-sae 32 --k 4 --batch 64 --steps 4 --out " + p("sae32") +
                         " --threads 2");
-  ASSERT_EQ(tr.code, 0) << tr.out;
-  EXPECT_NE(tr.out.find("evaluation on " + std::to_string(rows) + " data rows"), std::string::npos) << tr.out;
+  ASSERT_EQ(tr.code, 0) << tr.output;
+  EXPECT_NE(tr.output.find("evaluation on " + std::to_string(rows) + " data rows"), std::string::npos) << tr.output;
   // Direct forward of the same contexts.
   const lm::Model m = lm::Model::load(p("model"));
   const lm::Tokenizer tok = lm::Tokenizer::load(std::string(MSAE_SOURCE_DIR) + "/models/gpt2-tokenizer");
@@ -194,7 +182,7 @@ TEST_F(LmCli, HarvestMatchesDirectForward) {
   // --skip-bos drops exactly the BOS rows; f16 is the same data rounded.
   const Result s = run("harvest --model " + p("model") + " --text " + p("a.txt") + " " + p("b.txt") +
                        " --layer 1 --ctx 32 --skip-bos --dtype f16 --out " + p("h32s"));
-  ASSERT_EQ(s.code, 0) << s.out;
+  ASSERT_EQ(s.code, 0) << s.output;
   const Tensor acts16 = read_shards(p("h32s"));
   EXPECT_EQ(io::read_npy_header(p("h32s/acts-00000.npy")).dtype, io::DType::f16);
   ASSERT_EQ(acts16.shape[0], rows / T * (T - 1));
@@ -214,8 +202,8 @@ TEST_F(LmCli, EvalSplicedCeAndAbsorption) {
   write_identity_sae(p("ident"), 8);
   const Result r = run("eval --sae " + p("ident") + " --model " + p("model") + " --text " + p("a.txt") +
                        " --layer 1 --site resid_pre --ctx 32 --max-tokens 640");
-  ASSERT_EQ(r.code, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
   const double clean = j["ce_clean"], ablated = j["ce_ablated"];
   EXPECT_GT(ablated, clean);
   ASSERT_EQ(j["prefixes"].size(), 2u);
@@ -227,8 +215,8 @@ TEST_F(LmCli, EvalSplicedCeAndAbsorption) {
   // Mean ablation is a different (usually smaller) baseline.
   const Result mres = run("eval --sae " + p("ident") + " --model " + p("model") + " --text " + p("a.txt") +
                           " --layer 1 --ctx 32 --max-tokens 640 --ablation mean");
-  ASSERT_EQ(mres.code, 0) << mres.out;
-  EXPECT_NE(nlohmann::json::parse(mres.out)["ce_ablated"].get<double>(), ablated);
+  ASSERT_EQ(mres.code, 0) << mres.output;
+  EXPECT_NE(nlohmann::json::parse(mres.output)["ce_ablated"].get<double>(), ablated);
   // Flag errors.
   EXPECT_EQ(run("eval --sae " + p("ident") + " --model " + p("model") + " --layer 1").code, 2);
   EXPECT_EQ(run("eval --sae " + p("ident") + " --model " + p("model") + " --text " + p("a.txt") + " --layer 1 --ablation x").code, 2);
@@ -237,8 +225,8 @@ TEST_F(LmCli, EvalSplicedCeAndAbsorption) {
   // is present and the rates are in [0, 1].
   const Result a = run("absorption --sae " + p("ident") + " --model " + p("model") +
                        " --layer 1 --max-words 400 --icl 2 --max-k 3");
-  ASSERT_EQ(a.code, 0) << a.out;
-  const auto aj = nlohmann::json::parse(a.out);
+  ASSERT_EQ(a.code, 0) << a.output;
+  const auto aj = nlohmann::json::parse(a.output);
   EXPECT_EQ(aj["probe"]["per_letter"].size(), 26u);
   EXPECT_TRUE(aj["probe"]["weak"].get<bool>());
   ASSERT_EQ(aj["saes"].size(), 1u);
