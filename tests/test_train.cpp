@@ -150,6 +150,25 @@ TEST(Update, MatchesANaiveClipConstrainAdam) {
   for (float v : p.b_enc.data) EXPECT_EQ(v, 0.0f) << "b_enc must stay zero without --encoder-bias";
 }
 
+// A sum of squares supplied by the engine (SaeGrads::sum_squares >= 0) is what the clipping uses, and it
+// is consumed: the next update without one computes the norm from the gradients again.
+TEST(Update, UsesAndConsumesTheEnginesSumOfSquares) {
+  SaeConfig c;
+  c.d_in = 4;
+  c.d_sae = 16;
+  c.k = 2;
+  c.finalize();
+  SaeGrads g = SaeGrads::zeros(4, 16);
+  for (int e = 0; e < 8; ++e) g.W_enc_t.data[e] = 0.5f;  // sum of squares 2: norm 1.41
+  const kernels::AdamHyper h;
+  SaeParams p = SaeParams::init(4, 16, 3);
+  train::AdamState opt;
+  g.sum_squares = 100.0;  // as if the engine had measured norm 10
+  EXPECT_NEAR(train::apply_update(c, h, 1.0f, p, g, opt), 10.0, 1e-12);
+  EXPECT_LT(g.sum_squares, 0.0);
+  EXPECT_NEAR(train::apply_update(c, h, 1.0f, p, g, opt), std::sqrt(2.0), 1e-6);
+}
+
 TEST(SaeDirectory, RoundTripsExactly) {
   SaeConfig c;
   c.d_in = 8;

@@ -125,6 +125,10 @@ struct SaeGrads {
   Tensor b_enc;    // (D), stays zero unless encoder_bias
   Tensor W_dec;    // (D, d)
   Tensor b_dec;    // (d)
+  // Sum of the squares of all four gradients when the engine computed it on the fly (the sparse engine
+  // does, in its latent pass); negative: not known, train::apply_update computes it (and resets it to -1
+  // after use, so a value can never outlive the gradients it was computed from).
+  double sum_squares = -1.0;
   static SaeGrads zeros(int64_t d, int64_t D);
 };
 

@@ -10,6 +10,9 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "msae/kernels_ref.h"
 
@@ -47,6 +50,27 @@ int select_threads(int64_t B) { return static_cast<int>(std::clamp<int64_t>(B, 1
 
 inline int64_t row_begin(int64_t B, int tid, int nt) { return B * tid / nt; }
 
+// Bit j of the result: p[j] >= floor (false for NaN, like the scalar comparison), for n <= 64. The
+// extraction below tests every block of a row with it and then visits only the set bits, in ascending
+// order. Both halves matter: GCC left the plain `any |= p[i] >= floor` loop scalar (vcomiss per element),
+// and with the 0.85 x hint floor about a third of the 64-float blocks hold a hit, so rescanning a hit
+// block element by element cost as much again.
+constexpr int64_t kTestBlock = 64;
+inline uint64_t at_least_mask(const float* p, int64_t n, float floor) {
+#if defined(__AVX__)
+  if (n == kTestBlock) {
+    const __m256 f = _mm256_set1_ps(floor);
+    uint64_t bits = 0;
+    for (int64_t v = 0; v < kTestBlock; v += 8)
+      bits |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + v), f, _CMP_GE_OQ))) << v;
+    return bits;
+  }
+#endif
+  uint64_t bits = 0;
+  for (int64_t i = 0; i < n; ++i) bits |= static_cast<uint64_t>(p[i] >= floor) << i;
+  return bits;
+}
+
 // Extracts entries of rows [r0, r1) with value >= lo (and > 0) into ids/vals; counts per row. Stops
 // storing (but keeps counting) beyond `cap` entries; returns the count. Also counts, for each of the
 // `nlev` ascending levels (all >= lo), the entries >= that level (into level_count).
@@ -61,14 +85,11 @@ int64_t extract_rows(const float* pre, int64_t D, int64_t r0, int64_t r1, float 
   for (int64_t r = r0; r < r1; ++r) {
     const float* row = pre + r * D;
     int64_t count = 0;
-    for (int64_t i0 = 0; i0 < D; i0 += 16) {
-      const int64_t i1 = std::min(D, i0 + 16);
-      bool any = false;
-      for (int64_t i = i0; i < i1; ++i) any |= row[i] >= floor;  // vectorized test, rare hits
-      if (!any) continue;
-      for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t i0 = 0; i0 < D; i0 += kTestBlock) {
+      const int64_t i1 = std::min(D, i0 + kTestBlock);
+      for (uint64_t bits = at_least_mask(row + i0, i1 - i0, floor); bits != 0; bits &= bits - 1) {
+        const int64_t i = i0 + std::countr_zero(bits);
         const float v = row[i];
-        if (!(v >= floor)) continue;
         for (int l = 0; l < nlev; ++l) level_count[l] += v >= levels[l];
         if (total + count < cap) {
           ids.push_back(static_cast<int32_t>(i));

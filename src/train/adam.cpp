@@ -37,8 +37,12 @@ double apply_update(const SaeConfig& cfg, const kernels::AdamHyper& adam, float 
 
   // 1. Global gradient-norm clipping (torch.nn.utils.clip_grad_norm_: coef = max / (norm + 1e-6), capped at 1).
   //    The scaling is applied on the fly by the kernels below (same float product as scaling in place).
-  double total = 0.0;
-  for (const auto& t : tensors) total += kernels::sum_squares(t.grad->ptr(), t.grad->numel());
+  double total = g.sum_squares;  // from the engine when it had the rows in cache (b_enc included even
+  if (total < 0.0) {               // without the encoder bias: it is all zeros then)
+    total = 0.0;
+    for (const auto& t : tensors) total += kernels::sum_squares(t.grad->ptr(), t.grad->numel());
+  }
+  g.sum_squares = -1.0;
   const double grad_norm = std::sqrt(total);
   const double coef = static_cast<double>(max_grad_norm) / (grad_norm + 1e-6);
   const float scale = coef < 1.0 ? static_cast<float>(coef) : 1.0f;
