@@ -231,10 +231,20 @@ float batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCod
     // Histogram pass, then extraction of the bins at and above the cut bin.
     parallel(
         [&](int tid, int) {
+          // Four interleaved sub-histograms, summed at the end: neighbouring values mostly share a bin,
+          // and increments of one counter back to back wait on each other (measured ~200 ms a pass at the
+          // bench shape with one histogram). The first step of every run takes this path.
           std::vector<uint32_t>& h = sc.hist[tid];
-          h.assign(kBins, 0);
-          for (int64_t f = row_begin(B, tid, nt) * D; f < row_begin(B, tid + 1, nt) * D; ++f)
-            if (pre[f] > 0.0f) ++h[bin_of(pre[f])];
+          h.assign(4 * kBins, 0);
+          const int64_t f0 = row_begin(B, tid, nt) * D, f1 = row_begin(B, tid + 1, nt) * D;
+          int64_t f = f0;
+          for (; f + 4 <= f1; f += 4)
+            for (int u = 0; u < 4; ++u) {
+              const float v = pre[f + u];
+              h[u * kBins + (bin_of(v) & (kBins - 1))] += v > 0.0f;  // branch-free: non-positives add 0
+            }
+          for (; f < f1; ++f) h[bin_of(pre[f]) & (kBins - 1)] += pre[f] > 0.0f;
+          for (int b = 0; b < kBins; ++b) h[b] += h[kBins + b] + h[2 * kBins + b] + h[3 * kBins + b];
         },
         nt);
     int64_t cum = 0;
