@@ -466,6 +466,20 @@ struct FdCloser {
   ~FdCloser() { detail::close_fd(fd); }
 };
 
+// Reads n elements of type Raw from byte `offset` in chunks, handing each chunk to
+// widen(chunk, first_index, count): conversion without a second full-size copy of the data.
+template <typename Raw, typename Widen>
+void read_in_chunks(int fd, int64_t offset, int64_t n, const std::string& path, Widen widen) {
+  constexpr int64_t kChunk = 1 << 16;
+  std::vector<Raw> raw(static_cast<size_t>(std::min(n, kChunk)));
+  for (int64_t done = 0; done < n; done += kChunk) {
+    const int64_t m = std::min(kChunk, n - done);
+    detail::pread_exact(fd, offset + static_cast<int64_t>(sizeof(Raw)) * done, raw.data(),
+                        static_cast<int64_t>(sizeof(Raw)) * m, path);
+    widen(raw.data(), done, m);
+  }
+}
+
 }  // namespace
 
 NpyHeader read_npy_header(const std::string& path, bool bf16_as_u2) {
@@ -485,14 +499,9 @@ Tensor read_npy(const std::string& path, bool bf16_as_u2) {
     detail::pread_exact(file.fd, h.data_offset, t.ptr(), n * 4, path);
     return t;
   }
-  // Convert 16-bit data in chunks rather than holding a second full-size copy.
-  constexpr int64_t kChunk = 1 << 16;
-  std::vector<uint16_t> raw(static_cast<size_t>(std::min(n, kChunk)));
-  for (int64_t done = 0; done < n; done += kChunk) {
-    const int64_t m = std::min(kChunk, n - done);
-    detail::pread_exact(file.fd, h.data_offset + 2 * done, raw.data(), 2 * m, path);
-    convert_to_f32(h.dtype, raw.data(), t.ptr() + done, m);
-  }
+  read_in_chunks<uint16_t>(file.fd, h.data_offset, n, path, [&](const uint16_t* raw, int64_t done, int64_t m) {
+    convert_to_f32(h.dtype, raw, t.ptr() + done, m);
+  });
   return t;
 }
 
@@ -510,13 +519,9 @@ NpyIntArray read_npy_int(const std::string& path) {
     detail::pread_exact(file.fd, h.data_offset, a.values.data(), n * 8, path);
     return a;
   }
-  constexpr int64_t kChunk = 1 << 16;
-  std::vector<int32_t> raw(static_cast<size_t>(std::min(n, kChunk)));
-  for (int64_t done = 0; done < n; done += kChunk) {
-    const int64_t m = std::min(kChunk, n - done);
-    detail::pread_exact(file.fd, h.data_offset + 4 * done, raw.data(), 4 * m, path);
-    std::copy(raw.begin(), raw.begin() + m, a.values.begin() + done);
-  }
+  read_in_chunks<int32_t>(file.fd, h.data_offset, n, path, [&](const int32_t* raw, int64_t done, int64_t m) {
+    std::copy(raw, raw + m, a.values.begin() + done);
+  });
   return a;
 }
 
