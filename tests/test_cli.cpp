@@ -255,3 +255,28 @@ TEST_F(Cli, SynthBenchAppliesVariantFlags) {
   EXPECT_EQ(sampled["config"]["variants"]["sampled_prefixes"], 4);
   expect_error(run("synth-bench --archs matryoshka --sampled-prefixes -2" + common + path("bad")), 2, "sampled-prefixes");
 }
+
+// --save-saes writes each trained SAE as msae train would, and it is the SAE the metrics were taken on:
+// the same run without the flag gives identical scores (and no saes/), and msae inspect reads the result.
+TEST_F(Cli, SynthBenchSavesTheTrainedSaes) {
+  const std::string common = " --preset tree --archs batchtopk --seeds 0 --steps 150 --eval-rows 2048 --threads 1 --out ";
+  ASSERT_EQ(run("synth-bench" + common + path("nosave")).code, 0);
+  Result r = run("synth-bench --save-saes" + common + path("saved"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "nosave" / "saes"));
+  const auto plain = nlohmann::json::parse(slurp(dir_ / "nosave" / "results.json"))["runs"][0];
+  const auto saved = nlohmann::json::parse(slurp(dir_ / "saved" / "results.json"))["runs"][0];
+  EXPECT_TRUE(plain["sae_dir"].is_null());
+  ASSERT_EQ(saved["sae_dir"], "saes/batchtopk-seed0");
+  EXPECT_EQ(plain["ground_truth"]["f1"], saved["ground_truth"]["f1"]);
+  const fs::path sae = dir_ / "saved" / "saes" / "batchtopk-seed0";
+  for (const char* f : {"cfg.json", "sae_weights.safetensors", "msae.json"}) EXPECT_TRUE(fs::exists(sae / f)) << f;
+  const auto meta = nlohmann::json::parse(slurp(sae / "msae.json"));
+  EXPECT_EQ(meta["config"]["d_sae"], 20);
+  EXPECT_EQ(meta["training"]["steps"], 150);
+  EXPECT_EQ(meta["training"]["completed"], true);
+  EXPECT_EQ(meta["final_metrics"]["synth_bench"]["f1"], saved["ground_truth"]["f1"]);
+  r = run("inspect " + sae.string());
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("batchtopk"), std::string::npos) << r.output;
+}

@@ -33,6 +33,7 @@ struct BenchArgs {
   std::string group_sizes;  // Matryoshka groups; empty = the preset's default
   std::string out;
   bool overwrite = false;
+  bool save_saes = false;  // write each trained SAE to OUT/saes/ARCH-seedS (SAELens layout + msae.json)
   int threads = 0;
   double lr = 3e-4;
   std::string engine = "sparse";
@@ -290,8 +291,18 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
         PresetRunOptions ro;
         ro.meta_steps = meta_steps;
         ro.label = cat(arch, " seed ", seed);
+        ro.keep_sae = a.save_saes;
         PresetRun pr = train_on_preset(model, opt, held_out, ro);
         json entries = preset_run_json(pr, opt, true);
+        json sae_dir = nullptr;
+        if (a.save_saes) {  // the trained SAE itself, so a long run can be evaluated or inspected again
+          const std::string rel = cat("saes/", arch, "-seed", seed);
+          io::create_directories(tmp + "/" + rel);
+          pr.msae_json["final_metrics"] = {{"synth_bench", {{"f1", pr.gt.f1}, {"mcc", pr.gt.mcc},
+                                                             {"explained_variance", pr.ev.prefixes.back().explained_variance}}}};
+          train::write_sae_files(tmp + "/" + rel, opt.sae, pr.params, pr.msae_json);
+          sae_dir = rel;
+        }
         entries["train"]["lr"] = a.lr;  // as given (a double), not the float the optimizer uses
         Run run;
         run.arch = arch;
@@ -308,7 +319,8 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                       {"train", entries["train"]},
                       {"eval", entries["eval"]},
                       {"ground_truth", entries["ground_truth"]},
-                      {"meta_sae", entries["meta_sae"]}};
+                      {"meta_sae", entries["meta_sae"]},
+                      {"sae_dir", sae_dir}};
         log_info(cat(arch, " seed ", seed, ": F1 ", f3(run.gt.f1), " MCC ", f3(run.gt.mcc), " uniqueness ",
                      f3(run.gt.uniqueness), " EV ", f3(run.ev.prefixes.back().explained_variance), " absorption ",
                      f3(run.gt.absorption_rate), " L0 ", f3(run.ev.prefixes.back().l0), " (train ", f3(step_s),
@@ -380,7 +392,7 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                   cell("uniqueness").c_str(), cell("explained_variance").c_str(), cell("absorption_rate").c_str(),
                   cell("roots_in_first_prefix").c_str());
     }
-    std::printf("output: %s (results.json, report.html, truth.safetensors)\n", a.out.c_str());
+    std::printf("output: %s (results.json, report.html, truth.safetensors%s)\n", a.out.c_str(), a.save_saes ? ", saes/" : "");
   } catch (...) {
     io::remove_all(tmp);
     throw;
@@ -408,6 +420,8 @@ Action add_synth_bench_command(CLI::App& root) {
   app->add_option("--lr", a->lr, "Adam learning rate")->capture_default_str();
   app->add_option("--out", a->out, "Output directory (results.json, report.html, truth.safetensors)")->required();
   app->add_flag("--overwrite", a->overwrite, "Replace an existing output directory");
+  app->add_flag("--save-saes", a->save_saes,
+                "Also write every trained SAE to OUT/saes/ARCH-seedS (the msae train output layout)");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_option("--engine", a->engine, "Step engine: sparse | reference")->capture_default_str();
   add_variant_flags(app, a->variants);

@@ -62,6 +62,19 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     progress.update(s + 1, ro.label + buf, s + 1 == steps);
   }
   progress.finish();
+  if (ro.keep_sae) {
+    train::RunFacts facts;
+    facts.completed = true;
+    facts.steps = steps;
+    facts.steps_planned = steps;
+    facts.seed = opt.seed;
+    facts.shuffle = false;
+    facts.data = cat("preset:", model.name, " seed ", opt.seed, " (stream FeatureSampler seed ", 2 * opt.seed + 1, ")");
+    facts.seconds = run.generation_seconds + run.step_seconds;
+    facts.tokens_per_s = static_cast<double>(steps * batch) / std::max(facts.seconds, 1e-9);
+    run.params = trainer.params();
+    run.msae_json = train::run_record(trainer, facts);
+  }
   data::DataOptions in_order;
   in_order.shuffle = false;  // file order, wrapping at the end
   auto src = data::open_array(held_out.x.data(), held_out.rows, model.d, "held-out synthetic rows", in_order);

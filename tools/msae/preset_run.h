@@ -37,6 +37,7 @@ struct PresetRunOptions {
   int64_t meta_steps = 0;                  // > 0: train the meta-SAE (only when D / 4 >= 16)
   std::string label;                       // progress-bar and error prefix, e.g. "matryoshka seed 0"
   const std::atomic<bool>* stop = nullptr;  // when set and true, training stops at the next step
+  bool keep_sae = false;                    // fill PresetRun::params and ::msae_json (synth-bench --save-saes)
 };
 
 struct PresetRun {
@@ -46,6 +47,8 @@ struct PresetRun {
   nlohmann::json meta_sae;   // {width, k, steps, explained_variance}, or null when not run
   std::vector<double> curve_step, curve_fvu;  // about 100 points of the training-batch FVU
   double generation_seconds = 0, step_seconds = 0;
+  SaeParams params;          // the trained SAE, when keep_sae (else empty)
+  nlohmann::json msae_json;  // its msae.json (train::run_record; data "preset:NAME seed S"), when keep_sae
 };
 
 // Trains opt (opt.sae.d_in must be model.d) from SaeParams::init(model.d, opt.sae.d_sae, opt.seed) on the
