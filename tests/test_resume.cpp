@@ -283,3 +283,33 @@ TEST_F(Resume, NormalizedSaeHasTheSameFvuOnRawData) {
 }
 
 }  // namespace
+
+// msae synth-bench on SIGINT: the run in progress stops at its next step and is evaluated as it stands,
+// the remaining runs are skipped, and everything written says so (exit code 130 like msae train).
+TEST_F(Resume, InterruptedSynthBenchWritesTheRunSoFar) {
+  const std::string out = p("bench");
+  const std::string log = p("bench-log.txt");
+  const pid_t pid = spawn("synth-bench --preset synth-lite --archs matryoshka,batchtopk --steps 200000 --eval-rows 2048"
+                          " --meta-steps 0 --threads 1 --save-saes --out " + out, log);
+  ASSERT_GT(pid, 0);
+  // truth.safetensors is written into the temporary output directory just before the first run trains.
+  ASSERT_TRUE(wait_for_file(fs::path(out + ".tmp-" + std::to_string(pid)) / "truth.safetensors", pid)) << slurp(log);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::kill(pid, SIGINT);
+  ASSERT_EQ(wait_exit(pid), 130) << slurp(log);
+  const json r = json::parse(slurp(fs::path(out) / "results.json"));
+  EXPECT_FALSE(r["completed"].get<bool>());
+  ASSERT_EQ(r["runs"].size(), 1u) << "the batchtopk run must be skipped";
+  const json& train = r["runs"][0]["train"];
+  EXPECT_FALSE(train["completed"].get<bool>());
+  EXPECT_LT(train["steps"].get<int64_t>(), 200000);
+  EXPECT_EQ(train["steps_planned"].get<int64_t>(), 200000);
+  EXPECT_EQ(train["samples"].get<int64_t>(), train["steps"].get<int64_t>() * 1024);
+  EXPECT_TRUE(r["runs"][0]["ground_truth"]["f1"].is_number());
+  EXPECT_TRUE(r["summary"].contains("matryoshka"));
+  EXPECT_FALSE(r["summary"].contains("batchtopk"));
+  const json m = json::parse(slurp(fs::path(out) / "saes" / "matryoshka-seed0" / "msae.json"));
+  EXPECT_FALSE(m["training"]["completed"].get<bool>());
+  EXPECT_EQ(m["training"]["steps"], train["steps"]);
+  EXPECT_NE(slurp(fs::path(out) / "report.html").find("Interrupted"), std::string::npos);
+}

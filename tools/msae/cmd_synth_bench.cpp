@@ -4,7 +4,10 @@
 // docs/synth-bench.md describes the presets, the metrics and measured results.
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -24,6 +27,14 @@ namespace msae::cli {
 namespace {
 
 using nlohmann::json;
+
+// Ctrl-C / SIGTERM: the run in progress stops at its next step and is evaluated as it stands; the runs
+// after it are skipped; results.json and the report say so. A second signal kills the process.
+std::atomic<bool> g_stop{false};
+extern "C" void on_synth_bench_signal(int sig) {
+  g_stop = true;
+  std::signal(sig, SIG_DFL);
+}
 
 struct BenchArgs {
   std::string preset = "synth-lite";
@@ -102,8 +113,12 @@ void write_truth(const std::string& dir, const synth::FeatureModel& m, const syn
 }
 
 void write_report(const std::string& path, const std::string& preset, const synth::FeatureModel& m,
-                  const std::vector<Run>& runs, const std::vector<std::string>& archs, const json& summary) {
+                  const std::vector<Run>& runs, const std::vector<std::string>& archs, const json& summary,
+                  bool interrupted) {
   report::Page page("msae synth-bench: " + preset);
+  if (interrupted)
+    page.paragraph("Interrupted: the last run stopped before its planned steps and was evaluated as it stood, and "
+                   "the runs after it were skipped. Compare runs only at equal steps (results.json, train.steps).");
   page.paragraph(cat("Feature model '", m.name, "': N = ", m.n_features(), " features in d = ", m.d,
                      ", hierarchy depth ", m.max_depth(), ", expected L0 ", f3(m.expected_l0()), ". ", runs.size(),
                      " runs. Metrics are defined in docs/synth-bench.md."));
@@ -261,8 +276,11 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
   std::vector<Run> runs;
   json runs_json = json::array();
   synth::FeatureModel model0;
+  std::signal(SIGINT, on_synth_bench_signal);
+  std::signal(SIGTERM, on_synth_bench_signal);
   try {
     for (uint64_t seed : seeds) {
+      if (g_stop) break;
       const synth::FeatureModel model = synth::make_preset(a.preset, seed);
       if (runs.empty()) model0 = model;
       log_info(cat("preset ", a.preset, " seed ", seed, ": N=", model.n_features(), " d=", model.d, " expected L0 ",
@@ -271,6 +289,7 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
       const PresetEvalRows held_out = preset_eval_rows(model, seed, eval_rows);
       if (seed == seeds.front()) write_truth(tmp, model, held_out.fired);
       for (const auto& arch : archs) {
+        if (g_stop) break;
         SaeConfig cfg;
         cfg.arch = parse_arch(arch);
         cfg.d_in = model.d;
@@ -292,7 +311,12 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
         ro.meta_steps = meta_steps;
         ro.label = cat(arch, " seed ", seed);
         ro.keep_sae = a.save_saes;
+        ro.stop = &g_stop;
+        ro.evaluate_if_stopped = true;
         PresetRun pr = train_on_preset(model, opt, held_out, ro);
+        if (pr.interrupted)
+          log_warn(cat(arch, " seed ", seed, ": interrupted after ", pr.steps_done, " of ", steps,
+                       " steps; evaluating the SAE as it stands and skipping the remaining runs"));
         json entries = preset_run_json(pr, opt, true);
         json sae_dir = nullptr;
         if (a.save_saes) {  // the trained SAE itself, so a long run can be evaluated or inspected again
@@ -330,8 +354,14 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
       }
     }
 
+    const bool interrupted = g_stop.load();
+    if (runs.empty()) runtime_error("interrupted before the first run finished; nothing to write");
+    // The archs with at least one run (all of them unless interrupted).
+    std::vector<std::string> done_archs;
+    for (const auto& arch : archs)
+      if (std::any_of(runs.begin(), runs.end(), [&](const Run& r) { return r.arch == arch; })) done_archs.push_back(arch);
     json summary = json::object();
-    for (const auto& arch : archs) {
+    for (const auto& arch : done_archs) {
       std::map<std::string, std::vector<double>> vals;
       int64_t n = 0;
       for (const auto& r : runs) {
@@ -372,10 +402,11 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                           {"k", k},
                           {"eval_rows", eval_rows},
                           {"threads", num_threads()},
+                          {"completed", !interrupted},  // false: stopped by a signal (see each run's train.completed)
                           {"summary", summary},
                           {"runs", runs_json}};
     io::write_text_file_atomic(tmp + "/results.json", results.dump(1) + "\n");
-    write_report(tmp + "/report.html", a.preset, model0, runs, archs, summary);
+    write_report(tmp + "/report.html", a.preset, model0, runs, done_archs, summary, interrupted);
     io::commit_directory(tmp, a.out, a.overwrite);
 
     std::printf("msae synth-bench: preset %s, d_sae %lld, k %lld, %lld steps x %lld rows, seeds %s\n", a.preset.c_str(),
@@ -383,7 +414,7 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                 static_cast<long long>(batch), a.seeds.c_str());
     std::printf("  %-11s %-15s %-15s %-15s %-15s %-15s %-15s\n", "arch", "F1", "MCC", "uniqueness", "EV", "absorption",
                 "roots in 1st prefix");
-    for (const auto& arch : archs) {
+    for (const auto& arch : done_archs) {
       const json& s = summary.at(arch);
       auto cell = [&](const char* key) {
         return f3(s.at(key).at("mean").get<double>()) + "±" + f3(s.at(key).at("std").get<double>());
@@ -393,11 +424,14 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                   cell("roots_in_first_prefix").c_str());
     }
     std::printf("output: %s (results.json, report.html, truth.safetensors%s)\n", a.out.c_str(), a.save_saes ? ", saes/" : "");
+    if (interrupted)
+      std::printf("interrupted: %zu run(s) written, the last one evaluated where it stopped (results.json: completed false)\n",
+                  runs.size());
+    return interrupted ? 130 : 0;
   } catch (...) {
     io::remove_all(tmp);
     throw;
   }
-  return 0;
 }
 
 }  // namespace

@@ -40,9 +40,12 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   char buf[96];
   for (int64_t s = 0; s < steps; ++s) {
     if (ro.stop && ro.stop->load()) {
-      progress.finish();
       run.interrupted = true;
-      return run;
+      if (!ro.evaluate_if_stopped) {
+        progress.finish();
+        return run;
+      }
+      break;
     }
     Timer t;
     stream.sample(batch, x.data());
@@ -60,18 +63,23 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     std::snprintf(buf, sizeof buf, " | FVU %.3f | L0 %.3f", st.var_x > 0 ? st.mse_prefix.back() / st.var_x : 0.0,
                   static_cast<double>(st.l0));
     progress.update(s + 1, ro.label + buf, s + 1 == steps);
+    run.steps_done = s + 1;
   }
   progress.finish();
+  if (run.interrupted && interval.steps > 0) {  // the last, partial logging interval
+    run.curve_step.push_back(static_cast<double>(run.steps_done));
+    run.curve_fvu.push_back(interval.to_json().at("fvu").get<double>());
+  }
   if (ro.keep_sae) {
     train::RunFacts facts;
-    facts.completed = true;
-    facts.steps = steps;
+    facts.completed = !run.interrupted;
+    facts.steps = run.steps_done;
     facts.steps_planned = steps;
     facts.seed = opt.seed;
     facts.shuffle = false;
     facts.data = cat("preset:", model.name, " seed ", opt.seed, " (stream FeatureSampler seed ", 2 * opt.seed + 1, ")");
     facts.seconds = run.generation_seconds + run.step_seconds;
-    facts.tokens_per_s = static_cast<double>(steps * batch) / std::max(facts.seconds, 1e-9);
+    facts.tokens_per_s = static_cast<double>(run.steps_done * batch) / std::max(facts.seconds, 1e-9);
     run.params = trainer.params();
     run.msae_json = train::run_record(trainer, facts);
   }
@@ -93,9 +101,11 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
 
 nlohmann::json preset_run_json(const PresetRun& run, const train::TrainOptions& opt, bool per_feature) {
   nlohmann::json j = {{"train",
-                       {{"steps", opt.steps},
+                       {{"steps", run.steps_done},
+                        {"steps_planned", opt.steps},
+                        {"completed", !run.interrupted},
                         {"batch", opt.batch},
-                        {"samples", opt.steps * opt.batch},
+                        {"samples", run.steps_done * opt.batch},
                         {"lr", static_cast<double>(opt.adam.lr)},
                         {"seconds", run.generation_seconds + run.step_seconds},
                         {"generation_seconds", run.generation_seconds},

@@ -38,10 +38,12 @@ struct PresetRunOptions {
   std::string label;                       // progress-bar and error prefix, e.g. "matryoshka seed 0"
   const std::atomic<bool>* stop = nullptr;  // when set and true, training stops at the next step
   bool keep_sae = false;                    // fill PresetRun::params and ::msae_json (synth-bench --save-saes)
+  bool evaluate_if_stopped = false;         // on `stop`, evaluate the SAE trained so far (synth-bench)
 };
 
 struct PresetRun {
-  bool interrupted = false;  // `stop` was raised: nothing below is filled in
+  bool interrupted = false;  // `stop` was raised: nothing below is filled in unless evaluate_if_stopped
+  int64_t steps_done = 0;    // optimizer steps taken (opt.steps unless interrupted)
   eval::EvalReport ev;       // eval::evaluate on the held-out rows, in file order
   eval::GtReport gt;         // eval::score_ground_truth on the same rows
   nlohmann::json meta_sae;   // {width, k, steps, explained_variance}, or null when not run
