@@ -281,6 +281,37 @@ TEST(GtMetrics, OracleSaeScoresPerfectly) {
   EXPECT_EQ(s.feature_group[0], 3);  // latent 5 is in group 4 ([4, 8))
 }
 
+// Dead latents: our F1 and uniqueness average over the latents that fire; the SynthSAEBench (SAELens)
+// forms average over all D, a dead latent adding F1 0 and its best feature to the distinct count.
+TEST(GtMetrics, DeadLatentsInBothDefinitions) {
+  FeatureModel m = synth::make_preset("absorption", 0);
+  std::fill(m.mag_std.begin(), m.mag_std.end(), 0.0f);
+  std::vector<float> x;
+  const FiredFeatures fired = sample_fired(m, 20000, 1, &x);
+  SaeConfig cfg;
+  cfg.arch = Arch::batchtopk;
+  cfg.d_in = m.d;
+  cfg.d_sae = m.n_features();
+  cfg.k = 1;
+  cfg.finalize();
+  SaeParams p = oracle_sae(m, -1, 0);
+  // Latents 14 and 15 never fire (zero encoder rows); latent 15's decoder row copies feature 0.
+  for (int64_t j = 0; j < m.d; ++j) {
+    p.W_enc_t.ptr()[14 * m.d + j] = 0.0f;
+    p.W_enc_t.ptr()[15 * m.d + j] = 0.0f;
+    p.W_dec.ptr()[15 * m.d + j] = m.directions.ptr()[j];
+  }
+  const eval::GtReport r = eval::score_ground_truth(cfg, p, m, x.data(), fired);
+  EXPECT_EQ(r.alive_latents, 14);
+  EXPECT_DOUBLE_EQ(r.f1, 1.0);
+  EXPECT_DOUBLE_EQ(r.uniqueness, 1.0);
+  EXPECT_DOUBLE_EQ(r.f1_all_latents, 14.0 / 16.0);
+  EXPECT_DOUBLE_EQ(r.uniqueness_all_latents, 15.0 / 16.0);
+  const eval::GtReport full = eval::score_ground_truth(cfg, oracle_sae(m, -1, 0), m, x.data(), fired);
+  EXPECT_DOUBLE_EQ(full.f1_all_latents, full.f1);  // no dead latent: the two definitions agree
+  EXPECT_DOUBLE_EQ(full.uniqueness_all_latents, full.uniqueness);
+}
+
 TEST(GtMetrics, AbsorbingParentByHand) {
   FeatureModel m = synth::make_preset("absorption", 2);
   std::fill(m.mag_std.begin(), m.mag_std.end(), 0.0f);

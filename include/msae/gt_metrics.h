@@ -62,6 +62,10 @@ struct GtReport {
   // Per latent: its best feature is the one with the largest decoder cosine. Means over alive latents.
   double f1 = 0, precision = 0, recall = 0;
   double uniqueness = 0;       // distinct best features / alive latents
+  // The same two averaged over all D latents, as SAELens's synthetic evals (SynthSAEBench) compute them:
+  // a dead latent adds F1 0 and still counts its best feature and itself in uniqueness. Equal to the
+  // above when no latent is dead.
+  double f1_all_latents = 0, uniqueness_all_latents = 0;
   int64_t alive_latents = 0;   // latents that fired at least once on the rows
   double splitting = 0;        // among learned features, the share claimed (as best feature) by >= 2
                                // alive latents with cosine >= match_cos

@@ -161,6 +161,8 @@ GtReport score_ground_truth(const SaeConfig& cfg, const SaeParams& params, const
     rep.recall = recall / n;
   }
   rep.uniqueness = uniqueness(alive_best);
+  rep.f1_all_latents = D > 0 ? f1 / static_cast<double>(D) : 0.0;
+  rep.uniqueness_all_latents = uniqueness(rep.latent_best_feature);
 
   // Splitting: learned features claimed by >= 2 alive latents that match them at >= match_cos.
   std::vector<int64_t> claims(N, 0);
@@ -259,6 +261,8 @@ nlohmann::json to_json(const GtReport& r, bool per_feature) {
                       {"recall", r.recall},
                       {"uniqueness", r.uniqueness},
                       {"alive_latents", r.alive_latents},
+                      {"f1_all_latents", r.f1_all_latents},
+                      {"uniqueness_all_latents", r.uniqueness_all_latents},
                       {"splitting", r.splitting},
                       {"feature_f1_mean", r.feature_f1_mean},
                       {"absorption_rate", r.absorption_rate},

@@ -370,6 +370,8 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
         vals["f1"].push_back(r.gt.f1);
         vals["mcc"].push_back(r.gt.mcc);
         vals["uniqueness"].push_back(r.gt.uniqueness);
+        vals["f1_all_latents"].push_back(r.gt.f1_all_latents);
+        vals["uniqueness_all_latents"].push_back(r.gt.uniqueness_all_latents);
         vals["explained_variance"].push_back(r.ev.prefixes.back().explained_variance);
         vals["absorption_rate"].push_back(r.gt.absorption_rate);
         vals["splitting"].push_back(r.gt.splitting);
