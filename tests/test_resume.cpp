@@ -313,3 +313,41 @@ TEST_F(Resume, InterruptedSynthBenchWritesTheRunSoFar) {
   EXPECT_EQ(m["training"]["steps"], train["steps"]);
   EXPECT_NE(slurp(fs::path(out) / "report.html").find("Interrupted"), std::string::npos);
 }
+
+// msae synth-bench --checkpoint-every: a run killed (SIGKILL) or stopped (SIGINT) continues with --resume
+// to exactly the results of an uninterrupted run; the checkpoints do not end up in the output.
+TEST_F(Resume, ResumedSynthBenchEqualsAnUninterruptedOne) {
+  const std::string flags = "synth-bench --preset synth-lite --archs matryoshka,batchtopk --d-sae 64 --steps 300"
+                            " --eval-rows 1024 --meta-steps 20 --threads 1";
+  const std::string log = p("sb-log.txt");
+  ASSERT_EQ(run(flags + " --out " + p("A"), log), 0) << slurp(log);
+  const json a = json::parse(slurp(dir_ / "A" / "results.json"));
+  for (int sig : {SIGKILL, SIGINT}) {
+    const std::string out = p(sig == SIGKILL ? "K" : "I");
+    const std::string resumable = flags + " --checkpoint-every 25 --out " + out;
+    const pid_t pid = spawn(resumable, log);
+    ASSERT_GT(pid, 0);
+    ASSERT_TRUE(wait_for_file(fs::path(out + ".partial") / "runs" / "matryoshka-seed0" / "checkpoints" / "latest", pid))
+        << slurp(log);
+    ::kill(pid, sig);
+    ASSERT_EQ(wait_exit(pid), sig == SIGKILL ? 128 + SIGKILL : 130) << slurp(log);
+    EXPECT_FALSE(fs::exists(out)) << "nothing is committed before the last run";
+    // Starting over on top of a resumable run, or resuming with other flags, is refused.
+    EXPECT_EQ(run(resumable, log), 2) << slurp(log);
+    EXPECT_EQ(run(flags + " --k 3 --resume --out " + out, log), 2) << slurp(log);
+    ASSERT_EQ(run(flags + " --resume --out " + out, log), 0) << slurp(log);
+    EXPECT_FALSE(fs::exists(out + ".partial"));
+    EXPECT_FALSE(fs::exists(fs::path(out) / "runs"));
+    const json b = json::parse(slurp(fs::path(out) / "results.json"));
+    ASSERT_EQ(b["runs"].size(), 2u);
+    EXPECT_FALSE(b["runs"][0]["train"]["resumed_at"].is_null()) << "the first run must have been resumed";
+    for (size_t i = 0; i < 2; ++i) {
+      SCOPED_TRACE("signal " + std::to_string(sig) + " run " + std::to_string(i));
+      EXPECT_EQ(b["runs"][i]["ground_truth"], a["runs"][i]["ground_truth"]);
+      EXPECT_EQ(b["runs"][i]["eval"], a["runs"][i]["eval"]);
+      EXPECT_EQ(b["runs"][i]["meta_sae"], a["runs"][i]["meta_sae"]);
+      EXPECT_EQ(b["runs"][i]["train"]["curve_fvu"], a["runs"][i]["train"]["curve_fvu"]);
+      EXPECT_EQ(b["runs"][i]["train"]["steps"], 300);
+    }
+  }
+}

@@ -64,7 +64,10 @@ class PlantedSampler {
   void sample(int64_t n, float* out, std::vector<std::vector<int32_t>>* active = nullptr);
 
   double mean_active() const;   // expected number of firing features per row (analytic)
-  int64_t position() const { return next_row_; }  // rows produced so far
+  int64_t position() const { return next_row_; }
+  // Continues the stream at `row` (rows are drawn from a counter-based RNG keyed by their index, so this
+  // is exact: a resumed run sees the rows an uninterrupted one would have).
+  void seek(int64_t row) { next_row_ = row; }  // rows produced so far
 
   // Opaque stream state for checkpoints: restoring it makes the next sample() continue exactly.
   // set_rng_state throws msae::Error (runtime) on a state of the wrong size.
@@ -180,6 +183,9 @@ class FeatureSampler {
   // fired features.
   void sample(int64_t n, float* out, FiredFeatures* fired = nullptr);
   int64_t position() const { return next_row_; }
+  // Continues the stream at `row` (rows are drawn from a counter-based RNG keyed by their index, so this
+  // is exact: a resumed run sees the rows an uninterrupted one would have).
+  void seek(int64_t row) { next_row_ = row; }
   const FeatureModel& model() const { return m_; }
 
  private:

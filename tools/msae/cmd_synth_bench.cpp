@@ -45,6 +45,8 @@ struct BenchArgs {
   std::string out;
   bool overwrite = false;
   bool save_saes = false;  // write each trained SAE to OUT/saes/ARCH-seedS (SAELens layout + msae.json)
+  int64_t checkpoint_every = 0;  // > 0: resumable, working in OUT.partial with per-run checkpoints
+  bool resume = false;
   int threads = 0;
   double lr = 3e-4;
   std::string engine = "sparse";
@@ -269,9 +271,38 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
   while (a.out.size() > 1 && a.out.back() == '/') a.out.pop_back();
   if (a.out.empty()) usage_error("--out DIR is required");
   if (io::path_exists(a.out) && !a.overwrite) usage_error("output directory '", a.out, "' exists; pass --overwrite to replace it");
-  const std::string tmp = cat(a.out, ".tmp-", getpid());
-  io::remove_all(tmp);
-  io::create_directories(tmp);
+  if (a.checkpoint_every < 0) usage_error("--checkpoint-every must be >= 0");
+  // Resumable runs work in OUT.partial (kept on errors and interrupts); the others in OUT.tmp-PID.
+  const bool resumable = a.checkpoint_every > 0 || a.resume;
+  const std::string tmp = resumable ? a.out + ".partial" : cat(a.out, ".tmp-", getpid());
+  int64_t checkpoint_every = a.checkpoint_every;
+  if (resumable) {
+    // Everything that changes the results; a resumed command must repeat it.
+    const json args = {{"preset", a.preset}, {"archs", archs}, {"seeds", seeds}, {"d_sae", d_sae}, {"k", k},
+                       {"batch", batch}, {"steps", steps}, {"eval_rows", eval_rows}, {"meta_steps", meta_steps},
+                       {"group_sizes", matryoshka_groups}, {"lr", a.lr}, {"engine", a.engine},
+                       {"threads", num_threads()}, {"save_saes", a.save_saes},
+                       {"variants", variant_args_json(a.variants)}};
+    const std::string args_path = tmp + "/args.json";
+    if (a.resume) {
+      if (!io::path_exists(args_path))
+        usage_error("--resume: no resumable run at ", tmp, " (start one with --checkpoint-every N)");
+      const json before = json::parse(io::read_text_file(args_path));
+      if (before.value("args", json()) != args)
+        usage_error("--resume: ", args_path, " records another command line; repeat the original flags (",
+                    before.value("args", json()).dump(), ")");
+      if (checkpoint_every == 0) checkpoint_every = before.value("checkpoint_every", int64_t{0});
+      log_info(cat("resuming the run in ", tmp));
+    } else {
+      if (io::path_exists(tmp))
+        usage_error("a resumable run exists at ", tmp, ": add --resume to continue it, or remove that directory");
+      io::create_directories(tmp);
+      io::write_text_file_atomic(args_path, json{{"args", args}, {"checkpoint_every", checkpoint_every}}.dump(1) + "\n");
+    }
+  } else {
+    io::remove_all(tmp);
+    io::create_directories(tmp);
+  }
 
   std::vector<Run> runs;
   json runs_json = json::array();
@@ -312,8 +343,18 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
         ro.label = cat(arch, " seed ", seed);
         ro.keep_sae = a.save_saes;
         ro.stop = &g_stop;
-        ro.evaluate_if_stopped = true;
+        ro.evaluate_if_stopped = !resumable;
+        if (resumable) {
+          ro.checkpoint_dir = cat(tmp, "/runs/", arch, "-seed", seed);
+          ro.checkpoint_every = checkpoint_every;
+          io::create_directories(ro.checkpoint_dir);
+        }
         PresetRun pr = train_on_preset(model, opt, held_out, ro);
+        if (pr.interrupted && resumable) {
+          log_warn(cat(arch, " seed ", seed, ": interrupted at step ", pr.steps_done, " of ", steps, "; checkpoint in ",
+                       ro.checkpoint_dir, ". Continue with the same command and --resume"));
+          return 130;
+        }
         if (pr.interrupted)
           log_warn(cat(arch, " seed ", seed, ": interrupted after ", pr.steps_done, " of ", steps,
                        " steps; evaluating the SAE as it stands and skipping the remaining runs"));
@@ -409,6 +450,10 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                           {"runs", runs_json}};
     io::write_text_file_atomic(tmp + "/results.json", results.dump(1) + "\n");
     write_report(tmp + "/report.html", a.preset, model0, runs, done_archs, summary, interrupted);
+    if (resumable) {  // the checkpoints (parameters and Adam moments) are not part of the output
+      io::remove_all(tmp + "/runs");
+      io::remove_all(tmp + "/args.json");
+    }
     io::commit_directory(tmp, a.out, a.overwrite);
 
     std::printf("msae synth-bench: preset %s, d_sae %lld, k %lld, %lld steps x %lld rows, seeds %s\n", a.preset.c_str(),
@@ -431,7 +476,7 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                   runs.size());
     return interrupted ? 130 : 0;
   } catch (...) {
-    io::remove_all(tmp);
+    if (!resumable) io::remove_all(tmp);  // a resumable run keeps its checkpoints
     throw;
   }
 }
@@ -456,6 +501,10 @@ Action add_synth_bench_command(CLI::App& root) {
   app->add_option("--lr", a->lr, "Adam learning rate")->capture_default_str();
   app->add_option("--out", a->out, "Output directory (results.json, report.html, truth.safetensors)")->required();
   app->add_flag("--overwrite", a->overwrite, "Replace an existing output directory");
+  app->add_option("--checkpoint-every", a->checkpoint_every,
+                  "Resumable: checkpoint each run every N steps (and on Ctrl-C) in OUT.partial; 0 = off")
+      ->capture_default_str();
+  app->add_flag("--resume", a->resume, "Continue the resumable run in OUT.partial (repeat the original flags)");
   app->add_flag("--save-saes", a->save_saes,
                 "Also write every trained SAE to OUT/saes/ARCH-seedS (the msae train output layout)");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "msae/data.h"
+#include "msae/io.h"
 #include "progress.h"
 
 namespace msae::cli {
@@ -34,13 +35,56 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   synth::FeatureSampler stream(model, 2 * opt.seed + 1);  // the same stream for every arch of a seed
   std::vector<float> x(static_cast<size_t>(batch * model.d));
   PresetRun run;
-  Progress progress(steps);
   const int64_t log_every = std::max<int64_t>(1, steps / 100);
   train::MetricsInterval interval;
+  // What a checkpoint adds to the trainer's state, and what makes a checkpoint this run's.
+  const nlohmann::json identity = {{"config", train::config_json(opt.sae)}, {"steps", steps}, {"batch", batch},
+                                   {"seed", opt.seed},  {"lr", opt.adam.lr},  {"model", model.name}};
+  auto save = [&](int64_t done) {
+    const nlohmann::json extra = {{"run", identity},
+                                  {"stream_row", stream.position()},
+                                  {"variant_state", trainer.variant_state().state_json()},
+                                  {"curve_step", run.curve_step},
+                                  {"curve_fvu", run.curve_fvu},
+                                  {"interval", {{"steps", interval.steps}, {"loss", interval.loss}, {"l_aux", interval.l_aux},
+                                                {"fvu", interval.fvu}, {"l0", interval.l0}, {"mse_prefix", interval.mse_prefix}}},
+                                  {"generation_seconds", run.generation_seconds},
+                                  {"step_seconds", run.step_seconds}};
+    train::write_checkpoint(ro.checkpoint_dir, done, trainer, extra, 1);
+  };
+  int64_t start = 0;
+  if (!ro.checkpoint_dir.empty() && train::has_checkpoint(ro.checkpoint_dir)) {
+    train::Checkpoint ck = train::read_checkpoint(ro.checkpoint_dir);
+    const nlohmann::json& e = ck.extra;
+    const std::string where = ck.path + "/state.json";
+    if (!e.contains("run") || e.at("run") != identity)
+      usage_error(where, " belongs to another run configuration than ", ro.label, " of this command");
+    start = ck.step;
+    if (start < 0 || start > steps) runtime_error(where, ": step ", start, " outside [0, ", steps, "]");
+    trainer.restore(std::move(ck.params), std::move(ck.opt), std::move(ck.latents));
+    trainer.restore_variants(e.at("variant_state"));
+    stream.seek(io::json_int(e.at("stream_row"), where + " stream_row", 0));
+    run.curve_step = io::json_double_vector(e.at("curve_step"), where + " curve_step");
+    run.curve_fvu = io::json_double_vector(e.at("curve_fvu"), where + " curve_fvu");
+    const nlohmann::json& iv = e.at("interval");
+    interval.steps = io::json_int(iv.at("steps"), where + " interval.steps", 0);
+    interval.loss = io::json_double(iv.at("loss"), where + " interval.loss");
+    interval.l_aux = io::json_double(iv.at("l_aux"), where + " interval.l_aux");
+    interval.fvu = io::json_double(iv.at("fvu"), where + " interval.fvu");
+    interval.l0 = io::json_double(iv.at("l0"), where + " interval.l0");
+    interval.mse_prefix = io::json_double_vector(iv.at("mse_prefix"), where + " interval.mse_prefix");
+    run.generation_seconds = io::json_double(e.at("generation_seconds"), where + " generation_seconds");
+    run.step_seconds = io::json_double(e.at("step_seconds"), where + " step_seconds");
+    run.resumed_at = start;
+    run.steps_done = start;
+    log_info(cat(ro.label, ": resuming at step ", start, " of ", steps, " (", ck.path, ")"));
+  }
+  Progress progress(steps);
   char buf[96];
-  for (int64_t s = 0; s < steps; ++s) {
+  for (int64_t s = start; s < steps; ++s) {
     if (ro.stop && ro.stop->load()) {
       run.interrupted = true;
+      if (!ro.checkpoint_dir.empty() && s > start) save(s);  // (at s == start the last checkpoint is there)
       if (!ro.evaluate_if_stopped) {
         progress.finish();
         return run;
@@ -64,6 +108,8 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
                   static_cast<double>(st.l0));
     progress.update(s + 1, ro.label + buf, s + 1 == steps);
     run.steps_done = s + 1;
+    if (!ro.checkpoint_dir.empty() && (s + 1 == steps || (ro.checkpoint_every > 0 && (s + 1) % ro.checkpoint_every == 0)))
+      save(s + 1);
   }
   progress.finish();
   if (run.interrupted && interval.steps > 0) {  // the last, partial logging interval
@@ -110,6 +156,7 @@ nlohmann::json preset_run_json(const PresetRun& run, const train::TrainOptions& 
                         {"seconds", run.generation_seconds + run.step_seconds},
                         {"generation_seconds", run.generation_seconds},
                         {"step_seconds", run.step_seconds},
+                        {"resumed_at", run.resumed_at >= 0 ? nlohmann::json(run.resumed_at) : nlohmann::json(nullptr)},
                         {"curve_step", run.curve_step},
                         {"curve_fvu", run.curve_fvu}}},
                       {"eval", eval::to_json(run.ev)},

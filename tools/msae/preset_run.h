@@ -39,11 +39,18 @@ struct PresetRunOptions {
   const std::atomic<bool>* stop = nullptr;  // when set and true, training stops at the next step
   bool keep_sae = false;                    // fill PresetRun::params and ::msae_json (synth-bench --save-saes)
   bool evaluate_if_stopped = false;         // on `stop`, evaluate the SAE trained so far (synth-bench)
+  // Resumable runs (synth-bench --checkpoint-every): when checkpoint_dir holds a checkpoint, training
+  // continues from it exactly (parameters, Adam, dead counters, variant state, stream position, curves,
+  // timings); a checkpoint is written every checkpoint_every steps, when `stop` is raised (then the run
+  // returns interrupted without evaluating) and at the last step (so a finished run is only re-evaluated).
+  std::string checkpoint_dir;
+  int64_t checkpoint_every = 0;
 };
 
 struct PresetRun {
   bool interrupted = false;  // `stop` was raised: nothing below is filled in unless evaluate_if_stopped
   int64_t steps_done = 0;    // optimizer steps taken (opt.steps unless interrupted)
+  int64_t resumed_at = -1;   // the checkpoint step it continued from, or -1
   eval::EvalReport ev;       // eval::evaluate on the held-out rows, in file order
   eval::GtReport gt;         // eval::score_ground_truth on the same rows
   nlohmann::json meta_sae;   // {width, k, steps, explained_variance}, or null when not run
