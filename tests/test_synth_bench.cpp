@@ -252,17 +252,23 @@ SaeParams oracle_sae(const FeatureModel& m, int absorbing_parent, int64_t shift)
   return p;
 }
 
+// The SAE config of an oracle: one latent per true feature, k = 1.
+SaeConfig one_latent_per_feature(const FeatureModel& m, Arch arch) {
+  SaeConfig cfg;
+  cfg.arch = arch;
+  cfg.d_in = m.d;
+  cfg.d_sae = m.n_features();
+  cfg.k = 1;
+  cfg.finalize();
+  return cfg;
+}
+
 TEST(GtMetrics, OracleSaeScoresPerfectly) {
   FeatureModel m = synth::make_preset("absorption", 0);
   std::fill(m.mag_std.begin(), m.mag_std.end(), 0.0f);  // magnitudes exactly 1
   std::vector<float> x;
   const FiredFeatures fired = sample_fired(m, 20000, 1, &x);
-  SaeConfig cfg;
-  cfg.arch = Arch::matryoshka;
-  cfg.d_in = m.d;
-  cfg.d_sae = m.n_features();
-  cfg.k = 1;
-  cfg.finalize();  // groups 1,1,2,4,8
+  const SaeConfig cfg = one_latent_per_feature(m, Arch::matryoshka);  // groups 1,1,2,4,8
   const SaeParams p = oracle_sae(m, -1, 0);
   const eval::GtReport r = eval::score_ground_truth(cfg, p, m, x.data(), fired);
   EXPECT_NEAR(r.mcc, 1.0, 1e-5);
@@ -288,12 +294,7 @@ TEST(GtMetrics, DeadLatentsInBothDefinitions) {
   std::fill(m.mag_std.begin(), m.mag_std.end(), 0.0f);
   std::vector<float> x;
   const FiredFeatures fired = sample_fired(m, 20000, 1, &x);
-  SaeConfig cfg;
-  cfg.arch = Arch::batchtopk;
-  cfg.d_in = m.d;
-  cfg.d_sae = m.n_features();
-  cfg.k = 1;
-  cfg.finalize();
+  const SaeConfig cfg = one_latent_per_feature(m, Arch::batchtopk);
   SaeParams p = oracle_sae(m, -1, 0);
   // Latents 14 and 15 never fire (zero encoder rows); latent 15's decoder row copies feature 0.
   for (int64_t j = 0; j < m.d; ++j) {
@@ -331,12 +332,7 @@ TEST(GtMetrics, AbsorbingParentByHand) {
   }
   ASSERT_GT(alone, 0);
   ASSERT_GT(with_child, 0);
-  SaeConfig cfg;
-  cfg.arch = Arch::batchtopk;
-  cfg.d_in = m.d;
-  cfg.d_sae = m.n_features();
-  cfg.k = 1;
-  cfg.finalize();
+  const SaeConfig cfg = one_latent_per_feature(m, Arch::batchtopk);
   const eval::GtReport r = eval::score_ground_truth(cfg, oracle_sae(m, 0, 0), m, x.data(), fired);
   ASSERT_EQ(r.absorption.size(), 1u);
   EXPECT_EQ(r.absorption[0].pairs, 4);
@@ -379,12 +375,7 @@ TEST(GtMetrics, SplittingCountsFeaturesClaimedTwice) {
   std::fill(m.mag_std.begin(), m.mag_std.end(), 0.0f);
   std::vector<float> x;
   const FiredFeatures fired = sample_fired(m, 5000, 2, &x);
-  SaeConfig cfg;
-  cfg.arch = Arch::batchtopk;
-  cfg.d_in = m.d;
-  cfg.d_sae = 20;
-  cfg.k = 1;
-  cfg.finalize();
+  const SaeConfig cfg = one_latent_per_feature(m, Arch::batchtopk);
   SaeParams p = oracle_sae(m, -1, 0);
   // Latent 19 (feature 19) becomes a second copy of feature 12: feature 12 is split, 19 is lost.
   for (int64_t j = 0; j < m.d; ++j) {
