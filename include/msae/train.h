@@ -160,6 +160,9 @@ struct MetricsInterval {
   std::vector<double> mse_prefix;  // (G)
   void add(const StepStats& s);
   nlohmann::json to_json() const;  // {loss, l_aux, fvu, l0, mse_prefix}
+  // The running sums themselves, for checkpoints, and back (numbers checked; `what` names the source).
+  nlohmann::json state_json() const;
+  static MetricsInterval from_state_json(const nlohmann::json& j, const std::string& what);
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 #include <algorithm>
 
+#include "msae/io.h"
 #include "msae/train.h"
 
 namespace msae::train {
@@ -109,6 +110,21 @@ nlohmann::json MetricsInterval::to_json() const {
   std::vector<double> prefix(mse_prefix);
   for (double& v : prefix) v /= n;
   return {{"loss", loss / n}, {"l_aux", l_aux / n}, {"fvu", fvu / n}, {"l0", l0 / n}, {"mse_prefix", prefix}};
+}
+
+nlohmann::json MetricsInterval::state_json() const {
+  return {{"steps", steps}, {"loss", loss}, {"l_aux", l_aux}, {"fvu", fvu}, {"l0", l0}, {"mse_prefix", mse_prefix}};
+}
+
+MetricsInterval MetricsInterval::from_state_json(const nlohmann::json& j, const std::string& what) {
+  MetricsInterval m;
+  m.steps = io::json_int(j.at("steps"), what + " \"steps\"", 0);
+  m.loss = io::json_double(j.at("loss"), what + " \"loss\"");
+  m.l_aux = io::json_double(j.at("l_aux"), what + " \"l_aux\"");
+  m.fvu = io::json_double(j.at("fvu"), what + " \"fvu\"");
+  m.l0 = io::json_double(j.at("l0"), what + " \"l0\"");
+  m.mse_prefix = io::json_double_vector(j.at("mse_prefix"), what + " \"mse_prefix\"");
+  return m;
 }
 
 }  // namespace msae::train

@@ -179,21 +179,6 @@ void truncate_metrics(const std::string& path, int64_t step) {
   io::write_text_file_atomic(path, kept);
 }
 
-json interval_json(const train::MetricsInterval& m) {
-  return {{"steps", m.steps}, {"loss", m.loss}, {"l_aux", m.l_aux}, {"fvu", m.fvu}, {"l0", m.l0},
-          {"mse_prefix", m.mse_prefix}};
-}
-train::MetricsInterval interval_from_json(const json& j) {
-  train::MetricsInterval m;
-  m.steps = io::json_int(j.at("steps"), "checkpoint run state \"steps\"");
-  m.loss = io::json_double(j.at("loss"), "checkpoint run state \"loss\"");
-  m.l_aux = io::json_double(j.at("l_aux"), "checkpoint run state \"l_aux\"");
-  m.fvu = io::json_double(j.at("fvu"), "checkpoint run state \"fvu\"");
-  m.l0 = io::json_double(j.at("l0"), "checkpoint run state \"l0\"");
-  m.mse_prefix = io::json_double_vector(j.at("mse_prefix"), "checkpoint run state \"mse_prefix\"");
-  return m;
-}
-
 int run_train(TrainArgs a, const CLI::App& app) {
   // ---- --resume DIR: the run's own flags come from its checkpoint
   std::optional<train::Checkpoint> ckpt;
@@ -348,7 +333,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
     start_step = ckpt->step;
     try {
       source->set_state(ckpt->extra.at("data"));
-      interval = interval_from_json(ckpt->extra.at("interval"));
+      interval = train::MetricsInterval::from_state_json(ckpt->extra.at("interval"), "checkpoint run state");
       seconds_before = io::json_double(ckpt->extra.at("seconds"), "checkpoint run state \"seconds\"");
       resumed_at = io::json_int_vector(ckpt->extra.at("resumed_at"), "checkpoint run state \"resumed_at\"");
     } catch (const json::exception& e) {
@@ -386,7 +371,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
   if (!metrics) runtime_error("cannot write ", metrics_path);
 
   auto checkpoint_extra = [&](int64_t done, double secs) {
-    return json{{"args", args_json(a)},   {"data", source->state()}, {"interval", interval_json(interval)},
+    return json{{"args", args_json(a)},   {"data", source->state()}, {"interval", interval.state_json()},
                 {"scale", scale},         {"seconds", secs},          {"resumed_at", resumed_at},
                 {"variant_state", trainer.variant_state().state_json()}};
   };

@@ -46,8 +46,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
                                   {"variant_state", trainer.variant_state().state_json()},
                                   {"curve_step", run.curve_step},
                                   {"curve_fvu", run.curve_fvu},
-                                  {"interval", {{"steps", interval.steps}, {"loss", interval.loss}, {"l_aux", interval.l_aux},
-                                                {"fvu", interval.fvu}, {"l0", interval.l0}, {"mse_prefix", interval.mse_prefix}}},
+                                  {"interval", interval.state_json()},
                                   {"generation_seconds", run.generation_seconds},
                                   {"step_seconds", run.step_seconds}};
     train::write_checkpoint(ro.checkpoint_dir, done, trainer, extra, 1);
@@ -66,13 +65,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     stream.seek(io::json_int(e.at("stream_row"), where + " stream_row", 0));
     run.curve_step = io::json_double_vector(e.at("curve_step"), where + " curve_step");
     run.curve_fvu = io::json_double_vector(e.at("curve_fvu"), where + " curve_fvu");
-    const nlohmann::json& iv = e.at("interval");
-    interval.steps = io::json_int(iv.at("steps"), where + " interval.steps", 0);
-    interval.loss = io::json_double(iv.at("loss"), where + " interval.loss");
-    interval.l_aux = io::json_double(iv.at("l_aux"), where + " interval.l_aux");
-    interval.fvu = io::json_double(iv.at("fvu"), where + " interval.fvu");
-    interval.l0 = io::json_double(iv.at("l0"), where + " interval.l0");
-    interval.mse_prefix = io::json_double_vector(iv.at("mse_prefix"), where + " interval.mse_prefix");
+    interval = train::MetricsInterval::from_state_json(e.at("interval"), where + " interval");
     run.generation_seconds = io::json_double(e.at("generation_seconds"), where + " generation_seconds");
     run.step_seconds = io::json_double(e.at("step_seconds"), where + " step_seconds");
     run.resumed_at = start;
