@@ -287,7 +287,12 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
     if (a.resume) {
       if (!io::path_exists(args_path))
         usage_error("--resume: no resumable run at ", tmp, " (start one with --checkpoint-every N)");
-      const json before = json::parse(io::read_text_file(args_path));
+      json before;
+      try {
+        before = json::parse(io::read_text_file(args_path));
+      } catch (const json::exception& e) {
+        runtime_error(args_path, " is not valid JSON (", e.what(), "); remove ", tmp, " to start over");
+      }
       if (before.value("args", json()) != args)
         usage_error("--resume: ", args_path, " records another command line; repeat the original flags (",
                     before.value("args", json()).dump(), ")");
