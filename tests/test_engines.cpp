@@ -111,11 +111,15 @@ double grad_sum_squares(const SaeGrads& g) {
   return s;
 }
 
-TEST_P(EngineEquivalence, ForwardBackwardMatchesReference) {
-  const Case c = GetParam();
-  const SaeConfig cfg = make_config(c);
+// Both AuxK paths of the sparse engine: dense GEMMs over the dead columns, and sparse products.
+struct AuxPath {
+  const char* name;
+  double min_density;
+};
+constexpr AuxPath kAuxPaths[] = {{"dense AuxK", 0.0}, {"sparse AuxK", 2.0}};
+
+void check_engine_case(const Case& c, const SaeConfig& cfg, std::unique_ptr<StepEngine> fast) {
   auto ref = make_reference_engine();
-  auto fast = make_sparse_engine();
   SaeParams p_ref = make_params(c, 11), p_fast = make_params(c, 11);
   LatentState s_ref = make_state(c, cfg.dead_after_batches), s_fast = s_ref;
   SaeGrads g_ref = SaeGrads::zeros(c.d, c.D), g_fast = SaeGrads::zeros(c.d, c.D);
@@ -152,6 +156,15 @@ TEST_P(EngineEquivalence, ForwardBackwardMatchesReference) {
     if (c.dead_share > 0 && call == 0) {
       EXPECT_TRUE(a.aux_active) << "case should exercise AuxK";
     }
+  }
+}
+
+TEST_P(EngineEquivalence, ForwardBackwardMatchesReference) {
+  const Case c = GetParam();
+  const SaeConfig cfg = make_config(c);
+  for (const AuxPath& path : kAuxPaths) {
+    SCOPED_TRACE(path.name);
+    check_engine_case(c, cfg, make_sparse_engine({path.min_density}));
   }
 }
 
@@ -252,14 +265,9 @@ std::vector<VariantEngineCase> variant_engine_cases() {
 
 class VariantEngineEquivalence : public ::testing::TestWithParam<VariantEngineCase> {};
 
-TEST_P(VariantEngineEquivalence, ForwardBackwardMatchesReference) {
-  const VariantEngineCase& vc = GetParam();
+void check_variant_case(const VariantEngineCase& vc, const SaeConfig& cfg, std::unique_ptr<StepEngine> fast) {
   const Case& c = vc.base;
-  SaeConfig cfg = make_config(c);
-  vc.tweak(cfg);
-  cfg.finalize();
   auto ref = make_reference_engine();
-  auto fast = make_sparse_engine();
   ASSERT_EQ(fast->unsupported(cfg), "");
   SaeParams p_ref = make_params(c, 11), p_fast = make_params(c, 11);
   LatentState s_ref = make_state(c, cfg.dead_after_batches), s_fast = s_ref;
@@ -285,6 +293,17 @@ TEST_P(VariantEngineEquivalence, ForwardBackwardMatchesReference) {
     if (call == 0) {
       EXPECT_TRUE(a.aux_active) << "case should exercise AuxK";
     }
+  }
+}
+
+TEST_P(VariantEngineEquivalence, ForwardBackwardMatchesReference) {
+  const VariantEngineCase& vc = GetParam();
+  SaeConfig cfg = make_config(vc.base);
+  vc.tweak(cfg);
+  cfg.finalize();
+  for (const AuxPath& path : kAuxPaths) {
+    SCOPED_TRACE(path.name);
+    check_variant_case(vc, cfg, make_sparse_engine({path.min_density}));
   }
 }
 

@@ -177,7 +177,13 @@ class StepEngine {
 std::unique_ptr<StepEngine> make_reference_engine();
 // The fast engine (src/model/step_sparse.cpp): one dense GEMM, everything else sparse; same results as
 // the reference to float32 round-off. Reuses its buffers across calls (no allocation after the first step).
-std::unique_ptr<StepEngine> make_sparse_engine();
+struct SparseEngineOptions {
+  // AuxK runs as dense GEMMs over the dead latents' columns when its entries fill at least this share of
+  // the (B, n_dead) block, and as sparse products otherwise (docs/performance.md, "AuxK"). 0: always
+  // dense; above 1: always sparse. Both give the same result to float32 round-off.
+  double aux_dense_min_density = 0.09;
+};
+std::unique_ptr<StepEngine> make_sparse_engine(SparseEngineOptions options = {});
 
 // Inference encoding (SPEC "Inference"): z = acts * (acts > threshold) for latents < limit (a Matryoshka
 // prefix; limit = D for the whole SAE), acts = relu((x - b_dec) @ W_enc (+ b_enc when used)).

@@ -59,6 +59,7 @@ struct alignas(64) ThreadPart {
 
 class SparseEngine final : public StepEngine {
  public:
+  explicit SparseEngine(SparseEngineOptions options) : options_(options) {}
   const char* name() const override { return "sparse"; }
 
   std::vector<std::pair<std::string, double>> last_phase_seconds() const override {
@@ -183,13 +184,20 @@ class SparseEngine final : public StepEngine {
     // AuxK decode a = sum of the AuxK entries' decoder rows (into q_, which row_pass turns into q in place);
     // a == 0 everywhere: SPEC says no AuxK loss and no gradient through it.
     bool use_aux = false;
-    if (aux_candidate) {
+    aux_dense_ = aux_candidate && static_cast<double>(aux_.nnz()) >=
+                                      options_.aux_dense_min_density * static_cast<double>(B * stats.n_dead);
+    if (aux_dense_) {
+      aux_dense_decode(B, p);
+    } else if (aux_candidate) {
       kernels::pack_for_codes(aux_, p.W_dec.ptr(), d, aux_W_dec_);
       kernels::csr_times_dense(aux_, aux_W_dec_, q_.data());
-      use_aux = std::any_of(q_.data(), q_.data() + N, [](float v) { return v != 0.0f; });
     }
+    if (aux_candidate) use_aux = std::any_of(q_.data(), q_.data() + N, [](float v) { return v != 0.0f; });
     row_pass(cfg, x, B, p, use_aux, rec_scale, aux_scale, nt);
-    if (use_aux) kernels::csr_row_dots(aux_, aux_W_dec_, q_.data(), ga_.data());  // grad a_i = <W_dec[i], q>
+    if (use_aux && aux_dense_)
+      aux_dense_backward(B, d, nt);
+    else if (use_aux)
+      kernels::csr_row_dots(aux_, aux_W_dec_, q_.data(), ga_.data());  // grad a_i = <W_dec[i], q>
     stats.aux_active = use_aux;
     double mse_bdec = 0, l_aux = 0;
     stats.mse_prefix.assign(G, 0.0);
@@ -247,6 +255,75 @@ class SparseEngine final : public StepEngine {
       total += sq / static_cast<double>(B) - m * m;
     }
     return total / static_cast<double>(d);
+  }
+
+  // ---- AuxK as dense GEMMs over the dead latents' columns, used when the AuxK entries are dense enough in
+  // that block: with k_aux = 512 over a few thousand dead latents they fill a quarter of it, and GEMMs at
+  // that density beat the sparse products (docs/performance.md, "AuxK"). n = n_dead; a dead latent's
+  // column in the block is its slot.
+  //   A    (B, n)  the AuxK codes, zeros elsewhere;   Wd (n, d) = W_dec[dead]
+  //   a  = A @ Wd  (B, d)  into q_, which row_pass turns into q = aux_scale (a - e)
+  //   GA = q @ Wd^T (B, n), masked to A's entries: the gradient of the AuxK codes (straight through)
+  //   grad W_dec[dead] += A^T @ q (n, d);  grad W_enc^T[dead] += GA^T @ x_cent (n, d);  grad b_enc += sum_r GA
+  void aux_dense_decode(int64_t B, const SaeParams& p) {
+    const int64_t d = p.d, D = p.D, n = static_cast<int64_t>(dead_.size());
+    aux_slot_.assign(static_cast<size_t>(D), -1);
+    for (int64_t s = 0; s < n; ++s) aux_slot_[dead_[s]] = static_cast<int32_t>(s);
+    grow(aux_A_, static_cast<size_t>(B * n));
+    grow(aux_Wd_, static_cast<size_t>(n * d));
+    float* A = aux_A_.data();
+    float* Wd = aux_Wd_.data();
+    const float* W_dec = p.W_dec.ptr();
+    parallel_for(
+        B,
+        [&](int64_t lo, int64_t hi, int) {
+          for (int64_t r = lo; r < hi; ++r) {
+            float* Ar = A + r * n;
+            std::memset(Ar, 0, static_cast<size_t>(n) * sizeof(float));
+            for (int64_t e = aux_.row_ptr[r]; e < aux_.row_ptr[r + 1]; ++e) Ar[aux_slot_[aux_.ids[e]]] = aux_.vals[e];
+          }
+        },
+        16);
+    parallel_for(
+        n,
+        [&](int64_t lo, int64_t hi, int) {
+          for (int64_t s = lo; s < hi; ++s) std::memcpy(Wd + s * d, W_dec + dead_[s] * d, d * sizeof(float));
+        },
+        64);
+    kernels::sgemm(Trans::no, Trans::no, B, d, n, 1.0f, A, n, Wd, d, 0.0f, q_.data(), d);
+  }
+
+  void aux_dense_backward(int64_t B, int64_t d, int nt) {
+    const int64_t n = static_cast<int64_t>(dead_.size());
+    grow(aux_gWd_, static_cast<size_t>(n * d));
+    grow(aux_gWe_, static_cast<size_t>(n * d));
+    grow(aux_sum_ga_, static_cast<size_t>(nt) * static_cast<size_t>(n));
+    float* A = aux_A_.data();
+    float* GA = pre_.data();  // pre is not read after the selections, and (B, n) fits in its (B, D)
+    const float* q = q_.data();
+    kernels::sgemm(Trans::no, Trans::yes, B, n, d, 1.0f, q, d, aux_Wd_.data(), d, 0.0f, GA, n);
+    kernels::sgemm(Trans::yes, Trans::no, n, d, B, 1.0f, A, n, q, d, 0.0f, aux_gWd_.data(), d);
+    // A becomes GA masked to the AuxK entries (A > 0 exactly there: aux_topk keeps positive values only);
+    // each thread also sums its rows of it per column, for grad b_enc.
+    parallel(
+        [&](int tid, int nthreads) {
+          float* colsum = aux_sum_ga_.data() + static_cast<size_t>(tid) * static_cast<size_t>(n);
+          std::fill(colsum, colsum + n, 0.0f);
+          for (int64_t r = B * tid / nthreads; r < B * (tid + 1) / nthreads; ++r) {
+            float* Ar = A + r * n;
+            const float* Gr = GA + r * n;
+#pragma omp simd
+            for (int64_t s = 0; s < n; ++s) {
+              const float g = Ar[s] > 0.0f ? Gr[s] : 0.0f;
+              Ar[s] = g;
+              colsum[s] += g;
+            }
+          }
+        },
+        nt);
+    for (int t = 1; t < nt; ++t)
+      for (int64_t s = 0; s < n; ++s) aux_sum_ga_[s] += aux_sum_ga_[static_cast<size_t>(t) * n + s];
+    kernels::sgemm(Trans::yes, Trans::no, n, d, B, 1.0f, A, n, x_cent_.data(), d, 0.0f, aux_gWe_.data(), d);
   }
 
   void row_pass(const SaeConfig& cfg, const float* x, int64_t B, const SaeParams& p, bool use_aux, float rec_scale,
@@ -374,7 +451,8 @@ class SparseEngine final : public StepEngine {
     float* gb_enc = grads.b_enc.ptr();
     grow(gb_dec_part2_, static_cast<size_t>(nt) * static_cast<size_t>(d));
     grow(sum_gz_, static_cast<size_t>(D));
-    if (use_aux) {
+    const bool aux_sparse = use_aux && !aux_dense_;
+    if (aux_sparse) {
       kernels::pack_pair_operand(q, B, d, aux_q_);
       kernels::pack_pair_operand(x_cent, B, d, aux_x_cent_);
       if (pair_scratch_.size() < static_cast<size_t>(nt)) pair_scratch_.resize(static_cast<size_t>(nt));
@@ -409,20 +487,32 @@ class SparseEngine final : public StepEngine {
               axpy(we, gzv, x_cent + r * d, d);
               sum_gz += gzv;
             }
+            if (use_aux && aux_dense_) {  // the AuxK gradients from the GEMMs, when i is dead
+              if (const int32_t slot = aux_slot_[i]; slot >= 0) {
+                const float* ad = aux_gWd_.data() + static_cast<int64_t>(slot) * d;
+                const float* ae = aux_gWe_.data() + static_cast<int64_t>(slot) * d;
+#pragma omp simd
+                for (int64_t j = 0; j < d; ++j) {
+                  wd[j] += ad[j];
+                  we[j] += ae[j];
+                }
+                sum_gz += aux_sum_ga_[slot];
+              }
+            }
             sum_gz_[i] = sum_gz;
-            if (!use_aux) add_sq(wd, we);
+            if (!aux_sparse) add_sq(wd, we);
           }
           // AuxK entries, after each latent's main entries, blocked over rows and column chunks
           // on packed copies of q and x_cent (kernels::csc_accumulate_pair): unblocked, each entry streamed
           // two rows from memory.
-          if (use_aux)
+          if (aux_sparse)
             kernels::csc_accumulate_pair(aux_csc_, aux_.vals.data(), aux_q_, gW_dec, ga_.data(), aux_x_cent_, gW_enc,
                                          sum_gz_.data(), split_[tid], split_[tid + 1], pair_scratch_[tid]);
           for (int64_t i = split_[tid]; i < split_[tid + 1]; ++i) {
             const float sum_gz = sum_gz_[i];
             gb_enc[i] = cfg.encoder_bias ? sum_gz : 0.0f;
             grad_sq += static_cast<double>(gb_enc[i]) * gb_enc[i];
-            if (use_aux) add_sq(gW_dec + i * d, gW_enc + i * d);
+            if (aux_sparse) add_sq(gW_dec + i * d, gW_enc + i * d);
             // grad x_cent = grad_pre @ W_enc^T and x_cent = x - b_dec: grad b_dec -= sum_i (sum_r grad_pre) W_enc^T[i]
             if (sum_gz != 0.0f) {
               const float* w = W_enc_t + i * d;
@@ -458,6 +548,12 @@ class SparseEngine final : public StepEngine {
   kernels::ChunkedRows aux_q_, aux_x_cent_;         // q and x_cent packed for the AuxK latent pass
   std::vector<kernels::PairScratch> pair_scratch_;  // per thread
   std::vector<int32_t> dead_;
+  // dense AuxK (aux_dense_decode / aux_dense_backward)
+  SparseEngineOptions options_;
+  bool aux_dense_ = false;
+  std::vector<int32_t> aux_slot_;                   // (D) a dead latent's column in A, -1 otherwise
+  FloatBuffer aux_A_, aux_Wd_, aux_gWd_, aux_gWe_;  // (B, n), (n, d), (n, d), (n, d)
+  std::vector<float> aux_sum_ga_;                   // (threads, n)
   ThreadPart parts_[kMaxThreads];
   float last_cut_ = 0.0f;
   double t_encode_ = 0, t_select_ = 0, t_aux_ = 0, t_rows_ = 0, t_latents_ = 0;
@@ -465,6 +561,8 @@ class SparseEngine final : public StepEngine {
 
 }  // namespace
 
-std::unique_ptr<StepEngine> make_sparse_engine() { return std::make_unique<SparseEngine>(); }
+std::unique_ptr<StepEngine> make_sparse_engine(SparseEngineOptions options) {
+  return std::make_unique<SparseEngine>(options);
+}
 
 }  // namespace msae

@@ -35,6 +35,7 @@ struct BenchArgs {
   int threads = 0;
   std::string engine = "sparse";
   double dead_fraction = 0.0;
+  double aux_dense_density = SparseEngineOptions{}.aux_dense_min_density;
   double dead_positive = kMeasuredDeadPositive;
   float dead_scale = 0.3f;
   uint64_t seed = 0;
@@ -157,7 +158,9 @@ int run_bench(const BenchArgs& a) {
   const int64_t B = a.batch, d = a.d_in, D = a.d_sae;
   if (B <= 0) usage_error("--batch must be positive");
 
-  std::unique_ptr<StepEngine> engine = train::make_engine(a.engine);
+  if (!(a.aux_dense_density >= 0.0)) usage_error("--aux-dense-density must be >= 0");
+  std::unique_ptr<StepEngine> engine =
+      a.engine == "sparse" ? make_sparse_engine({a.aux_dense_density}) : train::make_engine(a.engine);
   SaeParams params = SaeParams::init(d, D, a.seed);
   SaeGrads grads = SaeGrads::zeros(d, D);
   train::AdamState opt;
@@ -295,6 +298,7 @@ int run_bench(const BenchArgs& a) {
       {"steps", a.steps},
       {"warmup", a.warmup},
       {"dead_fraction", a.dead_fraction},
+      {"aux_dense_density", a.aux_dense_density},
       {"n_dead_last_step", last.n_dead},
       {"dead_positive_target", a.dead_fraction > 0.0 ? a.dead_positive : 0.0},
       {"dead_positive_calibrated", dead_positive_got},
@@ -374,6 +378,10 @@ Action add_bench_command(CLI::App& root) {
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_option("--engine", a->engine, "sparse | reference")->capture_default_str();
   app->add_option("--dead-fraction", a->dead_fraction, "Share of latents kept dead so AuxK runs (e.g. 0.1)")
+      ->capture_default_str();
+  app->add_option("--aux-dense-density", a->aux_dense_density,
+                  "Sparse engine: AuxK runs as dense GEMMs over the dead columns when its entries fill at least "
+                  "this share of them (0: always; > 1: never)")
       ->capture_default_str();
   app->add_option("--dead-positive", a->dead_positive,
                   "Share of the dead latents' pre-activations made positive (default: measured in training; < 0: "
