@@ -124,6 +124,7 @@ class Resume : public ::testing::Test {
     return p("shards");
   }
 
+  void check_snapshot(const std::string& flags, const std::string& out, const std::string& log);
   fs::path dir_;
 };
 
@@ -314,6 +315,32 @@ TEST_F(Resume, InterruptedSynthBenchWritesTheRunSoFar) {
   EXPECT_NE(slurp(fs::path(out) / "report.html").find("Interrupted"), std::string::npos);
 }
 
+// --snapshot-out on a stopped resumable run: evaluates each run at its latest checkpoint without training,
+// leaves OUT.partial to be continued, and gives the SAE of that step: the same ground-truth scores as a run
+// trained for exactly that many steps (there is no learning-rate schedule).
+void Resume::check_snapshot(const std::string& flags, const std::string& out, const std::string& log) {
+  const std::string snap = p("snap");
+  EXPECT_EQ(run(flags + " --out " + out + " --snapshot-out " + snap, log), 2) << "needs --resume\n" << slurp(log);
+  EXPECT_EQ(run(flags + " --resume --out " + out + " --snapshot-out " + out, log), 2) << slurp(log);
+  ASSERT_EQ(run(flags + " --resume --out " + out + " --snapshot-out " + snap, log), 0) << slurp(log);
+  EXPECT_TRUE(fs::exists(fs::path(out + ".partial") / "args.json"));
+  EXPECT_FALSE(fs::exists(out));
+  const json s = json::parse(slurp(fs::path(snap) / "results.json"));
+  EXPECT_FALSE(s["completed"].get<bool>());
+  ASSERT_GE(s["runs"].size(), 1u);
+  const json& m = s["runs"][0];
+  ASSERT_EQ(m["arch"], "matryoshka");
+  const int64_t at = m["train"]["steps"].get<int64_t>();
+  ASSERT_GT(at, 0);
+  EXPECT_EQ(m["train"]["completed"].get<bool>(), at == 300);
+  const std::string short_run = "synth-bench --preset synth-lite --archs matryoshka --d-sae 64 --steps " +
+                                std::to_string(at) + " --eval-rows 1024 --meta-steps 20 --threads 1 --out " + p("short");
+  ASSERT_EQ(run(short_run, log), 0) << slurp(log);
+  const json t = json::parse(slurp(dir_ / "short" / "results.json"));
+  EXPECT_EQ(m["ground_truth"], t["runs"][0]["ground_truth"]);
+  EXPECT_EQ(m["eval"], t["runs"][0]["eval"]);
+}
+
 // msae synth-bench --checkpoint-every: a run killed (SIGKILL) or stopped (SIGINT) continues with --resume
 // to exactly the results of an uninterrupted run; the checkpoints do not end up in the output.
 TEST_F(Resume, ResumedSynthBenchEqualsAnUninterruptedOne) {
@@ -335,6 +362,7 @@ TEST_F(Resume, ResumedSynthBenchEqualsAnUninterruptedOne) {
     // Starting over on top of a resumable run, or resuming with other flags, is refused.
     EXPECT_EQ(run(resumable, log), 2) << slurp(log);
     EXPECT_EQ(run(flags + " --k 3 --resume --out " + out, log), 2) << slurp(log);
+    if (sig == SIGINT) check_snapshot(flags, out, log);
     ASSERT_EQ(run(flags + " --resume --out " + out, log), 0) << slurp(log);
     EXPECT_FALSE(fs::exists(out + ".partial"));
     EXPECT_FALSE(fs::exists(fs::path(out) / "runs"));

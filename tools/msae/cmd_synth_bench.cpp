@@ -47,6 +47,7 @@ struct BenchArgs {
   bool save_saes = false;  // write each trained SAE to OUT/saes/ARCH-seedS (SAELens layout + msae.json)
   int64_t checkpoint_every = 0;  // > 0: resumable, working in OUT.partial with per-run checkpoints
   bool resume = false;
+  std::string snapshot_out;  // with --resume: evaluate every run's latest checkpoint into this directory, no training
   int threads = 0;
   double lr = 3e-4;
   std::string engine = "sparse";
@@ -272,6 +273,14 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
   if (a.out.empty()) usage_error("--out DIR is required");
   if (io::path_exists(a.out) && !a.overwrite) usage_error("output directory '", a.out, "' exists; pass --overwrite to replace it");
   if (a.checkpoint_every < 0) usage_error("--checkpoint-every must be >= 0");
+  const bool snapshot = !a.snapshot_out.empty();
+  if (snapshot) {
+    while (a.snapshot_out.size() > 1 && a.snapshot_out.back() == '/') a.snapshot_out.pop_back();
+    if (!a.resume) usage_error("--snapshot-out evaluates a resumable run as it stands: add --resume and the original flags");
+    if (a.snapshot_out == a.out) usage_error("--snapshot-out must differ from --out (the finished run goes there)");
+    if (io::path_exists(a.snapshot_out) && !a.overwrite)
+      usage_error("output directory '", a.snapshot_out, "' exists; pass --overwrite to replace it");
+  }
   // Resumable runs work in OUT.partial (kept on errors and interrupts); the others in OUT.tmp-PID.
   const bool resumable = a.checkpoint_every > 0 || a.resume;
   const std::string tmp = resumable ? a.out + ".partial" : cat(a.out, ".tmp-", getpid());
@@ -308,6 +317,15 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
     io::remove_all(tmp);
     io::create_directories(tmp);
   }
+  // Where the outputs are written before they are committed: the run's own directory, or for a snapshot a
+  // directory of its own (OUT.partial and its checkpoints stay as they are, to be continued).
+  const std::string work = snapshot ? cat(a.snapshot_out, ".tmp-", getpid()) : tmp;
+  if (snapshot) {
+    io::remove_all(work);
+    io::create_directories(work);
+  }
+  static std::atomic<bool> stop_at_once{true};
+  bool any_partial = false;  // a snapshot with a run that has not finished (or not started)
 
   std::vector<Run> runs;
   json runs_json = json::array();
@@ -323,7 +341,7 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                    model.expected_l0()));
       // Held-out evaluation rows with their fired features.
       const PresetEvalRows held_out = preset_eval_rows(model, seed, eval_rows);
-      if (seed == seeds.front()) write_truth(tmp, model, held_out.fired);
+      if (seed == seeds.front()) write_truth(work, model, held_out.fired);
       for (const auto& arch : archs) {
         if (g_stop) break;
         SaeConfig cfg;
@@ -352,25 +370,37 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
         if (resumable) {
           ro.checkpoint_dir = cat(tmp, "/runs/", arch, "-seed", seed);
           ro.checkpoint_every = checkpoint_every;
+          if (snapshot && !train::has_checkpoint(ro.checkpoint_dir)) {
+            log_warn(cat(arch, " seed ", seed, ": no checkpoint yet in ", ro.checkpoint_dir, "; not in the snapshot"));
+            any_partial = true;
+            continue;
+          }
           io::create_directories(ro.checkpoint_dir);
         }
+        if (snapshot) {  // stop before the first step, and evaluate the SAE as the checkpoint has it
+          ro.stop = &stop_at_once;
+          ro.evaluate_if_stopped = true;
+        }
         PresetRun pr = train_on_preset(model, opt, held_out, ro);
-        if (pr.interrupted && resumable) {
+        if (snapshot) {
+          any_partial = any_partial || pr.interrupted;
+          log_info(cat(arch, " seed ", seed, ": snapshot at step ", pr.steps_done, " of ", steps));
+        } else if (pr.interrupted && resumable) {
           log_warn(cat(arch, " seed ", seed, ": interrupted at step ", pr.steps_done, " of ", steps, "; checkpoint in ",
                        ro.checkpoint_dir, ". Continue with the same command and --resume"));
           return 130;
         }
-        if (pr.interrupted)
+        if (pr.interrupted && !snapshot)
           log_warn(cat(arch, " seed ", seed, ": interrupted after ", pr.steps_done, " of ", steps,
                        " steps; evaluating the SAE as it stands and skipping the remaining runs"));
         json entries = preset_run_json(pr, opt, true);
         json sae_dir = nullptr;
         if (a.save_saes) {  // the trained SAE itself, so a long run can be evaluated or inspected again
           const std::string rel = cat("saes/", arch, "-seed", seed);
-          io::create_directories(tmp + "/" + rel);
+          io::create_directories(work + "/" + rel);
           pr.msae_json["final_metrics"] = {{"synth_bench", {{"f1", pr.gt.f1}, {"mcc", pr.gt.mcc},
                                                              {"explained_variance", pr.ev.prefixes.back().explained_variance}}}};
-          train::write_sae_files(tmp + "/" + rel, opt.sae, pr.params, pr.msae_json);
+          train::write_sae_files(work + "/" + rel, opt.sae, pr.params, pr.msae_json);
           sae_dir = rel;
         }
         entries["train"]["lr"] = a.lr;  // as given (a double), not the float the optimizer uses
@@ -401,7 +431,9 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
     }
 
     const bool interrupted = g_stop.load();
-    if (runs.empty()) runtime_error("interrupted before the first run finished; nothing to write");
+    if (runs.empty())
+      runtime_error(snapshot ? "no run has a checkpoint yet; nothing to evaluate"
+                             : "interrupted before the first run finished; nothing to write");
     // The archs with at least one run (all of them unless interrupted).
     std::vector<std::string> done_archs;
     for (const auto& arch : archs)
@@ -450,16 +482,18 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                           {"k", k},
                           {"eval_rows", eval_rows},
                           {"threads", num_threads()},
-                          {"completed", !interrupted},  // false: stopped by a signal (see each run's train.completed)
+                          {"completed", !interrupted && !any_partial},  // false: stopped by a signal, or a snapshot
+                                                                         // of unfinished runs (see train.completed)
                           {"summary", summary},
                           {"runs", runs_json}};
-    io::write_text_file_atomic(tmp + "/results.json", results.dump(1) + "\n");
-    write_report(tmp + "/report.html", a.preset, model0, runs, done_archs, summary, interrupted);
-    if (resumable) {  // the checkpoints (parameters and Adam moments) are not part of the output
+    io::write_text_file_atomic(work + "/results.json", results.dump(1) + "\n");
+    write_report(work + "/report.html", a.preset, model0, runs, done_archs, summary, interrupted || any_partial);
+    if (resumable && !snapshot) {  // the checkpoints (parameters and Adam moments) are not part of the output
       io::remove_all(tmp + "/runs");
       io::remove_all(tmp + "/args.json");
     }
-    io::commit_directory(tmp, a.out, a.overwrite);
+    const std::string& out_dir = snapshot ? a.snapshot_out : a.out;
+    io::commit_directory(work, out_dir, a.overwrite);
 
     std::printf("msae synth-bench: preset %s, d_sae %lld, k %lld, %lld steps x %lld rows, seeds %s\n", a.preset.c_str(),
                 static_cast<long long>(d_sae), static_cast<long long>(k), static_cast<long long>(steps),
@@ -475,13 +509,17 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                   cell("uniqueness").c_str(), cell("explained_variance").c_str(), cell("absorption_rate").c_str(),
                   cell("roots_in_first_prefix").c_str());
     }
-    std::printf("output: %s (results.json, report.html, truth.safetensors%s)\n", a.out.c_str(), a.save_saes ? ", saes/" : "");
+    std::printf("output: %s (results.json, report.html, truth.safetensors%s)\n", out_dir.c_str(), a.save_saes ? ", saes/" : "");
+    if (snapshot)
+      std::printf("snapshot: the runs as their checkpoints stand%s; %s.partial is unchanged, continue it with --resume\n",
+                  any_partial ? " (results.json: completed false)" : "", a.out.c_str());
     if (interrupted)
       std::printf("interrupted: %zu run(s) written, the last one evaluated where it stopped (results.json: completed false)\n",
                   runs.size());
     return interrupted ? 130 : 0;
   } catch (...) {
     if (!resumable) io::remove_all(tmp);  // a resumable run keeps its checkpoints
+    if (snapshot) io::remove_all(work);
     throw;
   }
 }
@@ -510,6 +548,9 @@ Action add_synth_bench_command(CLI::App& root) {
                   "Resumable: checkpoint each run every N steps (and on Ctrl-C) in OUT.partial; 0 = off")
       ->capture_default_str();
   app->add_flag("--resume", a->resume, "Continue the resumable run in OUT.partial (repeat the original flags)");
+  app->add_option("--snapshot-out", a->snapshot_out,
+                  "With --resume: evaluate every run at its latest checkpoint, without training, into this directory "
+                  "(OUT.partial is left to continue)");
   app->add_flag("--save-saes", a->save_saes,
                 "Also write every trained SAE to OUT/saes/ARCH-seedS (the msae train output layout)");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
