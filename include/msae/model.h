@@ -153,6 +153,15 @@ struct StepStats {
   int64_t n_dead = 0;                 // latents with n_inactive >= dead_after_batches (after this batch's update)
   bool aux_active = false;
   double l_sparsity = 0;              // relu_l1: the L1 term (included in loss)
+
+  // Back to the defaults, keeping mse_prefix's storage: the engines fill one StepStats per step
+  // without allocating.
+  void reset() {
+    std::vector<double> keep = std::move(mse_prefix);
+    *this = StepStats{};
+    keep.clear();
+    mse_prefix = std::move(keep);
+  }
 };
 
 // One training step's forward + loss + backward, exactly SPEC.md, in its order:
@@ -163,8 +172,9 @@ class StepEngine {
  public:
   virtual ~StepEngine() = default;
   virtual const char* name() const = 0;
-  virtual StepStats forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& params,
-                                     LatentState& state, SaeGrads& grads) = 0;
+  // The returned statistics live in the engine until its next call.
+  virtual const StepStats& forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& params,
+                                            LatentState& state, SaeGrads& grads) = 0;
   // Seconds spent in each phase of the last forward_backward, for `msae bench` (empty if not measured).
   virtual std::vector<std::pair<std::string, double>> last_phase_seconds() const { return {}; }
   // Empty when this engine implements every option of cfg; otherwise the options it does not implement

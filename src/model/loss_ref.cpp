@@ -42,12 +42,13 @@ class ReferenceEngine final : public StepEngine {
  public:
   const char* name() const override { return "reference"; }
 
-  StepStats forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& p, LatentState& state,
-                             SaeGrads& grads) override {
+  const StepStats& forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& p,
+                                    LatentState& state, SaeGrads& grads) override {
     const int64_t d = p.d, D = p.D, G = cfg.num_groups();
     const int64_t N = B * d;
     const std::vector<int64_t> bounds = cfg.boundaries();
-    StepStats stats;
+    StepStats& stats = stats_;
+    stats.reset();
 
     // 1. x_cent = x - b_dec  (B, d)
     std::vector<float> x_cent(N);
@@ -236,6 +237,9 @@ class ReferenceEngine final : public StepEngine {
     for (int64_t n = 0; n < N; ++n) grads.b_dec.data[n % d] -= grad_x_cent[n];  // x_cent = x - b_dec
     return stats;
   }
+
+ private:
+  StepStats stats_;
 };
 
 }  // namespace

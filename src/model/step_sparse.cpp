@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 
 #include "msae/kernels.h"
 #include "msae/model.h"
@@ -75,8 +76,8 @@ class SparseEngine final : public StepEngine {
     return {};
   }
 
-  StepStats forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& p, LatentState& state,
-                             SaeGrads& grads) override {
+  const StepStats& forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& p,
+                                    LatentState& state, SaeGrads& grads) override {
     if (const std::string why = unsupported(cfg); !why.empty())
       usage_error("--engine sparse does not implement ", why, "; use --engine reference");
     const int64_t d = p.d, D = p.D, G = cfg.num_groups();
@@ -85,8 +86,10 @@ class SparseEngine final : public StepEngine {
                 grads.b_enc.numel() == D);
     const int64_t N = B * d;
     const int nt = std::min(num_threads(), kMaxThreads);
-    StepStats stats;
-    bounds_ = cfg.boundaries();
+    StepStats& stats = stats_;
+    stats.reset();
+    bounds_.resize(static_cast<size_t>(G));  // cfg.boundaries(), into a buffer that is kept
+    std::partial_sum(cfg.group_sizes.begin(), cfg.group_sizes.end(), bounds_.begin());
     Timer timer;
 
     // ---- encode
@@ -555,6 +558,7 @@ class SparseEngine final : public StepEngine {
   FloatBuffer aux_A_, aux_Wd_, aux_gWd_, aux_gWe_;  // (B, n), (n, d), (n, d), (n, d)
   std::vector<float> aux_sum_ga_;                   // (threads, n)
   ThreadPart parts_[kMaxThreads];
+  StepStats stats_;
   float last_cut_ = 0.0f;
   double t_encode_ = 0, t_select_ = 0, t_aux_ = 0, t_rows_ = 0, t_latents_ = 0;
 };

@@ -1,5 +1,6 @@
 // SPEC "Update": clip, decoder constraint, Adam, in that order (fused kernels: src/kernels/update.cpp;
 // their unfused twins in src/kernels/ref are the test oracle).
+#include <array>
 #include <cmath>
 
 #include "msae/train.h"
@@ -15,13 +16,20 @@ struct TrainedTensor {
   Tensor* v;
 };
 
-std::vector<TrainedTensor> trained_tensors(const SaeConfig& cfg, SaeParams& p, SaeGrads& g, AdamState& opt) {
-  std::vector<TrainedTensor> list = {
-      {&p.W_enc_t, &g.W_enc_t, &opt.m.W_enc_t, &opt.v.W_enc_t},
-      {&p.W_dec, &g.W_dec, &opt.m.W_dec, &opt.v.W_dec},
-      {&p.b_dec, &g.b_dec, &opt.m.b_dec, &opt.v.b_dec},
-  };
-  if (cfg.encoder_bias) list.push_back({&p.b_enc, &g.b_enc, &opt.m.b_enc, &opt.v.b_enc});
+// At most four; a fixed array, so that the update allocates nothing.
+struct TrainedTensors {
+  std::array<TrainedTensor, 4> items;
+  size_t n = 0;
+  const TrainedTensor* begin() const { return items.data(); }
+  const TrainedTensor* end() const { return items.data() + n; }
+};
+
+TrainedTensors trained_tensors(const SaeConfig& cfg, SaeParams& p, SaeGrads& g, AdamState& opt) {
+  TrainedTensors list;
+  list.items[list.n++] = {&p.W_enc_t, &g.W_enc_t, &opt.m.W_enc_t, &opt.v.W_enc_t};
+  list.items[list.n++] = {&p.W_dec, &g.W_dec, &opt.m.W_dec, &opt.v.W_dec};
+  list.items[list.n++] = {&p.b_dec, &g.b_dec, &opt.m.b_dec, &opt.v.b_dec};
+  if (cfg.encoder_bias) list.items[list.n++] = {&p.b_enc, &g.b_enc, &opt.m.b_enc, &opt.v.b_enc};
   return list;
 }
 
