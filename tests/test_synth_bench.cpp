@@ -20,10 +20,11 @@ namespace {
 using synth::FeatureModel;
 using synth::FiredFeatures;
 
-FiredFeatures sample_fired(const FeatureModel& m, int64_t rows, uint64_t seed, std::vector<float>* x = nullptr) {
+FiredFeatures sample_fired(const FeatureModel& m, int64_t rows, uint64_t seed, std::vector<float>* x = nullptr,
+                           const synth::SamplerOptions& options = {}) {
   std::vector<float> buf(static_cast<size_t>(rows * m.d));
   FiredFeatures fired;
-  synth::FeatureSampler(m, seed).sample(rows, buf.data(), &fired);
+  synth::FeatureSampler(m, seed, options).sample(rows, buf.data(), &fired);
   if (x) *x = std::move(buf);
   return fired;
 }
@@ -152,22 +153,108 @@ TEST(FeatureModel, CorrelationKeepsMarginalsAndCorrelatesAlignedLoadings) {
     m.loadings.ptr()[1 * 4 + k] = k == 0 ? 1.0f : 0.0f;
     m.loadings.ptr()[2 * 4 + k] = k == 0 ? -1.0f : 0.0f;
   }
-  const int64_t rows = 400000;
-  const FiredFeatures fired = sample_fired(m, rows, 3);
-  int64_t n[3] = {0, 0, 0}, n01 = 0, n02 = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    bool on[3] = {false, false, false};
-    for (int64_t e = fired.offsets[r]; e < fired.offsets[r + 1]; ++e) on[fired.ids[e]] = true;
-    for (int f = 0; f < 3; ++f) n[f] += on[f];
-    n01 += on[0] && on[1];
-    n02 += on[0] && on[2];
+  // Both ways of testing a base feature: the dense test (all three features, p = 0.1 >= 0) and
+  // geometric skipping with thinning (no dense feature: 0.1 < 2).
+  for (const double dense_min_prob : {0.0, 2.0}) {
+    SCOPED_TRACE(dense_min_prob);
+    synth::SamplerOptions options;
+    options.dense_min_prob = dense_min_prob;
+    ASSERT_EQ(synth::FeatureSampler(m, 3, options).dense_count(), dense_min_prob == 0.0 ? 3 : 0);
+    const int64_t rows = 400000;
+    const FiredFeatures fired = sample_fired(m, rows, 3, nullptr, options);
+    int64_t n[3] = {0, 0, 0}, n01 = 0, n02 = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      bool on[3] = {false, false, false};
+      for (int64_t e = fired.offsets[r]; e < fired.offsets[r + 1]; ++e) on[fired.ids[e]] = true;
+      for (int f = 0; f < 3; ++f) n[f] += on[f];
+      n01 += on[0] && on[1];
+      n02 += on[0] && on[2];
+    }
+    const double sd = std::sqrt(0.1 * 0.9 / rows);
+    for (int f = 0; f < 3; ++f) EXPECT_NEAR(static_cast<double>(n[f]) / rows, 0.1, 5 * sd);
+    // Analytic: E[m_a m_b] = e^{s^2} for aligned loadings, e^{-s^2} for opposite: P(both) = p^2 e^{+-s^2}.
+    const double both = 0.01 * std::exp(0.25), anti = 0.01 * std::exp(-0.25);
+    EXPECT_NEAR(static_cast<double>(n01) / rows, both, 5 * std::sqrt(both / rows));
+    EXPECT_NEAR(static_cast<double>(n02) / rows, anti, 5 * std::sqrt(anti / rows));
   }
-  const double sd = std::sqrt(0.1 * 0.9 / rows);
-  for (int f = 0; f < 3; ++f) EXPECT_NEAR(static_cast<double>(n[f]) / rows, 0.1, 5 * sd);
-  // Analytic: E[m_a m_b] = e^{s^2} for aligned loadings, e^{-s^2} for opposite: P(both) = p^2 e^{+-s^2}.
-  const double both = 0.01 * std::exp(0.25), anti = 0.01 * std::exp(-0.25);
-  EXPECT_NEAR(static_cast<double>(n01) / rows, both, 5 * std::sqrt(both / rows));
-  EXPECT_NEAR(static_cast<double>(n02) / rows, anti, 5 * std::sqrt(anti / rows));
+}
+
+TEST(FeatureModel, DenseAndSkippingPathsGiveTheMarginals) {
+  // synth-lite (correlation rank 8, s = 0.3) with every base feature on one path, then on the other,
+  // then the default split: each feature's firing rate against its marginal. Clipping of
+  // min(1, p m(z)) moves the most frequent feature's rate by about 1e-4, under one standard deviation.
+  const FeatureModel m = synth::make_preset("synth-lite", 2);
+  const int64_t rows = 60000;
+  for (const double dense_min_prob : {0.0, 2.0, synth::SamplerOptions{}.dense_min_prob}) {
+    SCOPED_TRACE(dense_min_prob);
+    synth::SamplerOptions options;
+    options.dense_min_prob = dense_min_prob;
+    const FiredFeatures fired = sample_fired(m, rows, 11, nullptr, options);
+    std::vector<int64_t> count(m.n_features(), 0);
+    for (int32_t f : fired.ids) count[f] += 1;
+    for (int64_t f = 0; f < m.n_features(); ++f) {
+      const double p = m.marginal[f], sd = std::sqrt(p * (1 - p) / rows);
+      ASSERT_NEAR(static_cast<double>(count[f]) / rows, p, 5 * sd + 1e-4) << "feature " << f;
+    }
+  }
+}
+
+TEST(FeatureModel, RowIsBiasPlusPositiveMultiplesOfTheFiredDirections) {
+  // d = 100: three blocks of 32 coordinates and a tail of 4 in the sampler's sum. Least squares of
+  // x - bias on the fired directions must leave no residual, with every coefficient >= 0.05.
+  synth::HierarchicalConfig c;
+  c.d = 100;
+  c.n_features = 60;
+  c.n_roots = 4;
+  c.branching = 2;
+  c.depth = 2;
+  c.p_max = 0.5;
+  c.p_min = 0.02;
+  c.corr_rank = 3;
+  c.seed = 4;
+  const FeatureModel m = synth::make_hierarchical(c);
+  const int64_t rows = 300, d = m.d;
+  std::vector<float> x;
+  const FiredFeatures fired = sample_fired(m, rows, 1, &x);
+  const float* dirs = m.directions.ptr();
+  int64_t checked = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = fired.offsets[r], n = fired.offsets[r + 1] - b;
+    std::vector<double> y(d);
+    for (int64_t j = 0; j < d; ++j) y[j] = x[r * d + j] - m.bias.ptr()[j];
+    // Normal equations G a = V^T y, solved by Gaussian elimination (n is small, G well conditioned).
+    std::vector<double> G(n * n), rhs(n), a(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* vi = dirs + fired.ids[b + i] * d;
+      for (int64_t k = 0; k < n; ++k) {
+        const float* vk = dirs + fired.ids[b + k] * d;
+        for (int64_t j = 0; j < d; ++j) G[i * n + k] += static_cast<double>(vi[j]) * vk[j];
+      }
+      for (int64_t j = 0; j < d; ++j) rhs[i] += vi[j] * y[j];
+    }
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t k = i + 1; k < n; ++k) {
+        const double f = G[k * n + i] / G[i * n + i];
+        for (int64_t l = i; l < n; ++l) G[k * n + l] -= f * G[i * n + l];
+        rhs[k] -= f * rhs[i];
+      }
+    for (int64_t i = n - 1; i >= 0; --i) {
+      double v = rhs[i];
+      for (int64_t l = i + 1; l < n; ++l) v -= G[i * n + l] * a[l];
+      a[i] = v / G[i * n + i];
+    }
+    double res2 = 0, y2 = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      double e = y[j];
+      for (int64_t i = 0; i < n; ++i) e -= a[i] * dirs[fired.ids[b + i] * d + j];
+      res2 += e * e;
+      y2 += y[j] * y[j];
+    }
+    ASSERT_LE(std::sqrt(res2), 1e-4 * (1 + std::sqrt(y2))) << "row " << r;
+    for (int64_t i = 0; i < n; ++i) ASSERT_GE(a[i], 0.05 - 1e-3) << "row " << r << " feature " << fired.ids[b + i];
+    checked += n;
+  }
+  EXPECT_GT(checked, rows);  // rows carry more than one feature on average
 }
 
 TEST(FeatureModel, BadConfigsAreUsageErrors) {

@@ -158,8 +158,8 @@ struct HierarchicalConfig {
 // actual marginal is then lower; `marginal` records the true values). Throws usage errors on bad fields.
 FeatureModel make_hierarchical(const HierarchicalConfig& cfg);
 
-// Presets: "synth-16k" (the SynthSAEBench-16k parameters above), "synth-lite" (d=128, N=1024, 16 roots,
-// branching 3, depth 2: trains in about a minute here), "tree" (Nabeshima's nested toy: 20 orthogonal
+// Presets: "synth-16k" (the SynthSAEBench-16k parameters above), "synth-lite" (d=256, N=512, p 0.4 to
+// 2e-3, 32 roots, branching 3, depth 2, correlation rank 8: trains in about a minute here), "tree" (Nabeshima's nested toy: 20 orthogonal
 // features in 20-d; 3 parents p=0.15 with 3 mutually exclusive children 0.2 each; 8 independent p=0.05),
 // "absorption" (Chanin et al.'s parent/child toy: 1 parent p=0.25 with 4 mutually exclusive children
 // 0.2 each, 11 independent features p=0.05, orthogonal in 16-d). Throws a usage error listing the names.
@@ -176,9 +176,23 @@ struct FiredFeatures {
 // Streams rows. Row i depends only on (model, seed, i): the same for any thread count and any split of
 // the stream into sample() calls. Keeps a copy of the model. Not thread-safe itself; sample()
 // parallelizes internally.
+//
+// How a row is drawn (docs/synth-bench.md, "Generator"): the correlation factor z, then the base
+// features in two ways that give the same distribution. Frequent ones ("dense": base probability >=
+// dense_min_prob) are each tested with one uniform against p_f(z), their p_f(z) computed for all of
+// them at once in float (loadings transposed, a vectorized exp). Rare ones come in segments whose
+// probabilities lie within a factor 2 of the segment's maximum q: candidates by geometric skipping at
+// rate min(1, q * bound(z)), each accepted with probability p_f(z) / that rate. Then, breadth-first,
+// at most one child of every fired feature (one uniform against the siblings' cumulative
+// probabilities), the magnitudes (normals 64 at a time), and the row: bias (+ noise) plus every fired
+// direction times its magnitude, summed 32 coordinates at a time in registers.
+struct SamplerOptions {
+  double dense_min_prob = 1.0 / 64;  // base features at or above this probability take the dense test
+};
+
 class FeatureSampler {
  public:
-  FeatureSampler(const FeatureModel& model, uint64_t seed);
+  FeatureSampler(const FeatureModel& model, uint64_t seed, const SamplerOptions& options = {});
   // Writes the next n rows to out (n, d); when fired != nullptr it is overwritten with those rows'
   // fired features.
   void sample(int64_t n, float* out, FiredFeatures* fired = nullptr);
@@ -187,16 +201,32 @@ class FeatureSampler {
   // is exact: a resumed run sees the rows an uninterrupted one would have).
   void seek(int64_t row) { next_row_ = row; }
   const FeatureModel& model() const { return m_; }
+  int64_t dense_count() const { return static_cast<int64_t>(dense_ids_.size()); }
 
  private:
   FeatureModel m_;
-  std::vector<int32_t> base_;          // parentless feature ids, in id order
-  std::vector<double> base_p_;         // (base) cond_prob
+  // Dense base features, padded to a multiple of 8 (padding: probability 0, never fires).
+  std::vector<int32_t> dense_ids_;     // (n_dense) feature ids
+  int64_t dense_padded_ = 0;
+  std::vector<float> dense_logp_;      // (padded) log p_f - s^2 / 2: p_f(z) = exp(logp + s * L_f . z)
+  std::vector<float> dense_p_;         // (padded) p_f (used when there is no correlation)
+  std::vector<float> dense_load_t_;    // (r, padded) the dense features' loadings, transposed
+  // Sparse (rare) base features, in segments.
+  std::vector<int32_t> sparse_ids_;    // feature ids
+  std::vector<double> sparse_p_;       // their cond_prob
   struct Segment {
-    int64_t begin = 0, end = 0;        // range in base_
+    int64_t begin = 0, end = 0;        // range in sparse_ids_
     double q = 0.0;                    // max probability in the segment
   };
   std::vector<Segment> segments_;
+  // Skipping rates per segment and bound level l (the row's bound rounded up to 2^(l/4)):
+  // rate[seg * kBoundLevels + l] = min(1, q * 2^(l/4)) and inv_log1m = 1 / log(1 - rate) (0 at rate 1).
+  static constexpr int kBoundLevels = 64;
+  std::vector<double> seg_rate_, seg_inv_log1m_;
+  // Children: the first sibling c with u < cum[c] fires (none when u is past the last). Up to four
+  // children per parent as a padded row of cum4_ (entries past the last: 2), more in child_cum_.
+  std::vector<float> cum4_;            // (N, 4)
+  std::vector<float> child_cum_;       // (N) cond_prob summed over the feature and its earlier siblings
   uint64_t key_ = 0;
   int64_t next_row_ = 0;
 };

@@ -1,6 +1,8 @@
 // Feature models and their sampler (see include/msae/synth.h for the contract).
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "msae/synth.h"
@@ -252,27 +254,158 @@ FeatureModel make_preset(const std::string& name, uint64_t seed) {
   usage_error("unknown preset '", name, "'; expected one of: ", names);
 }
 
-FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed) : m_(model) {
-  const int64_t N = m_.n_features();
-  MSAE_ASSERT(N > 0 && m_.directions.numel() == N * m_.d && m_.bias.numel() == m_.d);
-  for (int64_t f = 0; f < N; ++f)
-    if (m_.parent[f] < 0 && m_.cond_prob[f] > 0.0) {
-      base_.push_back(static_cast<int32_t>(f));
-      base_p_.push_back(std::min(1.0, m_.cond_prob[f]));
+namespace {
+
+// exp(x) in float without branches, so that the dense test's loop vectorizes: Cephes' expf (x = n ln2 + r,
+// |r| <= ln2 / 2, a degree-6 polynomial for e^r, 2^n through the exponent bits). n = round(x log2 e) comes
+// from the mantissa of x log2 e + 1.5 * 2^23 (valid for |x| < 2^21), clamped to [-126, 127] as an
+// integer (a float clamp would not vectorize under GCC's default -ftrapping-math). Relative error below
+// 1e-7 on [-87, 88]; below -87 the result is a tiny positive number (< 1e-37), above 88 about 1e38 or more.
+inline float exp_poly(float x) {
+  const float t = x * 1.44269504088896341f + 12582912.0f;
+  const float n = t - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t e = std::min(127, std::max(-126, std::bit_cast<int32_t>(t) - 0x4B400000));
+  return y * std::bit_cast<float>((e + 127) << 23);
+}
+
+// 24-bit uniform in [0, 1) from the top of a 32-bit draw.
+inline float uniform24(uint32_t bits) { return static_cast<float>(bits >> 8) * 0x1.0p-24f; }
+
+// a . b over r entries in a fixed order (eight partial sums, then pairwise), so that the result does not
+// depend on how the compiler vectorizes it.
+inline float dot_fixed(const float* a, const float* b, int64_t r) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= r; k += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[k + l] * b[k + l];
+  for (int l = 0; k < r; ++k, ++l) acc[l] += a[k] * b[k];
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+// Eight floats as one value (GCC/Clang vector extension: AVX with -march=native, pairs of SSE registers
+// without). Written out because GCC turned the plain loop over a 64-float block into gathers.
+using Float8 = float __attribute__((vector_size(32)));
+inline Float8 load8(const float* p) {
+  Float8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float* p, Float8 v) { std::memcpy(p, &v, sizeof v); }
+
+inline Float8 splat8(float a) { return Float8{a, a, a, a, a, a, a, a}; }
+
+// x[j] = x0[j] + sum over t < n of a[t] * v[t][j], for j < d (x0 may be x), with v[t] = the fired
+// directions and as = a[t] broadcast: 64 coordinates at a time in eight vector registers, so that x is
+// written once and each block costs eight FMAs per direction. Per coordinate the order of the additions
+// is x0, then t = 0, 1, ..., the same in the blocks and in the tail.
+inline void add_directions(const float* const* v, const Float8* as, int64_t n, int64_t d, const float* x0, float* x) {
+  constexpr int64_t kBlock = 64;
+  int64_t j0 = 0;
+  for (; j0 + kBlock <= d; j0 += kBlock) {
+    Float8 s0 = load8(x0 + j0), s1 = load8(x0 + j0 + 8), s2 = load8(x0 + j0 + 16), s3 = load8(x0 + j0 + 24);
+    Float8 s4 = load8(x0 + j0 + 32), s5 = load8(x0 + j0 + 40), s6 = load8(x0 + j0 + 48), s7 = load8(x0 + j0 + 56);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* vt = v[t] + j0;
+      const Float8 at = as[t];
+      s0 += at * load8(vt);
+      s1 += at * load8(vt + 8);
+      s2 += at * load8(vt + 16);
+      s3 += at * load8(vt + 24);
+      s4 += at * load8(vt + 32);
+      s5 += at * load8(vt + 40);
+      s6 += at * load8(vt + 48);
+      s7 += at * load8(vt + 56);
     }
-  // Segments of base features whose probabilities lie within a factor 2 of the segment maximum q:
-  // candidates come by geometric skipping at rate q' (q times the row's correlation bound), then are
-  // accepted with probability p_f(z) / q'. Cost per row: O(segments + candidates).
-  const int64_t nb = static_cast<int64_t>(base_.size());
-  for (int64_t b = 0; b < nb;) {
-    Segment s;
-    s.begin = b;
-    s.q = base_p_[b];
+    store8(x + j0, s0);
+    store8(x + j0 + 8, s1);
+    store8(x + j0 + 16, s2);
+    store8(x + j0 + 24, s3);
+    store8(x + j0 + 32, s4);
+    store8(x + j0 + 40, s5);
+    store8(x + j0 + 48, s6);
+    store8(x + j0 + 56, s7);
+  }
+  for (; j0 + 8 <= d; j0 += 8) {
+    Float8 s0 = load8(x0 + j0);
+    for (int64_t t = 0; t < n; ++t) s0 += as[t] * load8(v[t] + j0);
+    store8(x + j0, s0);
+  }
+  for (; j0 < d; ++j0) {
+    float acc = x0[j0];
+    for (int64_t t = 0; t < n; ++t) acc += as[t][0] * v[t][j0];
+    x[j0] = acc;
+  }
+}
+
+}  // namespace
+
+FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed, const SamplerOptions& options)
+    : m_(model) {
+  const int64_t N = m_.n_features(), r = m_.corr_rank();
+  MSAE_ASSERT(N > 0 && m_.directions.numel() == N * m_.d && m_.bias.numel() == m_.d);
+  if (!(options.dense_min_prob >= 0.0)) usage_error("sampler: dense_min_prob must be >= 0");
+  for (int64_t f = 0; f < N; ++f) {
+    if (m_.parent[f] >= 0 || !(m_.cond_prob[f] > 0.0)) continue;
+    const double p = std::min(1.0, m_.cond_prob[f]);
+    if (p >= options.dense_min_prob) {
+      dense_ids_.push_back(static_cast<int32_t>(f));
+    } else {
+      sparse_ids_.push_back(static_cast<int32_t>(f));
+      sparse_p_.push_back(p);
+    }
+  }
+  // Dense features: padded to a multiple of 8 so that the vectorized loops need no tail.
+  const int64_t nd = static_cast<int64_t>(dense_ids_.size());
+  dense_padded_ = (nd + 7) / 8 * 8;
+  dense_logp_.assign(dense_padded_, -87.0f);
+  dense_p_.assign(dense_padded_, 0.0f);
+  dense_load_t_.assign(static_cast<size_t>(r * dense_padded_), 0.0f);
+  const double s = m_.corr_scale;
+  for (int64_t i = 0; i < nd; ++i) {
+    const int32_t f = dense_ids_[i];
+    const double p = std::min(1.0, m_.cond_prob[f]);
+    dense_p_[i] = static_cast<float>(p);
+    dense_logp_[i] = static_cast<float>(std::max(-87.0, std::log(p) - 0.5 * s * s));
+    for (int64_t k = 0; k < r; ++k) dense_load_t_[k * dense_padded_ + i] = m_.loadings.ptr()[f * r + k];
+  }
+  // Sparse features: segments whose probabilities lie within a factor 2 of the segment maximum q.
+  const int64_t ns = static_cast<int64_t>(sparse_ids_.size());
+  for (int64_t b = 0; b < ns;) {
+    Segment seg;
+    seg.begin = b;
+    seg.q = sparse_p_[b];
     int64_t e = b + 1;
-    while (e < nb && base_p_[e] <= s.q && base_p_[e] > 0.5 * s.q) ++e;
-    s.end = e;
-    segments_.push_back(s);
+    while (e < ns && sparse_p_[e] <= seg.q && sparse_p_[e] > 0.5 * seg.q) ++e;
+    seg.end = e;
+    segments_.push_back(seg);
     b = e;
+  }
+  seg_rate_.resize(segments_.size() * kBoundLevels);
+  seg_inv_log1m_.resize(segments_.size() * kBoundLevels);
+  for (size_t g = 0; g < segments_.size(); ++g)
+    for (int l = 0; l < kBoundLevels; ++l) {
+      const double rate = std::min(1.0, segments_[g].q * std::exp2(0.25 * l));
+      seg_rate_[g * kBoundLevels + l] = rate;
+      seg_inv_log1m_[g * kBoundLevels + l] = rate < 1.0 ? 1.0 / std::log1p(-rate) : 0.0;
+    }
+  // Children's cumulative probabilities (float, like the 24-bit uniform they are compared with).
+  cum4_.assign(static_cast<size_t>(N) * 4, 2.0f);
+  child_cum_.assign(N, 0.0f);
+  for (int64_t f = 0; f < N; ++f) {
+    double cum = 0.0;
+    for (int32_t c = 0; c < m_.n_children[f]; ++c) {
+      cum += m_.cond_prob[m_.first_child[f] + c];
+      child_cum_[m_.first_child[f] + c] = static_cast<float>(cum);
+      if (m_.n_children[f] <= 4) cum4_[f * 4 + c] = static_cast<float>(cum);
+    }
   }
   key_ = mix64(mix64(m_.seed ^ 0xfea7fea7fea7fea7ULL) + seed * kGamma);
 }
@@ -286,63 +419,102 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
   const ZigTables& zt = zig_tables();
   const int64_t d = m_.d, r = m_.corr_rank();
   const double s = m_.corr_scale;
+  const float sf = static_cast<float>(s), half_s2 = static_cast<float>(0.5 * s * s);
   const float* dirs = m_.directions.ptr();
   const float* bias = m_.bias.ptr();
   const float* load = r > 0 ? m_.loadings.ptr() : nullptr;
+  const int64_t n_dense = static_cast<int64_t>(dense_ids_.size()), nd = dense_padded_;
   const uint64_t key = key_;
   const int64_t row0 = next_row_;
   std::vector<std::vector<int32_t>> ids(fired ? n : 0);
 
+  const int32_t* n_children = m_.n_children.data();
+  const int32_t* first_child = m_.first_child.data();
+  const float* child_cum = child_cum_.data();
+  const float* cum4 = cum4_.data();
+  const double levels_per_nat = 4.0 / std::log(2.0);  // bound levels (quarter octaves) per unit of log(bound)
+  const float* mag_mean = m_.mag_mean.data();
+  const float* mag_std = m_.mag_std.data();
+
   parallel_for(
       n,
       [&](int64_t begin, int64_t end, int) {
-        std::vector<int32_t> local;
-        std::vector<double> z(static_cast<size_t>(r));
+        // Fired features of the row, list[0, len): base ones, then children. Kept at least len + 1 long
+        // (entries past len are scratch), so that appends need no branch on the outcome.
+        std::vector<int32_t> list(static_cast<size_t>(n_dense + 16));
+        // The row's sum runs one row late (software pipelining): its directions are prefetched when the
+        // row's features are known, and read while the next row is drawn. Slot i % 2 holds row i.
+        struct Pending {
+          std::vector<Float8> mags;              // (list) magnitudes, broadcast
+          std::vector<const float*> vptr;        // (list) directions
+          int64_t n = 0;                         // entries in use
+          float* x = nullptr;
+          const float* x0 = nullptr;
+        } slots[2];
+        std::vector<Float8> szk(static_cast<size_t>(r));  // s z_k, broadcast
+        std::vector<float> z(static_cast<size_t>(r));
+        std::vector<float> prob(static_cast<size_t>(nd));
+        std::vector<uint32_t> ubits(static_cast<size_t>(nd));
+        alignas(64) float normals[kNormalBlock];
         for (int64_t i = begin; i < end; ++i) {
           RowRng rng(key, static_cast<uint64_t>(row0 + i));
-          float* x = out + i * d;
-          if (m_.noise_std > 0.0f)
-            add_gaussian(rng, zt, bias, m_.noise_std, x, d);
-          else
-            std::copy(bias, bias + d, x);
-          local.clear();
           // Correlation factor of this row and its bound over unit loadings: exp(s |z| - s^2/2).
-          double bound = 1.0;
+          // For skipping it is rounded up to the next 2^(l/4) (level l, rates precomputed).
+          double log_bound = 0.0;
           if (r > 0) {
             double n2 = 0.0;
-            for (auto& v : z) {
-              v = zig_normal(rng, zt);
-              n2 += v * v;
+            for (int64_t k0 = 0; k0 < r; k0 += kNormalBlock) {
+              const int64_t mb = std::min(kNormalBlock, r - k0);
+              normals_block(rng, zt, z.data() + k0, mb);
+              for (int64_t k = k0; k < k0 + mb; ++k) n2 += static_cast<double>(z[k]) * z[k];
             }
-            bound = std::exp(s * std::sqrt(n2) - 0.5 * s * s);
+            log_bound = s * std::sqrt(n2) - 0.5 * s * s;
           }
-          auto fire = [&](int32_t f) {
-            // The feature and, recursively, at most one child per fired parent.
-            for (;;) {
-              float a = m_.mag_mean[f] + m_.mag_std[f] * static_cast<float>(zig_normal(rng, zt));
-              a = std::max(a, kMinMagnitude);
-              const float* v = dirs + static_cast<int64_t>(f) * d;
-              for (int64_t j = 0; j < d; ++j) x[j] += a * v[j];
-              local.push_back(f);
-              const int32_t nc = m_.n_children[f];
-              if (nc == 0) return;
-              double u = rng.uniform();
-              int32_t chosen = -1;
-              for (int32_t c = 0; c < nc; ++c) {
-                const double pc = m_.cond_prob[m_.first_child[f] + c];
-                if (u < pc) {
-                  chosen = m_.first_child[f] + c;
-                  break;
-                }
-                u -= pc;
+          const double level_real = std::ceil(log_bound * levels_per_nat);
+          const int level = level_real <= 0.0 ? 0 : static_cast<int>(std::min<double>(level_real, kBoundLevels));
+          // Dense base features: p_f(z) for all of them, one 24-bit uniform each, appended without a
+          // branch per feature.
+          int64_t len = 0;
+          if (n_dense > 0) {
+            float* pr = prob.data();
+            if (r > 0) {
+              // logp_f + s L_f . z, eight features at a time in a register, then exp.
+              const float* lt = dense_load_t_.data();
+              for (int64_t k = 0; k < r; ++k) szk[k] = splat8(sf * z[k]);
+              for (int64_t f0 = 0; f0 < nd; f0 += 8) {
+                Float8 acc = load8(dense_logp_.data() + f0);
+                const float* l = lt + f0;
+                for (int64_t k = 0; k < r; ++k, l += nd) acc += load8(l) * szk[k];
+                store8(pr + f0, acc);
               }
-              if (chosen < 0) return;
-              f = chosen;
+              for (int64_t f = 0; f < nd; ++f) pr[f] = exp_poly(pr[f]);
+            } else {
+              std::copy(dense_p_.begin(), dense_p_.end(), pr);
             }
-          };
-          for (const Segment& seg : segments_) {
-            const double q = std::min(1.0, seg.q * bound);
-            const double inv_log1m_q = q < 1.0 ? 1.0 / std::log1p(-q) : 0.0;
+            for (int64_t f = 0; f < nd; f += 2) {
+              const uint64_t b = rng.next();
+              ubits[f] = static_cast<uint32_t>(b);
+              ubits[f + 1] = static_cast<uint32_t>(b >> 32);
+            }
+            int32_t* hit = reinterpret_cast<int32_t*>(ubits.data());  // in place: hit[f] = (u_f < p_f(z))
+            for (int64_t f = 0; f < nd; ++f) hit[f] = uniform24(ubits[f]) < pr[f] ? 1 : 0;
+            const int32_t* ids_dense = dense_ids_.data();
+            for (int64_t f = 0; f < n_dense; ++f) {
+              list[len] = ids_dense[f];
+              len += hit[f];
+            }
+          }
+          // Sparse base features: geometric skipping per segment, then thinning to p_f(z).
+          for (size_t g = 0; g < segments_.size(); ++g) {
+            const Segment& seg = segments_[g];
+            double q, inv_log1m_q;
+            if (level < kBoundLevels) {
+              q = seg_rate_[g * kBoundLevels + level];
+              inv_log1m_q = seg_inv_log1m_[g * kBoundLevels + level];
+            } else {  // bound >= 2^16: computed here
+              q = std::min(1.0, seg.q * std::exp(log_bound));
+              inv_log1m_q = q < 1.0 ? 1.0 / std::log1p(-q) : 0.0;
+            }
             for (int64_t b = seg.begin;; ++b) {
               if (inv_log1m_q != 0.0) {
                 const double skip = std::floor(std::log(1.0 - rng.uniform()) * inv_log1m_q);
@@ -351,22 +523,74 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
               } else if (b >= seg.end) {
                 break;
               }
-              const int32_t f = base_[b];
-              double p = base_p_[b];
-              if (r > 0) {
-                const float* L = load + static_cast<int64_t>(f) * r;
-                double dot = 0.0;
-                for (int64_t k = 0; k < r; ++k) dot += L[k] * z[k];
-                p = std::min(1.0, p * std::exp(s * dot - 0.5 * s * s));
+              const int32_t f = sparse_ids_[b];
+              double p = sparse_p_[b];
+              if (r > 0) p *= exp_poly(sf * dot_fixed(load + static_cast<int64_t>(f) * r, z.data(), r) - half_s2);
+              if (rng.uniform() * q < p) {
+                list[len++] = f;
+                if (len == static_cast<int64_t>(list.size())) list.resize(2 * list.size());
               }
-              if (rng.uniform() * q < p) fire(f);
             }
           }
+          // Children, breadth-first (the list grows while it is read): at most one per fired parent,
+          // one 24-bit uniform per listed feature, no branch on the outcome.
+          for (int64_t t = 0; t < len; ++t) {
+            const int32_t f = list[t], nc = n_children[f];
+            const float u = uniform24(static_cast<uint32_t>(rng.next() >> 32));
+            int32_t c;
+            if (nc <= 4) {
+              const float* cm = cum4 + 4 * static_cast<int64_t>(f);
+              c = (u >= cm[0]) + (u >= cm[1]) + (u >= cm[2]) + (u >= cm[3]);
+            } else {
+              const float* cm = child_cum + first_child[f];
+              c = 0;
+              while (c < nc && u >= cm[c]) ++c;
+            }
+            list[len] = first_child[f] + c;
+            len += c < nc;
+            if (len == static_cast<int64_t>(list.size())) list.resize(2 * list.size());
+          }
+          // Magnitudes: N(mean_f, std_f^2) clipped to >= kMinMagnitude.
+          const int64_t nl = len;
+          Pending& row = slots[i & 1];
+          std::vector<Float8>& mags = row.mags;
+          std::vector<const float*>& vptr = row.vptr;
+          if (static_cast<int64_t>(mags.size()) < nl) {
+            mags.resize(static_cast<size_t>(nl));
+            vptr.resize(static_cast<size_t>(nl));
+          }
+          row.n = nl;
+          for (int64_t t0 = 0; t0 < nl; t0 += kNormalBlock) {
+            const int64_t mb = std::min(kNormalBlock, nl - t0);
+            normals_block(rng, zt, normals, mb);
+            for (int64_t t = 0; t < mb; ++t) {
+              const int32_t f = list[t0 + t];
+              mags[t0 + t] = splat8(std::max(mag_mean[f] + mag_std[f] * normals[t], kMinMagnitude));
+              vptr[t0 + t] = dirs + static_cast<int64_t>(f) * d;
+            }
+          }
+          // x = bias (+ noise) + sum of the fired directions times their magnitudes: the noise now, the
+          // sum after the next row is drawn (or at the end).
+          row.x = out + i * d;
+          row.x0 = bias;
+          if (m_.noise_std > 0.0f) {
+            add_gaussian(rng, zt, bias, m_.noise_std, row.x, d);
+            row.x0 = row.x;
+          }
+          for (int64_t t = 0; t < nl; ++t)
+            for (int64_t j = 0; j < d; j += 16) __builtin_prefetch(vptr[t] + j);
+          if (i > begin) {
+            const Pending& prev = slots[(i - 1) & 1];
+            add_directions(prev.vptr.data(), prev.mags.data(), prev.n, d, prev.x0, prev.x);
+          }
           if (fired) {
-            std::sort(local.begin(), local.end());
-            ids[i] = local;
+            std::vector<int32_t>& row_ids = ids[i];
+            row_ids.assign(list.begin(), list.begin() + len);
+            std::sort(row_ids.begin(), row_ids.end());
           }
         }
+        const Pending& last = slots[(end - 1) & 1];
+        add_directions(last.vptr.data(), last.mags.data(), last.n, d, last.x0, last.x);
       },
       64);
 

@@ -103,34 +103,39 @@ inline double zig_finish(RowRng& rng, const ZigTables& t, double u, int i) {
   return zig_normal(rng, t);
 }
 
-// y[j] = base[j] + scale * N(0, 1) for j < n. The rectangle test of the ziggurat runs vectorized on
-// 64 normals at a time, two per 64-bit draw (32 bits each: 7 for the layer, 25 for a signed uniform);
-// the ~1% of lanes that fail it finish in scalar code with fresh draws.
-inline void add_gaussian(RowRng& rng, const ZigTables& t, const float* base, float scale, float* y, int64_t n) {
-  constexpr int64_t kBlock = 64;
-  alignas(64) uint32_t bits[kBlock];
-  alignas(64) float z[kBlock];
-  alignas(64) int32_t ok[kBlock];
-  for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
-    const int64_t m = std::min(kBlock, n - j0);
-    for (int64_t k = 0; k < m; k += 2) {
-      const uint64_t b = rng.next();
-      bits[k] = static_cast<uint32_t>(b);
-      bits[k + 1] = static_cast<uint32_t>(b >> 32);  // k + 1 < kBlock always; unused when k + 1 == m
-    }
+// z[k] = N(0, 1) for k < m <= 64, in float. The rectangle test of the ziggurat runs vectorized, two
+// normals per 64-bit draw (32 bits each: 7 for the layer, 25 for a signed uniform); the ~1% of lanes
+// that fail it finish in scalar code with fresh draws.
+constexpr int64_t kNormalBlock = 64;
+inline void normals_block(RowRng& rng, const ZigTables& t, float* z, int64_t m) {
+  alignas(64) uint32_t bits[kNormalBlock];
+  alignas(64) int32_t ok[kNormalBlock];
+  for (int64_t k = 0; k < m; k += 2) {
+    const uint64_t b = rng.next();
+    bits[k] = static_cast<uint32_t>(b);
+    bits[k + 1] = static_cast<uint32_t>(b >> 32);  // k + 1 < kNormalBlock always; unused when k + 1 == m
+  }
 #pragma omp simd
-    for (int64_t k = 0; k < m; ++k) {
-      const int li = static_cast<int>(bits[k] & (kZigLayers - 1));
-      const float u = static_cast<float>(static_cast<int32_t>(bits[k] & ~uint32_t{kZigLayers - 1})) * 0x1.0p-31f;
-      z[k] = u * t.xf[li];
-      ok[k] = std::fabs(u) < t.ratiof[li];
-    }
-    for (int64_t k = 0; k < m; ++k) {
-      if (ok[k]) continue;
-      const int li = static_cast<int>(bits[k] & (kZigLayers - 1));
-      const double u = static_cast<double>(static_cast<int32_t>(bits[k] & ~uint32_t{kZigLayers - 1})) * 0x1.0p-31;
-      z[k] = static_cast<float>(zig_finish(rng, t, u, li));
-    }
+  for (int64_t k = 0; k < m; ++k) {
+    const int li = static_cast<int>(bits[k] & (kZigLayers - 1));
+    const float u = static_cast<float>(static_cast<int32_t>(bits[k] & ~uint32_t{kZigLayers - 1})) * 0x1.0p-31f;
+    z[k] = u * t.xf[li];
+    ok[k] = std::fabs(u) < t.ratiof[li];
+  }
+  for (int64_t k = 0; k < m; ++k) {
+    if (ok[k]) continue;
+    const int li = static_cast<int>(bits[k] & (kZigLayers - 1));
+    const double u = static_cast<double>(static_cast<int32_t>(bits[k] & ~uint32_t{kZigLayers - 1})) * 0x1.0p-31;
+    z[k] = static_cast<float>(zig_finish(rng, t, u, li));
+  }
+}
+
+// y[j] = base[j] + scale * N(0, 1) for j < n, 64 normals at a time.
+inline void add_gaussian(RowRng& rng, const ZigTables& t, const float* base, float scale, float* y, int64_t n) {
+  alignas(64) float z[kNormalBlock];
+  for (int64_t j0 = 0; j0 < n; j0 += kNormalBlock) {
+    const int64_t m = std::min(kNormalBlock, n - j0);
+    normals_block(rng, t, z, m);
 #pragma omp simd
     for (int64_t k = 0; k < m; ++k) y[j0 + k] = base[j0 + k] + scale * z[k];
   }
