@@ -579,6 +579,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
           }
           for (int64_t t = 0; t < nl; ++t)
             for (int64_t j = 0; j < d; j += 16) __builtin_prefetch(vptr[t] + j);
+          for (int64_t j = 0; j < d; j += 16) __builtin_prefetch(row.x + j, 1);  // the row it will write
           if (i > begin) {
             const Pending& prev = slots[(i - 1) & 1];
             add_directions(prev.vptr.data(), prev.mags.data(), prev.n, d, prev.x0, prev.x);
