@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/fast_exp.h"
 #include "msae/kernels.h"
 #include "msae/lm.h"
 
@@ -24,33 +25,13 @@ namespace {
 constexpr int64_t kRowBlock = 256;    // rows per tile
 constexpr int64_t kVocabBlock = 256;  // vocabulary columns per tile (a 256 KiB tile stays in L2)
 
-// exp(x) for -2^21 < x <= 0, as Cephes' expf: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6
-// polynomial, times 2^n built in the exponent bits. n = round(x / ln2) comes from the 1.5 * 2^23 trick
-// (adding it leaves n in the low mantissa bits; exact for |x / ln2| < 2^22); n below -126 is clamped to -126,
-// so x < -87 gives a value <= 1.2e-38 instead of ~0, which cannot change a sum that holds exp(0) = 1. No
-// branches, calls or float comparisons, so loops over it vectorize (GCC does not if-convert a float clamp
-// inside it).
-inline float exp_nonpositive(float x) {
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
-  const float shifted = x * 1.44269504088896341f + kMagic;
-  const float n = shifted - kMagic;  // round(x / ln2)
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t ni = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kMagic);  // n as an integer
-  ni = ni < -126 ? -126 : ni;
-  return p * std::bit_cast<float>((ni + 127) << 23);  // 2^n, a normal float
-}
+// exp(x) for x <= 0 here: detail::exp_fast (core/fast_exp.h). Its clamp gives x < -87 a value under 1.7e-38
+// instead of ~0, which cannot change a sum that holds exp(0) = 1.
+using detail::exp_fast;
 
 // Max and sum of exp(z - max) of n floats, in 16 independent lanes (vectorizable without -ffast-math).
 // A row whose logits span more than kMaxSpan (far beyond any trained model's) is summed exactly instead,
-// since exp_nonpositive's range ends at -2^21.
+// since exp_fast's range ends at -2^21.
 constexpr float kMaxSpan = 1e5f;
 inline void tile_row_stats(const float* z, int64_t n, float& max_out, float& sum_out) {
   constexpr int L = 16;
@@ -74,10 +55,10 @@ inline void tile_row_stats(const float* z, int64_t n, float& max_out, float& sum
   }
   float s[L] = {};
   for (int64_t v = 0; v < nl; v += L)
-    for (int j = 0; j < L; ++j) s[j] += exp_nonpositive(z[v + j] - mx);
+    for (int j = 0; j < L; ++j) s[j] += exp_fast(z[v + j] - mx);
   float sum = 0.0f;
   for (int j = 0; j < L; ++j) sum += s[j];
-  for (int64_t v = nl; v < n; ++v) sum += exp_nonpositive(z[v] - mx);
+  for (int64_t v = nl; v < n; ++v) sum += exp_fast(z[v] - mx);
   sum_out = sum;
 }
 

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "msae/synth.h"
+#include "core/fast_exp.h"
 #include "synth/row_rng.h"
 
 namespace msae::synth {
@@ -256,26 +257,6 @@ FeatureModel make_preset(const std::string& name, uint64_t seed) {
 
 namespace {
 
-// exp(x) in float without branches, so that the dense test's loop vectorizes: Cephes' expf (x = n ln2 + r,
-// |r| <= ln2 / 2, a degree-6 polynomial for e^r, 2^n through the exponent bits). n = round(x log2 e) comes
-// from the mantissa of x log2 e + 1.5 * 2^23 (valid for |x| < 2^21), clamped to [-126, 127] as an
-// integer (a float clamp would not vectorize under GCC's default -ftrapping-math). Relative error below
-// 1e-7 on [-87, 88]; below -87 the result is a tiny positive number (< 1e-37), above 88 about 1e38 or more.
-inline float exp_poly(float x) {
-  const float t = x * 1.44269504088896341f + 12582912.0f;
-  const float n = t - 12582912.0f;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t e = std::min(127, std::max(-126, std::bit_cast<int32_t>(t) - 0x4B400000));
-  return y * std::bit_cast<float>((e + 127) << 23);
-}
-
 // 24-bit uniform in [0, 1) from the top of a 32-bit draw.
 inline float uniform24(uint32_t bits) { return static_cast<float>(bits >> 8) * 0x1.0p-24f; }
 
@@ -487,7 +468,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
                 for (int64_t k = 0; k < r; ++k, l += nd) acc += load8(l) * szk[k];
                 store8(pr + f0, acc);
               }
-              for (int64_t f = 0; f < nd; ++f) pr[f] = exp_poly(pr[f]);
+              for (int64_t f = 0; f < nd; ++f) pr[f] = msae::detail::exp_fast(pr[f]);
             } else {
               std::copy(dense_p_.begin(), dense_p_.end(), pr);
             }
@@ -525,7 +506,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
               }
               const int32_t f = sparse_ids_[b];
               double p = sparse_p_[b];
-              if (r > 0) p *= exp_poly(sf * dot_fixed(load + static_cast<int64_t>(f) * r, z.data(), r) - half_s2);
+              if (r > 0) p *= msae::detail::exp_fast(sf * dot_fixed(load + static_cast<int64_t>(f) * r, z.data(), r) - half_s2);
               if (rng.uniform() * q < p) {
                 list[len++] = f;
                 if (len == static_cast<int64_t>(list.size())) list.resize(2 * list.size());
