@@ -185,7 +185,7 @@ struct FiredFeatures {
 // rate min(1, q * bound(z)), each accepted with probability p_f(z) / that rate. Then, breadth-first,
 // at most one child of every fired feature (one uniform against the siblings' cumulative
 // probabilities), the magnitudes (normals 64 at a time), and the row: bias (+ noise) plus every fired
-// direction times its magnitude, summed 32 coordinates at a time in registers.
+// direction times its magnitude, summed 64 coordinates at a time in registers.
 struct SamplerOptions {
   double dense_min_prob = 1.0 / 64;  // base features at or above this probability take the dense test
 };
