@@ -478,12 +478,14 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
               ubits[f] = static_cast<uint32_t>(b);
               ubits[f + 1] = static_cast<uint32_t>(b >> 32);
             }
-            int32_t* hit = reinterpret_cast<int32_t*>(ubits.data());  // in place: hit[f] = (u_f < p_f(z))
-            for (int64_t f = 0; f < nd; ++f) hit[f] = uniform24(ubits[f]) < pr[f] ? 1 : 0;
+            // Hits as a bit mask per 32 features, then only the set bits are visited (padding masked off).
             const int32_t* ids_dense = dense_ids_.data();
-            for (int64_t f = 0; f < n_dense; ++f) {
-              list[len] = ids_dense[f];
-              len += hit[f];
+            for (int64_t f0 = 0; f0 < n_dense; f0 += 32) {
+              const int64_t m = std::min<int64_t>(32, nd - f0);
+              uint32_t mask = 0;
+              for (int64_t j = 0; j < m; ++j) mask |= static_cast<uint32_t>(uniform24(ubits[f0 + j]) < pr[f0 + j]) << j;
+              if (n_dense - f0 < 32) mask &= (uint32_t{1} << (n_dense - f0)) - 1;
+              for (; mask != 0; mask &= mask - 1) list[len++] = ids_dense[f0 + std::countr_zero(mask)];
             }
           }
           // Sparse base features: geometric skipping per segment, then thinning to p_f(z).
