@@ -34,6 +34,7 @@
 #include "msae/io.h"
 #include "msae/kernels.h"
 #include "msae/model.h"
+#include "msae/synth.h"
 #include "msae/train.h"
 
 namespace py = pybind11;
@@ -692,12 +693,73 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
 }
 
 // ---------------------------------------------------------------------------------------------
+// Ground-truth streams (docs/synth-bench.md): a feature model preset and a FeatureSampler over it.
+// sample() is not thread-safe in C++; the mutex serializes calls on one object.
+// ---------------------------------------------------------------------------------------------
+struct FeatureStream {
+  synth::FeatureModel model;
+  std::unique_ptr<synth::FeatureSampler> sampler;
+  uint64_t seed = 0, stream_seed = 0;
+  std::mutex mu;
+
+  FeatureStream(const std::string& preset, uint64_t seed_, std::optional<uint64_t> stream_seed_)
+      : model(synth::make_preset(preset, seed_)), seed(seed_), stream_seed(stream_seed_.value_or(2 * seed_ + 1)) {
+    sampler = std::make_unique<synth::FeatureSampler>(model, stream_seed);
+  }
+
+  py::object sample(int64_t rows, bool with_features) {
+    if (rows < 0) throw py::value_error(cat("rows must be >= 0, got ", rows));
+    py::array_t<float> x = matrix(rows, model.d);
+    float* out = x.mutable_data();
+    synth::FiredFeatures fired;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lock(mu);
+      PoolUse pool;
+      sampler->sample(rows, out, with_features ? &fired : nullptr);
+    }
+    if (!with_features) return x;
+    py::array_t<int64_t> offsets(static_cast<py::ssize_t>(fired.offsets.size()));
+    std::copy(fired.offsets.begin(), fired.offsets.end(), offsets.mutable_data());
+    py::array_t<int32_t> ids(static_cast<py::ssize_t>(fired.ids.size()));
+    std::copy(fired.ids.begin(), fired.ids.end(), ids.mutable_data());
+    return py::make_tuple(std::move(x), std::move(offsets), std::move(ids));
+  }
+
+  py::dict truth() const {
+    const int64_t N = model.n_features();
+    py::dict t;
+    py::array_t<float> dirs = matrix(N, model.d);
+    std::copy(model.directions.data.begin(), model.directions.data.end(), dirs.mutable_data());
+    t["directions"] = std::move(dirs);
+    t["bias"] = vector_copy(model.bias.ptr(), model.d);
+    auto ints = [](const std::vector<int32_t>& v) {
+      py::array_t<int32_t> a(static_cast<py::ssize_t>(v.size()));
+      std::copy(v.begin(), v.end(), a.mutable_data());
+      return a;
+    };
+    auto doubles = [](const std::vector<double>& v) {
+      py::array_t<double> a(static_cast<py::ssize_t>(v.size()));
+      std::copy(v.begin(), v.end(), a.mutable_data());
+      return a;
+    };
+    t["parent"] = ints(model.parent);
+    t["depth"] = ints(model.depth);
+    t["cond_prob"] = doubles(model.cond_prob);
+    t["marginal"] = doubles(model.marginal);
+    t["expected_l0"] = model.expected_l0();
+    return t;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
 // Docstrings.
 // ---------------------------------------------------------------------------------------------
 constexpr const char* kModuleDoc = R"doc(Matryoshka sparse autoencoders (msae) from Python.
 
 Load an SAE directory (SAELens layout) with Sae.load, run it on numpy arrays with Sae.encode,
-Sae.decode and Sae.forward, and train one with msae.train. See docs/python.md.
+Sae.decode and Sae.forward, and train one with msae.train. FeatureStream gives the synthetic
+ground-truth activations of `msae synth-bench`. See docs/python.md.
 
 Activation matrices must be C-contiguous float32 numpy arrays of shape (N, d): msae reads them
 in place. Any other dtype raises TypeError and any other shape or memory layout raises ValueError;
@@ -793,6 +855,23 @@ and the same weights as `msae train` on the same data as a .npy file.)doc";
 
 }  // namespace
 }  // namespace msae::python
+
+constexpr const char* kFeatureStreamDoc = R"doc(A ground-truth activation stream: a feature model preset of `msae synth-bench`
+(docs/synth-bench.md) and its sampler.
+
+FeatureStream(preset, seed=0, stream_seed=None)
+    preset: "synth-lite", "synth-16k", "tree" or "absorption"; seed: the feature model's seed;
+    stream_seed: the stream's seed. The default, 2 * seed + 1, is the stream `msae synth-bench
+    --seeds seed` trains on, so a model trained here on sample() sees the same rows.
+
+Row i depends only on (preset, seed, stream_seed, i), whatever the thread count or the batch sizes.
+truth holds the answer key: directions (N, d) float32 unit rows, bias (d,), parent (N,) int32 (-1 for
+none), depth (N,), cond_prob and marginal (N,) float64, expected_l0.)doc";
+
+constexpr const char* kSampleDoc = R"doc(The next `rows` rows of the stream, as a C-contiguous float32 array (rows, d).
+
+With with_features=True, returns (x, fired_offsets, fired_ids): which features fired in each row, as
+CSR (fired_ids[fired_offsets[r]:fired_offsets[r + 1]] ascending, int64 offsets, int32 ids).)doc";
 
 PYBIND11_MODULE(msae, m) {
   using namespace msae::python;
@@ -912,6 +991,29 @@ PYBIND11_MODULE(msae, m) {
       py::arg("max_grad_norm") = 1e5, py::arg("encoder_bias") = false, py::arg("threads") = 0,
       py::arg("progress") = py::none(), py::arg("log_every") = py::none(), py::arg("engine") = "sparse",
       py::arg("overwrite") = false, kTrainDoc);
+
+  py::class_<FeatureStream>(m, "FeatureStream", kFeatureStreamDoc)
+      .def(py::init<const std::string&, uint64_t, std::optional<uint64_t>>(), py::arg("preset"), py::arg("seed") = 0,
+           py::arg("stream_seed") = py::none())
+      .def("sample", &FeatureStream::sample, py::arg("rows"), py::kw_only(), py::arg("with_features") = false,
+           kSampleDoc)
+      .def("seek", [](FeatureStream& f, int64_t row) {
+            if (row < 0) throw py::value_error(ms::cat("row must be >= 0, got ", row));
+            std::lock_guard<std::mutex> lock(f.mu);
+            f.sampler->seek(row);
+          }, py::arg("row"), "Continue the stream at row `row` (exact: rows depend only on their index).")
+      .def_property_readonly("position", [](FeatureStream& f) {
+            std::lock_guard<std::mutex> lock(f.mu);
+            return f.sampler->position();
+          }, "The index of the next row sample() returns.")
+      .def_property_readonly("d", [](const FeatureStream& f) { return f.model.d; }, "Activation width.")
+      .def_property_readonly("n_features", [](const FeatureStream& f) { return f.model.n_features(); },
+                             "Number of true features N.")
+      .def_property_readonly("truth", &FeatureStream::truth, "The answer key (a new dict of copies).")
+      .def("__repr__", [](const FeatureStream& f) {
+        return ms::cat("msae.FeatureStream(preset='", f.model.name, "', seed=", f.seed, ", stream_seed=", f.stream_seed,
+                   ", d=", f.model.d, ", n_features=", f.model.n_features(), ")");
+      });
 
   m.def("set_num_threads", &set_threads, py::arg("n"),
         "Set the number of threads msae computes with (n <= 0: all hardware threads). Process-wide.");

@@ -475,6 +475,64 @@ class Training(unittest.TestCase):
             msae.Sae.load(broken)
 
 
+class FeatureStreams(unittest.TestCase):
+    """msae.FeatureStream: the ground-truth streams of msae synth-bench (src/synth, docs/synth-bench.md)."""
+
+    def test_rows_depend_only_on_their_index(self):
+        whole = msae.FeatureStream("synth-lite", 1).sample(300)
+        parts = msae.FeatureStream("synth-lite", 1)
+        a = parts.sample(120)
+        b = parts.sample(180)
+        np.testing.assert_array_equal(np.vstack([a, b]), whole)
+        self.assertEqual(parts.position, 300)
+        parts.seek(50)
+        np.testing.assert_array_equal(parts.sample(10), whole[50:60])
+        # The default stream seed is synth-bench's training stream (2 * seed + 1); another one differs.
+        np.testing.assert_array_equal(msae.FeatureStream("synth-lite", 1, stream_seed=3).sample(300), whole)
+        self.assertFalse(np.array_equal(msae.FeatureStream("synth-lite", 1, stream_seed=4).sample(300), whole))
+
+    def test_features_and_truth(self):
+        s = msae.FeatureStream("tree", 2)
+        truth = s.truth
+        self.assertEqual(truth["directions"].shape, (20, 20))
+        np.testing.assert_allclose(np.linalg.norm(truth["directions"], axis=1), 1.0, rtol=1e-5)
+        rows = 40000
+        x, offsets, ids = s.sample(rows, with_features=True)
+        self.assertEqual((x.shape, x.dtype, offsets.dtype, ids.dtype), ((rows, 20), np.float32, np.int64, np.int32))
+        self.assertEqual(offsets[0], 0)
+        self.assertEqual(offsets[-1], len(ids))
+        counts = np.zeros(20)
+        for r in range(0, rows, 97):  # the hierarchy, on a sample of rows
+            fired = ids[offsets[r]:offsets[r + 1]]
+            self.assertTrue(np.all(np.diff(fired) > 0))
+            for f in fired:
+                p = truth["parent"][f]
+                self.assertTrue(p < 0 or p in fired, f"row {r}: feature {f} without its parent {p}")
+        np.add.at(counts, ids, 1)
+        # Frequencies against the marginals: 5 binomial standard deviations.
+        p = truth["marginal"]
+        np.testing.assert_array_less(np.abs(counts / rows - p), 5 * np.sqrt(p * (1 - p) / rows))
+        # The tree's directions are orthonormal and its bias is 0: x projects onto exactly the fired ones,
+        # with magnitudes >= 0.05.
+        proj = x @ truth["directions"].T
+        mask = np.zeros((rows, 20), bool)
+        mask[np.repeat(np.arange(rows), np.diff(offsets)), ids] = True
+        self.assertLess(np.abs(proj[~mask]).max(), 1e-4)
+        self.assertGreaterEqual(proj[mask].min(), 0.05 - 1e-4)
+        # The same rows without the features.
+        np.testing.assert_array_equal(msae.FeatureStream("tree", 2).sample(rows), x)
+
+    def test_errors(self):
+        with self.assertRaises(ValueError):
+            msae.FeatureStream("no-such-preset")
+        s = msae.FeatureStream("absorption")
+        with self.assertRaises(ValueError):
+            s.sample(-1)
+        with self.assertRaises(ValueError):
+            s.seek(-5)
+        self.assertEqual(s.sample(0).shape, (0, 16))
+
+
 class Documentation(unittest.TestCase):
     def test_docs_example_runs(self):
         """Every ```python block of docs/python.md, run in order in a fresh directory."""
