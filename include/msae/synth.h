@@ -159,8 +159,9 @@ struct HierarchicalConfig {
 FeatureModel make_hierarchical(const HierarchicalConfig& cfg);
 
 // Presets: "synth-16k" (the SynthSAEBench-16k parameters above), "synth-lite" (d=256, N=512, p 0.4 to
-// 2e-3, 32 roots, branching 3, depth 2, correlation rank 8: trains in about a minute here), "tree" (Nabeshima's nested toy: 20 orthogonal
-// features in 20-d; 3 parents p=0.15 with 3 mutually exclusive children 0.2 each; 8 independent p=0.05),
+// 2e-3, 32 roots, branching 3, depth 2, correlation rank 8: trains in about a minute here), "tree"
+// (Nabeshima's nested toy: 20 orthogonal features in 20-d; 3 parents p=0.15 with 3 mutually exclusive
+// children 0.2 each; 8 independent p=0.05),
 // "absorption" (Chanin et al.'s parent/child toy: 1 parent p=0.25 with 4 mutually exclusive children
 // 0.2 each, 11 independent features p=0.05, orthogonal in 16-d). Throws a usage error listing the names.
 FeatureModel make_preset(const std::string& name, uint64_t seed);

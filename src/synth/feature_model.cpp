@@ -454,8 +454,8 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
           }
           const double level_real = std::ceil(log_bound * levels_per_nat);
           const int level = level_real <= 0.0 ? 0 : static_cast<int>(std::min<double>(level_real, kBoundLevels));
-          // Dense base features: p_f(z) for all of them, one 24-bit uniform each, appended without a
-          // branch per feature.
+          // Dense base features: p_f(z) for all of them and one 24-bit uniform each; the hits are appended
+          // in id order.
           int64_t len = 0;
           if (n_dense > 0) {
             float* pr = prob.data();
