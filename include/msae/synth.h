@@ -193,6 +193,11 @@ struct SamplerOptions {
 
 class FeatureSampler {
  public:
+  // Which rows a (model, seed) gives: raised whenever the sampler changes them (same distribution, other
+  // draws). 1: up to commit 614912c; 2: since 1c34bd9. Resumable runs record it (a run must not change
+  // streams halfway).
+  static constexpr int kStreamVersion = 2;
+
   FeatureSampler(const FeatureModel& model, uint64_t seed, const SamplerOptions& options = {});
   // Writes the next n rows to out (n, d); when fired != nullptr it is overwritten with those rows'
   // fired features.

@@ -43,6 +43,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   auto save = [&](int64_t done) {
     const nlohmann::json extra = {{"run", identity},
                                   {"stream_row", stream.position()},
+                                  {"stream_version", synth::FeatureSampler::kStreamVersion},
                                   {"variant_state", trainer.variant_state().state_json()},
                                   {"curve_step", run.curve_step},
                                   {"curve_fvu", run.curve_fvu},
@@ -60,6 +61,15 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
       usage_error(where, " belongs to another run configuration than ", ro.label, " of this command");
     start = ck.step;
     if (start < 0 || start > steps) runtime_error(where, ": step ", start, " outside [0, ", steps, "]");
+    // Training on needs the stream the run started on; evaluating the checkpoint as it stands does not.
+    const int64_t version = e.contains("stream_version") ? io::json_int(e.at("stream_version"), where + " stream_version", 1) : 1;
+    const bool trains_on = start < steps && !(ro.stop && ro.stop->load());
+    if (trains_on && version != synth::FeatureSampler::kStreamVersion)
+      usage_error(where, " was written with the feature sampler's stream version ", version, ", and this msae draws version ",
+                  synth::FeatureSampler::kStreamVersion, " (docs/synth-bench.md, \"Stream versions\"): resumed, ", ro.label,
+                  " would train on other rows than it started on. Finish it with the msae that started it (the commit is ",
+                  "state.json's git_commit), or start it again; --snapshot-out still evaluates it as it stands");
+
     trainer.restore(std::move(ck.params), std::move(ck.opt), std::move(ck.latents));
     trainer.restore_variants(e.at("variant_state"));
     stream.seek(io::json_int(e.at("stream_row"), where + " stream_row", 0));
