@@ -155,10 +155,16 @@ struct Sae {
 
 py::array_t<float> matrix(int64_t rows, int64_t cols) { return py::array_t<float>(std::vector<py::ssize_t>{rows, cols}); }
 
-py::array_t<float> vector_copy(const float* src, int64_t n) {
-  py::array_t<float> out(std::vector<py::ssize_t>{n});
+// A new 1-D numpy array holding a copy of n values.
+template <class T>
+py::array_t<T> vector_copy(const T* src, int64_t n) {
+  py::array_t<T> out(std::vector<py::ssize_t>{n});
   std::copy(src, src + n, out.mutable_data());
   return out;
+}
+template <class T>
+py::array_t<T> vector_copy(const std::vector<T>& v) {
+  return vector_copy(v.data(), static_cast<int64_t>(v.size()));
 }
 
 py::array_t<float> encode(const Sae& s, py::handle x, std::optional<int64_t> prefix) {
@@ -703,7 +709,7 @@ struct FeatureStream {
   std::mutex mu;
 
   FeatureStream(const std::string& preset, uint64_t seed_, std::optional<uint64_t> stream_seed_)
-      : model(synth::make_preset(preset, seed_)), seed(seed_), stream_seed(stream_seed_.value_or(2 * seed_ + 1)) {
+      : model(synth::make_preset(preset, seed_)), seed(seed_), stream_seed(stream_seed_.value_or(synth::synth_bench_train_stream(seed_))) {
     sampler = std::make_unique<synth::FeatureSampler>(model, stream_seed);
   }
 
@@ -719,11 +725,7 @@ struct FeatureStream {
       sampler->sample(rows, out, with_features ? &fired : nullptr);
     }
     if (!with_features) return x;
-    py::array_t<int64_t> offsets(static_cast<py::ssize_t>(fired.offsets.size()));
-    std::copy(fired.offsets.begin(), fired.offsets.end(), offsets.mutable_data());
-    py::array_t<int32_t> ids(static_cast<py::ssize_t>(fired.ids.size()));
-    std::copy(fired.ids.begin(), fired.ids.end(), ids.mutable_data());
-    return py::make_tuple(std::move(x), std::move(offsets), std::move(ids));
+    return py::make_tuple(std::move(x), vector_copy(fired.offsets), vector_copy(fired.ids));
   }
 
   py::dict truth() const {
@@ -733,20 +735,10 @@ struct FeatureStream {
     std::copy(model.directions.data.begin(), model.directions.data.end(), dirs.mutable_data());
     t["directions"] = std::move(dirs);
     t["bias"] = vector_copy(model.bias.ptr(), model.d);
-    auto ints = [](const std::vector<int32_t>& v) {
-      py::array_t<int32_t> a(static_cast<py::ssize_t>(v.size()));
-      std::copy(v.begin(), v.end(), a.mutable_data());
-      return a;
-    };
-    auto doubles = [](const std::vector<double>& v) {
-      py::array_t<double> a(static_cast<py::ssize_t>(v.size()));
-      std::copy(v.begin(), v.end(), a.mutable_data());
-      return a;
-    };
-    t["parent"] = ints(model.parent);
-    t["depth"] = ints(model.depth);
-    t["cond_prob"] = doubles(model.cond_prob);
-    t["marginal"] = doubles(model.marginal);
+    t["parent"] = vector_copy(model.parent);
+    t["depth"] = vector_copy(model.depth);
+    t["cond_prob"] = vector_copy(model.cond_prob);
+    t["marginal"] = vector_copy(model.marginal);
     t["expected_l0"] = model.expected_l0();
     return t;
   }

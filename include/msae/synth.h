@@ -238,6 +238,11 @@ class FeatureSampler {
 };
 
 
+// The two streams `msae synth-bench --seeds seed` draws from a seed's feature model: the training rows
+// (shared by every architecture of that seed) and the held-out rows it scores on.
+inline uint64_t synth_bench_train_stream(uint64_t seed) { return 2 * seed + 1; }
+inline uint64_t synth_bench_eval_stream(uint64_t seed) { return 1000003 + seed; }
+
 // The embedded default dataset of `msae train` with no data: d=64, the defaults above, seed 0.
 PlantedConfig default_planted_config();
 

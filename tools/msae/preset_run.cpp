@@ -23,7 +23,7 @@ PresetEvalRows preset_eval_rows(const synth::FeatureModel& model, uint64_t seed,
   PresetEvalRows e;
   e.rows = rows;
   e.x.resize(static_cast<size_t>(rows * model.d));
-  synth::FeatureSampler(model, 1000003 + seed).sample(rows, e.x.data(), &e.fired);
+  synth::FeatureSampler(model, synth::synth_bench_eval_stream(seed)).sample(rows, e.x.data(), &e.fired);
   return e;
 }
 
@@ -32,7 +32,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   MSAE_ASSERT(opt.sae.d_in == model.d, "d_in ", opt.sae.d_in, " vs the model's d ", model.d);
   const int64_t steps = opt.steps, batch = opt.batch, D = opt.sae.d_sae;
   train::Trainer trainer(opt, SaeParams::init(model.d, D, opt.seed));
-  synth::FeatureSampler stream(model, 2 * opt.seed + 1);  // the same stream for every arch of a seed
+  synth::FeatureSampler stream(model, synth::synth_bench_train_stream(opt.seed));  // every arch of a seed
   std::vector<float> x(static_cast<size_t>(batch * model.d));
   PresetRun run;
   const int64_t log_every = std::max<int64_t>(1, steps / 100);
@@ -62,14 +62,16 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     start = ck.step;
     if (start < 0 || start > steps) runtime_error(where, ": step ", start, " outside [0, ", steps, "]");
     // Training on needs the stream the run started on; evaluating the checkpoint as it stands does not.
-    const int64_t version = e.contains("stream_version") ? io::json_int(e.at("stream_version"), where + " stream_version", 1) : 1;
+    const int64_t version =
+        e.contains("stream_version") ? io::json_int(e.at("stream_version"), where + " stream_version", 1) : 1;
     const bool trains_on = start < steps && !(ro.stop && ro.stop->load());
     if (trains_on && version != synth::FeatureSampler::kStreamVersion)
-      usage_error(where, " was written with the feature sampler's stream version ", version, ", and this msae draws version ",
-                  synth::FeatureSampler::kStreamVersion, " (docs/synth-bench.md, \"Stream versions\"): resumed, ", ro.label,
-                  " would train on other rows than it started on. Finish it with the msae that started it (the commit is ",
-                  "state.json's git_commit), or start it again; --snapshot-out still evaluates it as it stands");
-
+      usage_error(where, " was written with the feature sampler's stream version ", version,
+                  ", and this msae draws version ", synth::FeatureSampler::kStreamVersion,
+                  " (docs/synth-bench.md, \"Stream versions\"): resumed, ", ro.label,
+                  " would train on other rows than it started on. Finish it with the msae that started it (the ",
+                  "commit is state.json's git_commit), or start it again; --snapshot-out still evaluates it as it "
+                  "stands");
     trainer.restore(std::move(ck.params), std::move(ck.opt), std::move(ck.latents));
     trainer.restore_variants(e.at("variant_state"));
     stream.seek(io::json_int(e.at("stream_row"), where + " stream_row", 0));
@@ -126,7 +128,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     facts.steps_planned = steps;
     facts.seed = opt.seed;
     facts.shuffle = false;
-    facts.data = cat("preset:", model.name, " seed ", opt.seed, " (stream FeatureSampler seed ", 2 * opt.seed + 1, ")");
+    facts.data = cat("preset:", model.name, " seed ", opt.seed, " (stream FeatureSampler seed ", synth::synth_bench_train_stream(opt.seed), ")");
     facts.seconds = run.generation_seconds + run.step_seconds;
     facts.tokens_per_s = static_cast<double>(run.steps_done * batch) / std::max(facts.seconds, 1e-9);
     run.params = trainer.params();

@@ -25,7 +25,7 @@ struct PresetDefaults {
 // Throws the usage error of synth::make_preset (listing the presets) for an unknown name.
 PresetDefaults preset_defaults(const std::string& preset);
 
-// Held-out rows of a preset and the features that fired in each: FeatureSampler(model, 1000003 + seed).
+// Held-out rows of a preset and the features that fired in each: FeatureSampler(model, synth_bench_eval_stream(seed)).
 struct PresetEvalRows {
   int64_t rows = 0;
   std::vector<float> x;  // (rows, d)
@@ -61,7 +61,7 @@ struct PresetRun {
 };
 
 // Trains opt (opt.sae.d_in must be model.d) from SaeParams::init(model.d, opt.sae.d_sae, opt.seed) on the
-// stream FeatureSampler(model, 2 * opt.seed + 1) for opt.steps batches of opt.batch rows, then evaluates
+// stream FeatureSampler(model, synth_bench_train_stream(opt.seed)) for opt.steps batches of opt.batch rows, then evaluates
 // and scores on `held_out`. A non-finite loss is a runtime error naming the step. Deterministic for a
 // given thread count.
 PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOptions& opt,
