@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "msae/io.h"
+#include "msae/synth.h"
 #include "msae/train.h"
 
 namespace fs = std::filesystem;
@@ -372,15 +373,16 @@ TEST_F(Resume, ResumedSynthBenchEqualsAnUninterruptedOne) {
       const fs::path state = ckdir / name / "state.json";
       const std::string original = slurp(state);
       json edited = json::parse(original);
-      ASSERT_EQ(edited["extra"]["stream_version"], 2);
-      for (const bool drop : {false, true}) {
-        if (drop)
+      ASSERT_EQ(edited["extra"]["stream_version"], msae::synth::FeatureSampler::kStreamVersion);
+      for (const int older : {0, 1, msae::synth::FeatureSampler::kStreamVersion - 1}) {  // 0: no version recorded
+        if (older == 0)
           edited["extra"].erase("stream_version");
         else
-          edited["extra"]["stream_version"] = 1;
+          edited["extra"]["stream_version"] = older;
         { std::ofstream(state) << edited.dump(); }
         EXPECT_EQ(run(flags + " --resume --out " + out, log), 2) << slurp(log);
-        EXPECT_NE(slurp(log).find("stream version 1"), std::string::npos) << slurp(log);
+        const std::string said = "stream version " + std::to_string(older == 0 ? 1 : older);
+        EXPECT_NE(slurp(log).find(said), std::string::npos) << slurp(log);
       }
       { std::ofstream(state) << original; }
     }

@@ -8,11 +8,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <set>
+#include <string>
 
 #include "msae/gt_metrics.h"
 #include "msae/report.h"
 #include "msae/synth.h"
+#include "synth/row_rng.h"
 
 namespace msae {
 namespace {
@@ -55,17 +58,27 @@ TEST(FeatureModel, TreePresetStructure) {
   EXPECT_NEAR(m.expected_l0(), 3 * 0.15 * 1.6 + 8 * 0.05, 1e-12);
 }
 
-TEST(FeatureModel, SamplerRespectsHierarchyAndFrequencies) {
+// The tree on both sampler loops: the small-model one (alias tables for the dense features, the default
+// for the toys) and the general one.
+class TreeSampler : public ::testing::TestWithParam<bool> {};
+INSTANTIATE_TEST_SUITE_P(Loops, TreeSampler, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "small" : "general"; });
+
+TEST_P(TreeSampler, RespectsHierarchyAndFrequencies) {
   const FeatureModel m = synth::make_preset("tree", 0);
   const int64_t rows = 200000;
   std::vector<float> x;
-  const FiredFeatures fired = sample_fired(m, rows, 7, &x);
+  synth::SamplerOptions options;
+  options.small_path = GetParam();
+  const FiredFeatures fired = sample_fired(m, rows, 7, &x, options);
+  std::vector<std::vector<int64_t>> both(20, std::vector<int64_t>(20, 0));  // rows where f and g fired
   std::vector<int64_t> count(20, 0);
   for (int64_t r = 0; r < rows; ++r) {
     std::set<int32_t> ids(fired.ids.begin() + fired.offsets[r], fired.ids.begin() + fired.offsets[r + 1]);
     ASSERT_EQ(static_cast<int64_t>(ids.size()), fired.offsets[r + 1] - fired.offsets[r]);  // no duplicates
     for (int32_t f : ids) {
       count[f] += 1;
+      for (int32_t g : ids) both[f][g] += 1;
       if (m.parent[f] >= 0) {
         ASSERT_TRUE(ids.count(m.parent[f])) << "child " << f << " without its parent, row " << r;
       }
@@ -89,6 +102,60 @@ TEST(FeatureModel, SamplerRespectsHierarchyAndFrequencies) {
   for (int f = 0; f < 20; ++f) {
     const double p = m.marginal[f], sd = std::sqrt(p * (1 - p) / rows);
     EXPECT_NEAR(static_cast<double>(count[f]) / rows, p, 5 * sd) << "feature " << f;
+  }
+  // The base features (parents 0-2, independents 12-19) fire independently: every pair's co-firing rate
+  // against p_f p_g (the alias tables draw eight of them jointly).
+  std::vector<int> base = {0, 1, 2};
+  for (int f = 12; f < 20; ++f) base.push_back(f);
+  for (size_t a = 0; a < base.size(); ++a)
+    for (size_t b = a + 1; b < base.size(); ++b) {
+      const int f = base[a], g = base[b];
+      const double p = m.marginal[f] * m.marginal[g], sd = std::sqrt(p * (1 - p) / rows);
+      EXPECT_NEAR(static_cast<double>(both[f][g]) / rows, p, 5 * sd) << "features " << f << ", " << g;
+    }
+  // A child fires with its conditional probability (0.2) given its parent.
+  for (int c = 3; c < 12; ++c) {
+    const int parent = m.parent[c];
+    const double q = m.cond_prob[c], n = static_cast<double>(count[parent]), sd = std::sqrt(q * (1 - q) / n);
+    EXPECT_NEAR(static_cast<double>(both[c][parent]) / n, q, 5 * sd) << "child " << c;
+  }
+}
+
+TEST(FeatureModel, FewNormalsMatchTheVectorizedBlock) {
+  // normals_few (m <= 4, the toys' magnitudes) must give what normals_vector gives for the same generator
+  // state, bit for bit, including the ~1% of normals that fail the rectangle test and draw more; and
+  // leave the generator in the same state.
+  const synth::detail::ZigTables& zt = synth::detail::zig_tables();
+  int64_t failures_seen = 0;
+  for (uint64_t row = 0; row < 20000; ++row)
+    for (int64_t m = 1; m <= 4; ++m) {
+      synth::detail::WyRowRng a(12345, row), b(12345, row);
+      float za[4], zb[synth::detail::kNormalBlock];
+      synth::detail::normals_few(a, zt, za, m);
+      synth::detail::normals_vector(b, zt, zb, m);
+      ASSERT_EQ(std::memcmp(za, zb, sizeof(float) * m), 0) << "row " << row << " m " << m;
+      ASSERT_EQ(a.s, b.s);
+      failures_seen += (a.s != synth::detail::WyRowRng(12345, row).s + ((m + 1) / 2) * 0xa0761d6478bd642fULL);
+    }
+  EXPECT_GT(failures_seen, 100);  // the finishing path was exercised
+}
+
+TEST(FeatureModel, SmallLoopAppliesToTheToysOnly) {
+  // The toys' rows differ between the two loops (other draws), the big presets' do not (they never
+  // take the small loop).
+  for (const char* name : {"tree", "absorption", "synth-lite"}) {
+    SCOPED_TRACE(name);
+    const FeatureModel m = synth::make_preset(name, 1);
+    std::vector<float> a(64 * m.d), b(64 * m.d);
+    synth::SamplerOptions general;
+    general.small_path = false;
+    synth::FeatureSampler(m, 3).sample(64, a.data());
+    synth::FeatureSampler(m, 3, general).sample(64, b.data());
+    if (std::string(name) == "synth-lite") {
+      EXPECT_EQ(a, b);
+    } else {
+      EXPECT_NE(a, b);
+    }
   }
 }
 

@@ -189,14 +189,20 @@ struct FiredFeatures {
 // direction times its magnitude, summed 64 coordinates at a time in registers.
 struct SamplerOptions {
   double dense_min_prob = 1.0 / 64;  // base features at or above this probability take the dense test
+  // Small models (no correlation, no rare features, no noise, <= 32 dense base features, <= 64 features,
+  // d <= 64: the toys) take a shorter loop: the dense features' joint outcome eight at a time from
+  // alias tables, then the same children, magnitudes and sum. Same distribution, other rows than the
+  // general loop, which false forces.
+  bool small_path = true;
 };
 
 class FeatureSampler {
  public:
   // Which rows a (model, seed) gives: raised whenever the sampler changes them (same distribution, other
-  // draws). 1: up to commit 614912c; 2: since 1c34bd9. Resumable runs record it (a run must not change
-  // streams halfway).
-  static constexpr int kStreamVersion = 2;
+  // draws). 1: up to commit 614912c; 2: since 1c34bd9; 3: wyrand per row, draws only where used, FMA in
+  // every coordinate of the sum (session 7). Resumable runs record it (a run must not change streams
+  // halfway).
+  static constexpr int kStreamVersion = 3;
 
   FeatureSampler(const FeatureModel& model, uint64_t seed, const SamplerOptions& options = {});
   // Writes the next n rows to out (n, d); when fired != nullptr it is overwritten with those rows'
@@ -211,7 +217,11 @@ class FeatureSampler {
 
  private:
   FeatureModel m_;
-  // Dense base features, padded to a multiple of 8 (padding: probability 0, never fires).
+  // Directions (N, stride_) and bias (stride_) padded with zeros to stride_ = d rounded up to 8; empty
+  // when d is a multiple of 8 (the model's own are used).
+  int64_t stride_ = 0;
+  std::vector<float> dirs_padded_, bias_padded_;
+  // Dense base features, padded to a multiple of 16 (padding: probability 0, never fires).
   std::vector<int32_t> dense_ids_;     // (n_dense) feature ids
   int64_t dense_padded_ = 0;
   std::vector<float> dense_logp_;      // (padded) log p_f - s^2 / 2: p_f(z) = exp(logp + s * L_f . z)
@@ -233,6 +243,11 @@ class FeatureSampler {
   // children per parent as a padded row of cum4_ (entries past the last: 2), more in child_cum_.
   std::vector<float> cum4_;            // (N, 4)
   std::vector<float> child_cum_;       // (N) cond_prob summed over the feature and its earlier siblings
+  static constexpr int64_t kSmallMaxFeatures = 64;
+  bool small_ = false;  // the small-model loop applies (SamplerOptions::small_path)
+  // Small models: the joint outcome of dense features 8c..8c+7 as alias tables, (chunks, 256) each.
+  std::vector<uint32_t> alias_thr_;  // own outcome when the low 24 bits are below this
+  std::vector<uint8_t> alias_own_, alias_other_;
   uint64_t key_ = 0;
   int64_t next_row_ = 0;
 };

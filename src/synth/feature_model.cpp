@@ -5,6 +5,10 @@
 #include <cstring>
 #include <numeric>
 
+#if defined(__FMA__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "msae/synth.h"
 #include "core/fast_exp.h"
 #include "synth/row_rng.h"
@@ -260,6 +264,19 @@ namespace {
 // 24-bit uniform in [0, 1) from the top of a 32-bit draw.
 inline float uniform24(uint32_t bits) { return static_cast<float>(bits >> 8) * 0x1.0p-24f; }
 
+// Bit j of the result: uniform24(bits[j]) < p[j], for j < 8.
+inline uint32_t hits8(const uint32_t* bits, const float* p) {
+#if defined(__AVX2__)
+  const __m256i b = _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits)), 8);
+  const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(b), _mm256_set1_ps(0x1.0p-24f));
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(u, _mm256_loadu_ps(p), _CMP_LT_OQ)));
+#else
+  uint32_t mask = 0;
+  for (int j = 0; j < 8; ++j) mask |= static_cast<uint32_t>(uniform24(bits[j]) < p[j]) << j;
+  return mask;
+#endif
+}
+
 // a . b over r entries in a fixed order (eight partial sums, then pairwise), so that the result does not
 // depend on how the compiler vectorizes it.
 inline float dot_fixed(const float* a, const float* b, int64_t r) {
@@ -283,46 +300,68 @@ inline void store8(float* p, Float8 v) { std::memcpy(p, &v, sizeof v); }
 
 inline Float8 splat8(float a) { return Float8{a, a, a, a, a, a, a, a}; }
 
-// x[j] = x0[j] + sum over t < n of a[t] * v[t][j], for j < d (x0 may be x), with v[t] = the fired
-// directions and as = a[t] broadcast: 64 coordinates at a time in eight vector registers, so that x is
-// written once and each block costs eight FMAs per direction. Per coordinate the order of the additions
-// is x0, then t = 0, 1, ..., the same in the blocks and in the tail.
+// a * b + c in each lane, fused (one rounding) wherever the target has FMA, so that every coordinate of
+// a row is rounded the same way whichever loop computes it.
+inline Float8 fma8(Float8 a, Float8 b, Float8 c) {
+#if defined(__FMA__)
+  return reinterpret_cast<Float8>(
+      _mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(c)));
+#else
+  return a * b + c;
+#endif
+}
+
+// Coordinates [j0, j0 + 8 NB) of x = x0 + sum over t < n of a[t] * v[t], with v[t] = the fired
+// directions and as = a[t] broadcast: NB vector registers, written once, NB FMAs per direction. The last
+// register stores only `last` lanes (1..8). Per coordinate: x0, then t = 0, 1, ... in this order, each
+// one FMA.
+template <int NB>
+inline void add_block(const float* const* v, const Float8* as, int64_t n, int64_t j0, const float* x0, float* x,
+                      int last = 8) {
+  Float8 acc[NB];
+#pragma GCC unroll 8
+  for (int b = 0; b < NB; ++b) acc[b] = load8(x0 + j0 + 8 * b);
+  for (int64_t t = 0; t < n; ++t) {
+    const float* vt = v[t] + j0;
+    const Float8 at = as[t];
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) acc[b] = fma8(at, load8(vt + 8 * b), acc[b]);
+  }
+#pragma GCC unroll 8
+  for (int b = 0; b + 1 < NB; ++b) store8(x + j0 + 8 * b, acc[b]);
+  float* xl = x + j0 + 8 * (NB - 1);
+  if (last == 8) {
+    store8(xl, acc[NB - 1]);
+  } else {
+#if defined(__AVX2__)
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(last), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(xl, lanes, reinterpret_cast<__m256>(acc[NB - 1]));
+#else
+    alignas(32) float part[8];
+    store8(part, acc[NB - 1]);
+    for (int l = 0; l < last; ++l) xl[l] = part[l];
+#endif
+  }
+}
+
+// x[j] = x0[j] + sum over t < n of a[t] * v[t][j] for j < d: 64 coordinates at a time, then the rest in
+// one call of 1 to 8 registers. v[t] and x0 must be readable up to d rounded up to 8 (the sampler pads
+// them when d is not a multiple of 8).
 inline void add_directions(const float* const* v, const Float8* as, int64_t n, int64_t d, const float* x0, float* x) {
-  constexpr int64_t kBlock = 64;
   int64_t j0 = 0;
-  for (; j0 + kBlock <= d; j0 += kBlock) {
-    Float8 s0 = load8(x0 + j0), s1 = load8(x0 + j0 + 8), s2 = load8(x0 + j0 + 16), s3 = load8(x0 + j0 + 24);
-    Float8 s4 = load8(x0 + j0 + 32), s5 = load8(x0 + j0 + 40), s6 = load8(x0 + j0 + 48), s7 = load8(x0 + j0 + 56);
-    for (int64_t t = 0; t < n; ++t) {
-      const float* vt = v[t] + j0;
-      const Float8 at = as[t];
-      s0 += at * load8(vt);
-      s1 += at * load8(vt + 8);
-      s2 += at * load8(vt + 16);
-      s3 += at * load8(vt + 24);
-      s4 += at * load8(vt + 32);
-      s5 += at * load8(vt + 40);
-      s6 += at * load8(vt + 48);
-      s7 += at * load8(vt + 56);
-    }
-    store8(x + j0, s0);
-    store8(x + j0 + 8, s1);
-    store8(x + j0 + 16, s2);
-    store8(x + j0 + 24, s3);
-    store8(x + j0 + 32, s4);
-    store8(x + j0 + 40, s5);
-    store8(x + j0 + 48, s6);
-    store8(x + j0 + 56, s7);
-  }
-  for (; j0 + 8 <= d; j0 += 8) {
-    Float8 s0 = load8(x0 + j0);
-    for (int64_t t = 0; t < n; ++t) s0 += as[t] * load8(v[t] + j0);
-    store8(x + j0, s0);
-  }
-  for (; j0 < d; ++j0) {
-    float acc = x0[j0];
-    for (int64_t t = 0; t < n; ++t) acc += as[t][0] * v[t][j0];
-    x[j0] = acc;
+  for (; j0 + 64 <= d; j0 += 64) add_block<8>(v, as, n, j0, x0, x);
+  if (j0 == d) return;
+  const int64_t rest = d - j0;
+  const int last = static_cast<int>(rest - (rest - 1) / 8 * 8);  // 1..8 lanes in the last register
+  switch ((rest + 7) / 8) {
+    case 1: add_block<1>(v, as, n, j0, x0, x, last); break;
+    case 2: add_block<2>(v, as, n, j0, x0, x, last); break;
+    case 3: add_block<3>(v, as, n, j0, x0, x, last); break;
+    case 4: add_block<4>(v, as, n, j0, x0, x, last); break;
+    case 5: add_block<5>(v, as, n, j0, x0, x, last); break;
+    case 6: add_block<6>(v, as, n, j0, x0, x, last); break;
+    case 7: add_block<7>(v, as, n, j0, x0, x, last); break;
+    default: add_block<8>(v, as, n, j0, x0, x, last); break;
   }
 }
 
@@ -343,9 +382,9 @@ FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed, const S
       sparse_p_.push_back(p);
     }
   }
-  // Dense features: padded to a multiple of 8 so that the vectorized loops need no tail.
+  // Dense features: padded to a multiple of 16 so that the vectorized loops need no tail.
   const int64_t nd = static_cast<int64_t>(dense_ids_.size());
-  dense_padded_ = (nd + 7) / 8 * 8;
+  dense_padded_ = (nd + 15) / 16 * 16;
   dense_logp_.assign(dense_padded_, -87.0f);
   dense_p_.assign(dense_padded_, 0.0f);
   dense_load_t_.assign(static_cast<size_t>(r * dense_padded_), 0.0f);
@@ -388,6 +427,61 @@ FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed, const S
       if (m_.n_children[f] <= 4) cum4_[f * 4 + c] = static_cast<float>(cum);
     }
   }
+  // Directions and bias with rows padded to a multiple of 8 floats (zeros), when d is not one: the row
+  // sum then needs no scalar tail.
+  const int64_t d = m_.d;
+  stride_ = (d + 7) / 8 * 8;
+  if (stride_ != d) {
+    dirs_padded_.assign(static_cast<size_t>(N * stride_), 0.0f);
+    for (int64_t f = 0; f < N; ++f)
+      std::copy_n(m_.directions.ptr() + f * d, d, dirs_padded_.begin() + f * stride_);
+    bias_padded_.assign(static_cast<size_t>(stride_), 0.0f);
+    std::copy_n(m_.bias.ptr(), d, bias_padded_.begin());
+  }
+  small_ = options.small_path && r == 0 && segments_.empty() && m_.noise_std == 0.0f && nd <= 32 &&
+           N <= kSmallMaxFeatures && d <= 64;
+  if (small_) {
+    // Without correlation the dense features fire independently, so the joint outcome of eight of them
+    // (a byte, bit j = feature 8c + j) has probability prod p_j^b_j (1 - p_j)^(1 - b_j): one alias
+    // table (Walker; Vose's construction) of 256 columns per chunk of eight, so that one 32-bit half of a
+    // draw gives a whole chunk: column = its top 8 bits, own outcome when its low 24 bits are below the
+    // column's threshold, else the column's alias.
+    const int64_t chunks = (nd + 7) / 8;
+    alias_thr_.assign(static_cast<size_t>(chunks * 256), 0);
+    alias_own_.assign(static_cast<size_t>(chunks * 256), 0);
+    alias_other_.assign(static_cast<size_t>(chunks * 256), 0);
+    for (int64_t c = 0; c < chunks; ++c) {
+      std::vector<double> scaled(256);
+      for (int o = 0; o < 256; ++o) {
+        double prob = 1.0;
+        for (int j = 0; j < 8; ++j) {
+          const int64_t f = 8 * c + j;
+          const double pf = f < nd ? static_cast<double>(dense_p_[f]) : 0.0;
+          prob *= (o >> j) & 1 ? pf : 1.0 - pf;
+        }
+        scaled[o] = 256.0 * prob;
+      }
+      std::vector<int> small_cols, large_cols;
+      for (int o = 0; o < 256; ++o) (scaled[o] < 1.0 ? small_cols : large_cols).push_back(o);
+      uint32_t* thr = alias_thr_.data() + c * 256;
+      uint8_t* own = alias_own_.data() + c * 256;
+      uint8_t* other = alias_other_.data() + c * 256;
+      for (int o = 0; o < 256; ++o) own[o] = other[o] = static_cast<uint8_t>(o);
+      while (!small_cols.empty() && !large_cols.empty()) {
+        const int sm = small_cols.back(), lg = large_cols.back();
+        small_cols.pop_back();
+        thr[sm] = static_cast<uint32_t>(std::llround(scaled[sm] * 0x1.0p24));
+        other[sm] = static_cast<uint8_t>(lg);
+        scaled[lg] -= 1.0 - scaled[sm];
+        if (scaled[lg] < 1.0) {
+          large_cols.pop_back();
+          small_cols.push_back(lg);
+        }
+      }
+      for (int o : small_cols) thr[o] = uint32_t{1} << 24;  // rounding leftovers: full columns
+      for (int o : large_cols) thr[o] = uint32_t{1} << 24;
+    }
+  }
   key_ = mix64(mix64(m_.seed ^ 0xfea7fea7fea7fea7ULL) + seed * kGamma);
 }
 
@@ -401,8 +495,9 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
   const int64_t d = m_.d, r = m_.corr_rank();
   const double s = m_.corr_scale;
   const float sf = static_cast<float>(s), half_s2 = static_cast<float>(0.5 * s * s);
-  const float* dirs = m_.directions.ptr();
-  const float* bias = m_.bias.ptr();
+  const int64_t stride = stride_;  // of dirs and bias: d rounded up to 8
+  const float* dirs = stride == d ? m_.directions.ptr() : dirs_padded_.data();
+  const float* bias = stride == d ? m_.bias.ptr() : bias_padded_.data();
   const float* load = r > 0 ? m_.loadings.ptr() : nullptr;
   const int64_t n_dense = static_cast<int64_t>(dense_ids_.size()), nd = dense_padded_;
   const uint64_t key = key_;
@@ -417,9 +512,83 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
   const float* mag_mean = m_.mag_mean.data();
   const float* mag_std = m_.mag_std.data();
 
+  // Small models (the toys): no correlation factor, no rare features, no noise, at most 32 dense
+  // features, 64 features and d <= 64 (NB = d / 8 rounded up registers per row, `last` lanes in the last
+  // one). The dense features come eight at a time from alias tables; the children, magnitudes and sum as
+  // in the general loop, without its bookkeeping for wide rows.
+  const int last_lanes = static_cast<int>(d - (d - 1) / 8 * 8);
+  auto small_rows = [&]<int NB>(int64_t begin, int64_t end) {
+    const int32_t* ids_dense = dense_ids_.data();
+    const uint32_t* thr = alias_thr_.data();
+    const uint8_t* own = alias_own_.data();
+    const uint8_t* other = alias_other_.data();
+    const int64_t chunks = (n_dense + 7) / 8;
+    alignas(64) float nz[kNormalBlock];
+    alignas(64) Float8 mg[kSmallMaxFeatures];
+    const float* vp[kSmallMaxFeatures];
+    int32_t lst[kSmallMaxFeatures + 1];
+    for (int64_t i = begin; i < end; ++i) {
+      WyRowRng rng(key, static_cast<uint64_t>(row0 + i));
+      // Dense features: each chunk's outcome from its alias table (a 32-bit half of a draw each).
+      uint32_t mask = 0;
+      auto chunk = [&](int64_t c, uint32_t u) {
+        const int64_t col = c * 256 + (u >> 24);
+        return static_cast<uint32_t>((u & 0xffffffu) < thr[col] ? own[col] : other[col]) << (8 * c);
+      };
+      for (int64_t c = 0; c < chunks; c += 2) {
+        const uint64_t b = rng.next();
+        mask |= chunk(c, static_cast<uint32_t>(b));
+        if (c + 1 < chunks) mask |= chunk(c + 1, static_cast<uint32_t>(b >> 32));
+      }
+      int64_t len = 0;
+      for (; mask != 0; mask &= mask - 1) lst[len++] = ids_dense[std::countr_zero(mask)];
+      for (int64_t t = 0; t < len; ++t) {
+        const int32_t f = lst[t], nc = n_children[f];
+        if (nc == 0) continue;
+        const float u = uniform24(static_cast<uint32_t>(rng.next() >> 32));
+        int32_t c;
+        if (nc <= 4) {
+          const float* cm = cum4 + 4 * static_cast<int64_t>(f);
+          c = (u >= cm[0]) + (u >= cm[1]) + (u >= cm[2]) + (u >= cm[3]);
+        } else {
+          const float* cm = child_cum + first_child[f];
+          c = 0;
+          while (c < nc && u >= cm[c]) ++c;
+        }
+        lst[len] = first_child[f] + c;
+        len += c < nc;
+      }
+      normals_block(rng, zt, nz, len);
+      for (int64_t t = 0; t < len; ++t) {
+        const int32_t f = lst[t];
+        mg[t] = splat8(std::max(mag_mean[f] + mag_std[f] * nz[t], kMinMagnitude));
+        vp[t] = dirs + static_cast<int64_t>(f) * stride;
+      }
+      add_block<NB>(vp, mg, len, 0, bias, out + i * d, last_lanes);
+      if (fired) {
+        std::vector<int32_t>& row_ids = ids[i];
+        row_ids.assign(lst, lst + len);
+        std::sort(row_ids.begin(), row_ids.end());
+      }
+    }
+  };
+
   parallel_for(
       n,
       [&](int64_t begin, int64_t end, int) {
+        if (small_) {
+          switch ((d + 7) / 8) {
+            case 1: small_rows.template operator()<1>(begin, end); break;
+            case 2: small_rows.template operator()<2>(begin, end); break;
+            case 3: small_rows.template operator()<3>(begin, end); break;
+            case 4: small_rows.template operator()<4>(begin, end); break;
+            case 5: small_rows.template operator()<5>(begin, end); break;
+            case 6: small_rows.template operator()<6>(begin, end); break;
+            case 7: small_rows.template operator()<7>(begin, end); break;
+            default: small_rows.template operator()<8>(begin, end); break;
+          }
+          return;
+        }
         // Fired features of the row, list[0, len): base ones, then children. Kept at least len + 1 long
         // (entries past len are scratch), so that appends need no branch on the outcome.
         std::vector<int32_t> list(static_cast<size_t>(n_dense + 16));
@@ -429,17 +598,18 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
         struct Pending {
           std::vector<Float8> mags;              // (list) magnitudes, broadcast
           std::vector<const float*> vptr;        // (list) directions
+          std::vector<float> noise;              // (stride) bias + noise, when the model has noise
           int64_t n = 0;                         // entries in use
           float* x = nullptr;
           const float* x0 = nullptr;
         } slots[2];
-        std::vector<Float8> szk(static_cast<size_t>(r));  // s z_k, broadcast
+        std::vector<float> szk(static_cast<size_t>(r));  // s z_k
         std::vector<float> z(static_cast<size_t>(r));
         std::vector<float> prob(static_cast<size_t>(nd));
         std::vector<uint32_t> ubits(static_cast<size_t>(nd));
         alignas(64) float normals[kNormalBlock];
         for (int64_t i = begin; i < end; ++i) {
-          RowRng rng(key, static_cast<uint64_t>(row0 + i));
+          WyRowRng rng(key, static_cast<uint64_t>(row0 + i));
           // Correlation factor of this row and its bound over unit loadings: exp(s |z| - s^2/2).
           // For skipping it is rounded up to the next 2^(l/4) (level l, rates precomputed).
           double log_bound = 0.0;
@@ -458,22 +628,28 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
           // in id order.
           int64_t len = 0;
           if (n_dense > 0) {
-            float* pr = prob.data();
+            const float* pr = dense_p_.data();
             if (r > 0) {
-              // logp_f + s L_f . z, eight features at a time in a register, then exp.
+              // logp_f + s L_f . z, sixteen features at a time in two registers, then exp.
+              float* p_row = prob.data();
               const float* lt = dense_load_t_.data();
-              for (int64_t k = 0; k < r; ++k) szk[k] = splat8(sf * z[k]);
-              for (int64_t f0 = 0; f0 < nd; f0 += 8) {
-                Float8 acc = load8(dense_logp_.data() + f0);
+              for (int64_t k = 0; k < r; ++k) szk[k] = sf * z[k];
+              for (int64_t f0 = 0; f0 < nd; f0 += 16) {
+                Float8 acc0 = load8(dense_logp_.data() + f0), acc1 = load8(dense_logp_.data() + f0 + 8);
                 const float* l = lt + f0;
-                for (int64_t k = 0; k < r; ++k, l += nd) acc += load8(l) * szk[k];
-                store8(pr + f0, acc);
+                for (int64_t k = 0; k < r; ++k, l += nd) {
+                  const Float8 zk = splat8(szk[k]);
+                  acc0 = fma8(load8(l), zk, acc0);
+                  acc1 = fma8(load8(l + 8), zk, acc1);
+                }
+                store8(p_row + f0, acc0);
+                store8(p_row + f0 + 8, acc1);
               }
-              for (int64_t f = 0; f < nd; ++f) pr[f] = msae::detail::exp_fast(pr[f]);
-            } else {
-              std::copy(dense_p_.begin(), dense_p_.end(), pr);
+              for (int64_t f = 0; f < nd; ++f) p_row[f] = msae::detail::exp_fast(p_row[f]);
+              pr = p_row;
             }
-            for (int64_t f = 0; f < nd; f += 2) {
+            // One 32-bit half of a draw per feature (padding excluded).
+            for (int64_t f = 0; f < n_dense; f += 2) {
               const uint64_t b = rng.next();
               ubits[f] = static_cast<uint32_t>(b);
               ubits[f + 1] = static_cast<uint32_t>(b >> 32);
@@ -483,7 +659,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
             for (int64_t f0 = 0; f0 < n_dense; f0 += 32) {
               const int64_t m = std::min<int64_t>(32, nd - f0);
               uint32_t mask = 0;
-              for (int64_t j = 0; j < m; ++j) mask |= static_cast<uint32_t>(uniform24(ubits[f0 + j]) < pr[f0 + j]) << j;
+              for (int64_t j = 0; j < m; j += 8) mask |= hits8(ubits.data() + f0 + j, pr + f0 + j) << j;
               if (n_dense - f0 < 32) mask &= (uint32_t{1} << (n_dense - f0)) - 1;
               for (; mask != 0; mask &= mask - 1) list[len++] = ids_dense[f0 + std::countr_zero(mask)];
             }
@@ -517,9 +693,10 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
             }
           }
           // Children, breadth-first (the list grows while it is read): at most one per fired parent,
-          // one 24-bit uniform per listed feature, no branch on the outcome.
+          // one 24-bit uniform per listed feature that has children, no branch on the outcome.
           for (int64_t t = 0; t < len; ++t) {
             const int32_t f = list[t], nc = n_children[f];
+            if (nc == 0) continue;
             const float u = uniform24(static_cast<uint32_t>(rng.next() >> 32));
             int32_t c;
             if (nc <= 4) {
@@ -550,7 +727,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
             for (int64_t t = 0; t < mb; ++t) {
               const int32_t f = list[t0 + t];
               mags[t0 + t] = splat8(std::max(mag_mean[f] + mag_std[f] * normals[t], kMinMagnitude));
-              vptr[t0 + t] = dirs + static_cast<int64_t>(f) * d;
+              vptr[t0 + t] = dirs + static_cast<int64_t>(f) * stride;
             }
           }
           // x = bias (+ noise) + sum of the fired directions times their magnitudes: the noise now, the
@@ -558,10 +735,16 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
           row.x = out + i * d;
           row.x0 = bias;
           if (m_.noise_std > 0.0f) {
-            add_gaussian(rng, zt, bias, m_.noise_std, row.x, d);
-            row.x0 = row.x;
+            row.noise.resize(static_cast<size_t>(stride));
+            add_gaussian(rng, zt, bias, m_.noise_std, row.noise.data(), d);
+            row.x0 = row.noise.data();
           }
-          for (int64_t j = 0; j < d; j += 16) __builtin_prefetch(row.x + j, 1);  // the row it will write
+          for (int64_t j = 0; j < d; j += 64) {  // the row it will write, 4 lines at a time
+            __builtin_prefetch(row.x + j, 1);
+            __builtin_prefetch(row.x + std::min(j + 16, d - 1), 1);
+            __builtin_prefetch(row.x + std::min(j + 32, d - 1), 1);
+            __builtin_prefetch(row.x + std::min(j + 48, d - 1), 1);
+          }
           if (i > begin) {
             const Pending& prev = slots[(i - 1) & 1];
             add_directions(prev.vptr.data(), prev.mags.data(), prev.n, d, prev.x0, prev.x);

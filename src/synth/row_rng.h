@@ -39,6 +39,23 @@ struct RowRng {
   }
 };
 
+// The feature sampler's per-row generator (stream version 3 on): wyrand (Wang Yi's generator: a Weyl
+// sequence whose state and a masked copy are multiplied to 128 bits and folded), started at one mixing of (key, row): distinct rows of a stream start at distinct, well spread states. About half
+// the instructions of a splitmix64 draw (one multiply instead of two, no shifts); wyrand passes
+// PractRand and BigCrush. planted.cpp keeps RowRng so that `msae train`'s embedded dataset does not
+// change.
+struct WyRowRng {
+  uint64_t s;
+  WyRowRng(uint64_t key, uint64_t row) : s(mix64(key ^ (row * kGamma))) {}
+  uint64_t next() {
+    __extension__ typedef unsigned __int128 u128;
+    s += 0xa0761d6478bd642fULL;
+    const u128 t = static_cast<u128>(s) * (s ^ 0xe7037ed1a0b428dbULL);
+    return static_cast<uint64_t>(t >> 64) ^ static_cast<uint64_t>(t);
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+};
+
 // Ziggurat normal sampler (Marsaglia & Tsang's method in Doornik's formulation, 128 layers): on the
 // fast path (~99% of calls) one table lookup and a compare, against two uniforms plus log, sqrt and
 // cos for Box-Muller. The noise costs d normals per row, so this dominates sampling speed.
@@ -72,7 +89,8 @@ inline const ZigTables& zig_tables() {
   return tables;
 }
 
-inline double zig_tail(RowRng& rng, bool negative) {
+template <class R>
+inline double zig_tail(R& rng, bool negative) {
   // Marsaglia's tail method: exact N(0,1) conditioned on |z| > R.
   double a, b;
   do {
@@ -84,9 +102,11 @@ inline double zig_tail(RowRng& rng, bool negative) {
 
 // The part of the ziggurat after a failed rectangle test on (u, layer i): the tail or wedge test,
 // and a fresh start if that rejects too.
-inline double zig_finish(RowRng& rng, const ZigTables& t, double u, int i);
+template <class R>
+inline double zig_finish(R& rng, const ZigTables& t, double u, int i);
 
-inline double zig_normal(RowRng& rng, const ZigTables& t) {
+template <class R>
+inline double zig_normal(R& rng, const ZigTables& t) {
   const uint64_t bits = rng.next();
   const double u = static_cast<double>(bits >> 11) * 0x1.0p-52 - 1.0;  // [-1, 1), top 53 bits
   const int i = static_cast<int>(bits & (kZigLayers - 1));              // layer, low 7 bits
@@ -94,7 +114,8 @@ inline double zig_normal(RowRng& rng, const ZigTables& t) {
   return zig_finish(rng, t, u, i);
 }
 
-inline double zig_finish(RowRng& rng, const ZigTables& t, double u, int i) {
+template <class R>
+inline double zig_finish(R& rng, const ZigTables& t, double u, int i) {
   if (i == 0) return zig_tail(rng, u < 0.0);
   const double z = u * t.x[i];
   const double f0 = std::exp(-0.5 * (t.x[i] * t.x[i] - z * z));
@@ -103,11 +124,35 @@ inline double zig_finish(RowRng& rng, const ZigTables& t, double u, int i) {
   return zig_normal(rng, t);
 }
 
+// zig_finish for a failed vectorized rectangle test on the 32 bits `bits` (7 for the layer, 25 for a
+// signed uniform). Out of line: ~1% of normals get here.
+template <class R>
+[[gnu::noinline]] float zig_finish_bits(R& rng, const ZigTables& t, uint32_t bits) {
+  const int li = static_cast<int>(bits & (kZigLayers - 1));
+  const double u = static_cast<double>(static_cast<int32_t>(bits & ~uint32_t{kZigLayers - 1})) * 0x1.0p-31;
+  return static_cast<float>(zig_finish(rng, t, u, li));
+}
+
+// The normals of normals_block for m <= 4, without its vector loops (a row's few magnitudes): the same
+// draws in the same order (all the bits first, then the ~1% of rectangle-test failures), the same values.
+template <class R>
+inline void normals_few(R& rng, const ZigTables& t, float* z, int64_t m) {
+  const uint64_t b0 = rng.next(), b1 = m > 2 ? rng.next() : 0;
+  for (int64_t k = 0; k < m; ++k) {
+    const uint64_t b = k < 2 ? b0 : b1;
+    const uint32_t bk = k % 2 == 0 ? static_cast<uint32_t>(b) : static_cast<uint32_t>(b >> 32);
+    const int li = static_cast<int>(bk & (kZigLayers - 1));
+    const float u = static_cast<float>(static_cast<int32_t>(bk & ~uint32_t{kZigLayers - 1})) * 0x1.0p-31f;
+    z[k] = std::fabs(u) < t.ratiof[li] ? u * t.xf[li] : zig_finish_bits(rng, t, bk);
+  }
+}
+
 // z[k] = N(0, 1) for k < m <= 64, in float. The rectangle test of the ziggurat runs vectorized, two
 // normals per 64-bit draw (32 bits each: 7 for the layer, 25 for a signed uniform); the ~1% of lanes
 // that fail it finish in scalar code with fresh draws.
 constexpr int64_t kNormalBlock = 64;
-inline void normals_block(RowRng& rng, const ZigTables& t, float* z, int64_t m) {
+template <class R>
+inline void normals_vector(R& rng, const ZigTables& t, float* z, int64_t m) {
   alignas(64) uint32_t bits[kNormalBlock];
   alignas(64) int32_t ok[kNormalBlock];
   for (int64_t k = 0; k < m; k += 2) {
@@ -122,16 +167,23 @@ inline void normals_block(RowRng& rng, const ZigTables& t, float* z, int64_t m) 
     z[k] = u * t.xf[li];
     ok[k] = std::fabs(u) < t.ratiof[li];
   }
-  for (int64_t k = 0; k < m; ++k) {
-    if (ok[k]) continue;
-    const int li = static_cast<int>(bits[k] & (kZigLayers - 1));
-    const double u = static_cast<double>(static_cast<int32_t>(bits[k] & ~uint32_t{kZigLayers - 1})) * 0x1.0p-31;
-    z[k] = static_cast<float>(zig_finish(rng, t, u, li));
+  for (int64_t k = 0; k < m; ++k)
+    if (!ok[k]) z[k] = zig_finish_bits(rng, t, bits[k]);
+}
+
+// normals_vector, or for m <= 4 the same normals without the vector loops.
+template <class R>
+inline void normals_block(R& rng, const ZigTables& t, float* z, int64_t m) {
+  if (m <= 4) {
+    normals_few(rng, t, z, m);
+  } else {
+    normals_vector(rng, t, z, m);
   }
 }
 
 // y[j] = base[j] + scale * N(0, 1) for j < n, 64 normals at a time.
-inline void add_gaussian(RowRng& rng, const ZigTables& t, const float* base, float scale, float* y, int64_t n) {
+template <class R>
+inline void add_gaussian(R& rng, const ZigTables& t, const float* base, float scale, float* y, int64_t n) {
   alignas(64) float z[kNormalBlock];
   for (int64_t j0 = 0; j0 < n; j0 += kNormalBlock) {
     const int64_t m = std::min(kNormalBlock, n - j0);
