@@ -140,6 +140,40 @@ TEST(FeatureModel, FewNormalsMatchTheVectorizedBlock) {
   EXPECT_GT(failures_seen, 100);  // the finishing path was exercised
 }
 
+TEST(FeatureModel, VectorNormalsMatchTheScalarZiggurat) {
+  // normals_vector (vector rectangle test, failures from a bit mask) against the plain scalar form of the
+  // same method for every m <= 64: all 32-bit halves first, z = u * x[layer] where |u| < ratio[layer],
+  // else zig_finish_bits, in ascending k. Bit for bit, and the generator left in the same state.
+  const synth::detail::ZigTables& zt = synth::detail::zig_tables();
+  int64_t finished = 0;
+  for (uint64_t row = 0; row < 3000; ++row) {
+    const int64_t m = 1 + static_cast<int64_t>(row % 64);
+    synth::detail::WyRowRng a(777, row), b(777, row);
+    float za[synth::detail::kNormalBlock], zb[synth::detail::kNormalBlock];
+    synth::detail::normals_vector(a, zt, za, m);
+    uint32_t bits[synth::detail::kNormalBlock];
+    for (int64_t k = 0; k < m; k += 2) {
+      const uint64_t w = b.next();
+      bits[k] = static_cast<uint32_t>(w);
+      if (k + 1 < m) bits[k + 1] = static_cast<uint32_t>(w >> 32);
+    }
+    for (int64_t k = 0; k < m; ++k) {
+      const int li = static_cast<int>(bits[k] & (synth::detail::kZigLayers - 1));
+      const float u = static_cast<float>(static_cast<int32_t>(bits[k] & ~uint32_t{synth::detail::kZigLayers - 1})) *
+                      0x1.0p-31f;
+      if (std::fabs(u) < zt.ratiof[li]) {
+        zb[k] = u * zt.xf[li];
+      } else {
+        zb[k] = synth::detail::zig_finish_bits(b, zt, bits[k]);
+        ++finished;
+      }
+    }
+    ASSERT_EQ(std::memcmp(za, zb, sizeof(float) * m), 0) << "m " << m << " row " << row;
+    ASSERT_EQ(a.s, b.s) << "m " << m;
+  }
+  EXPECT_GT(finished, 100);  // the finishing path was exercised
+}
+
 TEST(FeatureModel, SmallLoopAppliesToTheToysOnly) {
   // The toys' rows differ between the two loops (other draws), the big presets' do not (they never
   // take the small loop).

@@ -3,8 +3,12 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "msae/core.h"
 
@@ -154,12 +158,38 @@ constexpr int64_t kNormalBlock = 64;
 template <class R>
 inline void normals_vector(R& rng, const ZigTables& t, float* z, int64_t m) {
   alignas(64) uint32_t bits[kNormalBlock];
-  alignas(64) int32_t ok[kNormalBlock];
   for (int64_t k = 0; k < m; k += 2) {
     const uint64_t b = rng.next();
     bits[k] = static_cast<uint32_t>(b);
     bits[k + 1] = static_cast<uint32_t>(b >> 32);  // k + 1 < kNormalBlock always; unused when k + 1 == m
   }
+#if defined(__AVX2__)
+  // Eight at a time: the layer's edge and ratio by gathers, the failures as a bit mask (the same float
+  // operations as the scalar form below, so the same values).
+  const __m256i layer = _mm256_set1_epi32(kZigLayers - 1);
+  const __m256 scale = _mm256_set1_ps(0x1.0p-31f), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t k0 = 0; k0 < m; k0 += 8) {
+    const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(bits + k0));
+    const __m256i li = _mm256_and_si256(b, layer);
+    const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_andnot_si256(layer, b)), scale);
+    const __m256 zk = _mm256_mul_ps(u, _mm256_i32gather_ps(t.xf, li, 4));
+    const __m256 ok = _mm256_cmp_ps(_mm256_and_ps(u, abs_mask), _mm256_i32gather_ps(t.ratiof, li, 4), _CMP_LT_OQ);
+    const int64_t lanes = std::min<int64_t>(8, m - k0);
+    const uint32_t valid = (1u << lanes) - 1;
+    if (lanes == 8) {
+      _mm256_storeu_ps(z + k0, zk);
+    } else {
+      const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lanes)),
+                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      _mm256_maskstore_ps(z + k0, keep, zk);
+    }
+    for (uint32_t fail = ~static_cast<uint32_t>(_mm256_movemask_ps(ok)) & valid; fail != 0; fail &= fail - 1) {
+      const int64_t k = k0 + std::countr_zero(fail);
+      z[k] = zig_finish_bits(rng, t, bits[k]);
+    }
+  }
+#else
+  alignas(64) int32_t ok[kNormalBlock];
 #pragma omp simd
   for (int64_t k = 0; k < m; ++k) {
     const int li = static_cast<int>(bits[k] & (kZigLayers - 1));
@@ -169,6 +199,7 @@ inline void normals_vector(R& rng, const ZigTables& t, float* z, int64_t m) {
   }
   for (int64_t k = 0; k < m; ++k)
     if (!ok[k]) z[k] = zig_finish_bits(rng, t, bits[k]);
+#endif
 }
 
 // normals_vector, or for m <= 4 the same normals without the vector loops.
