@@ -171,7 +171,11 @@ class SparseEngine final : public StepEngine {
     aux_.cols = D;
     if (aux_keep > 0) kernels::aux_topk(pre, B, D, dead_, aux_keep, aux_, aux_select_);
     const bool aux_candidate = aux_.nnz() > 0;
-    if (aux_candidate) kernels::csr_to_csc(aux_, aux_csc_);
+    // Dense AuxK (GEMMs over the dead columns) when its entries fill enough of the (B, n_dead) block;
+    // only the sparse products need the entries per latent (CSC).
+    aux_dense_ = aux_candidate && static_cast<double>(aux_.nnz()) >=
+                                      options_.aux_dense_min_density * static_cast<double>(B * stats.n_dead);
+    if (aux_candidate && !aux_dense_) kernels::csr_to_csc(aux_, aux_csc_);
     t_aux_ = timer.seconds();
     timer.reset();
 
@@ -193,8 +197,6 @@ class SparseEngine final : public StepEngine {
     // AuxK decode a = sum of the AuxK entries' decoder rows (into q_, which row_pass turns into q in place);
     // a == 0 everywhere: SPEC says no AuxK loss and no gradient through it.
     bool use_aux = false;
-    aux_dense_ = aux_candidate && static_cast<double>(aux_.nnz()) >=
-                                      options_.aux_dense_min_density * static_cast<double>(B * stats.n_dead);
     if (aux_dense_) {
       aux_dense_decode(B, p);
     } else if (aux_candidate) {
@@ -438,9 +440,10 @@ class SparseEngine final : public StepEngine {
     const float* q = use_aux ? q_.data() : nullptr;
     // Balance threads by work: entries (main + aux) plus one unit per row written.
     grow(split_, static_cast<size_t>(nt + 1));
-    const int64_t aux_nnz = use_aux ? aux_.nnz() : 0;
+    const bool aux_sparse_work = use_aux && !aux_dense_;  // (the dense AuxK's GEMMs are not in this pass)
+    const int64_t aux_nnz = aux_sparse_work ? aux_.nnz() : 0;
     auto work_before = [&](int64_t i) {
-      return csc_.col_ptr[i] + (use_aux ? aux_csc_.col_ptr[i] : 0) + i / 4;
+      return csc_.col_ptr[i] + (aux_sparse_work ? aux_csc_.col_ptr[i] : 0) + i / 4;
     };
     const int64_t total = codes_.nnz() + aux_nnz + D / 4;
     split_[0] = 0;
