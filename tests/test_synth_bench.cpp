@@ -194,25 +194,28 @@ TEST(FeatureModel, SmallLoopAppliesToTheToysOnly) {
 }
 
 TEST(FeatureModel, StreamIsDeterministicAcrossSplitsAndThreads) {
-  const FeatureModel m = synth::make_preset("synth-lite", 1);
-  const int64_t n = 700;
-  std::vector<float> a(n * m.d), b(n * m.d);
-  FiredFeatures fa, fb1, fb2;
-  set_num_threads(2);
-  synth::FeatureSampler(m, 5).sample(n, a.data(), &fa);
-  set_num_threads(1);
-  synth::FeatureSampler sb(m, 5);
-  sb.sample(300, b.data(), &fb1);
-  sb.sample(n - 300, b.data() + 300 * m.d, &fb2);
-  set_num_threads(0);
-  EXPECT_EQ(a, b);
-  std::vector<int32_t> ids = fb1.ids;
-  ids.insert(ids.end(), fb2.ids.begin(), fb2.ids.end());
-  EXPECT_EQ(fa.ids, ids);
-  // A different seed gives a different stream.
-  std::vector<float> c(n * m.d);
-  synth::FeatureSampler(m, 6).sample(n, c.data());
-  EXPECT_NE(a, c);
+  for (const char* name : {"synth-lite", "tree"}) {  // the general loop and the small-model one
+    SCOPED_TRACE(name);
+    const FeatureModel m = synth::make_preset(name, 1);
+    const int64_t n = 700;
+    std::vector<float> a(n * m.d), b(n * m.d);
+    FiredFeatures fa, fb1, fb2;
+    set_num_threads(2);
+    synth::FeatureSampler(m, 5).sample(n, a.data(), &fa);
+    set_num_threads(1);
+    synth::FeatureSampler sb(m, 5);
+    sb.sample(300, b.data(), &fb1);
+    sb.sample(n - 300, b.data() + 300 * m.d, &fb2);
+    set_num_threads(0);
+    EXPECT_EQ(a, b);
+    std::vector<int32_t> ids = fb1.ids;
+    ids.insert(ids.end(), fb2.ids.begin(), fb2.ids.end());
+    EXPECT_EQ(fa.ids, ids);
+    // A different seed gives a different stream.
+    std::vector<float> c(n * m.d);
+    synth::FeatureSampler(m, 6).sample(n, c.data());
+    EXPECT_NE(a, c);
+  }
 }
 
 TEST(FeatureModel, HierarchicalPresetMatchesTheSpec) {
