@@ -43,11 +43,12 @@ struct RowRng {
   }
 };
 
-// The feature sampler's per-row generator (stream version 3 on): wyrand (Wang Yi's generator: a Weyl
-// sequence whose state and a masked copy are multiplied to 128 bits and folded), started at one mixing of (key, row): distinct rows of a stream start at distinct, well spread states. About half
-// the instructions of a splitmix64 draw (one multiply instead of two, no shifts); wyrand passes
-// PractRand and BigCrush. planted.cpp keeps RowRng so that `msae train`'s embedded dataset does not
-// change.
+// The feature sampler's per-row generator (stream version 3 on): wyrand (Wang Yi's generator from wyhash:
+// a Weyl sequence whose state and a masked copy are multiplied to 128 bits and folded; its author
+// reports that it passes BigCrush and PractRand), started at one mix64 of (key, row), so distinct rows
+// of a stream start at distinct, well spread states. About half the instructions of a splitmix64 draw
+// (one multiply instead of two, no shifts). planted.cpp keeps RowRng so that `msae train`'s embedded
+// dataset does not change.
 struct WyRowRng {
   uint64_t s;
   WyRowRng(uint64_t key, uint64_t row) : s(mix64(key ^ (row * kGamma))) {}
@@ -164,6 +165,7 @@ inline void normals_vector(R& rng, const ZigTables& t, float* z, int64_t m) {
     bits[k + 1] = static_cast<uint32_t>(b >> 32);  // k + 1 < kNormalBlock always; unused when k + 1 == m
   }
 #if defined(__AVX2__)
+  for (int64_t k = m; k < (m + 7) / 8 * 8; ++k) bits[k] = 0;  // defined lanes past m (masked off below)
   // Eight at a time: the layer's edge and ratio by gathers, the failures as a bit mask (the same float
   // operations as the scalar form below, so the same values).
   const __m256i layer = _mm256_set1_epi32(kZigLayers - 1);
