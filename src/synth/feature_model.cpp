@@ -512,6 +512,29 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
   const float* mag_mean = m_.mag_mean.data();
   const float* mag_std = m_.mag_std.data();
 
+  // Children, breadth-first over list[0, len) (the list grows while it is read): for every listed feature
+  // that has children, one 24-bit uniform against their cumulative conditional probabilities (up to
+  // four compared at once), and at most one child appended, without a branch on the outcome. `list` has
+  // room for every feature once plus one scratch entry. Returns the new length.
+  auto add_children = [&](WyRowRng& rng, int32_t* list, int64_t len) {
+    for (int64_t t = 0; t < len; ++t) {
+      const int32_t f = list[t], nc = n_children[f];
+      if (nc == 0) continue;
+      const float u = uniform24(static_cast<uint32_t>(rng.next() >> 32));
+      int32_t c;
+      if (nc <= 4) {
+        const float* cm = cum4 + 4 * static_cast<int64_t>(f);
+        c = (u >= cm[0]) + (u >= cm[1]) + (u >= cm[2]) + (u >= cm[3]);
+      } else {
+        const float* cm = child_cum + first_child[f];
+        c = 0;
+        while (c < nc && u >= cm[c]) ++c;
+      }
+      list[len] = first_child[f] + c;
+      len += c < nc;
+    }
+    return len;
+  };
   // Small models (the toys): no correlation factor, no rare features, no noise, at most 32 dense
   // features, 64 features and d <= 64 (NB = d / 8 rounded up registers per row, `last` lanes in the last
   // one). The dense features come eight at a time from alias tables; the children, magnitudes and sum as
@@ -542,22 +565,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
       }
       int64_t len = 0;
       for (; mask != 0; mask &= mask - 1) lst[len++] = ids_dense[std::countr_zero(mask)];
-      for (int64_t t = 0; t < len; ++t) {
-        const int32_t f = lst[t], nc = n_children[f];
-        if (nc == 0) continue;
-        const float u = uniform24(static_cast<uint32_t>(rng.next() >> 32));
-        int32_t c;
-        if (nc <= 4) {
-          const float* cm = cum4 + 4 * static_cast<int64_t>(f);
-          c = (u >= cm[0]) + (u >= cm[1]) + (u >= cm[2]) + (u >= cm[3]);
-        } else {
-          const float* cm = child_cum + first_child[f];
-          c = 0;
-          while (c < nc && u >= cm[c]) ++c;
-        }
-        lst[len] = first_child[f] + c;
-        len += c < nc;
-      }
+      len = add_children(rng, lst, len);
       normals_block(rng, zt, nz, len);
       for (int64_t t = 0; t < len; ++t) {
         const int32_t f = lst[t];
@@ -589,9 +597,9 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
           }
           return;
         }
-        // Fired features of the row, list[0, len): base ones, then children. Kept at least len + 1 long
-        // (entries past len are scratch), so that appends need no branch on the outcome.
-        std::vector<int32_t> list(static_cast<size_t>(n_dense + 16));
+        // Fired features of the row, list[0, len): base ones, then children. N + 1 long (a feature is listed
+        // at most once; the entry past len is scratch), so appends need no branch on the outcome or size.
+        std::vector<int32_t> list(static_cast<size_t>(m_.n_features() + 1));
         // The row's sum runs one row late: its output row is prefetched for writing when the row's features
         // are known, and written after the next row is drawn. Slot i % 2 holds row i. (Prefetching the
         // directions too cost 15% more instructions and showed no gain next to training.)
@@ -688,29 +696,10 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
               if (r > 0) p *= msae::detail::exp_fast(sf * dot_fixed(load + static_cast<int64_t>(f) * r, z.data(), r) - half_s2);
               if (rng.uniform() * q < p) {
                 list[len++] = f;
-                if (len == static_cast<int64_t>(list.size())) list.resize(2 * list.size());
               }
             }
           }
-          // Children, breadth-first (the list grows while it is read): at most one per fired parent,
-          // one 24-bit uniform per listed feature that has children, no branch on the outcome.
-          for (int64_t t = 0; t < len; ++t) {
-            const int32_t f = list[t], nc = n_children[f];
-            if (nc == 0) continue;
-            const float u = uniform24(static_cast<uint32_t>(rng.next() >> 32));
-            int32_t c;
-            if (nc <= 4) {
-              const float* cm = cum4 + 4 * static_cast<int64_t>(f);
-              c = (u >= cm[0]) + (u >= cm[1]) + (u >= cm[2]) + (u >= cm[3]);
-            } else {
-              const float* cm = child_cum + first_child[f];
-              c = 0;
-              while (c < nc && u >= cm[c]) ++c;
-            }
-            list[len] = first_child[f] + c;
-            len += c < nc;
-            if (len == static_cast<int64_t>(list.size())) list.resize(2 * list.size());
-          }
+          len = add_children(rng, list.data(), len);
           // Magnitudes: N(mean_f, std_f^2) clipped to >= kMinMagnitude.
           const int64_t nl = len;
           Pending& row = slots[i & 1];
