@@ -512,6 +512,17 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
   const float* mag_mean = m_.mag_mean.data();
   const float* mag_std = m_.mag_std.data();
 
+  // Magnitude of feature f from a standard normal: N(mean_f, std_f^2) clipped to >= kMinMagnitude, broadcast.
+  auto magnitude = [&](int32_t f, float normal) {
+    return splat8(std::max(mag_mean[f] + mag_std[f] * normal, kMinMagnitude));
+  };
+  // The row's fired features, ascending, when the caller asked for them.
+  auto record_fired = [&](int64_t i, const int32_t* list, int64_t len) {
+    if (!fired) return;
+    std::vector<int32_t>& row_ids = ids[i];
+    row_ids.assign(list, list + len);
+    std::sort(row_ids.begin(), row_ids.end());
+  };
   // Children, breadth-first over list[0, len) (the list grows while it is read): for every listed feature
   // that has children, one 24-bit uniform against their cumulative conditional probabilities (up to
   // four compared at once), and at most one child appended, without a branch on the outcome. `list` has
@@ -569,15 +580,11 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
       normals_block(rng, zt, nz, len);
       for (int64_t t = 0; t < len; ++t) {
         const int32_t f = lst[t];
-        mg[t] = splat8(std::max(mag_mean[f] + mag_std[f] * nz[t], kMinMagnitude));
+        mg[t] = magnitude(f, nz[t]);
         vp[t] = dirs + static_cast<int64_t>(f) * stride;
       }
       add_block<NB>(vp, mg, len, 0, bias, out + i * d, last_lanes);
-      if (fired) {
-        std::vector<int32_t>& row_ids = ids[i];
-        row_ids.assign(lst, lst + len);
-        std::sort(row_ids.begin(), row_ids.end());
-      }
+      record_fired(i, lst, len);
     }
   };
 
@@ -715,7 +722,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
             normals_block(rng, zt, normals, mb);
             for (int64_t t = 0; t < mb; ++t) {
               const int32_t f = list[t0 + t];
-              mags[t0 + t] = splat8(std::max(mag_mean[f] + mag_std[f] * normals[t], kMinMagnitude));
+              mags[t0 + t] = magnitude(f, normals[t]);
               vptr[t0 + t] = dirs + static_cast<int64_t>(f) * stride;
             }
           }
@@ -738,11 +745,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
             const Pending& prev = slots[(i - 1) & 1];
             add_directions(prev.vptr.data(), prev.mags.data(), prev.n, d, prev.x0, prev.x);
           }
-          if (fired) {
-            std::vector<int32_t>& row_ids = ids[i];
-            row_ids.assign(list.begin(), list.begin() + len);
-            std::sort(row_ids.begin(), row_ids.end());
-          }
+          record_fired(i, list.data(), len);
         }
         const Pending& last = slots[(end - 1) & 1];
         add_directions(last.vptr.data(), last.mags.data(), last.n, d, last.x0, last.x);
