@@ -1,11 +1,14 @@
 // Slow (label `slow`): `msae synth-bench --preset synth-lite` over 3 seeds; Matryoshka must beat
 // BatchTopK on F1 and on absorption, in every seed and on the mean, by margins taken from the measured
 // spread (docs/synth-bench.md has the table). Measured (seeds 0, 1, 2; 2000 steps x 1024 rows; D = 128,
-// k = 8; --threads 1) on the sampler's stream versions 3 (session 7), 2 (session 6) and 1 (session 4):
-//   F1          v3: matryoshka 0.835 0.805 0.810   batchtopk 0.676 0.686 0.650   per-seed gap >= 0.119
+// k = 8; --threads 1) on the sampler's stream versions 4 (session 8), 3 (session 7), 2 (session 6) and 1
+// (session 4):
+//   F1          v4: matryoshka 0.838 0.804 0.805   batchtopk 0.673 0.689 0.650   per-seed gap >= 0.115
+//               v3: 0.835 0.805 0.810 against 0.676 0.686 0.650, gap >= 0.119
 //               v2: 0.835 0.823 0.824 against 0.680 0.680 0.638, gap >= 0.143
 //               v1: 0.835 0.826 0.817 against 0.688 0.675 0.654, gap >= 0.147
-//   absorption  v3: matryoshka 0.017 0.051 0.034   batchtopk 0.216 0.156 0.201   per-seed gap >= 0.105
+//   absorption  v4: matryoshka 0.017 0.058 0.034   batchtopk 0.217 0.156 0.201   per-seed gap >= 0.098
+//               v3: 0.017 0.051 0.034 against 0.216 0.156 0.201, gap >= 0.105
 //               v2: 0.016 0.036 0.024 against 0.215 0.168 0.227, gap >= 0.132
 //               v1: 0.024 0.042 0.019 against 0.204 0.170 0.199, gap >= 0.128
 // Seed-to-seed standard deviations are at most 0.024 (F1) and 0.032 (absorption). The margins, 0.07 and

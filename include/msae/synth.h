@@ -119,7 +119,7 @@ class PlantedSampler {
 struct FeatureModel {
   std::string name;                 // preset name or "custom"
   int64_t d = 0;                    // activation width
-  Tensor directions;                // (N, d) unit rows
+  Tensor directions;                // (N, d) unit rows (make_hierarchical: rounded to binary16 values)
   Tensor bias;                      // (d) constant offset
   std::vector<int32_t> parent;      // (N) parent id or -1
   std::vector<int32_t> depth;       // (N) 0 for parentless features
@@ -194,15 +194,20 @@ struct SamplerOptions {
   // alias tables, then the same children, magnitudes and sum. Same distribution, other rows than the
   // general loop, which false forces.
   bool small_path = true;
+  // Stream the directions from a binary16 copy when every coordinate is a binary16 value (the
+  // hierarchical models round them so): half the bytes per row, the same rows. false forces the float
+  // copy (tests compare the two).
+  bool half_directions = true;
 };
 
 class FeatureSampler {
  public:
   // Which rows a (model, seed) gives: raised whenever the sampler changes them (same distribution, other
   // draws). 1: up to commit 614912c; 2: since 1c34bd9; 3: wyrand per row, draws only where used, FMA in
-  // every coordinate of the sum (session 7). Resumable runs record it (a run must not change streams
-  // halfway).
-  static constexpr int kStreamVersion = 3;
+  // every coordinate of the sum (session 7); 4: the hierarchical models' directions rounded to binary16
+  // values (session 8: same draws, other rows for synth-lite, synth-16k and custom models; the toys' rows
+  // are unchanged). Resumable runs record it (a run must not change streams halfway).
+  static constexpr int kStreamVersion = 4;
 
   FeatureSampler(const FeatureModel& model, uint64_t seed, const SamplerOptions& options = {});
   // Writes the next n rows to out (n, d); when fired != nullptr it is overwritten with those rows'
@@ -214,6 +219,7 @@ class FeatureSampler {
   void seek(int64_t row) { next_row_ = row; }
   const FeatureModel& model() const { return m_; }
   int64_t dense_count() const { return static_cast<int64_t>(dense_ids_.size()); }
+  bool half_directions() const { return half_; }  // the binary16 copy is in use (SamplerOptions)
 
  private:
   FeatureModel m_;
@@ -221,6 +227,8 @@ class FeatureSampler {
   // when d is a multiple of 8 (the model's own are used).
   int64_t stride_ = 0;
   std::vector<float> dirs_padded_, bias_padded_;
+  bool half_ = false;              // directions streamed from dirs_half_ (N, stride_) binary16 bits
+  std::vector<uint16_t> dirs_half_;
   // Dense base features, padded to a multiple of 16 (padding: probability 0, never fires).
   std::vector<int32_t> dense_ids_;     // (n_dense) feature ids
   int64_t dense_padded_ = 0;
@@ -248,6 +256,10 @@ class FeatureSampler {
   // Small models: the joint outcome of dense features 8c..8c+7 as alias tables, (chunks, 256) each.
   std::vector<uint32_t> alias_thr_;  // own outcome when the low 24 bits are below this
   std::vector<uint8_t> alias_own_, alias_other_;
+  // sample() reads the directions through once per thread when that thread has at least this many rows
+  // (about N / expected L0) and they take at most kWarmMaxBytes; otherwise never (the maximum int64).
+  static constexpr double kWarmMaxBytes = 1 << 20;
+  int64_t warm_min_rows_ = 0;
   uint64_t key_ = 0;
   int64_t next_row_ = 0;
 };

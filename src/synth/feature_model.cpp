@@ -3,6 +3,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #if defined(__FMA__) || defined(__AVX2__)
@@ -11,6 +12,7 @@
 
 #include "msae/synth.h"
 #include "core/fast_exp.h"
+#include "synth/half.h"
 #include "synth/row_rng.h"
 
 namespace msae::synth {
@@ -164,6 +166,9 @@ FeatureModel make_hierarchical(const HierarchicalConfig& c) {
 
   m.directions = Tensor({N, d});
   for (int64_t f = 0; f < N; ++f) random_unit(dir_rng, m.directions.ptr() + f * d, d);
+  // Rounded to binary16 values (relative error <= 2^-11 per coordinate, norms 1 within ~1e-4), so that the
+  // sampler streams them at half the bytes and converts each back to exactly this float.
+  for (float& v : m.directions.data) v = round_to_half(v);
   m.bias = Tensor({d});
   if (c.bias_norm > 0.0f) {
     random_unit(bias_rng, m.bias.ptr(), d);
@@ -288,6 +293,23 @@ inline float dot_fixed(const float* a, const float* b, int64_t r) {
   return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
+// Reads one float of every 64-byte line of [p, p + n): a sequential pass that the hardware prefetchers
+// stream at memory bandwidth, leaving the lines in this core's caches. Four sums, so that the adds do
+// not form one chain; the asm keeps the loads.
+inline void warm_lines(const float* p, int64_t n) {
+  float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+  int64_t j = 0;
+  for (; j + 64 <= n; j += 64) {
+    a0 += p[j];
+    a1 += p[j + 16];
+    a2 += p[j + 32];
+    a3 += p[j + 48];
+  }
+  for (; j < n; j += 16) a0 += p[j];
+  const float sum = (a0 + a1) + (a2 + a3);
+  asm volatile("" : : "x"(sum));
+}
+
 // Eight floats as one value (GCC/Clang vector extension: AVX with -march=native, pairs of SSE registers
 // without). Written out because GCC turned the plain loop over a 64-float block into gathers.
 using Float8 = float __attribute__((vector_size(32)));
@@ -297,6 +319,16 @@ inline Float8 load8(const float* p) {
   return v;
 }
 inline void store8(float* p, Float8 v) { std::memcpy(p, &v, sizeof v); }
+// Eight binary16 values as floats (exact).
+inline Float8 load8(const uint16_t* p) {
+#if defined(__F16C__)
+  return reinterpret_cast<Float8>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  Float8 v;
+  for (int l = 0; l < 8; ++l) v[l] = half_to_float(p[l]);
+  return v;
+#endif
+}
 
 inline Float8 splat8(float a) { return Float8{a, a, a, a, a, a, a, a}; }
 
@@ -315,14 +347,22 @@ inline Float8 fma8(Float8 a, Float8 b, Float8 c) {
 // directions and as = a[t] broadcast: NB vector registers, written once, NB FMAs per direction. The last
 // register stores only `last` lanes (1..8). Per coordinate: x0, then t = 0, 1, ... in this order, each
 // one FMA.
-template <int NB>
-inline void add_block(const float* const* v, const Float8* as, int64_t n, int64_t j0, const float* x0, float* x,
+template <int NB, class T>
+inline void add_block(const T* const* v, const Float8* as, int64_t n, int64_t j0, const float* x0, float* x,
                       int last = 8) {
   Float8 acc[NB];
 #pragma GCC unroll 8
   for (int b = 0; b < NB; ++b) acc[b] = load8(x0 + j0 + 8 * b);
-  for (int64_t t = 0; t < n; ++t) {
-    const float* vt = v[t] + j0;
+  int64_t t = 0;
+  for (; t + 2 <= n; t += 2) {  // two directions per pass: half the loop and pointer overhead, same order
+    const T* v0 = v[t] + j0;
+    const T* v1 = v[t + 1] + j0;
+    const Float8 a0 = as[t], a1 = as[t + 1];
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) acc[b] = fma8(a1, load8(v1 + 8 * b), fma8(a0, load8(v0 + 8 * b), acc[b]));
+  }
+  if (t < n) {
+    const T* vt = v[t] + j0;
     const Float8 at = as[t];
 #pragma GCC unroll 8
     for (int b = 0; b < NB; ++b) acc[b] = fma8(at, load8(vt + 8 * b), acc[b]);
@@ -347,7 +387,8 @@ inline void add_block(const float* const* v, const Float8* as, int64_t n, int64_
 // x[j] = x0[j] + sum over t < n of a[t] * v[t][j] for j < d: 64 coordinates at a time, then the rest in
 // one call of 1 to 8 registers. v[t] and x0 must be readable up to d rounded up to 8 (the sampler pads
 // them when d is not a multiple of 8).
-inline void add_directions(const float* const* v, const Float8* as, int64_t n, int64_t d, const float* x0, float* x) {
+template <class T>
+inline void add_directions(const T* const* v, const Float8* as, int64_t n, int64_t d, const float* x0, float* x) {
   int64_t j0 = 0;
   for (; j0 + 64 <= d; j0 += 64) add_block<8>(v, as, n, j0, x0, x);
   if (j0 == d) return;
@@ -438,6 +479,15 @@ FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed, const S
     bias_padded_.assign(static_cast<size_t>(stride_), 0.0f);
     std::copy_n(m_.bias.ptr(), d, bias_padded_.begin());
   }
+  // A binary16 copy of the directions when they are all binary16 values (the hierarchical models round
+  // them so): half the bytes to stream per row, converted back to the same floats, so the rows are the
+  // same as from the float copy.
+  const float* dir_src = stride_ == d ? m_.directions.ptr() : dirs_padded_.data();
+  half_ = options.half_directions && all_half(dir_src, N * stride_);
+  if (half_) {
+    dirs_half_.resize(static_cast<size_t>(N * stride_));
+    for (int64_t i = 0; i < N * stride_; ++i) dirs_half_[i] = half_bits(dir_src[i]);
+  }
   small_ = options.small_path && r == 0 && segments_.empty() && m_.noise_std == 0.0f && nd <= 32 &&
            N <= kSmallMaxFeatures && d <= 64;
   if (small_) {
@@ -482,6 +532,13 @@ FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed, const S
       for (int o : large_cols) thr[o] = uint32_t{1} << 24;
     }
   }
+  // Reading the directions through once before the rows (sample()) pays when they fit in about twice
+  // this CPU's L2 and a thread's rows will use about as many directions as there are.
+  const double dir_bytes = static_cast<double>(N) * static_cast<double>(stride_) * (half_ ? 2.0 : 4.0);
+  warm_min_rows_ = dir_bytes <= kWarmMaxBytes
+                       ? std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(N) /
+                                                                             std::max(1.0, m_.expected_l0()))))
+                       : std::numeric_limits<int64_t>::max();
   key_ = mix64(mix64(m_.seed ^ 0xfea7fea7fea7fea7ULL) + seed * kGamma);
 }
 
@@ -549,9 +606,11 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
   // Small models (the toys): no correlation factor, no rare features, no noise, at most 32 dense
   // features, 64 features and d <= 64 (NB = d / 8 rounded up registers per row, `last` lanes in the last
   // one). The dense features come eight at a time from alias tables; the children, magnitudes and sum as
-  // in the general loop, without its bookkeeping for wide rows.
+  // in the general loop, without its bookkeeping for wide rows. Not inlined into its caller: as a function
+  // of its own it gets the children step, the normals and the sum inlined (inside the caller, GCC 12 left
+  // them as calls: 287 instead of 228 instructions per absorption row).
   const int last_lanes = static_cast<int>(d - (d - 1) / 8 * 8);
-  auto small_rows = [&]<int NB>(int64_t begin, int64_t end) {
+  auto small_rows = [&]<int NB>(int64_t begin, int64_t end) __attribute__((noinline)) {
     const int32_t* ids_dense = dense_ids_.data();
     const uint32_t* thr = alias_thr_.data();
     const uint8_t* own = alias_own_.data();
@@ -591,6 +650,17 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
   parallel_for(
       n,
       [&](int64_t begin, int64_t end, int) {
+        // Directions that fit in this core's caches, and rows that will use about all of them: one
+        // sequential pass over them first. Otherwise each line is fetched on its first use, one latency at a
+        // time, from wherever the work between two sample() calls (a training step) left it: that cost
+        // 4-7% of synth-lite's generation next to a BatchTopK step (docs/synth-bench.md, "Generation speed").
+        if (end - begin >= warm_min_rows_) {
+          if (half_) {
+            warm_lines(reinterpret_cast<const float*>(dirs_half_.data()), m_.n_features() * stride / 2);
+          } else {
+            warm_lines(dirs, m_.n_features() * stride);
+          }
+        }
         if (small_) {
           switch ((d + 7) / 8) {
             case 1: small_rows.template operator()<1>(begin, end); break;
@@ -608,16 +678,26 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
         // at most once; the entry past len is scratch), so appends need no branch on the outcome or size.
         std::vector<int32_t> list(static_cast<size_t>(m_.n_features() + 1));
         // The row's sum runs one row late: its output row is prefetched for writing when the row's features
-        // are known, and written after the next row is drawn. Slot i % 2 holds row i. (Prefetching the
-        // directions too cost 15% more instructions and showed no gain next to training.)
+        // are known, and written after the next row is drawn. Slot i % 2 holds row i. (Prefetching each row's
+        // directions too cost 15% more instructions and showed no gain next to training; the one pass over
+        // all of them above does gain. Summing a block of rows 64 coordinates at a time, so that a pass reads
+        // only a 256-byte slice of each direction, was slower: 2-4% at 64 rows, 20% at 1024.)
         struct Pending {
           std::vector<Float8> mags;              // (list) magnitudes, broadcast
-          std::vector<const float*> vptr;        // (list) directions
+          std::vector<const float*> vptr;        // (list) directions (float copy)
+          std::vector<const uint16_t*> hptr;     // (list) directions (binary16 copy, when half_)
           std::vector<float> noise;              // (stride) bias + noise, when the model has noise
           int64_t n = 0;                         // entries in use
           float* x = nullptr;
           const float* x0 = nullptr;
         } slots[2];
+        auto sum_row = [&](const Pending& row) {
+          if (half_) {
+            add_directions(row.hptr.data(), row.mags.data(), row.n, d, row.x0, row.x);
+          } else {
+            add_directions(row.vptr.data(), row.mags.data(), row.n, d, row.x0, row.x);
+          }
+        };
         std::vector<float> szk(static_cast<size_t>(r));  // s z_k
         std::vector<float> z(static_cast<size_t>(r));
         std::vector<float> prob(static_cast<size_t>(nd));
@@ -712,9 +792,11 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
           Pending& row = slots[i & 1];
           std::vector<Float8>& mags = row.mags;
           std::vector<const float*>& vptr = row.vptr;
+          std::vector<const uint16_t*>& hptr = row.hptr;
           if (static_cast<int64_t>(mags.size()) < nl) {
             mags.resize(static_cast<size_t>(nl));
             vptr.resize(static_cast<size_t>(nl));
+            hptr.resize(static_cast<size_t>(nl));
           }
           row.n = nl;
           for (int64_t t0 = 0; t0 < nl; t0 += kNormalBlock) {
@@ -723,7 +805,11 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
             for (int64_t t = 0; t < mb; ++t) {
               const int32_t f = list[t0 + t];
               mags[t0 + t] = magnitude(f, normals[t]);
-              vptr[t0 + t] = dirs + static_cast<int64_t>(f) * stride;
+              if (half_) {
+                hptr[t0 + t] = dirs_half_.data() + static_cast<int64_t>(f) * stride;
+              } else {
+                vptr[t0 + t] = dirs + static_cast<int64_t>(f) * stride;
+              }
             }
           }
           // x = bias (+ noise) + sum of the fired directions times their magnitudes: the noise now, the
@@ -743,12 +829,12 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
           }
           if (i > begin) {
             const Pending& prev = slots[(i - 1) & 1];
-            add_directions(prev.vptr.data(), prev.mags.data(), prev.n, d, prev.x0, prev.x);
+            sum_row(prev);
           }
           record_fired(i, list.data(), len);
         }
         const Pending& last = slots[(end - 1) & 1];
-        add_directions(last.vptr.data(), last.mags.data(), last.n, d, last.x0, last.x);
+        sum_row(last);
       },
       64);
 
