@@ -7,7 +7,6 @@
 // and are compared exactly; cosines to 1e-5 (float32 dot products of unit vectors in <= 20 dims).
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -16,7 +15,7 @@
 #include "msae/gt_metrics.h"
 #include "msae/report.h"
 #include "msae/synth.h"
-#include "synth/half.h"
+#include "core/half.h"
 #include "synth/row_rng.h"
 
 namespace msae {
@@ -195,45 +194,6 @@ TEST(FeatureModel, SmallLoopAppliesToTheToysOnly) {
   }
 }
 
-TEST(FeatureModel, RoundToHalfIsTheNearestBinary16Value) {
-  using synth::detail::half_bits;
-  using synth::detail::half_to_float;
-  using synth::detail::round_to_half;
-  // By hand: ties go to the even significand, also when that carries into the next binade.
-  EXPECT_EQ(round_to_half(1.0f), 1.0f);
-  EXPECT_EQ(round_to_half(1.0f + 0x1.0p-11f), 1.0f);                  // tie between 1 and 1 + 2^-10
-  EXPECT_EQ(round_to_half(1.0f + 3 * 0x1.0p-11f), 1.0f + 0x1.0p-9f);  // tie between 1 + 2^-10 and 1 + 2^-9
-  EXPECT_EQ(round_to_half(2.0f - 0x1.0p-12f), 2.0f);                  // 2 - 2^-11 - 2^-12 .. 2: up to 2
-  EXPECT_EQ(round_to_half(-0.1f), -0.0999755859375f);                 // 0x2e66: (1 + 614 / 1024) 2^-4
-  EXPECT_EQ(round_to_half(0x1.8p-24f), 0x1.0p-23f);                   // subnormal tie 1.5 units -> 2
-  EXPECT_EQ(round_to_half(0x1.0p-25f), 0.0f);                         // half a unit -> 0 (even)
-  EXPECT_EQ(half_bits(-0.0999755859375f), 0xae66);
-  EXPECT_EQ(half_bits(0x1.0p-23f), 0x0002);
-  // Every finite binary16 value converts to float and back to its bits.
-  std::vector<float> positive;  // the non-negative finite binary16 values, ascending with their bits
-  for (uint32_t h = 0; h < 0x7c00; ++h) {
-    const float v = half_to_float(static_cast<uint16_t>(h));
-    ASSERT_EQ(half_bits(v), h);
-    ASSERT_EQ(half_bits(-v), h | 0x8000);
-    ASSERT_EQ(round_to_half(v), v);
-    positive.push_back(v);
-  }
-  // Random floats in [-1, 1] (and below binary16's smallest normal) against the nearest value found by
-  // search, ties to the even bits.
-  Rng rng(11);
-  for (int i = 0; i < 200000; ++i) {
-    const float x = static_cast<float>(rng.uniform() * 2.0 - 1.0) * (i % 4 == 0 ? 0x1.0p-13f : 1.0f);
-    const float a = std::fabs(x);
-    const size_t hi = static_cast<size_t>(std::lower_bound(positive.begin(), positive.end(), a) - positive.begin());
-    size_t best = hi;
-    if (hi > 0) {
-      const float below = a - positive[hi - 1], above = positive[hi] - a;
-      if (below < above || (below == above && (hi - 1) % 2 == 0)) best = hi - 1;
-    }
-    ASSERT_EQ(round_to_half(x), std::copysign(positive[best], x)) << x;
-  }
-}
-
 TEST(FeatureModel, HalfDirectionsGiveTheSameRows) {
   // The hierarchical models' directions are binary16 values, so the sampler streams them from a
   // binary16 copy; the rows must be those of the float copy, bit for bit. d = 37 pads rows to 40.
@@ -254,7 +214,7 @@ TEST(FeatureModel, HalfDirectionsGiveTheSameRows) {
       double n2 = 0.0;
       for (int64_t j = 0; j < m.d; ++j) {
         const float v = m.directions.ptr()[f * m.d + j];
-        ASSERT_EQ(synth::detail::round_to_half(v), v);
+        ASSERT_EQ(msae::detail::round_to_half(v), v);  // (the conversions: test_io, Convert.*)
         n2 += static_cast<double>(v) * v;
       }
       ASSERT_NEAR(std::sqrt(n2), 1.0, 1e-3);

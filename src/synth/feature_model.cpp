@@ -12,7 +12,7 @@
 
 #include "msae/synth.h"
 #include "core/fast_exp.h"
-#include "synth/half.h"
+#include "core/half.h"
 #include "synth/row_rng.h"
 
 namespace msae::synth {
@@ -168,7 +168,7 @@ FeatureModel make_hierarchical(const HierarchicalConfig& c) {
   for (int64_t f = 0; f < N; ++f) random_unit(dir_rng, m.directions.ptr() + f * d, d);
   // Rounded to binary16 values (relative error <= 2^-11 per coordinate, norms 1 within ~1e-4), so that the
   // sampler streams them at half the bytes and converts each back to exactly this float.
-  for (float& v : m.directions.data) v = round_to_half(v);
+  for (float& v : m.directions.data) v = msae::detail::round_to_half(v);
   m.bias = Tensor({d});
   if (c.bias_norm > 0.0f) {
     random_unit(bias_rng, m.bias.ptr(), d);
@@ -325,7 +325,7 @@ inline Float8 load8(const uint16_t* p) {
   return reinterpret_cast<Float8>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 #else
   Float8 v;
-  for (int l = 0; l < 8; ++l) v[l] = half_to_float(p[l]);
+  for (int l = 0; l < 8; ++l) v[l] = msae::detail::half_to_float(p[l]);
   return v;
 #endif
 }
@@ -483,10 +483,11 @@ FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed, const S
   // them so): half the bytes to stream per row, converted back to the same floats, so the rows are the
   // same as from the float copy.
   const float* dir_src = stride_ == d ? m_.directions.ptr() : dirs_padded_.data();
-  half_ = options.half_directions && all_half(dir_src, N * stride_);
+  half_ = options.half_directions &&
+          std::all_of(dir_src, dir_src + N * stride_, [](float v) { return msae::detail::round_to_half(v) == v; });
   if (half_) {
     dirs_half_.resize(static_cast<size_t>(N * stride_));
-    for (int64_t i = 0; i < N * stride_; ++i) dirs_half_[i] = half_bits(dir_src[i]);
+    for (int64_t i = 0; i < N * stride_; ++i) dirs_half_[i] = msae::detail::float_to_half(dir_src[i]);
   }
   small_ = options.small_path && r == 0 && segments_.empty() && m_.noise_std == 0.0f && nd <= 32 &&
            N <= kSmallMaxFeatures && d <= 64;
