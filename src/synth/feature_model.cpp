@@ -295,7 +295,7 @@ inline float dot_fixed(const float* a, const float* b, int64_t r) {
 
 // Reads one float of every 64-byte line of [p, p + n): a sequential pass that the hardware prefetchers
 // stream at memory bandwidth, leaving the lines in this core's caches. Four sums, so that the adds do
-// not form one chain; the asm keeps the loads.
+// not form one chain; the empty asm that takes their sum keeps the loads.
 inline void warm_lines(const float* p, int64_t n) {
   float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
   int64_t j = 0;
@@ -307,7 +307,7 @@ inline void warm_lines(const float* p, int64_t n) {
   }
   for (; j < n; j += 16) a0 += p[j];
   const float sum = (a0 + a1) + (a2 + a3);
-  asm volatile("" : : "x"(sum));
+  asm volatile("" : : "r"(std::bit_cast<uint32_t>(sum)));  // any architecture: an integer register
 }
 
 // Eight floats as one value (GCC/Clang vector extension: AVX with -march=native, pairs of SSE registers
