@@ -637,7 +637,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
       int64_t len = 0;
       for (; mask != 0; mask &= mask - 1) lst[len++] = ids_dense[std::countr_zero(mask)];
       len = add_children(rng, lst, len);
-      normals_block(rng, zt, nz, len);
+      if (len > 0) normals_block(rng, zt, nz, len);  // the row's last draws: none needed when nothing fired
       for (int64_t t = 0; t < len; ++t) {
         const int32_t f = lst[t];
         mg[t] = magnitude(f, nz[t]);
