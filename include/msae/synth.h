@@ -227,6 +227,7 @@ class FeatureSampler {
   // when d is a multiple of 8 (the model's own are used).
   int64_t stride_ = 0;
   std::vector<float> dirs_padded_, bias_padded_;
+  const float* float_dirs() const { return dirs_padded_.empty() ? m_.directions.ptr() : dirs_padded_.data(); }
   bool half_ = false;              // directions streamed from dirs_half_ (N, stride_) binary16 bits
   std::vector<uint16_t> dirs_half_;
   // Dense base features, padded to a multiple of 16 (padding: probability 0, never fires).

@@ -293,21 +293,14 @@ inline float dot_fixed(const float* a, const float* b, int64_t r) {
   return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
-// Reads one float of every 64-byte line of [p, p + n): a sequential pass that the hardware prefetchers
-// stream at memory bandwidth, leaving the lines in this core's caches. Four sums, so that the adds do
-// not form one chain; the empty asm that takes their sum keeps the loads.
-inline void warm_lines(const float* p, int64_t n) {
-  float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-  int64_t j = 0;
-  for (; j + 64 <= n; j += 64) {
-    a0 += p[j];
-    a1 += p[j + 16];
-    a2 += p[j + 32];
-    a3 += p[j + 48];
-  }
-  for (; j < n; j += 16) a0 += p[j];
-  const float sum = (a0 + a1) + (a2 + a3);
-  asm volatile("" : : "r"(std::bit_cast<uint32_t>(sum)));  // any architecture: an integer register
+// Reads one byte of every 64-byte line of the `bytes` bytes at p: a sequential pass that the hardware
+// prefetchers stream at memory bandwidth, leaving the lines in this core's caches. The bytes are ORed
+// (no chain of adds), and the empty asm that takes the result keeps the loads.
+inline void warm_lines(const void* p, int64_t bytes) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  unsigned acc = 0;
+  for (int64_t j = 0; j < bytes; j += 64) acc |= b[j];
+  asm volatile("" : : "r"(acc));
 }
 
 // Eight floats as one value (GCC/Clang vector extension: AVX with -march=native, pairs of SSE registers
@@ -482,7 +475,7 @@ FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed, const S
   // A binary16 copy of the directions when they are all binary16 values (the hierarchical models round
   // them so): half the bytes to stream per row, converted back to the same floats, so the rows are the
   // same as from the float copy.
-  const float* dir_src = stride_ == d ? m_.directions.ptr() : dirs_padded_.data();
+  const float* dir_src = float_dirs();
   half_ = options.half_directions &&
           std::all_of(dir_src, dir_src + N * stride_, [](float v) { return msae::detail::round_to_half(v) == v; });
   if (half_) {
@@ -554,7 +547,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
   const double s = m_.corr_scale;
   const float sf = static_cast<float>(s), half_s2 = static_cast<float>(0.5 * s * s);
   const int64_t stride = stride_;  // of dirs and bias: d rounded up to 8
-  const float* dirs = stride == d ? m_.directions.ptr() : dirs_padded_.data();
+  const float* dirs = float_dirs();
   const float* bias = stride == d ? m_.bias.ptr() : bias_padded_.data();
   const float* load = r > 0 ? m_.loadings.ptr() : nullptr;
   const int64_t n_dense = static_cast<int64_t>(dense_ids_.size()), nd = dense_padded_;
@@ -655,13 +648,9 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
         // sequential pass over them first. Otherwise each line is fetched on its first use, one latency at a
         // time, from wherever the work between two sample() calls (a training step) left it: that cost
         // 4-7% of synth-lite's generation next to a BatchTopK step (docs/synth-bench.md, "Generation speed").
-        if (end - begin >= warm_min_rows_) {
-          if (half_) {
-            warm_lines(reinterpret_cast<const float*>(dirs_half_.data()), m_.n_features() * stride / 2);
-          } else {
-            warm_lines(dirs, m_.n_features() * stride);
-          }
-        }
+        if (end - begin >= warm_min_rows_)
+          warm_lines(half_ ? static_cast<const void*>(dirs_half_.data()) : dirs,
+                     m_.n_features() * stride * (half_ ? 2 : 4));
         if (small_) {
           switch ((d + 7) / 8) {
             case 1: small_rows.template operator()<1>(begin, end); break;
