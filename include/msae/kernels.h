@@ -125,6 +125,7 @@ struct PairScratch {  // per calling thread
   std::vector<int32_t> latents;
   std::vector<int64_t> cursor;
   ChunkedRows G1, G2;
+  FloatBuffer a, b;  // the entries' a_vals / b_vals in CSC order
 };
 // For every latent i in [i0, i1), over its CSC entries e (row r = csc.row[e], s = csc.src[e]) in ascending
 // row order:  G1[i] += a_vals[s] * Q1[r];  G2[i] += b_vals[s] * Q2[r];  sum_b[i] += b_vals[s].

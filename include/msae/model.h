@@ -190,8 +190,11 @@ std::unique_ptr<StepEngine> make_reference_engine();
 struct SparseEngineOptions {
   // AuxK runs as dense GEMMs over the dead latents' columns when its entries fill at least this share of
   // the (B, n_dead) block, and as sparse products otherwise (docs/performance.md, "AuxK"). 0: always
-  // dense; above 1: always sparse. Both give the same result to float32 round-off.
-  double aux_dense_min_density = 0.09;
+  // dense; above 1: always sparse. Both give the same result to float32 round-off. 0.2 since session 9:
+  // with prefetching sparse kernels the sparse path won at the bench's 17% on a Zen 1 EPYC (+16% against
+  // +35%), and session 5 had the two level at 17% on Zen 3 with slower sparse kernels; at 31% the dense
+  // path won on Zen 3 (session 5), the sparse one still on Zen 1 (+31% against +39%).
+  double aux_dense_min_density = 0.2;
 };
 std::unique_ptr<StepEngine> make_sparse_engine(SparseEngineOptions options = {});
 

@@ -370,30 +370,41 @@ void aux_topk(const float* pre, int64_t B, int64_t D, const std::vector<int32_t>
         FloatBuffer& vals = sc.vals[tid];
         ids.clear();
         vals.clear();
-        thread_local FloatBuffer work;
-        if (work.size() < static_cast<size_t>(n_dead)) work.resize(n_dead);
+        // Per row: the positive values among the dead latents and their ids, in ascending id order
+        // (one gather pass over the row), then the cut among them when there are more than `keep`.
+        thread_local FloatBuffer work, pos_vals;
+        thread_local std::vector<int32_t> pos_ids;
+        if (work.size() < static_cast<size_t>(n_dead)) {
+          work.resize(n_dead);
+          pos_vals.resize(n_dead);
+          pos_ids.resize(n_dead);
+        }
         for (int64_t r = row_begin(B, tid, nt); r < row_begin(B, tid + 1, nt); ++r) {
           const float* row = pre + r * D;
           int64_t n = 0;
-          for (int64_t j = 0; j < n_dead; ++j) {
-            const float v = row[dead[j]];
-            work[n] = v;
+          for (int64_t j = 0; j < n_dead; ++j) {  // branch-free: every value is written, positives advance n
+            const int32_t id = dead[j];
+            const float v = row[id];
+            pos_vals[n] = v;
+            pos_ids[n] = id;
             n += v > 0.0f;
           }
           const bool keep_all = keep >= n;
           Cut cut{0.0f, 0};
-          if (!keep_all) cut = find_cut(work.data(), n, keep);
+          if (!keep_all) {
+            std::copy_n(pos_vals.data(), n, work.data());  // find_cut reorders its input
+            cut = find_cut(work.data(), n, keep);
+          }
           int64_t left = cut.ties_to_keep, count = 0;
-          for (int64_t j = 0; j < n_dead; ++j) {
-            const float v = row[dead[j]];
-            if (!(v > 0.0f)) continue;
+          for (int64_t j = 0; j < n; ++j) {
+            const float v = pos_vals[j];
             bool take = keep_all || v > cut.value;
             if (!take && v == cut.value && left > 0) {
               take = true;
               --left;
             }
             if (take) {
-              ids.push_back(dead[j]);
+              ids.push_back(pos_ids[j]);
               vals.push_back(v);
               ++count;
             }
