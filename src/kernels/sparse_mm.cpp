@@ -191,8 +191,8 @@ void csc_accumulate_pair(const CscIndex& csc, const float* a_vals, const Chunked
     scratch.a[e - e_lo] = a_vals[csc.src[e]];
     scratch.b[e - e_lo] = b_vals[csc.src[e]];
   }
-  const float* a_csc = scratch.a.data() - e_lo;  // indexed by CSC entry
-  const float* b_csc = scratch.b.data() - e_lo;
+  const float* a_csc = scratch.a.data();  // CSC entry e at [e - e_lo]
+  const float* b_csc = scratch.b.data();
   pack_rows_chunked(G1, d, scratch.latents.data(), n, kPairChunk, scratch.G1);
   pack_rows_chunked(G2, d, scratch.latents.data(), n, kPairChunk, scratch.G2);
   scratch.cursor.resize(static_cast<size_t>(n));
@@ -218,7 +218,7 @@ void csc_accumulate_pair(const CscIndex& csc, const float* a_vals, const Chunked
         }
         for (; e < end && csc.row[e] < rend; ++e) {
           const int64_t r = csc.row[e];
-          const v8 a = splat(a_csc[e]), b = splat(b_csc[e]);
+          const v8 a = splat(a_csc[e - e_lo]), b = splat(b_csc[e - e_lo]);
           const float* q1 = q1c + r * kPairChunk;
           const float* q2 = q2c + r * kPairChunk;
           if (e + kPairPrefetch < end) {  // (that row may lie in the next row block: a wasted fetch, no harm)
