@@ -2,7 +2,8 @@
 // B = 4096 rows, D = 16384 latents, d = 768, 1638 dead latents, each (row, dead latent) pair an entry with
 // probability --density (0.173: the bench's 283 entries per row). Prints each kernel's median time over
 // --reps calls and an FNV-1a hash of every output, so a change to a kernel can be timed and checked for
-// identical results in one command:
+// identical results in one command (compare hashes between builds with the same flags: a sanitizer build
+// (-O2) gave another hash than the Release build for the same code):
 //   build/msae_aux_kernels_bench [--density 0.173] [--reps 5] [--threads 2]
 // Synthetic inputs (fixed seeds); pre-activations N(-0.6, 0.6) for aux_topk (~16% positive).
 #include <algorithm>
