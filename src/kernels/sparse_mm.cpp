@@ -42,9 +42,9 @@ constexpr int64_t kPairRowBlock = 256;
 constexpr int64_t kRowPrefetch = 8;
 constexpr int64_t kPairPrefetch = 4;
 
-// Fetches the kRowChunk floats (four cache lines) of a packed W_dec slice.
-inline void prefetch_row_slice(const float* p) {
-  for (int64_t l = 0; l < kRowChunk; l += 16) __builtin_prefetch(p + l);
+// Fetches the cache lines of n floats from p (a 64-byte aligned slice of a packed operand).
+inline void prefetch_floats(const float* p, int64_t n) {
+  for (int64_t l = 0; l < n; l += 16) __builtin_prefetch(p + l);
 }
 
 }  // namespace
@@ -105,7 +105,7 @@ void csr_times_dense(const SparseCodes& codes, const PackedCodesRows& W, float* 
               for (int64_t e = codes.row_ptr[r]; e < e_end; ++e) {
                 const float* wr = Wc + static_cast<int64_t>(W.entry_slot[e]) * kRowChunk;
                 if (e + kRowPrefetch < e_end)
-                  prefetch_row_slice(Wc + static_cast<int64_t>(W.entry_slot[e + kRowPrefetch]) * kRowChunk);
+                  prefetch_floats(Wc + static_cast<int64_t>(W.entry_slot[e + kRowPrefetch]) * kRowChunk, kRowChunk);
                 const v8 a = splat(codes.vals[e]);
                 for (int64_t v = 0; v < kRowChunk / kLanes; ++v) acc[v] += a * load(wr + v * kLanes);
               }
@@ -144,7 +144,7 @@ void csr_row_dots(const SparseCodes& codes, const PackedCodesRows& W, const floa
               for (int64_t e = codes.row_ptr[r]; e < e_end; ++e) {
                 const float* wr = Wc + static_cast<int64_t>(W.entry_slot[e]) * kRowChunk;
                 if (e + kRowPrefetch < e_end)
-                  prefetch_row_slice(Wc + static_cast<int64_t>(W.entry_slot[e + kRowPrefetch]) * kRowChunk);
+                  prefetch_floats(Wc + static_cast<int64_t>(W.entry_slot[e + kRowPrefetch]) * kRowChunk, kRowChunk);
                 v8 s0 = q[0] * load(wr), s1 = q[1] * load(wr + kLanes);
                 for (int64_t v = 2; v < kRowChunk / kLanes; v += 2) {
                   s0 += q[v] * load(wr + v * kLanes);
@@ -170,18 +170,6 @@ void csc_accumulate_pair(const CscIndex& csc, const float* a_vals, const Chunked
   MSAE_ASSERT(Q1.width == kPairChunk && Q2.width == kPairChunk && Q1.n == Q2.n && Q1.d == Q2.d,
               "csc_accumulate_pair wants operands from pack_pair_operand");
   const int64_t B = Q1.n, d = Q1.d;
-  // This range's latents with entries, their G1 / G2 rows packed chunk-major (as the operands are), so a
-  // chunk's slices of them are contiguous and stay in L2 across the row blocks.
-  scratch.latents.clear();
-  for (int64_t i = i0; i < i1; ++i) {
-    if (csc.col_ptr[i + 1] == csc.col_ptr[i]) continue;
-    scratch.latents.push_back(static_cast<int32_t>(i));
-    float s = sum_b[i];
-    for (int64_t e = csc.col_ptr[i]; e < csc.col_ptr[i + 1]; ++e) s += b_vals[csc.src[e]];
-    sum_b[i] = s;
-  }
-  const int64_t n = static_cast<int64_t>(scratch.latents.size());
-  if (n == 0) return;
   // The entries' values in CSC order (src is a random CSR index: read in the chunk loop below, the values
   // would be two scattered loads per entry and chunk, from arrays of several MiB).
   const int64_t e_lo = csc.col_ptr[i0], e_hi = csc.col_ptr[i1];
@@ -193,6 +181,18 @@ void csc_accumulate_pair(const CscIndex& csc, const float* a_vals, const Chunked
   }
   const float* a_csc = scratch.a.data();  // CSC entry e at [e - e_lo]
   const float* b_csc = scratch.b.data();
+  // This range's latents with entries, their G1 / G2 rows packed chunk-major (as the operands are), so a
+  // chunk's slices of them are contiguous and stay in L2 across the row blocks.
+  scratch.latents.clear();
+  for (int64_t i = i0; i < i1; ++i) {
+    if (csc.col_ptr[i + 1] == csc.col_ptr[i]) continue;
+    scratch.latents.push_back(static_cast<int32_t>(i));
+    float s = sum_b[i];
+    for (int64_t e = csc.col_ptr[i]; e < csc.col_ptr[i + 1]; ++e) s += b_csc[e - e_lo];
+    sum_b[i] = s;
+  }
+  const int64_t n = static_cast<int64_t>(scratch.latents.size());
+  if (n == 0) return;
   pack_rows_chunked(G1, d, scratch.latents.data(), n, kPairChunk, scratch.G1);
   pack_rows_chunked(G2, d, scratch.latents.data(), n, kPairChunk, scratch.G2);
   scratch.cursor.resize(static_cast<size_t>(n));
@@ -223,10 +223,8 @@ void csc_accumulate_pair(const CscIndex& csc, const float* a_vals, const Chunked
           const float* q2 = q2c + r * kPairChunk;
           if (e + kPairPrefetch < end) {  // (that row may lie in the next row block: a wasted fetch, no harm)
             const int64_t rp = csc.row[e + kPairPrefetch];
-            __builtin_prefetch(q1c + rp * kPairChunk);
-            __builtin_prefetch(q1c + rp * kPairChunk + 16);
-            __builtin_prefetch(q2c + rp * kPairChunk);
-            __builtin_prefetch(q2c + rp * kPairChunk + 16);
+            prefetch_floats(q1c + rp * kPairChunk, kPairChunk);
+            prefetch_floats(q2c + rp * kPairChunk, kPairChunk);
           }
           for (int64_t v = 0; v < V; ++v) {
             acc1[v] += a * load(q1 + v * kLanes);
