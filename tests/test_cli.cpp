@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 
 #include "msae/io.h"
@@ -134,6 +136,30 @@ TEST_F(Cli, DefaultRunNeedsOnlyOut) {
   EXPECT_EQ(msae_json["config"]["group_sizes"], nlohmann::json({32, 32, 64, 128, 256}));
 }
 
+// --aux-dense-density picks the sparse engine's AuxK path (dense GEMMs or sparse products): it takes effect
+// (the two paths agree only to round-off, so the weights differ) and is recorded for --resume.
+TEST_F(Cli, AuxDenseDensityTakesEffectAndIsRecorded) {
+  const std::string base = "train --steps 40 --dead-after-batches 2 --checkpoint-every 20 --threads 1 --seed 5";
+  std::string weights[2];
+  for (int dense = 0; dense < 2; ++dense) {
+    const std::string out = path(dense ? "dense" : "sparse");
+    const Result r = run(base + " --aux-dense-density " + (dense ? "0" : "2") + " --out " + out);
+    ASSERT_EQ(r.code, 0) << r.output;
+    weights[dense] = slurp(fs::path(out) / "sae_weights.safetensors");
+    ASSERT_FALSE(weights[dense].empty());
+    double max_aux = 0;
+    std::istringstream metrics(slurp(fs::path(out) / "metrics.jsonl"));
+    for (std::string line; std::getline(metrics, line);)
+      max_aux = std::max(max_aux, nlohmann::json::parse(line)["l_aux"].get<double>());
+    EXPECT_GT(max_aux, 0.0) << "AuxK never active";
+    const std::string latest = slurp(fs::path(out) / "checkpoints" / "latest");
+    const std::string step_dir = latest.substr(0, latest.find_first_of("\r\n"));
+    const auto state = nlohmann::json::parse(slurp(fs::path(out) / "checkpoints" / step_dir / "state.json"));
+    EXPECT_EQ(state["extra"]["args"]["aux_dense_density"].get<double>(), dense ? 0.0 : 2.0);
+  }
+  EXPECT_NE(weights[0], weights[1]) << "the AuxK path did not change";
+}
+
 // ---- bad input ----
 
 void expect_error(const Result& r, int code, const std::string& needle) {
@@ -160,6 +186,7 @@ TEST_F(Cli, UsageErrors) {
   expect_error(run(base + "--d-sae 8"), 2, "--d-sae");
   expect_error(run(base + "--d-sae 32 --arch batchtopk --group-sizes 16,16"), 2, "single group");
   expect_error(run(base + "--d-sae 32 --lr -1"), 2, "--lr");
+  expect_error(run(base + "--d-sae 32 --aux-dense-density -1"), 2, "--aux-dense-density");
   expect_error(run("eval --sae " + path("nothing")), 2, "--data");
   EXPECT_FALSE(fs::exists(dir_ / "o"));
   EXPECT_FALSE(has_tmp_leftovers());

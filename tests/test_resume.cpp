@@ -176,9 +176,12 @@ TEST_F(Resume, InterruptedAndResumedRunsAreBitIdentical) {
 
 // Variants keep state outside the engine (the prefix sampler's RNG, the reordering means) and flags that
 // --resume must restore: a killed sampled-prefix + reordering run with a warm-up schedule resumes exactly.
+// So must the engine option --aux-dense-density (0: AuxK as dense GEMMs; the default takes the sparse
+// products at this run's densities, which agree only to round-off).
 TEST_F(Resume, VariantRunResumesBitIdentically) {
   const std::string flags = "train --d-sae 128 --k 3 --batch 128 --steps 700 --sampled-prefixes 3 --reorder-every 40"
-                            " --lr-warmup-steps 100 --threshold-start-step 50 --checkpoint-every 100 --threads 1 --seed 4";
+                            " --lr-warmup-steps 100 --threshold-start-step 50 --checkpoint-every 100 --threads 1 --seed 4"
+                            " --dead-after-batches 3 --aux-dense-density 0";
   const std::string log = p("log.txt");
   ASSERT_EQ(run(flags + " --out " + p("A"), log), 0) << slurp(log);
   const std::string out = p("B");

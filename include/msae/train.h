@@ -26,6 +26,7 @@ struct TrainOptions {
   float max_grad_norm = 1e5f;
   uint64_t seed = 0;             // parameter init and data shuffling
   std::string engine = "reference";
+  SparseEngineOptions sparse_engine;  // --engine sparse only: when AuxK runs as dense GEMMs
   int64_t log_every = 0;         // metrics.jsonl interval in steps; 0 = automatic (about 100 lines a run)
   // Recipe options (docs/variants.md); the defaults are SPEC's (no schedule, b_dec starts at 0).
   bool bdec_geometric_median = false;  // set b_dec to the geometric median of the first batch before step 1
@@ -47,7 +48,8 @@ struct AdamState {
 double apply_update(const SaeConfig& cfg, const kernels::AdamHyper& adam, float max_grad_norm, SaeParams& params,
                     SaeGrads& grads, AdamState& opt);
 
-std::unique_ptr<StepEngine> make_engine(const std::string& name);  // one of engine_names()
+// One of engine_names(); `sparse` configures the sparse engine (the reference engine has no options).
+std::unique_ptr<StepEngine> make_engine(const std::string& name, const SparseEngineOptions& sparse = {});
 std::vector<std::string> engine_names();  // every registered engine; tests loop over this list
 
 // Training-time state of the variants (docs/variants.md) that lives outside the engines: the per-batch

@@ -7,14 +7,14 @@ namespace msae::train {
 
 std::vector<std::string> engine_names() { return {"reference", "sparse"}; }
 
-std::unique_ptr<StepEngine> make_engine(const std::string& name) {
+std::unique_ptr<StepEngine> make_engine(const std::string& name, const SparseEngineOptions& sparse) {
   if (name == "reference") return make_reference_engine();
-  if (name == "sparse") return make_sparse_engine();
+  if (name == "sparse") return make_sparse_engine(sparse);
   usage_error("--engine: unknown training engine '", name, "'; expected: sparse (the fast default) or reference");
 }
 
 Trainer::Trainer(TrainOptions options, SaeParams params)
-    : options_(std::move(options)), params_(std::move(params)), engine_(make_engine(options_.engine)) {
+    : options_(std::move(options)), params_(std::move(params)), engine_(make_engine(options_.engine, options_.sparse_engine)) {
   options_.sae.finalize();
   MSAE_ASSERT(params_.d == options_.sae.d_in && params_.D == options_.sae.d_sae);
   grads_ = SaeGrads::zeros(params_.d, params_.D);

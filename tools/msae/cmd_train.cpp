@@ -62,6 +62,7 @@ struct TrainArgs {
   int64_t log_every = 0;
   int threads = 0;
   std::string engine = "sparse";
+  double aux_dense_density = SparseEngineOptions{}.aux_dense_min_density;
   VariantArgs variants;  // variant_flags.h
 };
 
@@ -119,6 +120,7 @@ json args_json(const TrainArgs& a) {
           {"log_every", a.log_every},
           {"threads", a.threads},
           {"engine", a.engine},
+          {"aux_dense_density", a.aux_dense_density},
           {"variants", variant_args_json(a.variants)},
           {"given_flags", a.given_flags}};
 }
@@ -150,6 +152,9 @@ TrainArgs args_from_json(const json& j, const std::string& where) {
     a.log_every = io::json_int(j.at("log_every"), "checkpoint run state \"log_every\"");
     a.threads = static_cast<int>(io::json_int(j.at("threads"), "checkpoint run state \"threads\"", INT32_MIN, INT32_MAX));
     a.engine = j.at("engine").get<std::string>();
+    // (runs checkpointed before the flag existed continue with today's default)
+    if (j.contains("aux_dense_density"))
+      a.aux_dense_density = io::json_double(j.at("aux_dense_density"), "checkpoint run state \"aux_dense_density\"");
     a.variants = variant_args_from_json(j.at("variants"));
     a.given_flags = j.at("given_flags").get<std::vector<std::string>>();
   } catch (const json::exception& e) {
@@ -309,6 +314,8 @@ int run_train(TrainArgs a, const CLI::App& app) {
   opt.max_grad_norm = a.max_grad_norm;
   opt.seed = a.seed;
   opt.engine = a.engine;
+  if (!(a.aux_dense_density >= 0.0)) usage_error("--aux-dense-density must be >= 0, got ", a.aux_dense_density);
+  opt.sparse_engine.aux_dense_min_density = a.aux_dense_density;
   opt.log_every = a.log_every > 0 ? a.log_every : std::max<int64_t>(1, opt.steps / 100);
   a.log_every = opt.log_every;
   apply_variant_args(
@@ -556,6 +563,11 @@ Action add_train_command(CLI::App& root) {
   app->add_option("--log-every", a->log_every, "metrics.jsonl interval in steps (default: steps/100)");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_option("--engine", a->engine, "Training-step engine: sparse (fast) | reference (dense oracle)")->capture_default_str();
+  app->add_option("--aux-dense-density", a->aux_dense_density,
+                  "Sparse engine: AuxK runs as dense GEMMs over the dead latents when its entries fill at least this "
+                  "share of them, as sparse products below (0: always dense; > 1: never; the fastest choice depends "
+                  "on the CPU: msae bench --dead-fraction 0.1 --aux-dense-density X)")
+      ->capture_default_str();
   add_variant_flags(app, a->variants);
   return [a, app]() { return run_train(*a, *app); };
 }
