@@ -29,11 +29,10 @@ double now_ms() {
 }
 
 struct Hash {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = kFnv1aOffset;
   template <class T>
   void add(const T* p, size_t n) {
-    const auto* b = reinterpret_cast<const unsigned char*>(p);
-    for (size_t i = 0; i < n * sizeof(T); ++i) h = (h ^ b[i]) * 1099511628211ull;
+    h = fnv1a64(p, n * sizeof(T), h);
   }
 };
 

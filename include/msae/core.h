@@ -125,6 +125,14 @@ void log_info(const std::string& message);
 void log_debug(const std::string& message);
 void log_warn(const std::string& message);
 
+// FNV-1a (64-bit) of n bytes, continuing from h: sweep run ids, benchmark output checksums.
+constexpr uint64_t kFnv1aOffset = 1469598103934665603ull;
+inline uint64_t fnv1a64(const void* data, size_t n, uint64_t h = kFnv1aOffset) {
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  return h;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deterministic RNG (xoshiro256**, seeded with splitmix64). Same stream on every platform, unlike
 // the std:: distributions. Not thread-safe; give each thread its own (see split()).

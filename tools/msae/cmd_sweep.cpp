@@ -59,11 +59,8 @@ const std::set<std::string>& known_keys() {
 
 // FNV-1a 64 of the canonical dump (nlohmann::json objects keep their keys sorted).
 std::string run_id(const json& config) {
-  uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : config.dump()) {
-    h ^= c;
-    h *= 1099511628211ULL;
-  }
+  const std::string dump = config.dump();
+  const uint64_t h = fnv1a64(dump.data(), dump.size());
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
   return buf;
