@@ -71,11 +71,11 @@ inline uint64_t at_least_mask(const float* p, int64_t n, float floor) {
   return bits;
 }
 
-// Extracts entries of rows [r0, r1) with value >= lo (and > 0) into ids/vals; counts per row. Stops
-// storing (but keeps counting) beyond `cap` entries; returns the count. Also counts, for each of the
-// `nlev` ascending levels (all >= lo), the entries >= that level (into level_count).
 constexpr int kMaxLevels = 6;  // the most levels extract_rows counts (batch_topk's ladder)
 
+// Extracts entries of rows [r0, r1) with value >= lo (and > 0) into ids/vals; counts per row. Stops
+// storing (but keeps counting) beyond `cap` entries; returns the count. Also counts, for each of the
+// `nlev` (<= kMaxLevels) ascending levels (all >= lo), the entries >= that level (into level_count).
 int64_t extract_rows(const float* pre, int64_t D, int64_t r0, int64_t r1, float lo, std::vector<int32_t>& ids,
                      FloatBuffer& vals, int64_t* row_count, int64_t cap, const float* levels = nullptr,
                      int nlev = 0, int64_t* level_count = nullptr) {
