@@ -63,6 +63,14 @@ template <class... Args>
   throw Error(ErrorKind::runtime, cat(args...));
 }
 
+// How messages name an option: each front end spells the same option its own way. Options have one
+// key (snake_case, e.g. "d_sae", the row of the option table in msae/options.h); opt(key) returns
+// "--d-sae" for the CLI (the default) and "d_sae" for Python. A front end sets its spelling once at start.
+enum class OptionSpelling { cli, python };
+void set_option_spelling(OptionSpelling s);
+OptionSpelling option_spelling();
+std::string opt(const std::string& key);
+
 [[noreturn]] void assert_fail(const char* expr, const char* file, int line, const std::string& msg);
 
 #define MSAE_ASSERT(cond, ...)                                                              \

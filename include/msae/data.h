@@ -71,6 +71,10 @@ struct DataOptions {
   OnNonfinite on_nonfinite = OnNonfinite::error;
   float scale = 1.0f;           // every row is multiplied by this (activation normalization)
   int64_t prefetch_batch = 0;   // > 0: a reader thread prepares batches of this many rows ahead
+  // Only rows [row_begin, row_end) of the data (all shards concatenated in order; row_end -1 = to the
+  // end) exist for the source: how a training run holds out its evaluation rows (msae/run.h). rows(),
+  // row ids in state() and every read order refer to the window.
+  int64_t row_begin = 0, row_end = -1;
 };
 
 // Opens `spec`: a file (.npy, .safetensors; any other name is raw little-endian, d_in required), a

@@ -31,6 +31,18 @@ Tensor::Tensor(std::vector<int64_t> s, float fill) : shape(std::move(s)) {
   data.assign(static_cast<size_t>(msae::numel(shape)), fill);
 }
 
+namespace {
+OptionSpelling g_spelling = OptionSpelling::cli;
+}
+void set_option_spelling(OptionSpelling s) { g_spelling = s; }
+OptionSpelling option_spelling() { return g_spelling; }
+std::string opt(const std::string& key) {
+  if (g_spelling == OptionSpelling::python) return key;
+  std::string flag = "--" + key;
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  return flag;
+}
+
 const char* version_string() { return MSAE_VERSION; }
 const char* git_commit() { return MSAE_GIT_COMMIT; }
 

@@ -52,7 +52,7 @@ DataStats ActivationSource::stats() const {
 OnNonfinite parse_on_nonfinite(const std::string& name) {
   if (name == "error") return OnNonfinite::error;
   if (name == "skip") return OnNonfinite::skip;
-  usage_error("--on-nonfinite: unknown value '", name, "'; expected error or skip");
+  usage_error(opt("on_nonfinite"), ": unknown value '", name, "'; expected error or skip");
 }
 
 void check_finite(const float* batch, int64_t B, int64_t d, const std::string& what, const int64_t* row_ids) {
@@ -81,7 +81,7 @@ double estimate_norm_scale(ActivationSource& source, int64_t rows) {
   const double mean_norm = norm_sum / static_cast<double>(rows);
   if (!(mean_norm > 0.0) || !std::isfinite(mean_norm))
     runtime_error(source.describe(), ": the mean row norm over ", rows, " sampled rows is ", mean_norm,
-                  "; --normalize expected-norm needs rows that are not all zero");
+                  "; ", opt("normalize"), " expected-norm needs rows that are not all zero");
   return std::sqrt(static_cast<double>(d)) / mean_norm;
 }
 
@@ -152,6 +152,7 @@ struct Shard {
   io::DType dtype = io::DType::f32;
   int64_t rows = 0, cols = 0;
   int64_t first = 0;                     // global id of this shard's row 0
+  int64_t file_row = 0;                  // the file's row number of this shard's row 0 (a window cuts shards)
   const unsigned char* data = nullptr;   // row 0
   void* map = nullptr;                   // owned mapping of the whole file (nullptr: caller memory)
   size_t map_size = 0;
@@ -203,7 +204,29 @@ class ShardSet {
   }
   std::string where(int64_t row) const {
     const Shard& s = shard_of(row);
-    return cat(s.path, ": row ", row - s.first);
+    return cat(s.path, ": row ", row - s.first + s.file_row);
+  }
+  // Keeps rows [lo, hi) of the concatenated shards (a held-out split, DataOptions::row_begin/row_end):
+  // shards outside are dropped and unmapped, shards across an end are cut. Global ids restart at 0.
+  void window(int64_t lo, int64_t hi) {
+    if (lo < 0 || hi > N || lo >= hi)
+      usage_error(spec, ": rows [", lo, ", ", hi, ") are not a non-empty part of its ", N, " rows");
+    std::vector<Shard> old = std::move(shards);
+    shards.clear();
+    blocks.clear();
+    N = 0;
+    disk_bytes = 0;
+    for (Shard& s : old) {
+      const int64_t b = std::max(lo, s.first), e = std::min(hi, s.first + s.rows);
+      if (b >= e) {
+        if (s.map) ::munmap(s.map, s.map_size);
+        continue;
+      }
+      s.data += (b - s.first) * s.row_bytes();
+      s.file_row += b - s.first;
+      s.rows = e - b;
+      add(std::move(s));
+    }
   }
   // Page hints for a block of the stream: read ahead when it starts, drop its pages when it is done (the
   // file's page cache keeps them; only this process's resident set shrinks).
@@ -238,13 +261,13 @@ io::DType parse_dtype_option(const std::string& dtype) {
   if (dtype == "f32" || dtype == "float32") return io::DType::f32;
   if (dtype == "f16" || dtype == "float16") return io::DType::f16;
   if (dtype == "bf16" || dtype == "bfloat16") return io::DType::bf16;
-  usage_error("--dtype: unknown type '", dtype, "'; expected f32, f16 or bf16");
+  usage_error(opt("dtype"), ": unknown type '", dtype, "'; expected f32, f16 or bf16");
 }
 
 void check_declared_dtype(const std::string& path, io::DType found, const DataOptions& o) {
   if (!o.dtype.empty() && parse_dtype_option(o.dtype) != found)
-    runtime_error(path, ": holds ", io::dtype_name(found), " but --dtype says ",
-                  io::dtype_name(parse_dtype_option(o.dtype)), " (hint: drop --dtype; the header gives the type)");
+    runtime_error(path, ": holds ", io::dtype_name(found), " but ", opt("dtype"), " says ",
+                  io::dtype_name(parse_dtype_option(o.dtype)), " (hint: drop ", opt("dtype"), "; the header gives the type)");
 }
 
 void map_file(Shard& s, int64_t offset, int64_t expected_end) {
@@ -298,13 +321,13 @@ Shard open_safetensors_shard(const std::string& path, const DataOptions& o) {
     names += cat(names.empty() ? "" : ", ", e.name, " ", shape_str(e.shape));
     if (o.tensor.empty() ? e.shape.size() == 2 : e.name == o.tensor) {
       if (pick && o.tensor.empty())
-        usage_error(path, ": holds several 2-D tensors (", names, "...); pick one with --tensor NAME");
+        usage_error(path, ": holds several 2-D tensors (", names, "...); pick one with ", opt("tensor"), " NAME");
       pick = &e;
     }
   }
   if (!pick) {
     if (o.tensor.empty()) runtime_error(path, ": no 2-D tensor (N, d) found; tensors: ", names.empty() ? "none" : names);
-    runtime_error(path, ": no tensor named '", o.tensor, "' (--tensor); tensors: ", names.empty() ? "none" : names);
+    runtime_error(path, ": no tensor named '", o.tensor, "' (", opt("tensor"), "); tensors: ", names.empty() ? "none" : names);
   }
   if (pick->shape.size() != 2)
     runtime_error(path, ": tensor '", pick->name, "' has shape ", shape_str(pick->shape), "; expected 2-D (N, d)");
@@ -320,7 +343,7 @@ Shard open_safetensors_shard(const std::string& path, const DataOptions& o) {
 
 Shard open_raw_shard(const std::string& path, const DataOptions& o) {
   if (o.d_in <= 0)
-    usage_error(path, ": a raw file (not .npy or .safetensors) needs its row width: pass --d-in D (and --dtype)");
+    usage_error(path, ": a raw file (not .npy or .safetensors) needs its row width: pass ", opt("d_in"), " D (and ", opt("dtype"), ")");
   Shard s;
   s.path = path;
   s.dtype = o.dtype.empty() ? io::DType::f32 : parse_dtype_option(o.dtype);
@@ -332,7 +355,7 @@ Shard open_raw_shard(const std::string& path, const DataOptions& o) {
   if (size % rb != 0)
     runtime_error(path, ": truncated: ", size, " bytes is not a whole number of rows of ", o.d_in, " ",
                   io::dtype_name(s.dtype), " values (", rb, " bytes); row ", size / rb, " is incomplete",
-                  " (hint: check --d-in and --dtype)");
+                  " (hint: check ", opt("d_in"), " and ", opt("dtype"), ")");
   s.rows = size / rb;
   if (s.rows > 0) map_file(s, 0, size);
   return s;
@@ -359,18 +382,18 @@ std::vector<std::string> list_files(const std::string& spec) {
       for (size_t i = 0; i < g.gl_pathc; ++i)
         if (!io::is_directory(g.gl_pathv[i])) files.emplace_back(g.gl_pathv[i]);
     ::globfree(&g);
-    if (files.empty()) runtime_error("--data ", spec, ": no file matches this pattern");
+    if (files.empty()) runtime_error(opt("data"), " ", spec, ": no file matches this pattern");
   } else if (io::is_directory(spec)) {
     std::error_code ec;
     for (const auto& entry : std::filesystem::directory_iterator(spec, ec)) {
       const std::string name = entry.path().filename().string();
       if (entry.is_regular_file() && is_data_file_name(name)) files.push_back(entry.path().string());
     }
-    if (ec) runtime_error("--data ", spec, ": cannot list the directory: ", ec.message());
+    if (ec) runtime_error(opt("data"), " ", spec, ": cannot list the directory: ", ec.message());
     if (files.empty())
-      runtime_error("--data ", spec, ": the directory has no data files (.npy, .safetensors, or raw .bin/.raw/.f32/.f16/.bf16)");
+      runtime_error(opt("data"), " ", spec, ": the directory has no data files (.npy, .safetensors, or raw .bin/.raw/.f32/.f16/.bf16)");
   } else {
-    if (!io::path_exists(spec)) runtime_error("--data ", spec, ": no such file or directory");
+    if (!io::path_exists(spec)) runtime_error(opt("data"), " ", spec, ": no such file or directory");
     files.push_back(spec);
   }
   std::sort(files.begin(), files.end());
@@ -625,7 +648,7 @@ class Producer final : public Hooks {
       if (!std::isfinite(dst[j])) {
         if (opt_.on_nonfinite == OnNonfinite::error)
           runtime_error(set_.where(row), " column ", j, " is ", dst[j],
-                        "; activations must be finite (hint: --on-nonfinite skip drops such rows and counts them)");
+                        "; activations must be finite (hint: ", opt("on_nonfinite"), " skip drops such rows and counts them)");
         bad_.add(row, set_.where(row));
         return false;
       }
@@ -857,11 +880,13 @@ class FileSource final : public ActivationSource {
 
 std::unique_ptr<ActivationSource> open_data(const std::string& spec, const DataOptions& options) {
   if (!options.dtype.empty()) parse_dtype_option(options.dtype);
-  if (options.shuffle_buffer < -1) usage_error("--shuffle-buffer must be >= 0 rows, got ", options.shuffle_buffer);
-  if (options.d_in < 0) usage_error("--d-in must be positive, got ", options.d_in);
+  if (options.shuffle_buffer < -1) usage_error(opt("shuffle_buffer"), " must be >= 0 rows, got ", options.shuffle_buffer);
+  if (options.d_in < 0) usage_error(opt("d_in"), " must be positive, got ", options.d_in);
   auto set = std::make_unique<ShardSet>();
   set->spec = spec;
   for (const std::string& f : list_files(spec)) set->add(open_shard(f, options));
+  if (options.row_begin != 0 || options.row_end >= 0)
+    set->window(options.row_begin, options.row_end >= 0 ? options.row_end : set->N);
   return std::make_unique<FileSource>(std::move(set), options);
 }
 
@@ -876,6 +901,8 @@ std::unique_ptr<ActivationSource> open_array(const float* rows, int64_t N, int64
   s.cols = d;
   s.data = reinterpret_cast<const unsigned char*>(rows);
   set->add(std::move(s));
+  if (options.row_begin != 0 || options.row_end >= 0)
+    set->window(options.row_begin, options.row_end >= 0 ? options.row_end : set->N);
   return std::make_unique<FileSource>(std::move(set), options);
 }
 

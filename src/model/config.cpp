@@ -20,7 +20,7 @@ Arch parse_arch(const std::string& name) {
   if (name == "batchtopk") return Arch::batchtopk;
   if (name == "topk") return Arch::topk;
   if (name == "relu_l1") return Arch::relu_l1;
-  usage_error("--arch: unknown architecture '", name, "'; expected one of matryoshka, batchtopk, topk, relu_l1");
+  usage_error(opt("arch"), ": unknown architecture '", name, "'; expected one of matryoshka, batchtopk, topk, relu_l1");
 }
 
 std::vector<int64_t> default_group_sizes(int64_t D) {
@@ -33,19 +33,19 @@ std::vector<int64_t> default_group_sizes(int64_t D) {
 
 void SaeConfig::finalize() {
   if (d_in <= 0) usage_error("d_in must be positive, got ", d_in);
-  if (d_sae <= 0) usage_error("--d-sae must be positive, got ", d_sae);
-  if (d_sae > (int64_t{1} << 31) - 1) usage_error("--d-sae ", d_sae, " is too large (at most 2^31-1 latents)");
-  if (k <= 0) usage_error("--k must be positive, got ", k);
-  if (k > d_sae) usage_error("--k ", k, " exceeds --d-sae ", d_sae, "; k is the mean number of active latents per row");
-  if (dead_after_batches <= 0) usage_error("--dead-after-batches must be positive, got ", dead_after_batches);
-  if (aux_k < 0) usage_error("--aux-k must be >= 0, got ", aux_k);
-  if (!(aux_coef >= 0.0f)) usage_error("--aux-coef must be >= 0, got ", aux_coef);
+  if (d_sae <= 0) usage_error(opt("d_sae"), " must be positive, got ", d_sae);
+  if (d_sae > (int64_t{1} << 31) - 1) usage_error(opt("d_sae"), " ", d_sae, " is too large (at most 2^31-1 latents)");
+  if (k <= 0) usage_error(opt("k"), " must be positive, got ", k);
+  if (k > d_sae) usage_error(opt("k"), " ", k, " exceeds ", opt("d_sae"), " ", d_sae, "; k is the mean number of active latents per row");
+  if (dead_after_batches <= 0) usage_error(opt("dead_after_batches"), " must be positive, got ", dead_after_batches);
+  if (aux_k < 0) usage_error(opt("aux_k"), " must be >= 0, got ", aux_k);
+  if (!(aux_coef >= 0.0f)) usage_error(opt("aux_coef"), " must be >= 0, got ", aux_coef);
 
   if (group_sizes.empty()) {
     if (arch == Arch::matryoshka || (arch == Arch::relu_l1 && d_sae >= 16)) {
       if (d_sae < 16)
-        usage_error("--d-sae ", d_sae, " is too small for the default Matryoshka groups (D/16, D/16, D/8, D/4, D/2): ",
-                    "use --d-sae >= 16 or give --group-sizes");
+        usage_error(opt("d_sae"), " ", d_sae, " is too small for the default Matryoshka groups (D/16, D/16, D/8, D/4, D/2): ",
+                    "use ", opt("d_sae"), " >= 16 or give ", opt("group_sizes"));
       group_sizes = default_group_sizes(d_sae);
     } else {
       group_sizes = {d_sae};
@@ -54,13 +54,13 @@ void SaeConfig::finalize() {
   int64_t total = 0;
   for (size_t g = 0; g < group_sizes.size(); ++g) {
     if (group_sizes[g] <= 0)
-      usage_error("--group-sizes: group ", g + 1, " has size ", group_sizes[g], "; every group size must be positive");
+      usage_error(opt("group_sizes"), ": group ", g + 1, " has size ", group_sizes[g], "; every group size must be positive");
     total += group_sizes[g];
   }
   if (total != d_sae)
-    usage_error("--group-sizes sum to ", total, " but --d-sae is ", d_sae, "; the sizes must sum to D");
+    usage_error(opt("group_sizes"), " sum to ", total, " but ", opt("d_sae"), " is ", d_sae, "; the sizes must sum to D");
   if (arch == Arch::batchtopk && group_sizes.size() != 1)
-    usage_error("--arch batchtopk has a single group; for several groups use --arch matryoshka");
+    usage_error(opt("arch"), " batchtopk has a single group; for several groups use ", opt("arch"), " matryoshka");
   finalize_variants();
 }
 
@@ -69,42 +69,42 @@ void SaeConfig::finalize_variants() {
   if (arch == Arch::relu_l1) encoder_bias = true;  // the ReLU SAE trains b_enc (it has no TopK to set sparsity)
   if (!prefix_weights.empty()) {
     if (static_cast<int64_t>(prefix_weights.size()) != G)
-      usage_error("--prefix-weights has ", prefix_weights.size(), " entries but there are ", G,
+      usage_error(opt("prefix_weights"), " has ", prefix_weights.size(), " entries but there are ", G,
                   " groups; give one weight per Matryoshka prefix");
     for (float w : prefix_weights)
-      if (!(w >= 0.0f) || !std::isfinite(w)) usage_error("--prefix-weights: every weight must be finite and >= 0, got ", w);
+      if (!(w >= 0.0f) || !std::isfinite(w)) usage_error(opt("prefix_weights"), ": every weight must be finite and >= 0, got ", w);
   }
   if (!group_k.empty()) {
-    if (arch == Arch::relu_l1) usage_error("--group-k: --arch relu_l1 has no TopK selection");
+    if (arch == Arch::relu_l1) usage_error(opt("group_k"), ": ", opt("arch"), " relu_l1 has no TopK selection");
     if (static_cast<int64_t>(group_k.size()) != G)
-      usage_error("--group-k has ", group_k.size(), " entries but there are ", G, " groups; give one k per group");
+      usage_error(opt("group_k"), " has ", group_k.size(), " entries but there are ", G, " groups; give one k per group");
     for (int64_t g = 0; g < G; ++g)
       if (group_k[g] <= 0 || group_k[g] > group_sizes[g])
-        usage_error("--group-k: group ", g + 1, " has k ", group_k[g], " but ", group_sizes[g],
+        usage_error(opt("group_k"), ": group ", g + 1, " has k ", group_k[g], " but ", group_sizes[g],
                     " latents; each k_g must be in 1..group size");
   }
   if (G > 64) usage_error("at most 64 Matryoshka groups are supported, got ", G);
-  if (sampled_prefixes < 0) usage_error("--sampled-prefixes must be >= 0, got ", sampled_prefixes);
+  if (sampled_prefixes < 0) usage_error(opt("sampled_prefixes"), " must be >= 0, got ", sampled_prefixes);
   if (sampled_prefixes > 0) {
-    if (sampled_prefixes > 64) usage_error("--sampled-prefixes: at most 64 prefixes per batch, got ", sampled_prefixes);
+    if (sampled_prefixes > 64) usage_error(opt("sampled_prefixes"), ": at most 64 prefixes per batch, got ", sampled_prefixes);
     if (prefix_distribution != "pareto" && prefix_distribution != "uniform")
-      usage_error("--prefix-distribution: unknown '", prefix_distribution, "'; expected pareto or uniform");
-    if (!(pareto_power > 0.0f)) usage_error("--pareto-power must be positive, got ", pareto_power);
-    if (min_prefix < 1) usage_error("--min-prefix must be >= 1, got ", min_prefix);
+      usage_error(opt("prefix_distribution"), ": unknown '", prefix_distribution, "'; expected pareto or uniform");
+    if (!(pareto_power > 0.0f)) usage_error(opt("pareto_power"), " must be positive, got ", pareto_power);
+    if (min_prefix < 1) usage_error(opt("min_prefix"), " must be >= 1, got ", min_prefix);
     if (d_sae - min_prefix < sampled_prefixes - 1)
-      usage_error("--sampled-prefixes ", sampled_prefixes, " needs ", sampled_prefixes - 1,
-                  " distinct lengths in [--min-prefix ", min_prefix, ", D-1 = ", d_sae - 1, "]");
+      usage_error(opt("sampled_prefixes"), " ", sampled_prefixes, " needs ", sampled_prefixes - 1,
+                  " distinct lengths in [", opt("min_prefix"), " ", min_prefix, ", D-1 = ", d_sae - 1, "]");
     if (!prefix_weights.empty() || !group_k.empty())
-      usage_error("--sampled-prefixes changes the groups every batch; it cannot be combined with --prefix-weights or --group-k");
+      usage_error(opt("sampled_prefixes"), " changes the groups every batch; it cannot be combined with ", opt("prefix_weights"), " or ", opt("group_k"));
   }
-  if (!(threshold_rate > 0.0f && threshold_rate <= 1.0f)) usage_error("--threshold-rate must be in (0, 1], got ", threshold_rate);
-  if (threshold_start_step < 0) usage_error("--threshold-start-step must be >= 0, got ", threshold_start_step);
-  if (reorder_every < 0) usage_error("--reorder-every must be >= 0, got ", reorder_every);
-  if (!(reorder_decay >= 0.0f && reorder_decay < 1.0f)) usage_error("--reorder-decay must be in [0, 1), got ", reorder_decay);
+  if (!(threshold_rate > 0.0f && threshold_rate <= 1.0f)) usage_error(opt("threshold_rate"), " must be in (0, 1], got ", threshold_rate);
+  if (threshold_start_step < 0) usage_error(opt("threshold_start_step"), " must be >= 0, got ", threshold_start_step);
+  if (reorder_every < 0) usage_error(opt("reorder_every"), " must be >= 0, got ", reorder_every);
+  if (!(reorder_decay >= 0.0f && reorder_decay < 1.0f)) usage_error(opt("reorder_decay"), " must be in [0, 1), got ", reorder_decay);
   if (arch == Arch::relu_l1) {
-    if (!(l1_coef > 0.0f)) usage_error("--l1-coef must be positive, got ", l1_coef);
-    if (!(l1_adapt_rate >= 0.0f && l1_adapt_rate < 1.0f)) usage_error("--l1-adapt-rate must be in [0, 1), got ", l1_adapt_rate);
-    if (l1_warmup_steps < 0) usage_error("--l1-warmup-steps must be >= 0, got ", l1_warmup_steps);
+    if (!(l1_coef > 0.0f)) usage_error(opt("l1_coef"), " must be positive, got ", l1_coef);
+    if (!(l1_adapt_rate >= 0.0f && l1_adapt_rate < 1.0f)) usage_error(opt("l1_adapt_rate"), " must be in [0, 1), got ", l1_adapt_rate);
+    if (l1_warmup_steps < 0) usage_error(opt("l1_warmup_steps"), " must be >= 0, got ", l1_warmup_steps);
   }
 }
 

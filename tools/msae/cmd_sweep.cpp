@@ -5,7 +5,7 @@
 // configuration, mean and standard deviation over the seeds) and DIR/report.html (that table and bar charts
 // with error bars, src/eval/report.cpp). Grid format: docs/cli.md "msae sweep".
 // A run whose "data" is "preset:NAME" trains on that ground-truth preset's stream with the routine of
-// `msae synth-bench` (preset_run.h) and is scored with the suite's ground-truth metrics.
+// `msae synth-bench` (run::train_on_preset, msae/run.h) and is scored with the suite's ground-truth metrics.
 #include <atomic>
 #include <cmath>
 #include <csignal>
@@ -24,9 +24,8 @@
 #include "msae/report.h"
 #include "msae/synth.h"
 #include "msae/train.h"
-#include "preset_run.h"
 #include "progress.h"
-#include "variant_flags.h"
+#include "msae/run.h"
 
 namespace msae::cli {
 namespace {
@@ -44,16 +43,17 @@ struct SweepArgs {
 std::atomic<bool> g_stop{false};
 extern "C" void on_sweep_signal(int) { g_stop = true; }
 
-// The keys a run configuration may hold: `msae train`'s flags without the dashes (plus "data").
-const std::set<std::string>& known_keys() {
-  static const std::set<std::string> keys = {
-      "data", "bf16", "arch", "d-sae", "group-sizes", "k", "batch", "steps", "lr", "seed", "dead-after-batches",
-      "aux-k", "aux-coef", "max-grad-norm", "encoder-bias", "engine", "eval-rows", "meta-steps",
-      // variant_flags.h
-      "recipe", "prefix-weights", "no-bdec-term", "stop-gradient-groups", "aux-detach", "group-k",
-      "sampled-prefixes", "prefix-distribution", "pareto-power", "min-prefix", "reorder-every", "reorder-decay",
-      "l1-coef", "l1-adapt-rate", "l1-warmup-steps", "threshold-rate", "threshold-start-step", "beta2",
-      "lr-warmup-steps", "lr-decay-start", "bdec-median"};
+// A run configuration's keys are the option table's grid rows (msae/options.h), spelled as flags without
+// the dashes ("d-sae") or as keys ("d_sae").
+bool known_key(const std::string& key) {
+  const run::OptionDef* row = run::find_option(key);
+  return row && (row->scopes & run::kGrid);
+}
+
+std::string grid_keys() {
+  std::string keys;
+  for (const run::OptionDef& row : run::option_table())
+    if (row.scopes & run::kGrid) keys += cat(keys.empty() ? "" : ", ", opt(row.key).substr(2));
   return keys;
 }
 
@@ -78,7 +78,7 @@ void apply_sets(const std::vector<std::string>& sets, json& base, json& axes, js
     const size_t eq = s.find('=');
     if (eq == std::string::npos || eq == 0) usage_error("--set '", s, "': expected KEY=VALUE, e.g. --set steps=500");
     const std::string key = s.substr(0, eq), text = s.substr(eq + 1);
-    if (!known_keys().count(key)) usage_error("--set: unknown key '", key, "'; keys are msae train's flags without the dashes");
+    if (!known_key(key)) usage_error("--set: unknown key '", key, "'; the keys are ", grid_keys());
     json value;
     try {
       value = json::parse(text);
@@ -164,86 +164,23 @@ std::vector<json> expand_grid(const std::string& path, const std::vector<std::st
   if (runs.empty()) fail("no runs");
   for (const json& r : runs)
     for (const auto& [key, value] : r.items())
-      if (!known_keys().count(key))
-        fail(cat("unknown key '", key, "' in a run; keys are msae train's flags without the dashes (see docs/cli.md)"));
+      if (!known_key(key)) fail(cat("unknown key '", key, "' in a run; the keys are ", grid_keys()));
   return runs;
 }
 
-// A grid value of type T, or the fallback when the key is absent. Numbers go through io::json_* (type and
-// range checked: nlohmann's get<int64_t>() of 1e30 is undefined behaviour, of 2.7 a silent 2).
-template <class T>
-T get(const json& r, const char* key, T fallback) {
-  if (!r.contains(key)) return fallback;
-  const json& v = r[key];
-  const std::string what = cat("grid: key '", key, "'");
-  try {
-    if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, std::string>)
-      return v.get<T>();
-    else if constexpr (std::is_same_v<T, uint64_t>)
-      return io::json_uint64(v, what);
-    else if constexpr (std::is_integral_v<T>)
-      return static_cast<T>(io::json_int(v, what, std::numeric_limits<T>::min(), std::numeric_limits<T>::max()));
-    else
-      return io::json_float(v, what);
-  } catch (const json::exception&) {
-    usage_error(what, " has the wrong type (", io::json_excerpt(v), ")");
-  } catch (const Error& e) {
-    usage_error(e.what());
+// Run r's options, checked against the table (errors name the run and the key). "data": "synthetic" is the
+// embedded synthetic data (no data option).
+run::Options run_options(const json& r, const std::string& id) {
+  run::Options o;
+  for (const auto& [key, value] : r.items()) {
+    if (run::find_option(key) && std::string(run::find_option(key)->key) == "data" && value == "synthetic") continue;
+    try {
+      o.set(key, value);
+    } catch (const Error& e) {
+      usage_error("grid run ", id, ": ", e.what());
+    }
   }
-}
-
-std::string list_text(const json& r, const char* key) {
-  if (!r.contains(key)) return {};
-  if (r[key].is_string()) return r[key].get<std::string>();
-  std::string s;
-  for (const json& v : r[key]) s += (s.empty() ? "" : ",") + v.dump();
-  return s;
-}
-
-std::vector<int64_t> parse_sizes(const std::string& text) {
-  std::vector<int64_t> out;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) out.push_back(std::stoll(item));
-  return out;
-}
-
-// The training options of run r, as `msae train` would build them from the same flags; `def` holds the
-// data source's defaults (width, k, batch, steps) for the keys r does not set.
-train::TrainOptions run_options(const json& r, const std::string& id, int64_t d, const PresetDefaults& def) {
-  train::TrainOptions opt;
-  SaeConfig& cfg = opt.sae;
-  cfg.arch = parse_arch(get<std::string>(r, "arch", "matryoshka"));
-  cfg.d_in = d;
-  cfg.d_sae = get<int64_t>(r, "d-sae", def.d_sae);
-  cfg.k = get<int64_t>(r, "k", def.k);
-  if (r.contains("group-sizes")) cfg.group_sizes = parse_sizes(list_text(r, "group-sizes"));
-  cfg.encoder_bias = get<bool>(r, "encoder-bias", false);
-  cfg.dead_after_batches = get<int64_t>(r, "dead-after-batches", 20);
-  cfg.aux_k = get<int64_t>(r, "aux-k", 512);
-  cfg.aux_coef = get<float>(r, "aux-coef", 1.0f / 32.0f);
-  cfg.finalize();
-  opt.batch = get<int64_t>(r, "batch", def.batch);
-  if (opt.batch <= 0) usage_error("grid: batch must be positive");
-  opt.steps = get<int64_t>(r, "steps", def.steps);
-  if (opt.steps <= 0) usage_error("grid: steps must be positive");
-  opt.adam.lr = get<float>(r, "lr", 3e-4f);
-  opt.max_grad_norm = get<float>(r, "max-grad-norm", 1e5f);
-  opt.seed = get<uint64_t>(r, "seed", 0);
-  opt.engine = get<std::string>(r, "engine", "sparse");
-  json variant_keys = r;
-  if (r.contains("prefix-weights")) variant_keys["prefix-weights"] = list_text(r, "prefix-weights");
-  if (r.contains("group-k")) variant_keys["group-k"] = list_text(r, "group-k");
-  VariantArgs va;
-  try {
-    va = variant_args_from_json(variant_keys);
-  } catch (const json::exception& e) {
-    usage_error("grid run ", id, ": a variant key has the wrong type (", e.what(), ")");
-  } catch (const Error& e) {  // a number of the wrong kind or range (io::json_*)
-    usage_error("grid run ", id, ": ", e.what());
-  }
-  apply_variant_args(va, [&](const std::string& flag) { return r.contains(flag.substr(2)); }, opt);
-  return opt;
+  return o;
 }
 
 constexpr const char* kPresetPrefix = "preset:";
@@ -251,21 +188,22 @@ constexpr const char* kPresetPrefix = "preset:";
 // A run on a ground-truth preset: the preset's defaults for what r does not set, `seed` seeding the
 // feature model, the stream and the init exactly as `msae synth-bench --seeds` does; scored against
 // the truth. Returns a null json when interrupted.
-json run_preset(const json& r, const std::string& id, const std::string& preset) {
-  const PresetDefaults def = preset_defaults(preset);  // usage error listing the presets if unknown
-  const uint64_t seed = get<uint64_t>(r, "seed", 0);
+json run_preset(const run::Options& o, const json& r, const std::string& id, const std::string& preset) {
+  const run::PresetDefaults def = run::preset_defaults(preset);  // usage error listing the presets if unknown
+  const uint64_t seed = static_cast<uint64_t>(o.integer("seed"));
   const synth::FeatureModel model = synth::make_preset(preset, seed);
-  const train::TrainOptions opt = run_options(r, id, model.d, def);
-  const int64_t eval_rows = get<int64_t>(r, "eval-rows", def.eval_rows);
-  if (eval_rows <= 0) usage_error("grid: eval-rows must be positive");
-  const PresetEvalRows held_out = preset_eval_rows(model, seed, eval_rows);
-  PresetRunOptions ro;
-  ro.meta_steps = get<int64_t>(r, "meta-steps", 0);
+  run::Options po = o;
+  po.erase("data");
+  const train::TrainOptions opt = run::make_train_options(po, model.d, {def.d_sae, def.k, def.batch, def.steps});
+  const int64_t eval_rows = o.given("eval_rows") ? o.integer("eval_rows") : def.eval_rows;
+  const run::PresetEvalRows held_out = run::preset_eval_rows(model, seed, eval_rows);
+  run::PresetRunOptions ro;
+  ro.meta_steps = o.integer("meta_steps");
   ro.label = cat("run ", id);
   ro.stop = &g_stop;
-  const PresetRun run = train_on_preset(model, opt, held_out, ro);
-  if (run.interrupted) return json();
-  json entries = preset_run_json(run, opt, false);
+  const run::PresetRun pr = run::train_on_preset(model, opt, held_out, ro);
+  if (pr.interrupted) return json();
+  json entries = run::preset_run_json(pr, opt, false);
   json metrics = entries["eval"];
   metrics["ground_truth"] = entries["ground_truth"];
   if (!entries["meta_sae"].is_null()) metrics["meta_sae"] = entries["meta_sae"];
@@ -280,62 +218,40 @@ json run_preset(const json& r, const std::string& id, const std::string& preset)
           {"metrics", metrics}};
 }
 
-// One run: build the options as `msae train` would, train, evaluate. Returns the result line (null when
-// interrupted).
+// One run through the run layer (the same as `msae train` with the same options, without an output
+// directory), then its evaluation. Returns the result line (null when interrupted).
 json run_one(const json& r, const std::string& id) {
-  const std::string data_path = get<std::string>(r, "data", "synthetic");
-  if (data_path.rfind(kPresetPrefix, 0) == 0) return run_preset(r, id, data_path.substr(std::string(kPresetPrefix).size()));
-  const bool synthetic = data_path == "synthetic";
-  if (r.contains("meta-steps")) usage_error("grid run ", id, ": meta-steps needs ground truth (\"data\": \"preset:NAME\")");
-  const uint64_t seed = get<uint64_t>(r, "seed", 0);
-  const bool bf16 = get<bool>(r, "bf16", false);
-  std::unique_ptr<data::ActivationSource> source =
-      synthetic ? data::open_synthetic(seed) : data::open_npy(data_path, true, seed, bf16);
-  const int64_t d = source->d();
-  const int64_t rows_per_batch = get<int64_t>(r, "batch", synthetic ? data::SyntheticDefaults::batch : 4096);
-  if (rows_per_batch <= 0) usage_error("grid: batch must be positive");
-  const PresetDefaults def{synthetic ? data::SyntheticDefaults::d_sae : 8 * d, synthetic ? data::SyntheticDefaults::k : 32,
-                           rows_per_batch,
-                           synthetic ? data::SyntheticDefaults::steps
-                                     : std::max<int64_t>(1, (source->rows() + rows_per_batch - 1) / rows_per_batch),
-                           16384, 0};
-  const train::TrainOptions opt = run_options(r, id, d, def);
-  train::Trainer trainer(opt, SaeParams::init(d, opt.sae.d_sae, seed));
-  std::vector<float> batch(opt.batch * d);
-  Timer clock;
+  run::Options o = run_options(r, id);
+  const std::string data_spec = o.text("data");
+  if (data_spec.rfind(kPresetPrefix, 0) == 0) return run_preset(o, r, id, data_spec.substr(std::string(kPresetPrefix).size()));
+  if (o.given("meta_steps")) usage_error("grid run ", id, ": meta-steps needs ground truth (\"data\": \"preset:NAME\")");
   double loss_tail = 0;
   int64_t tail_n = 0;
-  for (int64_t s = 0; s < opt.steps; ++s) {
-    if (g_stop) return json();
-    source->next_batch(opt.batch, batch.data());
-    const StepStats& st = trainer.step(batch.data());
-    if (!std::isfinite(st.loss)) runtime_error("run ", id, ": the loss became ", st.loss, " at step ", s + 1);
-    if (s >= opt.steps - std::max<int64_t>(1, opt.steps / 20)) {
+  run::Callbacks cb;
+  cb.stop = [] { return g_stop.load(); };
+  cb.info = [](const std::string& line) { log_debug(line); };
+  cb.progress = [&](int64_t done, int64_t steps, const StepStats& st, double) {
+    if (done - 1 >= steps - std::max<int64_t>(1, steps / 20)) {
       loss_tail += st.loss;
       ++tail_n;
     }
+  };
+  run::Result res;
+  try {
+    res = run::train(o, {}, cb);
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::usage) usage_error("grid run ", id, ": ", e.what());
+    runtime_error("run ", id, ": ", e.what());
   }
-  const double seconds = clock.seconds();
-  std::unique_ptr<data::ActivationSource> eval_source =
-      synthetic ? data::open_synthetic(seed + 1000003) : data::open_npy(data_path, false, 0, bf16);
-  const int64_t eval_rows_cap = get<int64_t>(r, "eval-rows", 16384);
-  const int64_t eval_rows = eval_source->rows() > 0 ? std::min(eval_source->rows(), eval_rows_cap) : eval_rows_cap;
-  const eval::EvalReport report = eval::evaluate(opt.sae, trainer.params(), *eval_source, eval_rows);
-  json metrics = eval::to_json(report);
+  if (!res.completed) return json();
+  json metrics = res.final_metrics;
   metrics.erase("latent_frequency");
-  if (synthetic) {
-    const synth::PlantedDictionary truth = synth::make_planted(synth::default_planted_config());
-    const eval::RecoveryReport rec = eval::score_recovery(truth.directions, trainer.params().W_dec.ptr(), opt.sae.d_sae);
-    metrics["recovery"] = {{"mean_max_cosine", rec.mean_max_cosine},
-                           {"frac_recovered_cos_0.9", rec.frac_recovered},
-                           {"mcc", rec.mcc}};
-  }
   return {{"id", id},
           {"config", r},
-          {"sae", train::config_json(opt.sae)},
-          {"engine", opt.engine},
-          {"steps", opt.steps},
-          {"seconds", seconds},
+          {"sae", train::config_json(res.cfg)},
+          {"engine", res.msae_json["training"]["engine"]},
+          {"steps", res.steps},
+          {"seconds", res.seconds},
           {"train_loss_last_5pct", loss_tail / std::max<int64_t>(tail_n, 1)},
           {"metrics", metrics}};
 }

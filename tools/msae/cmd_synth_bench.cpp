@@ -19,9 +19,9 @@
 #include "msae/report.h"
 #include "msae/synth.h"
 #include "msae/train.h"
-#include "preset_run.h"
+#include "msae/run.h"
 #include "progress.h"
-#include "variant_flags.h"
+#include "table_flags.h"
 
 namespace msae::cli {
 namespace {
@@ -51,8 +51,29 @@ struct BenchArgs {
   int threads = 0;
   double lr = 3e-4;
   std::string engine = "sparse";
-  VariantArgs variants;  // variant_flags.h: the same switches as msae train, applied to every arch
+  TableFlags variants;  // the option table's variant rows: the same switches as msae train, applied to every arch
 };
+
+// The variants record of args.json before the option table: every switch with its value; the given ones
+// are those that differ from that time's defaults (a resumed run compares what the options mean).
+json legacy_variants(const json& v) {
+  static const json old_defaults = {
+      {"recipe", ""}, {"prefix-weights", ""}, {"group-k", ""}, {"no-bdec-term", false},
+      {"stop-gradient-groups", false}, {"aux-detach", false}, {"sampled-prefixes", 0},
+      {"prefix-distribution", "pareto"}, {"pareto-power", 0.5}, {"min-prefix", 1}, {"reorder-every", 0},
+      {"reorder-decay", 0.95}, {"l1-coef", 1.2}, {"l1-adapt-rate", 3e-4}, {"l1-warmup-steps", -1},
+      {"threshold-rate", 0.01}, {"threshold-start-step", 0}, {"beta2", 0.99}, {"lr-warmup-steps", 0},
+      {"lr-decay-start", -1}, {"bdec-median", false}};
+  if (!v.is_object() || !v.contains("sampled-prefixes")) return v;  // today's format
+  run::Options o;
+  for (const auto& [key, value] : v.items()) {
+    const json def = old_defaults.value(key, json());
+    const bool same = value.is_number() && def.is_number() ? std::abs(value.get<double>() - def.get<double>()) <= 1e-7 * std::abs(def.get<double>())
+                                                           : value == def;
+    if (!same) o.set(key, value);
+  }
+  return o.to_json();
+}
 
 std::vector<std::string> split_list(const std::string& s, const char* flag) {
   std::vector<std::string> out;
@@ -230,10 +251,11 @@ void write_report(const std::string& path, const std::string& preset, const synt
   page.write(path);
 }
 
-int run_synth_bench(BenchArgs a, const CLI::App& app) {
+int run_synth_bench(BenchArgs& a, const CLI::App& app) {
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
-  const PresetDefaults def = preset_defaults(a.preset);  // a usage error listing the presets if unknown
+  const run::Options variant_options = a.variants.options();
+  const run::PresetDefaults def = run::preset_defaults(a.preset);  // a usage error listing the presets if unknown
   const int64_t d_sae = app.count("--d-sae") ? a.d_sae : def.d_sae;
   const int64_t k = app.count("--k") ? a.k : def.k;
   const int64_t batch = app.count("--batch") ? a.batch : def.batch;
@@ -291,7 +313,7 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
                        {"batch", batch}, {"steps", steps}, {"eval_rows", eval_rows}, {"meta_steps", meta_steps},
                        {"group_sizes", matryoshka_groups}, {"lr", a.lr}, {"engine", a.engine},
                        {"threads", num_threads()}, {"save_saes", a.save_saes},
-                       {"variants", variant_args_json(a.variants)}};
+                       {"variants", variant_options.to_json()}};
     const std::string args_path = tmp + "/args.json";
     if (a.resume) {
       if (!io::path_exists(args_path))
@@ -302,7 +324,9 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
       } catch (const json::exception& e) {
         runtime_error(args_path, " is not valid JSON (", e.what(), "); remove ", tmp, " to start over");
       }
-      if (before.value("args", json()) != args)
+      json recorded = before.value("args", json());
+      if (recorded.is_object() && recorded.contains("variants")) recorded["variants"] = legacy_variants(recorded["variants"]);
+      if (recorded != args)
         usage_error("--resume: ", args_path, " records another command line; repeat the original flags (",
                     before.value("args", json()).dump(), ")");
       if (checkpoint_every == 0) checkpoint_every = before.value("checkpoint_every", int64_t{0});
@@ -340,7 +364,7 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
       log_info(cat("preset ", a.preset, " seed ", seed, ": N=", model.n_features(), " d=", model.d, " expected L0 ",
                    model.expected_l0()));
       // Held-out evaluation rows with their fired features.
-      const PresetEvalRows held_out = preset_eval_rows(model, seed, eval_rows);
+      const run::PresetEvalRows held_out = run::preset_eval_rows(model, seed, eval_rows);
       if (seed == seeds.front()) write_truth(work, model, held_out.fired);
       for (const auto& arch : archs) {
         if (g_stop) break;
@@ -351,17 +375,25 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
         cfg.k = k;
         if (cfg.arch == Arch::matryoshka) cfg.group_sizes = matryoshka_groups;
         cfg.finalize();
-        train::TrainOptions opt;
-        opt.sae = cfg;
-        opt.batch = batch;
-        opt.steps = steps;
-        opt.seed = seed;
-        opt.engine = a.engine;
-        opt.adam.lr = static_cast<float>(a.lr);
-        apply_variant_args(
-            a.variants, [&](const std::string& flag) { return app.count(flag) > 0; }, opt);
+        // The run's options: this command's, and the variant switches, through the run layer's table.
+        run::Options ro_opts = variant_options;
+        ro_opts.set("arch", arch);
+        if (cfg.arch == Arch::matryoshka) ro_opts.set("group_sizes", cfg.group_sizes);
+        ro_opts.set("seed", static_cast<int64_t>(seed));
+        ro_opts.set("engine", a.engine);
+        if (app.count("--engine") == 0) ro_opts.erase("engine");  // (relu_l1 picks its engine when none is given)
+        if (app.count("--lr")) ro_opts.set("lr", a.lr);
+        const train::TrainOptions opt = run::make_train_options(ro_opts, model.d, {d_sae, k, batch, steps});
         cfg = opt.sae;  // the variant switches may change the SAE config (recipes, per-group k, ...)
-        PresetRunOptions ro;
+        run::PresetRunOptions ro;
+        std::unique_ptr<Progress> progress;
+        ro.progress = [&](int64_t done, int64_t planned, const StepStats& st) {
+          if (!progress) progress = std::make_unique<Progress>(planned);
+          char buf[96];
+          std::snprintf(buf, sizeof buf, " | FVU %.3f | L0 %.3f", st.var_x > 0 ? st.mse_prefix.back() / st.var_x : 0.0,
+                        static_cast<double>(st.l0));
+          progress->update(done, cat(arch, " seed ", seed, buf), done == planned);
+        };
         ro.meta_steps = meta_steps;
         ro.label = cat(arch, " seed ", seed);
         ro.keep_sae = a.save_saes;
@@ -381,7 +413,8 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
           ro.stop = &stop_at_once;
           ro.evaluate_if_stopped = true;
         }
-        PresetRun pr = train_on_preset(model, opt, held_out, ro);
+        run::PresetRun pr = run::train_on_preset(model, opt, held_out, ro);
+        if (progress) progress->finish();
         if (snapshot) {
           any_partial = any_partial || pr.interrupted;
           log_info(cat(arch, " seed ", seed, ": snapshot at step ", pr.steps_done, " of ", steps));
@@ -393,7 +426,7 @@ int run_synth_bench(BenchArgs a, const CLI::App& app) {
         if (pr.interrupted && !snapshot)
           log_warn(cat(arch, " seed ", seed, ": interrupted after ", pr.steps_done, " of ", steps,
                        " steps; evaluating the SAE as it stands and skipping the remaining runs"));
-        json entries = preset_run_json(pr, opt, true);
+        json entries = run::preset_run_json(pr, opt, true);
         json sae_dir = nullptr;
         if (a.save_saes) {  // the trained SAE itself, so a long run can be evaluated or inspected again
           const std::string rel = cat("saes/", arch, "-seed", seed);
@@ -555,7 +588,7 @@ Action add_synth_bench_command(CLI::App& root) {
                 "Also write every trained SAE to OUT/saes/ARCH-seedS (the msae train output layout)");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_option("--engine", a->engine, "Step engine: sparse | reference")->capture_default_str();
-  add_variant_flags(app, a->variants);
+  a->variants.add_to(app, run::kCli, [](const run::OptionDef& row) { return row.group == run::OptGroup::variant; });
   return [a, app]() { return run_synth_bench(*a, *app); };
 }
 

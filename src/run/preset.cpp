@@ -1,14 +1,13 @@
 // Train on a ground-truth preset and score against its truth (see preset_run.h).
-#include "preset_run.h"
+#include "msae/run.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "msae/data.h"
 #include "msae/io.h"
-#include "progress.h"
 
-namespace msae::cli {
+namespace msae::run {
 
 PresetDefaults preset_defaults(const std::string& p) {
   if (p == "synth-16k") return {4096, 25, 1024, 50000, 65536, 2000};
@@ -33,7 +32,6 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   const int64_t steps = opt.steps, batch = opt.batch, D = opt.sae.d_sae;
   train::Trainer trainer(opt, SaeParams::init(model.d, D, opt.seed));
   synth::FeatureSampler stream(model, synth::synth_bench_train_stream(opt.seed));  // every arch of a seed
-  std::vector<float> x(static_cast<size_t>(batch * model.d));
   PresetRun run;
   const int64_t log_every = std::max<int64_t>(1, steps / 100);
   train::MetricsInterval interval;
@@ -84,39 +82,45 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     run.steps_done = start;
     log_info(cat(ro.label, ": resuming at step ", start, " of ", steps, " (", ck.path, ")"));
   }
-  Progress progress(steps);
-  char buf[96];
-  for (int64_t s = start; s < steps; ++s) {
-    if (ro.stop && ro.stop->load()) {
-      run.interrupted = true;
-      if (!ro.checkpoint_dir.empty() && s > start) save(s);  // (at s == start the last checkpoint is there)
-      if (!ro.evaluate_if_stopped) {
-        progress.finish();
-        return run;
-      }
-      break;
-    }
-    Timer t;
-    stream.sample(batch, x.data());
-    run.generation_seconds += t.seconds();
-    t.reset();
-    const StepStats& st = trainer.step(x.data());
-    run.step_seconds += t.seconds();
-    if (!std::isfinite(st.loss)) runtime_error("the loss became ", st.loss, " at step ", s + 1, " (", ro.label, ")");
-    interval.add(st);
-    if ((s + 1) % log_every == 0 || s + 1 == steps) {
-      run.curve_step.push_back(static_cast<double>(s + 1));
-      run.curve_fvu.push_back(interval.to_json().at("fvu").get<double>());
-      interval = train::MetricsInterval{};
-    }
-    std::snprintf(buf, sizeof buf, " | FVU %.3f | L0 %.3f", st.var_x > 0 ? st.mse_prefix.back() / st.var_x : 0.0,
-                  static_cast<double>(st.l0));
-    progress.update(s + 1, ro.label + buf, s + 1 == steps);
-    run.steps_done = s + 1;
-    if (!ro.checkpoint_dir.empty() && (s + 1 == steps || (ro.checkpoint_every > 0 && (s + 1) % ro.checkpoint_every == 0)))
-      save(s + 1);
+  const double generation_before = run.generation_seconds, step_before = run.step_seconds;
+  LoopResult lr;
+  LoopHooks hooks;
+  hooks.next_batch = [&](float* x) {
+    stream.sample(batch, x);
+    return true;
+  };
+  if (ro.stop) hooks.stop = [&] { return ro.stop->load(); };
+  hooks.log = [&](int64_t done, const train::MetricsInterval& iv, const StepStats&) {
+    run.curve_step.push_back(static_cast<double>(done));
+    run.curve_fvu.push_back(iv.to_json().at("fvu").get<double>());
+  };
+  hooks.progress = [&](int64_t done, const StepStats& st) {
+    run.steps_done = done;
+    if (ro.progress) ro.progress(done, steps, st);
+  };
+  auto times = [&] {
+    run.generation_seconds = generation_before + lr.data_seconds;
+    run.step_seconds = step_before + lr.step_seconds;
+  };
+  if (!ro.checkpoint_dir.empty())
+    hooks.checkpoint = [&](int64_t done) {
+      times();
+      save(done);
+    };
+  LoopSpec spec;
+  spec.start = start;
+  spec.steps = steps;
+  spec.log_every = log_every;
+  spec.checkpoint_every = ro.checkpoint_every;
+  spec.checkpoint_at_end = true;
+  spec.label = ro.label;
+  run_loop(trainer, spec, interval, hooks, lr);
+  times();
+  if (lr.interrupted) {
+    run.interrupted = true;
+    if (!ro.checkpoint_dir.empty() && lr.done > start) save(lr.done);  // (at start the last checkpoint is there)
+    if (!ro.evaluate_if_stopped) return run;
   }
-  progress.finish();
   if (run.interrupted && interval.steps > 0) {  // the last, partial logging interval
     run.curve_step.push_back(static_cast<double>(run.steps_done));
     run.curve_fvu.push_back(interval.to_json().at("fvu").get<double>());
@@ -171,4 +175,4 @@ nlohmann::json preset_run_json(const PresetRun& run, const train::TrainOptions& 
   return j;
 }
 
-}  // namespace msae::cli
+}  // namespace msae::run

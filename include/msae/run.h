@@ -1,0 +1,202 @@
+// msae run: the one layer that turns a set of options (msae/options.h) into a trained, evaluated, saved SAE.
+// `msae train`, `msae sweep`, `msae synth-bench` and Python's msae.train are front ends over it: they parse,
+// call and print. Everything a run does is here: open and normalize the data, hold out the evaluation
+// rows, build the config (recipes included), train through the one training loop (run_loop), write
+// metrics.jsonl and checkpoints, resume, evaluate on held-out rows, fold the scale, write the directory.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "msae/data.h"
+#include "msae/eval.h"
+#include "msae/gt_metrics.h"
+#include "msae/synth.h"
+#include "msae/options.h"
+#include "msae/train.h"
+
+namespace msae::run {
+
+// ---------------------------------------------------------------------------------------------
+// Options -> training options
+// ---------------------------------------------------------------------------------------------
+
+// What a data source makes of the options the user left automatic (d_sae, k, batch, steps).
+struct DataDefaults {
+  int64_t d_sae = 0, k = 32, batch = 4096, steps = 0;
+};
+
+// The SAE config and training options of `o` for data of width d: the arch and model options, then the
+// recipe (it sets only what `o` does not give), then every variant option, then finalize(). Usage errors
+// name the option (opt()).
+train::TrainOptions make_train_options(const Options& o, int64_t d, const DataDefaults& defaults);
+
+// msae.json "training.schedule" (recipe options outside the SAE config).
+nlohmann::json schedule_json(const train::TrainOptions& opt);
+
+// ---------------------------------------------------------------------------------------------
+// The training loop: every way of training runs its steps here.
+// ---------------------------------------------------------------------------------------------
+struct LoopHooks {
+  // Fills x (batch, d); false when the data has ended (an open-ended stream). Required.
+  std::function<bool(float* x)> next_batch;
+  // Polled before every step; true stops the loop (the run is then interrupted).
+  std::function<bool()> stop;
+  // After every log_every-th step and the last one: the interval's means (then reset) and the step's stats.
+  std::function<void(int64_t done, const train::MetricsInterval& interval, const StepStats& last)> log;
+  // After every step (progress bars).
+  std::function<void(int64_t done, const StepStats& stats)> progress;
+  // When a checkpoint is due (every checkpoint_every steps; also at the last step with checkpoint_at_end).
+  std::function<void(int64_t done)> checkpoint;
+};
+
+struct LoopSpec {
+  int64_t start = 0;             // steps already done (a resumed run)
+  int64_t steps = 0;             // -1: until next_batch returns false
+  int64_t log_every = 1;
+  int64_t checkpoint_every = 0;  // 0: none during the run
+  bool checkpoint_at_end = false;
+  std::string label;             // names the run in errors ("run 3f2a...: the loss became nan ...")
+};
+
+struct LoopResult {
+  int64_t done = 0;               // steps done in all (start included)
+  bool interrupted = false;       // stop() said so
+  bool data_ended = false;        // next_batch returned false
+  double data_seconds = 0, step_seconds = 0;  // in next_batch, in Trainer::step (this session)
+};
+
+// Runs steps [spec.start, spec.steps) of trainer. `interval` carries the running means of the current
+// logging interval (a checkpoint saves it); `r` is filled as the loop goes (hooks may read it: a checkpoint
+// records the times so far). A non-finite loss is a runtime error naming the step.
+void run_loop(train::Trainer& trainer, const LoopSpec& spec, train::MetricsInterval& interval, LoopHooks& hooks,
+              LoopResult& r);
+
+// ---------------------------------------------------------------------------------------------
+// train(): a whole run
+// ---------------------------------------------------------------------------------------------
+
+// Data a caller holds in memory (Python): an array, or a stream of batches, instead of options.data.
+struct Inputs {
+  // A float32 (rows, d) array in caller memory, read like one shard (must outlive the run).
+  const float* array = nullptr;
+  int64_t rows = 0, d = 0;
+  std::string array_name;  // for logs and msae.json, e.g. "numpy array (1000 x 64)"
+  // A stream: fills a (batch, d) array, false at its end; d given. The run then lasts until the stream
+  // ends unless steps/tokens are given. No normalization, hold-out or shuffling applies.
+  std::function<bool(float* x, int64_t batch)> stream;
+  int64_t stream_d = 0;
+  std::function<std::string()> stream_describe;
+  // An SAE to start from (instead of options.init), and how to name it.
+  std::optional<SaeParams> init;
+  std::string init_name;
+};
+
+// What a front end sees while a run goes on. Every callback is optional.
+struct Callbacks {
+  std::function<bool()> stop;  // polled before every step (signals); true: checkpoint and stop
+  // Every log point (metrics.jsonl line): the line's JSON (step, tokens, loss, fvu, l0, ...).
+  std::function<void(const nlohmann::json& line)> log;
+  // After every step: done, planned (-1 open), the step's stats and the elapsed seconds of this session.
+  std::function<void(int64_t done, int64_t planned, const StepStats& stats, double tokens_per_s)> progress;
+  std::function<void(const std::string& line)> info;  // log lines ("data: ...", "model: ..."); default log_info
+  // Once, before the first step: the config trained, the steps already done (resume) and planned (-1 open).
+  std::function<void(const SaeConfig& cfg, int64_t start, int64_t planned)> started;
+};
+
+struct Result {
+  bool completed = false;       // every planned step (or the stream's end) was trained
+  int64_t steps = 0;            // steps done
+  int64_t steps_planned = -1;   // -1: open (a stream)
+  int64_t batch = 0;
+  SaeConfig cfg;
+  SaeParams params;             // raw-activation space (the normalization folded in)
+  nlohmann::json msae_json;     // what msae.json holds (also when no directory is written)
+  bool evaluated = false;
+  eval::EvalReport eval;
+  nlohmann::json final_metrics = nullptr;
+  std::string eval_on;          // which rows were evaluated, in words ("4096 held-out rows [36864, 40960) of acts.npy")
+  int64_t eval_rows = 0;
+  bool synthetic = false;
+  std::string out;              // the directory written ("" when options.out is empty)
+  double seconds = 0, session_tokens_per_s = 0;
+};
+
+// The whole run. With options.resume, the run's own options come from its latest checkpoint (only threads
+// may be given, plus in-memory Inputs for data the checkpoint cannot name). Throws msae::Error on bad
+// options or data; an interrupted run (callbacks.stop) writes a checkpoint and returns completed = false.
+Result train(const Options& options, const Inputs& inputs = {}, const Callbacks& callbacks = {});
+
+// ---------------------------------------------------------------------------------------------
+// Ground-truth runs: training one SAE on a preset's stream (synth::make_preset) and scoring it against the
+// truth (gt_metrics.h); `msae synth-bench` runs it for each arch and seed, and `msae sweep` for each run
+// whose data is "preset:NAME", so a sweep run with default switches reproduces the synth-bench figures.
+// ---------------------------------------------------------------------------------------------
+// Per-preset defaults: width D, L0 k, batch B, steps, held-out eval rows, meta-SAE steps (0 = skip).
+struct PresetDefaults {
+  int64_t d_sae, k, batch, steps, eval_rows, meta_steps;
+};
+// Throws the usage error of synth::make_preset (listing the presets) for an unknown name.
+PresetDefaults preset_defaults(const std::string& preset);
+
+// Held-out rows of a preset and the features that fired in each: FeatureSampler(model, synth_bench_eval_stream(seed)).
+struct PresetEvalRows {
+  int64_t rows = 0;
+  std::vector<float> x;  // (rows, d)
+  synth::FiredFeatures fired;
+};
+PresetEvalRows preset_eval_rows(const synth::FeatureModel& model, uint64_t seed, int64_t rows);
+
+struct PresetRunOptions {
+  // After every step (a progress bar): done, planned, the step's stats.
+  std::function<void(int64_t done, int64_t steps, const StepStats& stats)> progress;
+  int64_t meta_steps = 0;                  // > 0: train the meta-SAE (only when D / 4 >= 16)
+  std::string label;                       // progress-bar and error prefix, e.g. "matryoshka seed 0"
+  const std::atomic<bool>* stop = nullptr;  // when set and true, training stops at the next step
+  bool keep_sae = false;                    // fill PresetRun::params and ::msae_json (synth-bench --save-saes)
+  bool evaluate_if_stopped = false;         // on `stop`, evaluate the SAE trained so far (synth-bench)
+  // Resumable runs (synth-bench --checkpoint-every): when checkpoint_dir holds a checkpoint, training
+  // continues from it exactly (parameters, Adam, dead counters, variant state, stream position, curves,
+  // timings); a checkpoint is written every checkpoint_every steps, when `stop` is raised (then the run
+  // returns interrupted without evaluating) and at the last step (so a finished run is only re-evaluated).
+  std::string checkpoint_dir;
+  int64_t checkpoint_every = 0;
+};
+
+struct PresetRun {
+  bool interrupted = false;  // `stop` was raised: nothing below is filled in unless evaluate_if_stopped
+  int64_t steps_done = 0;    // optimizer steps taken (opt.steps unless interrupted)
+  int64_t resumed_at = -1;   // the checkpoint step it continued from, or -1
+  eval::EvalReport ev;       // eval::evaluate on the held-out rows, in file order
+  eval::GtReport gt;         // eval::score_ground_truth on the same rows
+  nlohmann::json meta_sae;   // {width, k, steps, explained_variance}, or null when not run
+  std::vector<double> curve_step, curve_fvu;  // about 100 points of the training-batch FVU
+  double generation_seconds = 0, step_seconds = 0;
+  SaeParams params;          // the trained SAE, when keep_sae (else empty)
+  nlohmann::json msae_json;  // its msae.json (train::run_record; data "preset:NAME seed S"), when keep_sae
+};
+
+// Trains opt (opt.sae.d_in must be model.d) from SaeParams::init(model.d, opt.sae.d_sae, opt.seed) on the
+// stream FeatureSampler(model, synth_bench_train_stream(opt.seed)) for opt.steps batches of opt.batch rows, then evaluates
+// and scores on `held_out`. A non-finite loss is a runtime error naming the step. Deterministic for a
+// given thread count.
+PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOptions& opt,
+                          const PresetEvalRows& held_out, const PresetRunOptions& ro);
+
+// The run's "train", "eval", "ground_truth" and "meta_sae" entries as results.json of synth-bench writes
+// them (eval without latent_frequency; ground_truth with the per-feature arrays when per_feature).
+nlohmann::json preset_run_json(const PresetRun& run, const train::TrainOptions& opt, bool per_feature);
+
+
+// The seeds the run layer derives from options.seed, named once.
+uint64_t synthetic_eval_seed(uint64_t seed);       // the embedded synthetic data's held-out stream
+uint64_t norm_sample_seed(uint64_t seed);          // rows sampled for the expected-norm scale
+
+}  // namespace msae::run

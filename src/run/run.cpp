@@ -1,0 +1,470 @@
+// run::train: a whole training run from options (msae/run.h).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "msae/io.h"
+#include "msae/recovery.h"
+#include "msae/run.h"
+#include "msae/synth.h"
+
+namespace msae::run {
+namespace {
+
+using nlohmann::json;
+
+constexpr int64_t kNormSampleRows = 262144;  // rows sampled to estimate the expected-norm scale
+
+std::string strip_slashes(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();  // "DIR/" names DIR
+  return p;
+}
+
+// Keeps the lines of metrics.jsonl up to `step` (a resumed run rewrites what came after its checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::string kept;
+  if (io::path_exists(path)) {
+    std::istringstream in(io::read_text_file(path));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      try {
+        if (io::json_int(json::parse(line).at("step"), path + ": \"step\"") > step) break;
+      } catch (const json::exception&) {
+        break;  // a torn last line of a killed run
+      } catch (const Error&) {
+        break;  // or a step that is not an integer: the file is cut there too
+      }
+      kept += line + "\n";
+    }
+  }
+  io::write_text_file_atomic(path, kept);
+}
+
+// The data options (docs/data.md) of o: read order, element type, bad-row policy.
+data::DataOptions data_options(const Options& o, bool shuffle, uint64_t seed) {
+  data::DataOptions d;
+  const std::string dtype = o.text("dtype");
+  if (o.flag("bf16") && !dtype.empty() && dtype != "bf16")
+    usage_error(opt("bf16"), " and ", opt("dtype"), " ", dtype, " contradict each other");
+  d.dtype = o.flag("bf16") ? "bf16" : dtype;
+  d.tensor = o.text("tensor");
+  d.d_in = o.integer("d_in");
+  d.shuffle = shuffle;
+  d.shuffle_buffer = o.automatic("shuffle_buffer") ? -1 : o.integer("shuffle_buffer");
+  d.seed = seed;
+  d.on_nonfinite = data::parse_on_nonfinite(o.text("on_nonfinite"));
+  return d;
+}
+
+void say(const Callbacks& cb, const std::string& line) {
+  if (cb.info)
+    cb.info(line);
+  else
+    log_info(line);
+}
+
+}  // namespace
+
+uint64_t synthetic_eval_seed(uint64_t seed) { return seed + 1000003; }
+uint64_t norm_sample_seed(uint64_t seed) { return seed ^ 0x6e6f726dULL; }
+
+Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
+  Options o = given;
+  // ---- resume: the run's own options come from its checkpoint
+  std::optional<train::Checkpoint> ckpt;
+  std::string out = strip_slashes(o.text("out"));
+  if (o.given("resume")) {
+    for (const auto& [key, value] : o.given_json().items())
+      if (key != "resume" && key != "threads")
+        usage_error(opt("resume"), " continues a run with the options it was started with (recorded in its checkpoint); ",
+                    "drop ", opt(key), " (only ", opt("threads"), " may be given, and bit-identical results need the same count)");
+    const std::string dir = strip_slashes(o.text("resume"));
+    ckpt = train::read_checkpoint(dir);
+    const bool threads_given = o.given("threads");
+    const int64_t threads = o.integer("threads");
+    const std::string where = ckpt->path + "/state.json";
+    if (ckpt->extra.contains("options"))
+      o = Options::from_json(ckpt->extra.at("options"), where);
+    else if (ckpt->extra.contains("args"))
+      o = options_from_legacy_args(ckpt->extra.at("args"), where);
+    else
+      runtime_error(where, ": no recorded run options (a checkpoint of msae synth-bench? resume those with msae synth-bench --resume)");
+    if (threads_given && threads != o.integer("threads"))
+      log_warn(cat(opt("threads"), " ", threads, " differs from the run's ", o.integer("threads"),
+                   " threads: the result will not be bit-identical to an uninterrupted run"));
+    if (threads_given) o.set("threads", threads);
+    out = dir;
+  }
+  if (o.integer("threads") > 0 && o.integer("threads") != num_threads()) set_num_threads(static_cast<int>(o.integer("threads")));
+  kernels::set_blas_threads(num_threads());
+  o.set("threads", num_threads());  // recorded resolved, so a resumed run uses the same count
+
+  // ---- what the data is
+  const bool array = in.array != nullptr, stream = static_cast<bool>(in.stream);
+  const std::string data_spec = o.text("data");
+  if ((array || stream) && !data_spec.empty())
+    usage_error(opt("data"), " names a path, and the caller also handed over data in memory; give one");
+  if (!data_spec.empty() && o.flag("synthetic"))
+    usage_error(opt("data"), " and ", opt("synthetic"), " are mutually exclusive");
+  const bool synthetic = !array && !stream && data_spec.empty();
+  if (synthetic && (o.given("dtype") || o.flag("bf16") || o.given("tensor") || o.given("d_in")))
+    usage_error(opt("dtype"), ", ", opt("bf16"), ", ", opt("tensor"), " and ", opt("d_in"),
+                " describe data files; the synthetic data needs none");
+  const std::string normalize = o.text("normalize");
+  if (synthetic && normalize != "none")
+    usage_error(opt("normalize"), " expected-norm applies to data files (the synthetic data is generated at unit scale)");
+  if (stream && normalize != "none")
+    usage_error(opt("normalize"), " expected-norm needs the data up front (a path or an array), not a stream");
+  if (stream && (o.integer("checkpoint_every") > 0 || ckpt))
+    usage_error("a stream of batches cannot be resumed: ", opt("checkpoint_every"), " and ", opt("resume"),
+                " need data that can be read again (a path or an array)");
+  if (o.integer("checkpoint_every") > 0 && out.empty())
+    usage_error(opt("checkpoint_every"), " writes checkpoints into the output directory: give ", opt("out"));
+  const int64_t batch = o.automatic("batch") ? (synthetic ? data::SyntheticDefaults::batch : 4096) : o.integer("batch");
+  const uint64_t seed = static_cast<uint64_t>(o.integer("seed"));
+
+  // The output directory is refused before any work.
+  if (!ckpt && !out.empty() && io::path_exists(out) && !o.flag("overwrite"))
+    usage_error("output directory '", out, "' exists; pass ", opt("overwrite"), " to replace it (or ", opt("resume"), " ",
+                out, " to continue an interrupted run)");
+
+  auto open_file_data = [&](const data::DataOptions& d) {
+    return array ? data::open_array(in.array, in.rows, in.d, in.array_name, d) : data::open_data(data_spec, d);
+  };
+  const std::string data_name = synthetic ? "synthetic" : array ? in.array_name : stream ? "stream" : data_spec;
+
+  // ---- held-out rows: the last holdout_rows of the data, unless eval_data names other data
+  int64_t total_rows = -1, holdout = 0;
+  const std::string eval_data = o.text("eval_data");
+  const int64_t eval_rows_cap = o.integer("eval_rows");
+  if (!synthetic && !stream) {
+    total_rows = open_file_data(data_options(o, false, 0))->rows();
+    holdout = o.automatic("holdout_rows") ? (eval_data.empty() ? std::min(eval_rows_cap, total_rows / 10) : 0)
+                                          : o.integer("holdout_rows");
+    if (holdout >= total_rows)
+      usage_error(opt("holdout_rows"), " ", holdout, " leaves no rows to train on (the data has ", total_rows, ")");
+    o.set("holdout_rows", holdout);
+  }
+  auto train_window = [&](data::DataOptions d) {
+    if (holdout > 0) d.row_end = total_rows - holdout;
+    return d;
+  };
+
+  // ---- normalization: the scale is estimated once (or taken from the checkpoint) and applied by the reader
+  float scale = 1.0f;
+  if (normalize == "expected-norm") {
+    if (ckpt) {
+      scale = io::json_float(ckpt->extra.at("scale"), "checkpoint run state \"scale\"");
+    } else {
+      data::DataOptions so = train_window(data_options(o, true, norm_sample_seed(seed)));
+      so.shuffle_buffer = 65536;
+      std::unique_ptr<data::ActivationSource> sample = open_file_data(so);
+      const int64_t n = std::min<int64_t>(sample->rows(), kNormSampleRows);
+      scale = static_cast<float>(data::estimate_norm_scale(*sample, n));
+      say(cb, cat("normalization: expected-norm scale ", scale, " (sqrt(d) / mean row norm over ", n, " sampled rows)"));
+    }
+  }
+
+  std::unique_ptr<data::ActivationSource> source;
+  int64_t d = 0;
+  if (synthetic) {
+    source = data::open_synthetic(seed);
+  } else if (!stream) {
+    data::DataOptions dopt = train_window(data_options(o, !o.flag("no_shuffle"), seed));
+    dopt.scale = scale;
+    dopt.prefetch_batch = o.flag("no_reader_thread") ? 0 : batch;
+    source = open_file_data(dopt);
+  }
+  d = source ? source->d() : in.stream_d;
+  MSAE_ASSERT(d > 0, "the data's width is unknown");
+
+  // ---- init and config
+  std::optional<SaeParams> init_params;
+  std::string init_name;
+  if (!ckpt && (in.init || !o.text("init").empty())) {
+    if (in.init) {
+      init_params = *in.init;
+      init_name = in.init_name;
+    } else {
+      init_name = o.text("init");
+      init_params = train::read_sae_dir(init_name).params;
+    }
+    if (init_params->d != d)
+      usage_error(opt("init"), " ", init_name, ": the SAE has d_in ", init_params->d, " but the data has width ", d);
+    if (o.automatic("d_sae")) o.set("d_sae", init_params->D);
+    if (init_params->D != o.integer("d_sae"))
+      usage_error(opt("init"), " ", init_name, ": the SAE has d_sae ", init_params->D, " but ", opt("d_sae"), " is ",
+                  o.integer("d_sae"));
+    init_params->rule = EncodeRule{};  // an imported SAE's inference rule is not the trained one
+    // The init SAE takes raw activations; training sees x * scale.
+    if (scale != 1.0f) train::unfold_input_scale(*init_params, scale);
+  }
+  DataDefaults def;
+  def.d_sae = synthetic ? data::SyntheticDefaults::d_sae : 8 * d;
+  def.k = synthetic ? data::SyntheticDefaults::k : 32;
+  def.batch = batch;
+  def.steps = synthetic ? data::SyntheticDefaults::steps
+              : stream  ? -1
+                        : std::max<int64_t>(1, (source->rows() + batch - 1) / batch);  // one epoch
+  train::TrainOptions topt = make_train_options(o, d, def);
+  const SaeConfig& cfg = topt.sae;
+  const int64_t steps = topt.steps;  // -1: until the stream ends
+  topt.steps = std::max<int64_t>(steps, 0);
+  topt.log_every = o.automatic("log_every") ? (steps > 0 ? std::max<int64_t>(1, steps / 100) : 100) : o.integer("log_every");
+  // Recorded resolved, so that a resumed run rebuilds exactly this run.
+  o.set("d_sae", cfg.d_sae);
+  o.set("k", cfg.k);
+  o.set("batch", batch);
+  if (steps > 0) {
+    o.erase("tokens");
+    o.set("steps", steps);
+  }
+  o.set("log_every", topt.log_every);
+
+  train::Trainer trainer(topt, init_params ? std::move(*init_params) : SaeParams::init(d, cfg.d_sae, seed));
+  int64_t start = 0;
+  double seconds_before = 0.0;
+  train::MetricsInterval interval;
+  std::vector<int64_t> resumed_at;
+  if (ckpt) {
+    if (ckpt->params.d != d || ckpt->params.D != cfg.d_sae)
+      runtime_error(ckpt->path, ": the checkpoint has d_in ", ckpt->params.d, ", d_sae ", ckpt->params.D,
+                    " but the run's data and options give ", d, ", ", cfg.d_sae);
+    if (ckpt->step > steps) runtime_error(ckpt->path, ": step ", ckpt->step, " is past the run's ", steps, " steps");
+    start = ckpt->step;
+    try {
+      source->set_state(ckpt->extra.at("data"));
+      interval = train::MetricsInterval::from_state_json(ckpt->extra.at("interval"), "checkpoint run state");
+      seconds_before = io::json_double(ckpt->extra.at("seconds"), "checkpoint run state \"seconds\"");
+      resumed_at = io::json_int_vector(ckpt->extra.at("resumed_at"), "checkpoint run state \"resumed_at\"");
+    } catch (const json::exception& e) {
+      runtime_error(ckpt->path, "/state.json: malformed run state: ", e.what());
+    }
+    resumed_at.push_back(start);
+    trainer.restore(std::move(ckpt->params), std::move(ckpt->opt), std::move(ckpt->latents));
+    trainer.restore_variants(ckpt->extra.at("variant_state"));
+    say(cb, cat("resuming ", out, " from ", ckpt->path, " (step ", start, " of ", steps, ")"));
+  }
+
+  say(cb, cat("data: ", source ? source->describe() : in.stream_describe ? in.stream_describe() : data_name,
+              holdout > 0 ? cat(", the last ", holdout, " rows held out for evaluation") : ""));
+  say(cb, cat("model: ", arch_name(cfg.arch), " SAE, d=", d, " D=", cfg.d_sae, " k=", cfg.k, " groups=",
+              json(cfg.group_sizes).dump(), cfg.encoder_bias ? " +encoder-bias" : "",
+              init_name.empty() ? "" : cat(" init from ", init_name)));
+  say(cb, cat("training: ", steps >= 0 ? cat(steps, " steps x batch ", batch, " = ", steps * batch, " tokens")
+                                       : cat("until the stream ends, batch ", batch),
+              ", lr ", topt.adam.lr, ", engine ", trainer.options().engine, ", ", num_threads(), " threads, BLAS: ",
+              kernels::blas_info()));
+
+  // ---- output directory. With checkpoints (or when resuming) the run lives in `out` from the start:
+  // checkpoints/ and metrics.jsonl there, the SAE files written at the end (each atomically). Otherwise it
+  // is written under a temporary name and renamed into place when complete.
+  const bool writes = !out.empty();
+  const int64_t checkpoint_every = o.integer("checkpoint_every");
+  const int keep = static_cast<int>(o.integer("keep_checkpoints"));
+  const bool live = writes && (ckpt || checkpoint_every > 0);
+  const std::string work_dir = !writes ? "" : live ? out : cat(out, ".tmp-", getpid());
+  if (writes && !live) {
+    io::remove_all(work_dir);
+    io::create_directories(work_dir);
+  } else if (live && !ckpt) {
+    if (io::path_exists(out)) io::remove_all(out);  // overwrite (checked above)
+    io::create_directories(out);
+  }
+  const std::string metrics_path = work_dir + "/metrics.jsonl";
+  if (ckpt) truncate_metrics(metrics_path, start);
+  std::ofstream metrics;
+  if (writes) {
+    metrics.open(metrics_path, ckpt ? std::ios::app : std::ios::trunc);
+    if (!metrics) runtime_error("cannot write ", metrics_path);
+  }
+
+  Timer clock;
+  double checkpoint_seconds = 0.0;
+  auto checkpoint_extra = [&](double secs) {
+    return json{{"options", o.to_json()},  {"data", source->state()}, {"interval", interval.state_json()},
+                {"scale", scale},          {"seconds", secs},         {"resumed_at", resumed_at},
+                {"variant_state", trainer.variant_state().state_json()}};
+  };
+  auto tokens_per_s = [&](int64_t done) {
+    return static_cast<double>((done - start) * batch) / std::max(clock.seconds(), 1e-9);
+  };
+  StepStats last;
+  auto log_line = [&](int64_t done, const train::MetricsInterval& iv, const StepStats& s) {
+    json line = iv.to_json();
+    line["step"] = done;
+    line["tokens"] = done * batch;
+    line["seconds"] = seconds_before + clock.seconds();
+    line["tokens_per_s"] = tokens_per_s(done);
+    line["n_dead"] = s.n_dead;
+    line["dead_fraction"] = static_cast<double>(s.n_dead) / static_cast<double>(cfg.d_sae);
+    line["threshold"] = trainer.params().threshold;
+    line["grad_norm"] = trainer.last_grad_norm();
+    if (writes) {
+      metrics << line.dump() << "\n";
+      metrics.flush();
+    }
+    if (cb.log) cb.log(line);
+  };
+
+  LoopHooks hooks;
+  if (source)
+    hooks.next_batch = [&](float* x) {
+      source->next_batch(batch, x);
+      return true;
+    };
+  else
+    hooks.next_batch = [&](float* x) { return in.stream(x, batch); };
+  hooks.stop = cb.stop;
+  hooks.log = [&](int64_t done, const train::MetricsInterval& iv, const StepStats& s) { log_line(done, iv, s); };
+  hooks.progress = [&](int64_t done, const StepStats& s) {
+    last = s;
+    if (cb.progress) cb.progress(done, steps, s, tokens_per_s(done));
+  };
+  if (live)
+    hooks.checkpoint = [&](int64_t done) {
+      const Timer ct;
+      train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(seconds_before + clock.seconds()), keep);
+      checkpoint_seconds += ct.seconds();
+    };
+  LoopSpec spec;
+  spec.start = start;
+  spec.steps = steps;
+  spec.log_every = topt.log_every;
+  spec.checkpoint_every = checkpoint_every;
+  if (cb.started) cb.started(cfg, start, steps);
+  LoopResult lr;
+  try {
+    run_loop(trainer, spec, interval, hooks, lr);
+    if (lr.data_ended && lr.done == 0)
+      usage_error(opt("data"), ": the stream ended before one batch of ", batch, " rows; nothing to train on (lower ",
+                  opt("batch"), ")");
+    if (lr.data_ended && interval.steps > 0) {  // the stream ended between two logging points
+      log_line(lr.done, interval, last);
+      interval = train::MetricsInterval{};
+    }
+  } catch (...) {
+    if (writes) metrics.close();
+    if (writes && !live) io::remove_all(work_dir);
+    throw;
+  }
+  if (writes) metrics.close();
+  const double session_seconds = clock.seconds();
+  const double train_seconds = seconds_before + session_seconds;
+  const int64_t done = lr.done;
+  const bool completed = !lr.interrupted;
+  const data::DataStats dstats = source ? source->stats() : data::DataStats{};
+  if (!completed) {
+    log_warn(cat("interrupted after ", done, " of ", steps, " steps",
+                 writes ? cat("; saving a checkpoint and the SAE as it is (continue with: ", opt("resume"), " ", out, ")")
+                        : ""));
+    if (writes && source) train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(train_seconds), keep);
+  }
+  if (dstats.nonfinite_skipped > 0)
+    log_warn(cat("skipped ", dstats.nonfinite_skipped, " rows with non-finite values (first: ", dstats.first_skipped, ")"));
+  if (source && !synthetic && done - start > 0)
+    say(cb, cat("reader: waited ", dstats.wait_seconds, " s for data in ", session_seconds, " s of training (reader busy ",
+                dstats.reader_busy_seconds, " s); ", dstats.epochs, " epochs read"));
+  source.reset();  // stops the reader thread
+
+  Result res;
+  res.completed = completed;
+  res.steps = done;
+  res.steps_planned = steps;
+  res.batch = batch;
+  res.cfg = cfg;
+  res.synthetic = synthetic;
+  res.seconds = train_seconds;
+  res.session_tokens_per_s = static_cast<double>((done - start) * batch) / std::max(session_seconds, 1e-9);
+  // ---- the exported SAE takes raw activations: the normalization is folded into the weights
+  res.params = trainer.params();
+  if (scale != 1.0f) train::fold_input_scale(res.params, scale);
+
+  // ---- final evaluation (inference encoding at the learned threshold) on raw activations the run did
+  // not train on. Skipped for an interrupted run: a signal asks to stop soon (schedulers follow SIGTERM
+  // with SIGKILL), and at large D it takes minutes; `msae eval` gives the figures on demand.
+  std::unique_ptr<data::ActivationSource> eval_source;
+  if (completed) {
+    data::DataOptions eo = data_options(o, false, 0);
+    if (synthetic) {
+      eval_source = data::open_synthetic(synthetic_eval_seed(seed));
+      res.eval_on = "held-out synthetic rows (another seed of the generator)";
+    } else if (!eval_data.empty()) {
+      eval_source = data::open_data(eval_data, eo);
+      if (eval_source->d() != d)
+        usage_error(opt("eval_data"), " ", eval_data, " has width ", eval_source->d(), " but the training data has ", d);
+      res.eval_on = cat("rows of ", eval_data, " (", opt("eval_data"), ")");
+    } else if (holdout > 0) {
+      eo.row_begin = total_rows - holdout;
+      eval_source = open_file_data(eo);
+      res.eval_on = cat("held-out rows [", total_rows - holdout, ", ", total_rows, ") of ", data_name,
+                        " (training read only the rows before them)");
+    } else if (!stream) {
+      eval_source = open_file_data(eo);
+      res.eval_on = cat("rows of ", data_name, " that training also read (", opt("holdout_rows"), " 0)");
+    }
+  }
+  if (eval_source) {
+    res.eval_rows = eval_source->rows() > 0 ? std::min(eval_source->rows(), eval_rows_cap) : eval_rows_cap;
+    res.eval = eval::evaluate(cfg, res.params, *eval_source, res.eval_rows);
+    res.evaluated = true;
+    res.final_metrics = eval::to_json(res.eval);
+    res.final_metrics["evaluated_on"] = res.eval_on;
+    res.final_metrics["evaluated_rows"] = res.eval_rows;
+    if (synthetic) {
+      const synth::PlantedDictionary truth = synth::make_planted(synth::default_planted_config());
+      const eval::RecoveryReport rec = eval::score_recovery(truth.directions, res.params.W_dec.ptr(), cfg.d_sae);
+      res.final_metrics["recovery"] = {{"mean_max_cosine", rec.mean_max_cosine},
+                                       {"frac_recovered_cos_0.9", rec.frac_recovered},
+                                       {"mcc", rec.mcc}};
+    }
+  }
+
+  train::RunFacts facts;
+  facts.completed = completed;
+  facts.steps = done;
+  facts.steps_planned = steps >= 0 ? json(steps) : json(nullptr);
+  facts.seed = seed;
+  facts.shuffle = !synthetic && !stream && !o.flag("no_shuffle");
+  facts.data = stream && in.stream_describe ? in.stream_describe() : data_name;
+  facts.init = init_name.empty() ? json(nullptr) : json(init_name);
+  facts.normalize = normalize;
+  facts.scale = scale;
+  facts.epochs = dstats.epochs;
+  facts.nonfinite_rows_skipped = dstats.nonfinite_skipped;
+  facts.seconds = train_seconds;
+  facts.tokens_per_s = res.session_tokens_per_s;
+  res.msae_json = train::run_record(trainer, facts);
+  json& training = res.msae_json["training"];
+  training["options"] = o.to_json();
+  json data_opts = json::object();  // every data option in force (given or default)
+  for (const OptionDef& row : option_table())
+    if (row.group == OptGroup::data && row.key != std::string("data") && !o.automatic(row.key))
+      data_opts[row.key] = o.given(row.key) ? o.given_json().at(row.key) : row.def;
+  training["data_options"] = synthetic || stream ? json(nullptr) : data_opts;
+  training["held_out_rows"] = holdout;
+  training["reader_wait_seconds"] = dstats.wait_seconds;
+  training["checkpoint_every"] = checkpoint_every;
+  training["checkpoint_seconds"] = checkpoint_seconds;
+  training["resumed_at_steps"] = resumed_at;
+  training["schedule"] = schedule_json(topt);
+  if (res.evaluated) res.msae_json["final_metrics"] = res.final_metrics;
+  if (writes) {
+    try {
+      train::write_sae_files(work_dir, cfg, res.params, res.msae_json);
+      if (!live) io::commit_directory(work_dir, out, o.flag("overwrite"));
+    } catch (...) {
+      if (!live) io::remove_all(work_dir);
+      throw;
+    }
+    res.out = out;
+    say(cb, cat("wrote ", out));
+  }
+  return res;
+}
+
+}  // namespace msae::run
