@@ -35,6 +35,7 @@
 #include "msae/kernels.h"
 #include "msae/model.h"
 #include "msae/synth.h"
+#include "msae/run.h"
 #include "msae/train.h"
 
 namespace py = pybind11;
@@ -347,60 +348,26 @@ class IteratorSource {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Training.
+// Training: msae.train is a front end of the run layer (msae/run.h). Its keyword arguments are the rows of
+// the option table (msae/options.h) that Python takes, plus progress.
 // ---------------------------------------------------------------------------------------------
-struct TrainArgs {
-  std::string arch = "matryoshka";
-  std::optional<int64_t> d_sae;
-  std::optional<std::vector<int64_t>> group_sizes;
-  int64_t k = 32;
-  int64_t batch = 4096;
-  std::optional<int64_t> steps, tokens;
-  double lr = 3e-4;
-  uint64_t seed = 0;
-  py::object init = py::none();
-  bool shuffle = true;
-  std::optional<int64_t> shuffle_buffer;  // None: automatic (as msae train)
-  std::string on_nonfinite = "error";
-  std::string normalize = "none";
-  std::string dtype, tensor;              // for path data, as --dtype / --tensor
-  int64_t d_in = 0;                       // raw files, as --d-in
-  int64_t dead_after_batches = 20;
-  int64_t aux_k = 512;
-  double aux_coef = 1.0 / 32.0;
-  double max_grad_norm = 1e5;
-  bool encoder_bias = false;
-  int threads = 0;
-  py::object progress = py::none();
-  std::optional<int64_t> log_every;
-  std::string engine = "sparse";
-  bool overwrite = false;
-};
 
-// msae's messages name CLI flags; a Python caller wrote keywords.
-std::string python_names(std::string msg) {
-  static const std::pair<const char*, const char*> names[] = {
-      {"--dead-after-batches", "dead_after_batches"}, {"--group-sizes", "group_sizes"}, {"--d-sae", "d_sae"},
-      {"--aux-coef", "aux_coef"}, {"--aux-k", "aux_k"}, {"--arch", "arch"}, {"--engine", "engine"},
-      {"--init", "init"}, {"--k", "k"}, {"--overwrite", "overwrite=True"}, {"--shuffle-buffer", "shuffle_buffer"},
-      {"--on-nonfinite", "on_nonfinite"}, {"--dtype", "dtype"}, {"--tensor", "tensor"}, {"--d-in", "d_in"}};
-  for (const auto& [flag, name] : names) {
-    const std::string f(flag);
-    size_t at = msg.find(f);
-    while (at != std::string::npos) {
-      const size_t end = at + f.size();
-      if (end < msg.size() && (std::isalnum(static_cast<unsigned char>(msg[end])) || msg[end] == '-')) {
-        at = msg.find(f, end);
-        continue;
-      }
-      msg.replace(at, f.size(), name);
-      at = msg.find(f, at + std::strlen(name));
-    }
+// A Python value as the JSON the option table checks (bool, int, float, str, os.PathLike, list/tuple;
+// numpy scalars and arrays too). The table then checks the type against the option's row.
+json option_value(const std::string& key, py::handle v) {
+  const py::object o = py::reinterpret_borrow<py::object>(v);
+  if (py::isinstance<py::bool_>(o) || py::isinstance(o, py::module_::import("numpy").attr("bool_"))) return o.cast<bool>();
+  if (py::isinstance<py::str>(o)) return o.cast<std::string>();
+  if (py::hasattr(o, "__fspath__")) return path_arg(o, key.c_str());
+  if (py::isinstance<py::list>(o) || py::isinstance<py::tuple>(o) || py::isinstance<py::array>(o)) {
+    json out = json::array();
+    for (py::handle e : py::iter(o)) out.push_back(option_value(key, e));
+    return out;
   }
-  return msg;
+  if (py::hasattr(o, "__index__")) return py::int_(o).cast<int64_t>();
+  if (py::hasattr(o, "__float__")) return py::float_(o).cast<double>();
+  throw py::type_error(cat(key, ": unsupported value of type ", type_name(o)));
 }
-
-constexpr int64_t kEvalRows = 16384;  // as msae train: the final evaluation reads at most this many rows
 
 // Restores msae's thread count when train() changed it for its own duration.
 struct RestoreThreads {
@@ -415,287 +382,172 @@ struct RestoreThreads {
   }
 };
 
-std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArgs a) {
-  // ---- data: a path to a .npy file, a numpy array, or an iterable of arrays
-  std::string npy_path;
-  std::optional<Rows> array;
+// A progress bar on sys.stderr (tqdm-like): redrawn in place at most 5 times a second, and once at the end.
+class ProgressBar {
+ public:
+  void update(int64_t done, int64_t planned, const StepStats& s, double tokens_per_s, int64_t d_sae) {
+    const double now = clock_.seconds();
+    const bool last = planned > 0 && done == planned;
+    if (!last && now - last_draw_ < 0.2) return;
+    last_draw_ = now;
+    const double fvu = s.var_x > 0 ? s.mse_prefix.back() / s.var_x : 0.0;
+    char buf[256];
+    const double frac = planned > 0 ? static_cast<double>(done) / static_cast<double>(planned) : 0.0;
+    const double eta = frac > 0 ? now * (1.0 - frac) / frac : 0.0;
+    std::snprintf(buf, sizeof buf, "\rmsae: %3.0f%% step %lld/%s | %.0f tok/s | loss %.4g | FVU %.4f | L0 %.1f | dead %.1f%% | ETA %.0fs ",
+                  100.0 * frac, static_cast<long long>(done), planned > 0 ? std::to_string(planned).c_str() : "?",
+                  tokens_per_s, s.loss, fvu, s.l0, d_sae > 0 ? 100.0 * static_cast<double>(s.n_dead) / static_cast<double>(d_sae) : 0.0,
+                  eta);
+    write(buf);
+    drawn_ = true;
+  }
+  void finish() {
+    if (drawn_) write("\n");
+    drawn_ = false;
+  }
+
+ private:
+  static void write(const char* text) {
+    py::object err = py::module_::import("sys").attr("stderr");
+    if (err.is_none()) return;
+    err.attr("write")(text);
+    err.attr("flush")();
+  }
+  Timer clock_;
+  double last_draw_ = -1e9;
+  bool drawn_ = false;
+};
+
+std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, py::handle progress, const py::kwargs& kwargs) {
+  run::Options options;
+  run::Inputs in;
+  std::optional<Rows> array, eval_array;
   std::optional<IteratorSource> iter;
-  std::unique_ptr<data::ActivationSource> source;  // for a path or an array
-  if (py::isinstance<py::str>(data_obj) || py::hasattr(data_obj, "__fspath__")) {
-    npy_path = path_arg(data_obj, "data");
+  // ---- options: every keyword is a row of the option table
+  for (const auto& [k, v] : kwargs) {
+    const std::string key = k.cast<std::string>();
+    const run::OptionDef* row = run::find_option(key);
+    if (!row || !(row->scopes & run::kPython) || key != row->key)
+      throw py::type_error(cat("train() got an unexpected keyword argument '", key, "' (the options are in help(msae.train))"));
+    if (v.is_none()) continue;
+    if (key == "init" && py::isinstance<Sae>(v)) {
+      in.init = v.cast<const Sae&>().params;
+      in.init_name = "(an msae.Sae)";
+      continue;
+    }
+    if (key == "eval_data" && py::isinstance<py::array>(v)) {
+      eval_array = float32_rows(v, "eval_data", -1, "d_in");
+      in.eval_array = eval_array->data;
+      in.eval_array_rows = eval_array->rows;
+      in.eval_array_d = eval_array->cols;
+      in.eval_array_name = cat("numpy array (", eval_array->rows, " x ", eval_array->cols, ")");
+      continue;
+    }
+    try {
+      options.set(key, option_value(key, v));
+    } catch (const Error& e) {
+      throw py::value_error(e.what());
+    }
+  }
+  if (!out_obj.is_none()) options.set("out", path_arg(out_obj, "out"));
+  const bool resume = options.given("resume");
+  if (!resume && options.given("out")) refuse_existing(strip_slashes(options.text("out")), options.flag("overwrite"));
+  // ---- data: a path, a numpy array, or an iterable of arrays (with resume: what the run was started on)
+  if (data_obj.is_none()) {
+    if (!resume) throw py::value_error("data: expected a float32 numpy array (N, d), a path, or an iterable of arrays");
+  } else if (py::isinstance<py::str>(data_obj) || py::hasattr(data_obj, "__fspath__")) {
+    if (!resume) options.set("data", path_arg(data_obj, "data"));
   } else if (py::isinstance<py::array>(data_obj)) {
     array = float32_rows(data_obj, "data", -1, "d_in");
     if (array->rows == 0) throw py::value_error("data: the array has 0 rows; nothing to train on");
     if (array->cols == 0) throw py::value_error("data: the array has 0 columns");
+    in.array = array->data;
+    in.rows = array->rows;
+    in.d = array->cols;
+    in.array_name = cat("numpy array (", array->rows, " x ", array->cols, ")");
   } else if (py::hasattr(data_obj, "__iter__")) {
-    if (a.batch <= 0) throw py::value_error(cat("batch must be positive, got ", a.batch));
-    iter.emplace(data_obj, a.batch);
+    const int64_t batch = options.automatic("batch") ? 4096 : options.integer("batch");
+    iter.emplace(data_obj, batch);
+    in.stream = [&](float* x, int64_t) {
+      py::gil_scoped_acquire gil;
+      return iter->next_batch(x);
+    };
+    in.stream_d = iter->d();
+    in.stream_describe = [&] {
+      return cat("python iterator (", iter->rows_seen(), " rows in ", iter->items_seen(), " arrays, ",
+                 iter->rows_dropped(), " rows of an incomplete last batch unused)");
+    };
   } else {
-    throw py::type_error(cat("data: expected a float32 numpy array (N, d), a path to a .npy file, or an iterable of ",
+    throw py::type_error(cat("data: expected a float32 numpy array (N, d), a path, or an iterable of ",
                              "(n, d) float32 arrays; got ", type_name(data_obj)));
   }
-  std::optional<std::string> out;
-  if (!out_obj.is_none()) out = strip_slashes(path_arg(out_obj, "out"));
-  if (out) refuse_existing(*out, a.overwrite);
-  if (!a.progress.is_none() && !PyCallable_Check(a.progress.ptr()))
-    throw py::type_error(cat("progress: expected a callable progress(step, stats), got ", type_name(a.progress)));
+  // ---- progress: True (a bar on stderr), False / None (quiet), or a callable progress(step, stats)
+  const bool callable = PyCallable_Check(progress.ptr()) != 0;
+  if (!callable && !progress.is_none() && !py::isinstance<py::bool_>(progress))
+    throw py::type_error(cat("progress: expected True, False or a callable progress(step, stats), got ", type_name(progress)));
+  const bool bar = !callable && !progress.is_none() && progress.cast<bool>();
 
+  // ---- threads for this call only (restored afterwards); the run records the count it used
+  RestoreThreads restore;
+  if (options.given("threads") && options.integer("threads") > 0 && options.integer("threads") != num_threads()) {
+    restore.n = num_threads();
+    set_threads(static_cast<int>(options.integer("threads")));
+    restore.active = true;
+  }
+  options.set("threads", num_threads());
+
+  std::optional<py::error_already_set> pending;  // an exception raised in Python during the run
+  ProgressBar pbar;
+  int64_t d_sae = 0;
+  run::Callbacks cb;
+  cb.info = [](const std::string& line) { log_debug(line); };
+  int64_t planned = -1;
+  cb.started = [&](const SaeConfig& cfg, int64_t, int64_t steps) {
+    d_sae = cfg.d_sae;
+    planned = steps;
+  };
+  cb.stop = [&] {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) {  // Ctrl-C: checkpoint (when there are checkpoints) and raise
+      pending.emplace();
+      return true;
+    }
+    return false;
+  };
+  if (bar)
+    cb.progress = [&](int64_t done, int64_t steps_planned, const StepStats& s, double tps) {
+      py::gil_scoped_acquire gil;
+      pbar.update(done, steps_planned, s, tps, d_sae);
+    };
+  if (callable)
+    cb.log = [&](const json& line) {
+      py::gil_scoped_acquire gil;
+      py::dict stats = to_python(line);
+      stats["steps"] = planned >= 0 ? py::object(py::int_(planned)) : py::object(py::none());
+      progress(line.at("step").get<int64_t>(), stats);
+    };
+  run::Result r;
   try {
-    // The data options of msae train (docs/data.md); an array is read like one float32 shard.
-    data::DataOptions dopt;
-    dopt.dtype = a.dtype;
-    dopt.tensor = a.tensor;
-    dopt.d_in = a.d_in;
-    dopt.shuffle = a.shuffle;
-    dopt.shuffle_buffer = a.shuffle_buffer ? *a.shuffle_buffer : -1;
-    if (a.shuffle_buffer && *a.shuffle_buffer < 0) usage_error("shuffle_buffer must be >= 0, got ", *a.shuffle_buffer);
-    dopt.seed = a.seed;
-    dopt.on_nonfinite = data::parse_on_nonfinite(a.on_nonfinite);
-    if (a.normalize != "none" && a.normalize != "expected-norm")
-      usage_error("normalize: unknown method '", a.normalize, "'; expected 'none' or 'expected-norm'");
-    if (a.normalize != "none" && iter)
-      usage_error("normalize='expected-norm' needs the data up front (a path or an array), not an iterator");
-    auto open_source = [&](const data::DataOptions& o) {
-      return array ? data::open_array(array->data, array->rows, array->cols, "numpy array", o)
-                   : data::open_data(npy_path, o);
-    };
-    float scale = 1.0f;
-    if (a.normalize == "expected-norm") {
-      data::DataOptions so = dopt;
-      so.shuffle = true;
-      so.shuffle_buffer = 65536;
-      so.seed = a.seed ^ 0x6e6f726dULL;
-      py::gil_scoped_release nogil;
-      auto sample = open_source(so);
-      scale = static_cast<float>(data::estimate_norm_scale(*sample, std::min<int64_t>(sample->rows(), 262144)));
-    }
-    dopt.scale = scale;
-    if (!npy_path.empty() || array) source = open_source(dopt);
-    const int64_t d = source ? source->d() : iter->d();
-
-    // ---- config, as msae train builds it
-    std::unique_ptr<SaeParams> init_params;
-    std::string init_desc;
-    SaeConfig cfg;
-    cfg.arch = parse_arch(a.arch);
-    cfg.d_in = d;
-    if (a.d_sae && *a.d_sae <= 0) usage_error("d_sae must be positive, got ", *a.d_sae);
-    if (!a.init.is_none()) {
-      SaeParams p;
-      if (py::isinstance<Sae>(a.init)) {
-        p = a.init.cast<const Sae&>().params;
-        init_desc = "(an msae.Sae)";
-      } else {
-        init_desc = path_arg(a.init, "init");
-        py::gil_scoped_release nogil;
-        p = train::read_sae_dir(init_desc).params;
-      }
-      if (p.d != d) usage_error("init ", init_desc, ": the SAE has d_in ", p.d, " but the data has width ", d);
-      if (!a.d_sae) a.d_sae = p.D;
-      if (p.D != *a.d_sae) usage_error("init ", init_desc, ": the SAE has d_sae ", p.D, " but d_sae is ", *a.d_sae);
-      init_params = std::make_unique<SaeParams>(std::move(p));
-      init_params->rule = EncodeRule{};  // an imported SAE's inference rule is not the trained one
-      if (scale != 1.0f) train::unfold_input_scale(*init_params, scale);  // init takes raw x; training sees x * scale
-    }
-    cfg.d_sae = a.d_sae ? *a.d_sae : 8 * d;
-    cfg.k = a.k;
-    if (a.group_sizes) {
-      if (a.group_sizes->empty()) usage_error("group_sizes: empty list");
-      cfg.group_sizes = *a.group_sizes;
-    }
-    cfg.encoder_bias = a.encoder_bias;
-    cfg.dead_after_batches = a.dead_after_batches;
-    cfg.aux_k = a.aux_k;
-    cfg.aux_coef = static_cast<float>(a.aux_coef);
-    cfg.finalize();
-
-    train::TrainOptions opt;
-    opt.sae = cfg;
-    opt.batch = a.batch;
-    if (opt.batch <= 0) usage_error("batch must be positive, got ", opt.batch);
-    if (a.steps && a.tokens) usage_error("give steps or tokens, not both");
-    int64_t steps = -1;  // -1: until the iterator ends
-    if (a.steps) {
-      if (*a.steps <= 0) usage_error("steps must be positive, got ", *a.steps);
-      steps = *a.steps;
-    } else if (a.tokens) {
-      if (*a.tokens <= 0) usage_error("tokens must be positive, got ", *a.tokens);
-      steps = (*a.tokens + opt.batch - 1) / opt.batch;
-    } else if (source) {
-      steps = std::max<int64_t>(1, (source->rows() + opt.batch - 1) / opt.batch);  // one epoch
-    }
-    opt.steps = std::max<int64_t>(steps, 0);
-    if (!(a.lr > 0.0)) usage_error("lr must be positive, got ", a.lr);
-    if (!(a.max_grad_norm > 0.0)) usage_error("max_grad_norm must be positive, got ", a.max_grad_norm);
-    opt.adam.lr = static_cast<float>(a.lr);
-    opt.max_grad_norm = static_cast<float>(a.max_grad_norm);
-    opt.seed = a.seed;
-    opt.engine = a.engine;
-    if (a.log_every && *a.log_every <= 0) usage_error("log_every must be positive, got ", *a.log_every);
-    const int64_t log_every = a.log_every ? *a.log_every : steps > 0 ? std::max<int64_t>(1, steps / 100) : 100;
-    opt.log_every = log_every;
-    if (a.threads < 0) usage_error("threads must be >= 0, got ", a.threads);
-
-    // ---- threads for this call only (restored afterwards; destroyed after `use` below)
-    RestoreThreads restore;
-    if (a.threads > 0 && a.threads != num_threads()) {
-      restore.n = num_threads();
-      set_threads(a.threads);
-      restore.active = true;
-    }
-    std::optional<PoolUse> use;
-    std::optional<train::Trainer> trainer;
-    {
-      py::gil_scoped_release nogil;
-      use.emplace();
-      SaeParams params = init_params ? std::move(*init_params) : SaeParams::init(d, cfg.d_sae, a.seed);
-      trainer.emplace(opt, std::move(params));
-    }
-
-    // ---- temporary output directory, renamed into place at the end (as msae train does)
-    std::string tmp;
-    std::ofstream metrics;
-    if (out) {
-      tmp = temporary_sibling(*out);
-      io::remove_all(tmp);
-      io::create_directories(tmp);
-      metrics.open(tmp + "/metrics.jsonl");
-      if (!metrics) runtime_error("cannot write ", tmp, "/metrics.jsonl");
-    }
-
-    std::vector<float> batch(static_cast<size_t>(opt.batch * d));
-    train::MetricsInterval interval;
-    Timer clock;
-    int64_t done = 0, last_logged = 0;
-    StepStats last;  // the latest step's statistics
-    // One logging point: a metrics.jsonl line (interval means) and the progress callback (this step).
-    auto log_point = [&]() {
-      last_logged = done;
-      const double secs = clock.seconds();
-      const double tps = static_cast<double>(done * opt.batch) / std::max(secs, 1e-9);
-      if (out) {
-        json line = interval.to_json();
-        line["step"] = done;
-        line["tokens"] = done * opt.batch;
-        line["seconds"] = secs;
-        line["tokens_per_s"] = tps;
-        line["n_dead"] = last.n_dead;
-        line["dead_fraction"] = static_cast<double>(last.n_dead) / static_cast<double>(cfg.d_sae);
-        line["threshold"] = trainer->params().threshold;
-        line["grad_norm"] = trainer->last_grad_norm();
-        metrics << line.dump() << "\n";
-      }
-      interval = train::MetricsInterval{};
-      if (a.progress.is_none()) return;
-      py::dict stats;
-      stats["loss"] = last.loss;
-      stats["l_rec"] = last.l_rec;
-      stats["l_aux"] = last.l_aux;
-      stats["mse_prefix"] = last.mse_prefix;
-      stats["l0"] = last.l0;
-      stats["n_dead"] = last.n_dead;
-      stats["fvu"] = last.var_x > 0 ? last.mse_prefix.back() / last.var_x : 0.0;
-      stats["threshold"] = trainer->params().threshold;
-      stats["grad_norm"] = trainer->last_grad_norm();
-      stats["tokens"] = done * opt.batch;
-      stats["seconds"] = secs;
-      stats["tokens_per_s"] = tps;
-      stats["steps"] = steps >= 0 ? py::object(py::int_(steps)) : py::object(py::none());
-      a.progress(done, stats);
-    };
-
-    try {
-      while (steps < 0 || done < steps) {
-        if (iter) {
-          if (!iter->next_batch(batch.data())) break;
-          py::gil_scoped_release nogil;
-          last = trainer->step(batch.data());
-        } else {
-          py::gil_scoped_release nogil;
-          source->next_batch(opt.batch, batch.data());
-          last = trainer->step(batch.data());
-        }
-        done += 1;
-        if (!std::isfinite(last.loss))
-          runtime_error("the loss became ", last.loss, " at step ", done, "; lower lr or check the data");
-        interval.add(last);
-        if (done % log_every == 0 || done == steps) log_point();
-        if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // Ctrl-C stops training
-      }
-      if (done == 0)
-        usage_error("data: the iterator yielded ", iter->rows_seen(), " rows, fewer than one batch of ", opt.batch,
-                    " rows; nothing to train on (lower batch)");
-      if (done != last_logged) log_point();  // the iterator ended between two logging points
-    } catch (...) {
-      if (out) {
-        metrics.close();
-        io::remove_all(tmp);
-      }
-      throw;
-    }
-    const double train_seconds = clock.seconds();
-
-    // ---- final evaluation on the data in file order, as msae train does (not possible for an iterator)
-    // The returned SAE takes raw activations: the normalization is folded into its weights.
-    if (scale != 1.0f) train::fold_input_scale(trainer->params(), scale);
-    json final_metrics;
-    data::DataStats dstats;
-    if (source) {
-      dstats = source->stats();
-      data::DataOptions eo = dopt;
-      eo.shuffle = false;
-      eo.scale = 1.0f;
-      std::unique_ptr<data::ActivationSource> eval_source = open_source(eo);
-      const int64_t eval_rows = std::min(eval_source->rows(), kEvalRows);
-      py::gil_scoped_release nogil;
-      final_metrics = eval::to_json(eval::evaluate(cfg, trainer->params(), *eval_source, eval_rows));
-    }
-
-    std::string data_desc;
-    if (!npy_path.empty())
-      data_desc = npy_path;
-    else if (array)
-      data_desc = cat("numpy array (", array->rows, " x ", array->cols, ")");
-    else
-      data_desc = cat("python iterator (", iter->rows_seen(), " rows in ", iter->items_seen(), " arrays, ",
-                      iter->rows_dropped(), " rows of an incomplete last batch unused)");
-    train::RunFacts facts;
-    facts.steps = done;
-    facts.steps_planned = steps >= 0 ? json(steps) : json(nullptr);
-    facts.seed = a.seed;
-    facts.shuffle = source != nullptr && a.shuffle;
-    facts.data = data_desc;
-    facts.init = init_desc.empty() ? json(nullptr) : json(init_desc);
-    facts.normalize = a.normalize;
-    facts.scale = scale;
-    facts.epochs = dstats.epochs;
-    facts.nonfinite_rows_skipped = dstats.nonfinite_skipped;
-    facts.seconds = train_seconds;
-    facts.tokens_per_s = static_cast<double>(done * opt.batch) / std::max(train_seconds, 1e-9);
-    json info = train::run_record(*trainer, facts);
-    info["training"]["api"] = "python";
-    if (source) info["final_metrics"] = final_metrics;
-
-    auto result = std::make_shared<Sae>();
-    result->cfg = cfg;
-    result->params = std::move(trainer->params());
-    result->info = std::move(info);
-    if (out) {
-      metrics.close();
-      try {
-        py::gil_scoped_release nogil;
-        train::write_sae_files(tmp, result->cfg, result->params, result->info);
-        io::commit_directory(tmp, *out, a.overwrite);
-      } catch (...) {
-        io::remove_all(tmp);
-        throw;
-      }
-    }
-    return result;
+    py::gil_scoped_release nogil;
+    PoolUse use;
+    r = run::train(options, in, cb);
   } catch (const Error& e) {
-    if (e.kind() == ErrorKind::usage) throw py::value_error(python_names(e.what()));
+    py::gil_scoped_acquire gil;
+    pbar.finish();
+    if (e.kind() == ErrorKind::usage) throw py::value_error(e.what());
+    throw;
+  } catch (...) {
+    pbar.finish();
     throw;
   }
+  pbar.finish();
+  if (pending) throw *pending;
+  auto result = std::make_shared<Sae>();
+  result->cfg = r.cfg;
+  result->params = std::move(r.params);
+  result->info = std::move(r.msae_json);
+  result->info["training"]["api"] = "python";
+  return result;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -800,50 +652,47 @@ plus msae.json. The directory is written under a temporary name and renamed into
 
 Raises FileExistsError when dir exists, unless overwrite=True.)doc";
 
-constexpr const char* kTrainDoc = R"doc(Train an SAE, as `msae train` does (docs/cli.md; the defaults are the CLI's for --data).
+// msae.train's docstring: how data, out and progress work, then every option of the table that Python takes.
+const std::string& train_doc() {
+  static const std::string doc = [] {
+    std::string d = R"doc(Train an SAE through msae's run layer, as `msae train` does (docs/python.md, docs/cli.md).
 
 data: one of
     - a C-contiguous float32 numpy array (N, d), read in place (np.load(..., mmap_mode="r")
-      works): each epoch visits every row once, in a fresh permutation drawn from seed, or in
-      row order with shuffle=False (batch i = rows [i*batch, (i+1)*batch) modulo N), exactly as
-      `msae train --data` samples a .npy file;
+      works), exactly as `msae train --data` reads a .npy file;
     - a path (str or os.PathLike): a .npy / .safetensors / raw file, a directory of shards or a
-      glob, memory-mapped and read as `msae train --data` reads it (dtype, tensor, d_in as
-      --dtype, --tensor, --d-in; docs/data.md);
+      glob, memory-mapped (docs/data.md);
     - any iterable of C-contiguous float32 arrays (n, d) (n may vary): rows are taken in order and
       cut into batches of `batch` rows; training stops after `steps` steps or when the iterator is
-      exhausted (the rows of an incomplete last batch are not used). shuffle does not apply.
-out: None, or a directory to write like `msae train --out` (SAELens layout, msae.json,
-    metrics.jsonl). Raises FileExistsError when it exists, unless overwrite=True.
-arch: "matryoshka" | "batchtopk" | "topk".
-d_sae: latents D (default 8 * d, or the width of init).
-group_sizes: Matryoshka group sizes summing to D (default D/16, D/16, D/8, D/4, D/2).
-k: mean active latents per row.  batch: rows per step.
-steps / tokens: optimizer steps, or rows (steps = ceil(tokens / batch)); give at most one.
-    Default: one epoch of an array or file; until the end of an iterator.
-shuffle_buffer: None (automatic, as the CLI), 0 (full permutation per epoch) or a streaming
-    shuffle buffer of this many rows (--shuffle-buffer).
-on_nonfinite: "error" or "skip" rows with NaN/Inf (--on-nonfinite).
-normalize: "none" or "expected-norm" (--normalize; not for an iterator): training sees rows
-    scaled so their mean norm is sqrt(d); the returned SAE has the scale folded into its weights,
-    so encode/decode/forward take and return raw activations.
-lr: Adam learning rate.  seed: initialization and shuffling.
-init: start from an SAE directory (a path) or an msae.Sae.
-dead_after_batches, aux_k, aux_coef: dead latents and the AuxK loss.
-max_grad_norm: global gradient-norm clip.  encoder_bias: add and train b_enc.
-threads: msae threads for this call (0: the current setting, all cores unless
-    msae.set_num_threads was called).
-engine: "sparse" (fast, default) or "reference" (the dense oracle).
-progress: None, or a callable progress(step, stats) called every log_every steps and after
-    the last step. stats is a dict of the step just taken: loss, l_rec, l_aux, mse_prefix (one
-    per group), l0, n_dead, fvu, threshold, grad_norm, tokens, seconds, tokens_per_s, steps
-    (planned; None for an iterator without steps). An exception raised by progress stops
-    training and propagates (nothing is written to out); so does Ctrl-C.
-log_every: steps between progress calls and metrics.jsonl lines (default steps / 100, or 100
-    for an iterator without steps).
+      exhausted. No shuffling, normalization, hold-out, checkpoints or resume apply.
+    With resume=DIR, the data the run was started on: None for a path (recorded), the same array.
+out: None (nothing written), or a directory to write like `msae train --out` (SAELens layout,
+    msae.json, metrics.jsonl, checkpoints/). Raises FileExistsError when it exists, unless
+    overwrite=True.
+progress: True (default: a progress bar on stderr), False (quiet), or a callable
+    progress(step, stats) called at every metrics.jsonl point (every log_every steps and the
+    last one) with that line as a dict (step, tokens, loss, l_aux, fvu, l0, mse_prefix, n_dead,
+    dead_fraction, threshold, grad_norm, seconds, tokens_per_s: means over the interval). An
+    exception raised by progress stops training and propagates; Ctrl-C stops it, writes a
+    checkpoint when out is given (continue with resume=out) and raises KeyboardInterrupt.
 
+The final evaluation (Sae.info["final_metrics"]) is on rows training did not read: eval_data, or
+the last holdout_rows rows of the data (default min(eval_rows, N/10)); it says which.
 Returns the trained Sae. The same data, options, seed and thread count give bit-identical weights,
-and the same weights as `msae train` on the same data as a .npy file.)doc";
+and the same weights as `msae train` with the same options.
+
+Options (one row each of msae's option table; the CLI spells them --with-dashes):
+)doc";
+    for (const run::OptionDef& row : run::option_table()) {
+      if (!(row.scopes & run::kPython)) continue;
+      std::string def = row.def.is_null() ? "automatic" : row.def.is_string() ? "'" + row.def.get<std::string>() + "'" : row.def.dump();
+      if (row.type == run::OptType::flag) def = row.def.get<bool>() ? "True" : "False";
+      d += cat("  ", row.key, " (", run::opt_type_name(row.type), ", default ", def, "): ", row.doc, "\n");
+    }
+    return d;
+  }();
+  return doc;
+}
 
 }  // namespace
 }  // namespace msae::python
@@ -866,6 +715,7 @@ With with_features=True, returns (x, fired_offsets, fired_ids): which features f
 CSR (fired_ids[fired_offsets[r]:fired_offsets[r + 1]] ascending, int64 offsets, int32 ids).)doc";
 
 PYBIND11_MODULE(msae, m) {
+  msae::set_option_spelling(msae::OptionSpelling::python);  // errors name keywords: d_sae, not --d-sae
   using namespace msae::python;
   namespace ms = msae;
   m.doc() = kModuleDoc;
@@ -937,52 +787,11 @@ PYBIND11_MODULE(msae, m) {
 
   m.def(
       "train",
-      [](py::handle data, py::handle out, const std::string& arch, std::optional<int64_t> d_sae,
-         std::optional<std::vector<int64_t>> group_sizes, int64_t k, int64_t batch, std::optional<int64_t> steps,
-         std::optional<int64_t> tokens, double lr, uint64_t seed, py::object init, bool shuffle,
-         std::optional<int64_t> shuffle_buffer, const std::string& on_nonfinite, const std::string& normalize,
-         const std::string& dtype, const std::string& tensor, int64_t d_in, int64_t dead_after_batches, int64_t aux_k, double aux_coef, double max_grad_norm, bool encoder_bias,
-         int threads, py::object progress, std::optional<int64_t> log_every, const std::string& engine,
-         bool overwrite) {
-        TrainArgs a;
-        a.arch = arch;
-        a.d_sae = d_sae;
-        a.group_sizes = std::move(group_sizes);
-        a.k = k;
-        a.batch = batch;
-        a.steps = steps;
-        a.tokens = tokens;
-        a.lr = lr;
-        a.seed = seed;
-        a.init = std::move(init);
-        a.shuffle = shuffle;
-        a.shuffle_buffer = shuffle_buffer;
-        a.on_nonfinite = on_nonfinite;
-        a.normalize = normalize;
-        a.dtype = dtype;
-        a.tensor = tensor;
-        a.d_in = d_in;
-        a.dead_after_batches = dead_after_batches;
-        a.aux_k = aux_k;
-        a.aux_coef = aux_coef;
-        a.max_grad_norm = max_grad_norm;
-        a.encoder_bias = encoder_bias;
-        a.threads = threads;
-        a.progress = std::move(progress);
-        a.log_every = log_every;
-        a.engine = engine;
-        a.overwrite = overwrite;
-        return train_sae(data, out, std::move(a));
+      [](py::handle data, py::handle out, py::handle progress, const py::kwargs& kwargs) {
+        return train_sae(data, out, progress, kwargs);
       },
-      py::arg("data"), py::arg("out") = py::none(), py::kw_only(), py::arg("arch") = "matryoshka",
-      py::arg("d_sae") = py::none(), py::arg("group_sizes") = py::none(), py::arg("k") = 32,
-      py::arg("batch") = 4096, py::arg("steps") = py::none(), py::arg("tokens") = py::none(),
-      py::arg("lr") = 3e-4, py::arg("seed") = 0, py::arg("init") = py::none(), py::arg("shuffle") = true,
-      py::arg("shuffle_buffer") = py::none(), py::arg("on_nonfinite") = "error", py::arg("normalize") = "none",
-      py::arg("dtype") = "", py::arg("tensor") = "", py::arg("d_in") = 0, py::arg("dead_after_batches") = 20, py::arg("aux_k") = 512, py::arg("aux_coef") = 1.0 / 32.0,
-      py::arg("max_grad_norm") = 1e5, py::arg("encoder_bias") = false, py::arg("threads") = 0,
-      py::arg("progress") = py::none(), py::arg("log_every") = py::none(), py::arg("engine") = "sparse",
-      py::arg("overwrite") = false, kTrainDoc);
+      py::arg("data") = py::none(), py::arg("out") = py::none(), py::kw_only(), py::arg("progress") = true,
+      train_doc().c_str());
 
   py::class_<FeatureStream>(m, "FeatureStream", kFeatureStreamDoc)
       .def(py::init<const std::string&, uint64_t, std::optional<uint64_t>>(), py::arg("preset"), py::arg("seed") = 0,

@@ -94,6 +94,10 @@ struct Inputs {
   std::function<bool(float* x, int64_t batch)> stream;
   int64_t stream_d = 0;
   std::function<std::string()> stream_describe;
+  // Held-out rows in caller memory for the final evaluation (instead of options.eval_data).
+  const float* eval_array = nullptr;
+  int64_t eval_array_rows = 0, eval_array_d = 0;
+  std::string eval_array_name;
   // An SAE to start from (instead of options.init), and how to name it.
   std::optional<SaeParams> init;
   std::string init_name;

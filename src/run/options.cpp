@@ -56,7 +56,8 @@ const std::vector<OptionDef>& option_table() {
        NAN, 0},
       {"aux_k", T::integer, 512, "AuxK: dead latents used per row", G::model, kAll, 0},
       {"aux_coef", T::real, 1.0 / 32.0, "AuxK loss coefficient", G::model, kAll, 0},
-      {"init", T::text, "", "Start from the tensors of an SAE directory (SAELens layout)", G::model, kCli | kGrid},
+      {"init", T::text, "", "Start from the tensors of an SAE directory (SAELens layout; Python: also an msae.Sae)",
+       G::model},
       // ---- variants, switches, recipes (docs/variants.md)
       {"recipe", T::text, "bussmann",
        "Another trainer's semantics as defaults: bussmann (= SPEC) | dictionary-learning | saelens", G::variant, kAll,
@@ -113,8 +114,8 @@ const std::vector<OptionDef>& option_table() {
        "none | expected-norm (scale rows so the mean norm is sqrt(d), as SAELens' expected_average_only_in; folded "
        "into the exported weights)",
        G::data, kAll, NAN, NAN, {"none", "expected-norm"}},
-      {"eval_data", T::text, "", "Held-out activations for the final evaluation (same forms as data)", G::data,
-       kCli | kGrid},
+      {"eval_data", T::text, "", "Held-out activations for the final evaluation (same forms as data; Python: also an array)",
+       G::data},
       {"eval_rows", T::integer, 16384, "Rows of the final evaluation (at most)", G::data, kAll, NAN, 0},
       {"holdout_rows", T::integer, null,
        "Rows at the end of the data that training never reads, for the final evaluation (default: min(eval_rows, "

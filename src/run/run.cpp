@@ -143,7 +143,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   const int64_t eval_rows_cap = o.integer("eval_rows");
   if (!synthetic && !stream) {
     total_rows = open_file_data(data_options(o, false, 0))->rows();
-    holdout = o.automatic("holdout_rows") ? (eval_data.empty() ? std::min(eval_rows_cap, total_rows / 10) : 0)
+    holdout = o.automatic("holdout_rows") ? (eval_data.empty() && !in.eval_array ? std::min(eval_rows_cap, total_rows / 10) : 0)
                                           : o.integer("holdout_rows");
     if (holdout >= total_rows)
       usage_error(opt("holdout_rows"), " ", holdout, " leaves no rows to train on (the data has ", total_rows, ")");
@@ -393,6 +393,11 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     if (synthetic) {
       eval_source = data::open_synthetic(synthetic_eval_seed(seed));
       res.eval_on = "held-out synthetic rows (another seed of the generator)";
+    } else if (in.eval_array) {
+      if (in.eval_array_d != d)
+        usage_error("the held-out rows (", in.eval_array_name, ") have width ", in.eval_array_d, " but the training data has ", d);
+      eval_source = data::open_array(in.eval_array, in.eval_array_rows, in.eval_array_d, in.eval_array_name, eo);
+      res.eval_on = cat("held-out rows of ", in.eval_array_name);
     } else if (!eval_data.empty()) {
       eval_source = data::open_data(eval_data, eo);
       if (eval_source->d() != d)
