@@ -155,7 +155,7 @@ TEST_F(Cli, AuxDenseDensityTakesEffectAndIsRecorded) {
     const std::string latest = slurp(fs::path(out) / "checkpoints" / "latest");
     const std::string step_dir = latest.substr(0, latest.find_first_of("\r\n"));
     const auto state = nlohmann::json::parse(slurp(fs::path(out) / "checkpoints" / step_dir / "state.json"));
-    EXPECT_EQ(state["extra"]["args"]["aux_dense_density"].get<double>(), dense ? 0.0 : 2.0);
+    EXPECT_EQ(state["extra"]["options"]["aux_dense_density"].get<double>(), dense ? 0.0 : 2.0);
   }
   EXPECT_NE(weights[0], weights[1]) << "the AuxK path did not change";
 }

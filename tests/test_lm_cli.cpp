@@ -141,11 +141,15 @@ TEST_F(LmCli, HarvestMatchesDirectForward) {
   ASSERT_EQ(index.shape, (std::vector<int64_t>{rows, 4}));
   EXPECT_EQ(index.itemsize, 8);
   const int64_t* meta = index.values.data();
-  // `msae train --data DIR` trains on the shards, every row of them and nothing else.
+  // `msae train --data DIR` trains on the shards, and evaluates on their last tenth, which it does not train on.
   const Result tr = run("train --data " + p("h32") + " --d-sae 32 --k 4 --batch 64 --steps 4 --out " + p("sae32") +
                         " --threads 2");
   ASSERT_EQ(tr.code, 0) << tr.output;
-  EXPECT_NE(tr.output.find("evaluation on " + std::to_string(rows) + " data rows"), std::string::npos) << tr.output;
+  const int64_t held = rows / 10;
+  EXPECT_NE(tr.output.find("evaluation on " + std::to_string(held) + " held-out rows [" + std::to_string(rows - held) +
+                           ", " + std::to_string(rows) + ")"),
+            std::string::npos)
+      << tr.output;
   // Direct forward of the same contexts.
   const lm::Model m = lm::Model::load(p("model"));
   const lm::Tokenizer tok = lm::Tokenizer::load(std::string(MSAE_SOURCE_DIR) + "/models/gpt2-tokenizer");

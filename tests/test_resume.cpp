@@ -245,7 +245,9 @@ TEST_F(Resume, ResumeTakesNoOtherFlagsAndNeedsACheckpoint) {
 TEST_F(Resume, NormalizedSaeHasTheSameFvuOnRawData) {
   const std::string data = make_shards({4096}, 16);
   const std::string log = p("log.txt");
-  const std::string flags = "train --data " + data + " --normalize expected-norm --d-sae 128 --k 4 --batch 256 --threads 1";
+  // (--holdout-rows 0: the run's own final evaluation reads the data's first rows, as msae eval --data does)
+  const std::string flags =
+      "train --data " + data + " --normalize expected-norm --d-sae 128 --k 4 --batch 256 --threads 1 --holdout-rows 0";
   // X: 100 steps, exported with the scale folded in. Y: the same run continued to 200 steps; its checkpoint
   // at step 100 holds X's final parameters as trained (in the normalized space), independently of the fold.
   ASSERT_EQ(run(flags + " --steps 100 --out " + p("sae"), log), 0) << slurp(log);

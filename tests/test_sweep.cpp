@@ -138,10 +138,10 @@ TEST_F(Sweep, BadPresetKeysAreUsageErrors) {
   EXPECT_NE(r.output.find("meta-steps"), std::string::npos) << r.output;
   // Numbers are type- and range-checked (a float step count was truncated, 1e30 undefined behaviour).
   const std::pair<const char*, const char*> numbers[] = {
-      {R"({"base": {"data": "preset:tree", "steps": 2.5}})", "'steps' must be an integer"},
-      {R"({"base": {"data": "preset:tree", "steps": 1e30}})", "'steps' must be an integer"},
-      {R"({"base": {"data": "preset:tree", "steps": 5, "sampled-prefixes": 1.5}})", "\"sampled-prefixes\" must be an integer"},
-      {R"({"base": {"data": "preset:tree", "steps": 5, "lr": 1e300}})", "'lr' must be a finite number"},
+      {R"({"base": {"data": "preset:tree", "steps": 2.5}})", "--steps must be an integer"},
+      {R"({"base": {"data": "preset:tree", "steps": 1e30}})", "--steps must be an integer"},
+      {R"({"base": {"data": "preset:tree", "steps": 5, "sampled-prefixes": 1.5}})", "--sampled-prefixes must be an integer"},
+      {R"({"base": {"data": "preset:tree", "steps": 5, "lr": 1e300}})", "--lr must be a finite number"},
   };
   for (const auto& [text, expected] : numbers) {
     r = run("sweep --grid " + write("n.json", text) + " --out " + (dir_ / "n").string());

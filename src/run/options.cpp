@@ -2,6 +2,7 @@
 #include "msae/options.h"
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "msae/core.h"
@@ -217,7 +218,9 @@ json typed(const OptionDef& o, const json& v) {
       case OptType::real: {
         if (!v.is_number()) usage_error(what, " takes a number, got ", io::json_excerpt(v));
         const double x = v.get<double>();
-        if (!std::isfinite(x)) usage_error(what, " must be finite, got ", x);
+        // (every real option is used as a float, except aux_dense_density, which is compared with a share)
+        if (!std::isfinite(x) || std::abs(x) > std::numeric_limits<float>::max())
+          usage_error(what, " must be a finite number in float range, got ", x);
         check_bounds(o, x);
         return x;
       }

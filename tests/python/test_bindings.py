@@ -250,7 +250,11 @@ class Training(unittest.TestCase):
             np.testing.assert_array_equal(getattr(from_array, name), value, err_msg=name)
             np.testing.assert_array_equal(getattr(from_path, name), value, err_msg=name)
         self.assertEqual(from_array.threshold, cli.threshold)
-        self.assertEqual(from_array.info["final_metrics"], cli.info["final_metrics"])
+        # the same evaluation (on the same held-out rows: the data's last tenth), named by its source
+        a, c = dict(from_array.info["final_metrics"]), dict(cli.info["final_metrics"])
+        self.assertIn("held-out rows [3687, 4096) of numpy array", a.pop("evaluated_on"))
+        self.assertIn("held-out rows [3687, 4096) of " + Fixture.npy, c.pop("evaluated_on"))
+        self.assertEqual(a, c)
 
     def test_normalized_buffered_training_matches_the_cli_and_takes_raw_data(self):
         # normalize="expected-norm" and a shuffle buffer (docs/data.md): the same weights as msae train with
@@ -274,9 +278,12 @@ class Training(unittest.TestCase):
         self.assertEqual(norm["method"], "expected-norm")
         self.assertTrue(norm["folded_into_weights"])
         self.assertLess(norm["scale"], 1.0)
-        # On raw data the folded SAE reconstructs as well as the training saw (same FVU as msae eval's).
-        r = py.forward(x)
-        fvu = float(((r - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+        # On raw data the folded SAE reconstructs its held-out rows (the data's last tenth, which training
+        # did not read) as well as the run's own final evaluation says.
+        held = x[-py.info["final_metrics"]["evaluated_rows"]:]
+        self.assertEqual(len(held), len(x) // 10)
+        r = py.forward(held)
+        fvu = float(((r - held) ** 2).sum() / ((held - held.mean(0)) ** 2).sum())
         self.assertAlmostEqual(fvu, py.info["final_metrics"]["whole"]["fvu"], delta=1e-3 * fvu)
         self.assertLess(fvu, 0.9)
 
@@ -291,7 +298,7 @@ class Training(unittest.TestCase):
     def test_iterator_equals_array_in_file_order(self):
         x = Fixture.x
         steps = len(x) // BATCH
-        ref = train_small(x, shuffle=False, steps=steps)
+        ref = train_small(x, no_shuffle=True, steps=steps, holdout_rows=0)
 
         def chunks():  # uneven sizes, batches straddle them
             i, sizes = 0, [1, 300, 77, 1000, 5]
@@ -324,12 +331,12 @@ class Training(unittest.TestCase):
         train_small(Fixture.x, steps=25, log_every=10, progress=lambda step, stats: calls.append((step, stats)))
         self.assertEqual([s for s, _ in calls], [10, 20, 25])
         stats = calls[-1][1]
-        for key in ["loss", "l_rec", "l_aux", "mse_prefix", "l0", "n_dead", "fvu", "threshold", "grad_norm",
-                    "tokens", "seconds", "tokens_per_s", "steps"]:
+        # each call gets that point's metrics.jsonl line: means over the steps since the previous point
+        for key in ["step", "loss", "l_aux", "mse_prefix", "l0", "n_dead", "dead_fraction", "fvu", "threshold",
+                    "grad_norm", "tokens", "seconds", "tokens_per_s", "steps"]:
             self.assertIn(key, stats)
         self.assertEqual(len(stats["mse_prefix"]), 5)
-        self.assertEqual((stats["tokens"], stats["steps"]), (25 * BATCH, 25))
-        self.assertAlmostEqual(stats["loss"], stats["l_rec"] + stats["l_aux"], places=6)
+        self.assertEqual((stats["step"], stats["tokens"], stats["steps"]), (25, 25 * BATCH, 25))
         # an iterator that ends between two logging points: the last step is reported
         calls.clear()
         train_small([Fixture.x[: BATCH * 13]], steps=None, log_every=5, progress=lambda s, st: calls.append(s))
@@ -396,7 +403,8 @@ class Training(unittest.TestCase):
         groups = train_small(x, group_sizes=[32, 96], steps=5, encoder_bias=True)
         self.assertEqual((groups.group_boundaries, groups.encoder_bias), ([32, 128], True))
         self.assertEqual(train_small(x, steps=None, tokens=1000).info["training"]["steps"], 4)
-        self.assertEqual(train_small(x, steps=None).info["training"]["steps"], len(x) // BATCH)  # one epoch
+        # one epoch of the rows training reads (the last tenth is held out for the final evaluation)
+        self.assertEqual(train_small(x, steps=None).info["training"]["steps"], -(-(len(x) - len(x) // 10) // BATCH))
         self.assertEqual(train_small(x, steps=None, d_sae=None, k=4, batch=4096).d_sae, 8 * D_IN)
         reference = train_small(x, steps=3, engine="reference")
         sparse = train_small(x, steps=3)
@@ -431,7 +439,7 @@ class Training(unittest.TestCase):
         usage = [
             (dict(k=200), "k 200 exceeds d_sae 128"),
             (dict(group_sizes=[8, 8]), "group_sizes sum to 16"),
-            (dict(arch="nope"), "arch: unknown architecture"),
+            (dict(arch="nope"), "arch: unknown value 'nope'"),
             (dict(engine="nope"), "engine: unknown"),
             (dict(steps=5, tokens=5), "steps or tokens"),
             (dict(steps=0), "steps must be positive"),
@@ -445,7 +453,7 @@ class Training(unittest.TestCase):
                 train_small(x, **kw)
         with self.assertRaisesRegex(RuntimeError, "sae_weights.safetensors"):
             train_small(x, init=Fixture.tmp)
-        with self.assertRaisesRegex(ValueError, "fewer than one batch"):
+        with self.assertRaisesRegex(ValueError, "ended before one batch"):
             train_small([x[:10]], steps=None)
         with self.assertRaisesRegex(ValueError, "yielded no arrays"):
             train_small(iter([]), steps=None)
@@ -462,7 +470,7 @@ class Training(unittest.TestCase):
         bad = x.copy()
         bad[700, 5] = np.nan
         with self.assertRaisesRegex(RuntimeError, "row 700 column 5"):
-            train_small(bad, steps=None, shuffle=False)
+            train_small(bad, steps=None, no_shuffle=True)
         with self.assertRaisesRegex(RuntimeError, "no such file"):
             train_small(os.path.join(Fixture.tmp, "missing.npy"))
         with self.assertRaisesRegex(RuntimeError, "does not exist"):
