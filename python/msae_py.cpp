@@ -34,6 +34,7 @@
 #include "msae/io.h"
 #include "msae/kernels.h"
 #include "msae/model.h"
+#include "msae/sae_dir.h"
 #include "msae/synth.h"
 #include "msae/train.h"
 
@@ -247,7 +248,7 @@ json info_for_save(const Sae& s) {
   if (!j.contains("git_commit")) j["git_commit"] = git_commit();
   if (!j.contains("data_normalization"))
     j["data_normalization"] = {{"method", "none"}, {"scale", 1.0}, {"folded_into_weights", true}};
-  j["config"] = train::config_json(s.cfg);
+  j["config"] = saedir::config_json(s.cfg);
   return j;
 }
 
@@ -259,7 +260,7 @@ void save(const Sae& s, py::handle dir_obj, bool overwrite) {
   const std::string tmp = temporary_sibling(dir);
   try {
     io::create_directories(tmp);
-    train::write_sae_files(tmp, s.cfg, s.params, info);
+    saedir::write_sae_files(tmp, s.cfg, s.params, info);
     io::commit_directory(tmp, dir, overwrite);
   } catch (...) {
     io::remove_all(tmp);
@@ -272,7 +273,7 @@ std::shared_ptr<Sae> load(py::handle dir_obj) {
   auto s = std::make_shared<Sae>();
   {
     py::gil_scoped_release nogil;
-    train::SaeDirectory loaded = train::read_sae_dir(dir);
+    saedir::SaeDirectory loaded = saedir::read_sae_dir(dir);
     s->cfg = std::move(loaded.sae);
     s->params = std::move(loaded.params);
     s->info = std::move(loaded.msae_json);
@@ -488,14 +489,14 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
       } else {
         init_desc = path_arg(a.init, "init");
         py::gil_scoped_release nogil;
-        p = train::read_sae_dir(init_desc).params;
+        p = saedir::read_sae_dir(init_desc).params;
       }
       if (p.d != d) usage_error("init ", init_desc, ": the SAE has d_in ", p.d, " but the data has width ", d);
       if (!a.d_sae) a.d_sae = p.D;
       if (p.D != *a.d_sae) usage_error("init ", init_desc, ": the SAE has d_sae ", p.D, " but d_sae is ", *a.d_sae);
       init_params = std::make_unique<SaeParams>(std::move(p));
       init_params->rule = EncodeRule{};  // an imported SAE's inference rule is not the trained one
-      if (scale != 1.0f) train::unfold_input_scale(*init_params, scale);  // init takes raw x; training sees x * scale
+      if (scale != 1.0f) saedir::unfold_input_scale(*init_params, scale);  // init takes raw x; training sees x * scale
     }
     cfg.d_sae = a.d_sae ? *a.d_sae : 8 * d;
     cfg.k = a.k;
@@ -637,7 +638,7 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
 
     // ---- final evaluation on the data in file order, as msae train does (not possible for an iterator)
     // The returned SAE takes raw activations: the normalization is folded into its weights.
-    if (scale != 1.0f) train::fold_input_scale(trainer->params(), scale);
+    if (scale != 1.0f) saedir::fold_input_scale(trainer->params(), scale);
     json final_metrics;
     data::DataStats dstats;
     if (source) {
@@ -684,7 +685,7 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, TrainArg
       metrics.close();
       try {
         py::gil_scoped_release nogil;
-        train::write_sae_files(tmp, result->cfg, result->params, result->info);
+        saedir::write_sae_files(tmp, result->cfg, result->params, result->info);
         io::commit_directory(tmp, *out, a.overwrite);
       } catch (...) {
         io::remove_all(tmp);

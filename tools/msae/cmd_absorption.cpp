@@ -73,9 +73,9 @@ int run_absorption(const AbsorptionArgs& a) {
   if (a.layer < 0) usage_error("--layer is required (the block where the SAEs read activations)");
   const lm::Site site = checked_site(model, a.layer, a.site);
   const lm::Tokenizer tok = load_tokenizer(a.model, a.tokenizer);
-  std::vector<train::SaeDirectory> saes;
+  std::vector<saedir::SaeDirectory> saes;
   for (const auto& dir : a.saes) {
-    saes.push_back(train::read_sae_dir(dir));
+    saes.push_back(saedir::read_sae_dir(dir));
     if (saes.back().params.d != model.d_model())
       usage_error("the SAE in ", dir, " has d_in ", saes.back().params.d, " but the model's width is ", model.d_model());
   }
@@ -241,7 +241,7 @@ int run_absorption(const AbsorptionArgs& a) {
 
   nlohmann::json sae_results = nlohmann::json::array();
   for (size_t si = 0; si < saes.size(); ++si) {
-    const train::SaeDirectory& sae = saes[si];
+    const saedir::SaeDirectory& sae = saes[si];
     const float scale = sae_input_scale(sae);
     const int64_t D = sae.params.D;
     // cos (26, D) of the probe directions with the decoder rows.

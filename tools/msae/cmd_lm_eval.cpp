@@ -17,7 +17,7 @@ int run_lm_eval(const LmEvalArgs& a) {
   kernels::set_blas_threads(num_threads());
   if (a.ablation != "zero" && a.ablation != "mean") usage_error("--ablation must be zero or mean, got '", a.ablation, "'");
   if (a.batch <= 0) usage_error("--batch must be positive, got ", a.batch);
-  const train::SaeDirectory sae = train::read_sae_dir(a.sae);
+  const saedir::SaeDirectory sae = saedir::read_sae_dir(a.sae);
   const lm::Model model = lm::Model::load(a.model);
   if (a.layer < 0) usage_error("--layer is required with --model (the block where the SAE reads activations)");
   const lm::Site site = checked_site(model, a.layer, a.site);

@@ -22,6 +22,7 @@
 #include "msae/io.h"
 #include "msae/recovery.h"
 #include "msae/report.h"
+#include "msae/sae_dir.h"
 #include "msae/synth.h"
 #include "msae/train.h"
 #include "preset_run.h"
@@ -272,7 +273,7 @@ json run_preset(const json& r, const std::string& id, const std::string& preset)
   return {{"id", id},
           {"config", r},
           {"preset", preset},
-          {"sae", train::config_json(opt.sae)},
+          {"sae", saedir::config_json(opt.sae)},
           {"engine", opt.engine},
           {"steps", opt.steps},
           {"seconds", entries["train"]["seconds"]},
@@ -332,7 +333,7 @@ json run_one(const json& r, const std::string& id) {
   }
   return {{"id", id},
           {"config", r},
-          {"sae", train::config_json(opt.sae)},
+          {"sae", saedir::config_json(opt.sae)},
           {"engine", opt.engine},
           {"steps", opt.steps},
           {"seconds", seconds},

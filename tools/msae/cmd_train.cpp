@@ -18,6 +18,7 @@
 #include "msae/eval.h"
 #include "msae/io.h"
 #include "msae/recovery.h"
+#include "msae/sae_dir.h"
 #include "msae/synth.h"
 #include "msae/train.h"
 #include "progress.h"
@@ -270,7 +271,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
   cfg.arch = parse_arch(a.arch);
   cfg.d_in = d;
   if (!a.init.empty() && !ckpt) {
-    train::SaeDirectory init_dir = train::read_sae_dir(a.init);
+    saedir::SaeDirectory init_dir = saedir::read_sae_dir(a.init);
     if (init_dir.params.d != d)
       usage_error("--init ", a.init, ": the SAE has d_in ", init_dir.params.d, " but the data has width ", d);
     if (a.d_sae == 0) a.d_sae = init_dir.params.D;
@@ -279,7 +280,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
     init_params = std::make_unique<SaeParams>(std::move(init_dir.params));
     init_params->rule = EncodeRule{};  // an imported SAE's inference rule is not the trained one
     // The --init SAE takes raw activations; training sees x * scale.
-    if (scale != 1.0f) train::unfold_input_scale(*init_params, scale);
+    if (scale != 1.0f) saedir::unfold_input_scale(*init_params, scale);
   }
   cfg.d_sae = a.d_sae > 0 ? a.d_sae : (synthetic ? SynthDefaults::d_sae : 8 * d);
   if (app.count("--d-sae") && a.d_sae <= 0) usage_error("--d-sae must be positive, got ", a.d_sae);
@@ -453,7 +454,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
 
   // ---- the exported SAE takes raw activations: the normalization is folded into the weights
   SaeParams out_params = trainer.params();
-  if (scale != 1.0f) train::fold_input_scale(out_params, scale);
+  if (scale != 1.0f) saedir::fold_input_scale(out_params, scale);
 
   // ---- final evaluation (inference encoding at the learned threshold), on raw activations. Skipped for
   // an interrupted run: a signal asks to stop soon (schedulers follow SIGTERM with SIGKILL), and at large D
@@ -498,7 +499,7 @@ int run_train(TrainArgs a, const CLI::App& app) {
   training["resumed_at_steps"] = resumed_at;
   if (completed) msae_json["final_metrics"] = final_metrics;
   msae_json["training"]["schedule"] = schedule_json(opt);
-  train::write_sae_files(work_dir, cfg, out_params, msae_json);
+  saedir::write_sae_files(work_dir, cfg, out_params, msae_json);
   if (!live) io::commit_directory(work_dir, a.out, a.overwrite);
   log_info(cat("wrote ", a.out));
 

@@ -74,7 +74,7 @@ lm::Site checked_site(const lm::Model& m, int64_t layer, const std::string& site
   return lm::parse_site(site);
 }
 
-float sae_input_scale(const train::SaeDirectory& sae) {
+float sae_input_scale(const saedir::SaeDirectory& sae) {
   const auto& j = sae.msae_json;
   if (j.is_object() && j.contains("data_normalization") && j["data_normalization"].is_object()) {
     const auto& n = j["data_normalization"];
@@ -87,7 +87,7 @@ float sae_input_scale(const train::SaeDirectory& sae) {
   return 1.0f;
 }
 
-void splice_sae(const train::SaeDirectory& sae, float scale, int64_t limit, float* x, int64_t R,
+void splice_sae(const saedir::SaeDirectory& sae, float scale, int64_t limit, float* x, int64_t R,
                 const std::vector<uint8_t>* keep_row, SpliceStats* stats) {
   const int64_t d = sae.params.d;
   std::vector<int64_t> rows;
@@ -115,7 +115,7 @@ void splice_sae(const train::SaeDirectory& sae, float scale, int64_t limit, floa
   }
 }
 
-std::vector<int64_t> sae_prefixes(const train::SaeDirectory& sae) { return sae.sae.boundaries(); }
+std::vector<int64_t> sae_prefixes(const saedir::SaeDirectory& sae) { return sae.sae.boundaries(); }
 
 }  // namespace msae::cli
 

@@ -9,7 +9,7 @@
 
 #include "msae/lm.h"
 #include "msae/model.h"
-#include "msae/train.h"
+#include "msae/sae_dir.h"
 
 namespace msae::cli {
 
@@ -45,7 +45,7 @@ lm::Site checked_site(const lm::Model& m, int64_t layer, const std::string& site
 
 // The input scale an SAE directory declares (msae.json "data_normalization": the SAE sees x * scale);
 // 1 when absent.
-float sae_input_scale(const train::SaeDirectory& sae);
+float sae_input_scale(const saedir::SaeDirectory& sae);
 
 // Replaces x (R, d) by the SAE's reconstruction using latents [0, limit) (a Matryoshka prefix), with
 // the SAE's input scale applied on the way in and undone on the way out. Rows with keep_row[r] == 0 are
@@ -54,11 +54,11 @@ struct SpliceStats {
   double sse = 0, l0 = 0;
   int64_t rows = 0;
 };
-void splice_sae(const train::SaeDirectory& sae, float scale, int64_t limit, float* x, int64_t R,
+void splice_sae(const saedir::SaeDirectory& sae, float scale, int64_t limit, float* x, int64_t R,
                 const std::vector<uint8_t>* keep_row, SpliceStats* stats);
 
 // Matryoshka prefixes m_1 < ... < m_G = D of an SAE directory (one entry for a plain SAE).
-std::vector<int64_t> sae_prefixes(const train::SaeDirectory& sae);
+std::vector<int64_t> sae_prefixes(const saedir::SaeDirectory& sae);
 
 }  // namespace msae::cli
 

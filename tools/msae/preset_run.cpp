@@ -6,6 +6,7 @@
 
 #include "msae/data.h"
 #include "msae/io.h"
+#include "msae/sae_dir.h"
 #include "progress.h"
 
 namespace msae::cli {
@@ -38,7 +39,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   const int64_t log_every = std::max<int64_t>(1, steps / 100);
   train::MetricsInterval interval;
   // What a checkpoint adds to the trainer's state, and what makes a checkpoint this run's.
-  const nlohmann::json identity = {{"config", train::config_json(opt.sae)}, {"steps", steps}, {"batch", batch},
+  const nlohmann::json identity = {{"config", saedir::config_json(opt.sae)}, {"steps", steps}, {"batch", batch},
                                    {"seed", opt.seed},  {"lr", opt.adam.lr},  {"model", model.name}};
   auto save = [&](int64_t done) {
     const nlohmann::json extra = {{"run", identity},
