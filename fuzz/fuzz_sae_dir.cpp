@@ -1,4 +1,4 @@
-// libFuzzer target: SAE directory import (train::read_sae_dir) — cfg.json, msae.json and the weights
+// libFuzzer target: SAE directory import (saedir::read_sae_dir) — cfg.json, msae.json and the weights
 // file, in the SAELens layout (sae_weights.safetensors) or the EleutherAI sparsify layout (sae.safetensors),
 // followed, when the directory loads, by inference encoding and decoding of a few rows.
 // Input format (fuzz/make_seeds.py writes seeds in it):
@@ -14,7 +14,7 @@
 
 #include "fuzz_util.h"
 #include "msae/model.h"
-#include "msae/train.h"
+#include "msae/sae_dir.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace msae;
@@ -34,7 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::write_bytes(dir + ((flags & 1u) ? "/sae.safetensors" : "/sae_weights.safetensors"), p,
                     static_cast<size_t>(end - p));
   try {
-    const train::SaeDirectory sae = train::read_sae_dir(dir);
+    const saedir::SaeDirectory sae = saedir::read_sae_dir(dir);
     const SaeParams& prm = sae.params;
     // The loader's promises: shapes agree with d and D, the config is finalized for that D.
     if (prm.d <= 0 || prm.D <= 0 || sae.sae.d_in != prm.d || sae.sae.d_sae != prm.D) __builtin_trap();

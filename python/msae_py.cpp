@@ -34,6 +34,7 @@
 #include "msae/io.h"
 #include "msae/kernels.h"
 #include "msae/model.h"
+#include "msae/sae_dir.h"
 #include "msae/synth.h"
 #include "msae/run.h"
 #include "msae/train.h"
@@ -221,6 +222,52 @@ py::array_t<float> forward(const Sae& s, py::handle x, std::optional<int64_t> pr
   return out;
 }
 
+// The codes of encode() as CSR, without the dense (N, D) array: (indptr int64 (N+1), indices int32 (nnz),
+// values float32 (nnz)); row r's latents are indices[indptr[r]:indptr[r+1]], ascending, with values > 0.
+py::tuple encode_sparse(const Sae& s, py::handle x, std::optional<int64_t> prefix) {
+  const Rows in = float32_rows(x, "x", s.params.d, "d_in");
+  const int64_t limit = s.limit_of(prefix);
+  kernels::SparseCodes codes;
+  {
+    py::gil_scoped_release nogil;
+    PoolUse use;
+    if (in.rows > 0) codes = encode_inference(s.cfg, s.params, in.data, in.rows, limit);
+  }
+  const int64_t nnz = codes.nnz();
+  py::array_t<int64_t> indptr(std::vector<py::ssize_t>{in.rows + 1});
+  py::array_t<int32_t> indices(std::vector<py::ssize_t>{nnz});
+  py::array_t<float> values(std::vector<py::ssize_t>{nnz});
+  if (in.rows > 0) {
+    MSAE_ASSERT(static_cast<int64_t>(codes.row_ptr.size()) == in.rows + 1);
+    std::copy(codes.row_ptr.begin(), codes.row_ptr.end(), indptr.mutable_data());
+  } else {
+    indptr.mutable_data()[0] = 0;
+  }
+  std::copy(codes.ids.begin(), codes.ids.begin() + nnz, indices.mutable_data());
+  std::copy(codes.vals.begin(), codes.vals.begin() + nnz, values.mutable_data());
+  return py::make_tuple(std::move(indptr), std::move(indices), std::move(values));
+}
+
+// eval::to_json(eval::evaluate(...)) on the first `rows` rows of x (all by default), in row order: what
+// `msae eval --data` prints for the same rows, without its "sae", "data", "arch" and "format" fields.
+py::object evaluate(const Sae& s, py::handle x, std::optional<int64_t> rows) {
+  const Rows in = float32_rows(x, "x", s.params.d, "d_in");
+  if (in.rows == 0) throw py::value_error("x: the array has 0 rows; nothing to evaluate");
+  const int64_t n = rows.value_or(in.rows);
+  if (n < 1 || n > in.rows)
+    throw py::value_error(cat("rows must be in [1, ", in.rows, "] (the rows of x), got ", n));
+  json report;
+  {
+    py::gil_scoped_release nogil;
+    PoolUse use;
+    data::DataOptions options;
+    options.shuffle = false;  // rows in order, as msae eval reads --data
+    const std::unique_ptr<data::ActivationSource> source = data::open_array(in.data, in.rows, in.cols, "x", options);
+    report = eval::to_json(eval::evaluate(s.cfg, s.params, *source, n));
+  }
+  return to_python(report);
+}
+
 // Removes a trailing '/' so that "DIR/" + ".tmp-..." names a sibling of DIR, not a child.
 std::string strip_slashes(std::string path) {
   while (path.size() > 1 && path.back() == '/') path.pop_back();
@@ -248,7 +295,7 @@ json info_for_save(const Sae& s) {
   if (!j.contains("git_commit")) j["git_commit"] = git_commit();
   if (!j.contains("data_normalization"))
     j["data_normalization"] = {{"method", "none"}, {"scale", 1.0}, {"folded_into_weights", true}};
-  j["config"] = train::config_json(s.cfg);
+  j["config"] = saedir::config_json(s.cfg);
   return j;
 }
 
@@ -260,7 +307,7 @@ void save(const Sae& s, py::handle dir_obj, bool overwrite) {
   const std::string tmp = temporary_sibling(dir);
   try {
     io::create_directories(tmp);
-    train::write_sae_files(tmp, s.cfg, s.params, info);
+    saedir::write_sae_files(tmp, s.cfg, s.params, info);
     io::commit_directory(tmp, dir, overwrite);
   } catch (...) {
     io::remove_all(tmp);
@@ -273,7 +320,7 @@ std::shared_ptr<Sae> load(py::handle dir_obj) {
   auto s = std::make_shared<Sae>();
   {
     py::gil_scoped_release nogil;
-    train::SaeDirectory loaded = train::read_sae_dir(dir);
+    saedir::SaeDirectory loaded = saedir::read_sae_dir(dir);
     s->cfg = std::move(loaded.sae);
     s->params = std::move(loaded.params);
     s->info = std::move(loaded.msae_json);
@@ -602,8 +649,9 @@ struct FeatureStream {
 constexpr const char* kModuleDoc = R"doc(Matryoshka sparse autoencoders (msae) from Python.
 
 Load an SAE directory (SAELens layout) with Sae.load, run it on numpy arrays with Sae.encode,
-Sae.decode and Sae.forward, and train one with msae.train. FeatureStream gives the synthetic
-ground-truth activations of `msae synth-bench`. See docs/python.md.
+Sae.encode_sparse, Sae.decode and Sae.forward, measure it with msae.evaluate, and train one with
+msae.train. FeatureStream gives the synthetic ground-truth activations of `msae synth-bench`. See
+docs/python.md.
 
 Activation matrices must be C-contiguous float32 numpy arrays of shape (N, d): msae reads them
 in place. Any other dtype raises TypeError and any other shape or memory layout raises ValueError;
@@ -634,6 +682,16 @@ prefix: None for the whole SAE, or a number of latents m in [0, d_sae]: latents 
     zero (a Matryoshka sub-SAE when m is one of group_boundaries).
 Returns a new dense float32 array (N, d_sae) of JumpReLU codes.)doc";
 
+constexpr const char* kEncodeSparseDoc = R"doc(Encode activations into sparse latent codes, without a dense (N, d_sae) array.
+
+x: C-contiguous float32 array (N, d_in), read in place.
+prefix: None or a number of latents m in [0, d_sae], as in encode.
+Returns (indptr, indices, values), the codes as CSR: indptr int64 (N + 1,), indices int32 (nnz,)
+and values float32 (nnz,). Row r's active latents are indices[indptr[r]:indptr[r + 1]], in
+ascending order, with their values (all > 0) at the same positions: exactly the nonzero entries of
+encode(x, prefix). scipy.sparse.csr_matrix((values, indices, indptr), shape=(N, d_sae)) wraps them
+without a copy.)doc";
+
 constexpr const char* kDecodeDoc = R"doc(Decode latent codes: x_hat = z[:, :m] @ W_dec[:m] + b_dec.
 
 z: C-contiguous float32 array (N, d_sae), read in place.
@@ -651,6 +709,22 @@ constexpr const char* kSaveDoc = R"doc(Write the SAE as a directory in the SAELe
 plus msae.json. The directory is written under a temporary name and renamed into place.
 
 Raises FileExistsError when dir exists, unless overwrite=True.)doc";
+
+constexpr const char* kEvaluateDoc = R"doc(Reconstruction and sparsity metrics of an SAE per Matryoshka prefix, as `msae eval` computes them.
+
+sae: an msae.Sae.
+x: C-contiguous float32 array (N, d_in), read in place.
+rows: None (all N rows) or the number of leading rows of x to evaluate, in [1, N].
+Returns a new dict, the JSON that `msae eval --data` prints for the same rows (without its sae,
+data, arch and format fields):
+    rows, threshold;
+    prefixes: one dict per group boundary m_g, each {group, latents (= m_g), mse, fvu,
+        explained_variance, l0} for the sub-SAE of the first m_g latents;
+    whole: the same for the whole SAE (latents = d_sae);
+    group_l0_share (the share of all activations in each group), dead_fraction (latents that never
+    fired), dense_fraction (latents firing on more than 10% of rows).
+mse is the mean over rows and columns of (x_hat - x)^2; fvu = sum (x_hat - x)^2 / sum (x - mean(x))^2.
+Raises RuntimeError on a non-finite value in x (naming the row and column).)doc";
 
 // msae.train's docstring: how data, out and progress work, then every option of the table that Python takes.
 const std::string& train_doc() {
@@ -736,6 +810,10 @@ PYBIND11_MODULE(msae, m) {
           "encode", [](const Sae& s, py::handle x, std::optional<int64_t> prefix) { return encode(s, x, prefix); },
           py::arg("x"), py::arg("prefix") = py::none(), kEncodeDoc)
       .def(
+          "encode_sparse",
+          [](const Sae& s, py::handle x, std::optional<int64_t> prefix) { return encode_sparse(s, x, prefix); },
+          py::arg("x"), py::arg("prefix") = py::none(), kEncodeSparseDoc)
+      .def(
           "decode", [](const Sae& s, py::handle z, std::optional<int64_t> prefix) { return decode(s, z, prefix); },
           py::arg("z"), py::arg("prefix") = py::none(), kDecodeDoc)
       .def(
@@ -792,6 +870,11 @@ PYBIND11_MODULE(msae, m) {
       },
       py::arg("data") = py::none(), py::arg("out") = py::none(), py::kw_only(), py::arg("progress") = true,
       train_doc().c_str());
+
+  m.def(
+      "evaluate",
+      [](const Sae& sae, py::handle x, std::optional<int64_t> rows) { return evaluate(sae, x, rows); },
+      py::arg("sae"), py::arg("x"), py::kw_only(), py::arg("rows") = py::none(), kEvaluateDoc);
 
   py::class_<FeatureStream>(m, "FeatureStream", kFeatureStreamDoc)
       .def(py::init<const std::string&, uint64_t, std::optional<uint64_t>>(), py::arg("preset"), py::arg("seed") = 0,

@@ -1,4 +1,4 @@
-// Import of SAE directories written by other trainers (train::read_sae_dir, docs/interop.md), on files
+// Import of SAE directories written by other trainers (saedir::read_sae_dir, docs/interop.md), on files
 // built here to the documented layouts: SAELens cfg.json (keys as SAELens 5/6 write them) +
 // sae_weights.safetensors; EleutherAI sparsify cfg.json (SparseCoderConfig.to_dict() + "d_in") +
 // sae.safetensors, written byte by byte as bfloat16 the way torch's safetensors writer lays it out.
@@ -22,7 +22,7 @@
 
 #include "msae/eval.h"
 #include "msae/io.h"
-#include "msae/train.h"
+#include "msae/sae_dir.h"
 
 namespace msae {
 namespace {
@@ -74,7 +74,7 @@ std::vector<double> ref_pre(const Tiny& t, bool center) {
   return pre;
 }
 
-std::vector<float> dense_codes(const train::SaeDirectory& s, int64_t limit) {
+std::vector<float> dense_codes(const saedir::SaeDirectory& s, int64_t limit) {
   const kernels::SparseCodes z = encode_inference(s.sae, s.params, kX.data(), 2, limit);
   std::vector<float> dense(2 * s.params.D);
   kernels::codes_to_dense(z, dense.data());
@@ -108,7 +108,7 @@ TEST(Import, SaelensStandardIsReluWithCentering) {
   TempDir dir("standard");
   Tiny t;
   write_saelens(dir, t, saelens_cfg("standard", true), false);
-  const train::SaeDirectory s = train::read_sae_dir(dir.str());
+  const saedir::SaeDirectory s = saedir::read_sae_dir(dir.str());
   EXPECT_EQ(s.format, "saelens-standard");
   EXPECT_EQ(s.params.rule.kind, EncodeRule::Kind::jumprelu);
   EXPECT_TRUE(s.params.rule.center_input);
@@ -133,7 +133,7 @@ TEST(Import, SaelensJumpReluPerLatentThresholdsWithoutCentering) {
   TempDir dir("jumprelu");
   Tiny t;
   write_saelens(dir, t, saelens_cfg("jumprelu", false), true);
-  const train::SaeDirectory s = train::read_sae_dir(dir.str());
+  const saedir::SaeDirectory s = saedir::read_sae_dir(dir.str());
   EXPECT_EQ(s.format, "saelens-jumprelu");
   EXPECT_FALSE(s.params.rule.center_input);
   EXPECT_EQ(s.params.rule.thresholds, t.threshold);
@@ -158,7 +158,7 @@ TEST(Import, SaelensTopKBothConfigGenerations) {
   for (const json& cfg : {v6, v5}) {
     TempDir dir("topk");
     write_saelens(dir, t, cfg, false);
-    const train::SaeDirectory s = train::read_sae_dir(dir.str());
+    const saedir::SaeDirectory s = saedir::read_sae_dir(dir.str());
     EXPECT_EQ(s.format, "saelens-topk");
     EXPECT_EQ(s.params.rule.kind, EncodeRule::Kind::topk);
     EXPECT_EQ(s.params.rule.k, 2);
@@ -221,7 +221,7 @@ TEST(Import, SparsifyTopKFromBf16) {
   TempDir dir("sparsify");
   Tiny t;
   write_sparsify(dir.path, t, sparsify_cfg(Tiny::d, Tiny::D, 1));
-  const train::SaeDirectory s = train::read_sae_dir(dir.str());
+  const saedir::SaeDirectory s = saedir::read_sae_dir(dir.str());
   EXPECT_EQ(s.format, "sparsify-topk");
   EXPECT_EQ(s.params.rule.k, 1);
   EXPECT_TRUE(s.params.rule.center_input);  // sparsify encodes x - b_dec
@@ -232,14 +232,14 @@ TEST(Import, SparsifyTopKFromBf16) {
   json by_factor = sparsify_cfg(Tiny::d, 0, 1);
   by_factor["expansion_factor"] = 1;
   write_text(dir.path / "cfg.json", by_factor.dump());
-  EXPECT_THROW(train::read_sae_dir(dir.str()), Error);  // 3 * 1 != 4 rows
+  EXPECT_THROW(saedir::read_sae_dir(dir.str()), Error);  // 3 * 1 != 4 rows
 }
 
 TEST(Import, InitFromAnImportedSaeTakesTheWeightsOnly) {
   TempDir dir("init");
   Tiny t;
   write_sparsify(dir.path, t, sparsify_cfg(Tiny::d, Tiny::D, 1));
-  const SaeParams p = train::load_init_params(dir.str(), Tiny::d, Tiny::D);
+  const SaeParams p = saedir::load_init_params(dir.str(), Tiny::d, Tiny::D);
   EXPECT_TRUE(p.rule.is_default());
   EXPECT_EQ(p.b_dec.data[0], 0.25f);
 }
@@ -250,14 +250,14 @@ TEST(Import, SparsifyMultiLayerRootNamesTheLayers) {
   write_sparsify(dir.path / "layers.0", t, sparsify_cfg(Tiny::d, Tiny::D, 2));
   write_sparsify(dir.path / "layers.1", t, sparsify_cfg(Tiny::d, Tiny::D, 2));
   try {
-    train::read_sae_dir(dir.str());
+    saedir::read_sae_dir(dir.str());
     FAIL() << "a root of per-layer directories must be refused";
   } catch (const Error& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("layers.0"), std::string::npos) << msg;
     EXPECT_NE(msg.find("layers.1"), std::string::npos) << msg;
   }
-  EXPECT_EQ(train::read_sae_dir((dir.path / "layers.1").string()).format, "sparsify-topk");
+  EXPECT_EQ(saedir::read_sae_dir((dir.path / "layers.1").string()).format, "sparsify-topk");
 }
 
 TEST(Import, RefusesWhatEvalCannotReproduce) {
@@ -266,7 +266,7 @@ TEST(Import, RefusesWhatEvalCannotReproduce) {
     TempDir dir("refuse");
     write_saelens(dir, t, cfg, thr);
     try {
-      train::read_sae_dir(dir.str());
+      saedir::read_sae_dir(dir.str());
       ADD_FAILURE() << "accepted " << cfg.dump();
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
@@ -289,7 +289,7 @@ TEST(Import, RefusesWhatEvalCannotReproduce) {
   json tc = sparsify_cfg(Tiny::d, Tiny::D, 2);
   tc["transcode"] = true;
   write_sparsify(dir.path, t, tc);
-  EXPECT_THROW(train::read_sae_dir(dir.str()), Error);
+  EXPECT_THROW(saedir::read_sae_dir(dir.str()), Error);
 }
 
 // An imported SAE flows through eval::evaluate: its figures equal a direct double-precision computation.
@@ -313,7 +313,7 @@ TEST(Import, EvaluateMatchesDirectComputation) {
     io::write_safetensors(dir.str() + "/sae_weights.safetensors", ts);
     write_text(dir.path / "cfg.json", cfg.dump());
     io::write_npy(dir.str() + "/x.npy", x.data(), {N, d});
-    const train::SaeDirectory s = train::read_sae_dir(dir.str());
+    const saedir::SaeDirectory s = saedir::read_sae_dir(dir.str());
     auto src = data::open_npy(dir.str() + "/x.npy", false, 0);
     const eval::EvalReport rep = eval::evaluate(s.sae, s.params, *src, N, 16);
 
@@ -387,7 +387,7 @@ TEST(FuzzRegression, DeeplyNestedCfgJsonValueIsAnError) {
   write_saelens(dir, t, saelens_cfg("standard", true), false);
   write_text(dir.path / "cfg.json", "{\"architecture\": \"standard\", \"apply_b_dec_to_input\": " +
                                         deep_array(1'000'000) + "}");
-  EXPECT_THROW(train::read_sae_dir(dir.str()), Error);
+  EXPECT_THROW(saedir::read_sae_dir(dir.str()), Error);
 }
 
 // Regression: msae.json is kept in SaeDirectory and copied/printed by `msae inspect` (recursive operations);
@@ -398,13 +398,13 @@ TEST(FuzzRegression, DeeplyNestedMsaeJsonIsRefusedAtParse) {
   write_saelens(dir, t, saelens_cfg("standard", true), false);
   write_text(dir.path / "msae.json", "{\"training\": " + deep_array(100'000) + "}");
   try {
-    train::read_sae_dir(dir.str());
+    saedir::read_sae_dir(dir.str());
     FAIL() << "accepted a 100000-deep msae.json";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("nested deeper"), std::string::npos) << e.what();
   }
   write_text(dir.path / "msae.json", "{\"training\": " + deep_array(60) + "}");  // deep but sane: accepted
-  EXPECT_EQ(train::read_sae_dir(dir.str()).format, "saelens-standard");
+  EXPECT_EQ(saedir::read_sae_dir(dir.str()).format, "saelens-standard");
 }
 
 TEST(FuzzRegression, JsonExcerptIsShortAndFlat) {

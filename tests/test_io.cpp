@@ -279,6 +279,97 @@ TEST_F(IoTest, NpyRoundTripF32AllRanks) {
   }
 }
 
+// io::NpyWriter streams the data after the header, in pieces of any size; each dtype it writes reads back
+// exactly through io's readers, and the file is exactly header + data.
+TEST_F(IoTest, NpyWriterStreamsRoundTrip) {
+  const std::vector<float> f = {1.5f, -2.0f, 0.0f, 3.25f, 1e-30f, -7.0f};  // (3, 2)
+  {
+    io::NpyWriter w(path("f.npy"), "<f4", {3, 2});
+    EXPECT_EQ(w.bytes_expected(), 24);
+    w.write(f.data(), 4);                   // a partial element: the writer counts bytes, not rows
+    w.write(reinterpret_cast<const char*>(f.data()) + 4, 12);
+    w.write(f.data() + 4, 0);               // an empty write is allowed
+    w.write(f.data() + 4, 8);
+    EXPECT_EQ(w.bytes_written(), 24);
+    w.close();
+  }
+  const msae::Tensor t = io::read_npy(path("f.npy"));
+  EXPECT_EQ(t.shape, (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(std::vector<float>(t.data.begin(), t.data.end()), f);
+  EXPECT_EQ(static_cast<int64_t>(stdfs::file_size(path("f.npy"))), io::read_npy_header(path("f.npy")).data_offset + 24);
+
+  const std::vector<int64_t> i8 = {0, -1, int64_t{1} << 40, 7, 8, -9, 10, 11};  // (2, 4)
+  {
+    io::NpyWriter w(path("i8.npy"), "<i8", {2, 4});
+    w.write(i8.data(), 4 * 8);
+    w.write(i8.data() + 4, 4 * 8);
+    w.close();
+  }
+  const io::NpyIntArray a = io::read_npy_int(path("i8.npy"));
+  EXPECT_EQ(a.itemsize, 8);
+  EXPECT_EQ(a.shape, (std::vector<int64_t>{2, 4}));
+  EXPECT_EQ(a.values, i8);
+
+  const std::vector<int32_t> i4 = {5, -6, 2147483647};  // (3,)
+  {
+    io::NpyWriter w(path("i4.npy"), "<i4", {3});
+    w.write(i4.data(), 12);
+    w.close();
+  }
+  const io::NpyIntArray b = io::read_npy_int(path("i4.npy"));
+  EXPECT_EQ(b.itemsize, 4);
+  EXPECT_EQ(b.shape, std::vector<int64_t>{3});
+  EXPECT_EQ(b.values, (std::vector<int64_t>{5, -6, 2147483647}));
+
+  // float16: values that binary16 holds exactly read back as the same floats
+  const std::vector<float> hv = {0.5f, -1.25f, 2048.0f, 0.0f};  // (2, 2)
+  std::vector<uint16_t> h;
+  for (float v : hv) h.push_back(io::float_to_half(v));
+  {
+    io::NpyWriter w(path("h.npy"), "<f2", {2, 2});
+    w.write(h.data(), 8);
+    w.close();
+  }
+  EXPECT_EQ(io::read_npy_header(path("h.npy")).dtype, io::DType::f16);
+  const msae::Tensor th = io::read_npy(path("h.npy"));
+  EXPECT_EQ(std::vector<float>(th.data.begin(), th.data.end()), hv);
+
+  // An empty array is a header alone, and closes with nothing written.
+  {
+    io::NpyWriter w(path("empty.npy"), "<f4", {0, 5});
+    w.close();
+  }
+  EXPECT_EQ(io::read_npy(path("empty.npy")).shape, (std::vector<int64_t>{0, 5}));
+}
+
+// Fewer bytes than the shape promised is refused on close, more on the write that overflows (msae's own
+// bugs: MSAE_ASSERT); a file that cannot be created is a runtime error naming it.
+TEST_F(IoTest, NpyWriterRefusesShortAndLongWrites) {
+  const std::vector<float> v(8, 1.0f);
+  EXPECT_DEATH(
+      {
+        io::NpyWriter w(path("short.npy"), "<f4", {2, 4});
+        w.write(v.data(), 7 * 4);
+        w.close();
+      },
+      "wrote 28 bytes, promised 32");
+  EXPECT_DEATH(
+      {
+        io::NpyWriter w(path("long.npy"), "<f4", {2, 3});
+        w.write(v.data(), 4 * 4);
+        w.write(v.data(), 4 * 4);
+      },
+      "writing 16 bytes after 16 of the 24 promised");
+  EXPECT_DEATH(io::NpyWriter(path("bad.npy"), "<f8", {2}), "unsupported descr");
+  try {
+    io::NpyWriter w(path("no/such/dir/x.npy"), "<f4", {1});
+    ADD_FAILURE() << "created a file in a missing directory";
+  } catch (const msae::Error& e) {
+    EXPECT_EQ(e.kind(), msae::ErrorKind::runtime);
+    EXPECT_NE(std::string(e.what()).find("no/such/dir/x.npy: cannot create"), std::string::npos) << e.what();
+  }
+}
+
 // The writer's header must be what numpy.save writes, so numpy (and np.load(mmap_mode='r')) reads it.
 TEST_F(IoTest, NpyWriterHeaderMatchesNumpyLayout) {
   const std::string p = path("b.npy");

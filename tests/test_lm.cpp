@@ -1,6 +1,6 @@
 // msae lm: the GPT-2 tokenizer against the reference encoder's ids, the GPT-2 forward pass and its hooks
 // against the PyTorch oracle (scripts/gpt2_torch.py via scripts/make_lm_fixtures.py), the loader's
-// naming/dtype rules, and the logistic-regression probes.
+// naming/dtype rules, the logistic-regression probes, text into contexts, and splicing an SAE.
 //
 // Tolerances: the fixture logits are computed in float64 and stored as float32; the C++ forward runs in
 // float32 (LayerNorm statistics in double), through 3 blocks of width 32 with logits of magnitude ~2, so
@@ -10,7 +10,10 @@
 // tolerance holds.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <functional>
 
 #include "msae/io.h"
 #include "msae/lm.h"
@@ -366,4 +369,172 @@ TEST(Probe, MultiProbeDenseAndSparseAgree) {
     correct += best == y[i];
   }
   EXPECT_GT(correct, n * 9 / 10);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text into contexts (lm::tokenize_files, lm::make_contexts).
+// ---------------------------------------------------------------------------------------------
+namespace {
+// A stream of S tokens 100, 101, ...: token i comes from "file" i / 4 at byte offset 10 * i.
+lm::TokenStream counting_stream(int64_t S) {
+  lm::TokenStream s;
+  for (int64_t i = 0; i < S; ++i) {
+    s.ids.push_back(static_cast<int32_t>(100 + i));
+    s.file.push_back(static_cast<int32_t>(i / 4));
+    s.offset.push_back(10 * i);
+  }
+  return s;
+}
+
+ErrorKind error_kind(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.kind();
+  }
+  ADD_FAILURE() << "no msae::Error thrown";
+  return ErrorKind::runtime;
+}
+}  // namespace
+
+TEST(Contexts, BosWindowsDropThePartialOneAndStopAtMaxContexts) {
+  const lm::TokenStream s = counting_stream(10);
+  // BOS + 3 stream tokens each: 10 tokens fill 3 windows, the 10th token (a partial window) is dropped.
+  const lm::Contexts c = lm::make_contexts(s, 4, true, 0, 7);
+  EXPECT_EQ(c.N, 3);
+  EXPECT_EQ(c.T, 4);
+  EXPECT_TRUE(c.bos);
+  EXPECT_EQ(c.ids, (std::vector<int32_t>{7, 100, 101, 102, 7, 103, 104, 105, 7, 106, 107, 108}));
+  EXPECT_EQ(c.file, (std::vector<int32_t>{-1, 0, 0, 0, -1, 0, 1, 1, -1, 1, 1, 2}));
+  EXPECT_EQ(c.offset, (std::vector<int64_t>{-1, 0, 10, 20, -1, 30, 40, 50, -1, 60, 70, 80}));
+  // Without BOS: windows of 4 stream tokens, the last 2 tokens dropped.
+  const lm::Contexts n = lm::make_contexts(s, 4, false, 0, 7);
+  EXPECT_EQ(n.N, 2);
+  EXPECT_FALSE(n.bos);
+  EXPECT_EQ(n.ids, (std::vector<int32_t>{100, 101, 102, 103, 104, 105, 106, 107}));
+  EXPECT_EQ(n.offset, (std::vector<int64_t>{0, 10, 20, 30, 40, 50, 60, 70}));
+  // A stream of exactly 3 windows loses nothing.
+  EXPECT_EQ(lm::make_contexts(counting_stream(9), 4, true, 0, 7).ids.back(), 108);
+  // max_contexts keeps the first windows; a larger limit than the stream holds changes nothing.
+  const lm::Contexts two = lm::make_contexts(s, 4, true, 2, 7);
+  EXPECT_EQ(two.N, 2);
+  EXPECT_EQ(two.ids, std::vector<int32_t>(c.ids.begin(), c.ids.begin() + 8));
+  EXPECT_EQ(lm::make_contexts(s, 4, true, 50, 7).N, 3);
+  // T = 2 with BOS: one stream token per context.
+  EXPECT_EQ(lm::make_contexts(s, 2, true, 0, 7).N, 10);
+  // Too short a context, or too little text for one window: usage errors.
+  EXPECT_EQ(error_kind([&] { lm::make_contexts(s, 1, false, 0, 7); }), ErrorKind::usage);
+  EXPECT_EQ(error_kind([&] { lm::make_contexts(s, 12, true, 0, 7); }), ErrorKind::usage);
+  EXPECT_EQ(error_kind([&] { lm::make_contexts(counting_stream(0), 2, true, 0, 7); }), ErrorKind::usage);
+}
+
+TEST(Contexts, TokenizeFilesSeparatesFilesAndStopsAfterMaxTokens) {
+  const lm::Tokenizer& tok = gpt2_tokenizer();
+  const std::string dir = testing::TempDir();
+  const std::string a = dir + "/msae_lm_a.txt", b = dir + "/msae_lm_b.txt";
+  const std::string ta = "Hello world, again.", tb = "caf\u00e9 x";
+  io::write_text_file_atomic(a, ta);
+  io::write_text_file_atomic(b, tb);
+  std::vector<int64_t> off_a, off_b;
+  const std::vector<int32_t> ia = tok.encode(ta, &off_a), ib = tok.encode(tb, &off_b);
+  const lm::TokenStream s = lm::tokenize_files(tok, {a, b});
+  std::vector<int32_t> ids = ia, file(ia.size(), 0);
+  std::vector<int64_t> offset = off_a;
+  ids.push_back(tok.eot());
+  file.push_back(-1);
+  offset.push_back(-1);
+  ids.insert(ids.end(), ib.begin(), ib.end());
+  file.insert(file.end(), ib.size(), 1);
+  offset.insert(offset.end(), off_b.begin(), off_b.end());
+  ids.push_back(tok.eot());
+  file.push_back(-1);
+  offset.push_back(-1);
+  EXPECT_EQ(s.ids, ids);
+  EXPECT_EQ(s.file, file);
+  EXPECT_EQ(s.offset, offset);
+  // max_tokens: the file that reaches it is read whole, and no further file is read.
+  const lm::TokenStream first = lm::tokenize_files(tok, {a, b}, 1);
+  EXPECT_EQ(first.ids.size(), ia.size() + 1);
+  EXPECT_EQ(lm::tokenize_files(tok, {a, b}, static_cast<int64_t>(ia.size()) + 2).ids, ids);
+  EXPECT_EQ(error_kind([&] { lm::tokenize_files(tok, {}); }), ErrorKind::usage);
+  EXPECT_EQ(error_kind([&] { lm::tokenize_files(tok, {dir + "/msae_lm_missing.txt"}); }), ErrorKind::runtime);
+  std::remove(a.c_str());
+  std::remove(b.c_str());
+}
+
+// ---------------------------------------------------------------------------------------------
+// An SAE spliced into a hook (lm::splice_sae, sae_input_scale, sae_prefixes).
+// ---------------------------------------------------------------------------------------------
+TEST(Splice, ReplacesKeptRowsByTheScaledReconstruction) {
+  constexpr int64_t d = 6, D = 16, R = 5;
+  saedir::SaeDirectory sae;
+  sae.sae.d_in = d;
+  sae.sae.d_sae = D;
+  sae.sae.k = 3;
+  sae.sae.group_sizes = {4, 4, 8};
+  sae.sae.finalize();
+  sae.params = SaeParams::init(d, D, 11);
+  sae.params.threshold = 0.05f;
+  for (int64_t j = 0; j < d; ++j) sae.params.b_dec.data[j] = 0.1f * static_cast<float>(j) - 0.2f;
+  EXPECT_EQ(lm::sae_prefixes(sae), (std::vector<int64_t>{4, 8, 16}));
+
+  Rng rng(5);
+  std::vector<float> x0(R * d);
+  for (float& v : x0) v = static_cast<float>(3.0 * rng.normal());
+  const float scale = 0.5f;
+  const std::vector<uint8_t> keep = {1, 0, 1, 1, 0, 1};  // longer than R: entries past R are not read
+  for (int64_t limit : {int64_t{0}, int64_t{4}, D}) {
+    std::vector<float> x = x0;
+    lm::SpliceStats st;
+    st.sse = 1.0;  // stats accumulate
+    lm::splice_sae(sae, scale, limit, x.data(), R, &keep, &st);
+    // Oracle: each kept row alone, scaled, encoded with the prefix, decoded, unscaled.
+    double sse = 1.0, l0 = 0.0;
+    for (int64_t r = 0; r < R; ++r) {
+      const float* in = x0.data() + r * d;
+      if (!keep[r]) {
+        EXPECT_EQ(std::vector<float>(x.begin() + r * d, x.begin() + (r + 1) * d), std::vector<float>(in, in + d))
+            << "row " << r << " must be untouched";
+        continue;
+      }
+      std::vector<float> xs(d), rec(d);
+      for (int64_t j = 0; j < d; ++j) xs[j] = in[j] * scale;
+      const kernels::SparseCodes z = encode_inference(sae.sae, sae.params, xs.data(), 1, limit);
+      for (int64_t e = 0; e < z.nnz(); ++e) EXPECT_LT(z.ids[e], std::max<int64_t>(limit, 1));
+      decode(sae.params, z, rec.data());
+      l0 += static_cast<double>(z.nnz());
+      for (int64_t j = 0; j < d; ++j) {
+        const float want = rec[j] / scale;
+        EXPECT_EQ(x[r * d + j], want) << "limit " << limit << " row " << r << " col " << j;
+        sse += static_cast<double>(want - in[j]) * (want - in[j]);
+      }
+    }
+    EXPECT_EQ(st.rows, 3);
+    EXPECT_DOUBLE_EQ(st.l0, l0);
+    EXPECT_NEAR(st.sse, sse, 1e-9 * sse);
+    if (limit == 0) {
+      EXPECT_EQ(st.l0, 0.0);
+    } else {
+      EXPECT_GE(st.l0, 3.0) << "the case must fire latents to test anything";
+    }
+  }
+  // keep_row == nullptr splices every row; stats are optional.
+  std::vector<float> all = x0;
+  lm::splice_sae(sae, 1.0f, D, all.data(), R, nullptr, nullptr);
+  std::vector<float> want(R * d);
+  decode(sae.params, encode_inference(sae.sae, sae.params, x0.data(), R, D), want.data());
+  EXPECT_EQ(all, want);
+}
+
+TEST(Splice, InputScaleComesFromMsaeJson) {
+  saedir::SaeDirectory sae;
+  EXPECT_EQ(lm::sae_input_scale(sae), 1.0f);  // no msae.json
+  sae.msae_json = {{"data_normalization", {{"method", "expected-norm"}, {"scale", 2.5}}}};
+  EXPECT_EQ(lm::sae_input_scale(sae), 2.5f);
+  sae.msae_json = {{"data_normalization", {{"method", "none"}}}};
+  EXPECT_EQ(lm::sae_input_scale(sae), 1.0f);
+  for (double bad : {0.0, -1.0, 1e300}) {
+    sae.msae_json = {{"data_normalization", {{"scale", bad}}}};
+    EXPECT_EQ(error_kind([&] { lm::sae_input_scale(sae); }), ErrorKind::runtime) << bad;
+  }
 }

@@ -20,7 +20,7 @@
 
 #include "msae/io.h"
 #include "msae/lm.h"
-#include "msae/train.h"
+#include "msae/sae_dir.h"
 #include "cli_run.h"
 
 using namespace msae;
@@ -102,7 +102,7 @@ void write_identity_sae(const std::string& dir, int64_t d) {
   }
   p.threshold = 0.0f;
   fs::create_directories(dir);
-  train::write_sae_files(dir, cfg, p, nlohmann::json{{"format", "msae-sae"}, {"config", {{"arch", "matryoshka"}, {"d_in", d}, {"d_sae", 2 * d}, {"k", d}, {"group_sizes", {d, d}}}}});
+  saedir::write_sae_files(dir, cfg, p, nlohmann::json{{"format", "msae-sae"}, {"config", {{"arch", "matryoshka"}, {"d_in", d}, {"d_sae", 2 * d}, {"k", d}, {"group_sizes", {d, d}}}}});
 }
 
 }  // namespace

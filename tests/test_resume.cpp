@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "msae/io.h"
+#include "msae/sae_dir.h"
 #include "msae/synth.h"
 #include "msae/train.h"
 
@@ -263,9 +264,9 @@ TEST_F(Resume, NormalizedSaeHasTheSameFvuOnRawData) {
   const msae::train::Checkpoint ck = msae::train::read_checkpoint(p("Y"));
   ASSERT_EQ(ck.step, 100);
   EXPECT_EQ(ck.extra["scale"].get<float>(), s);
-  msae::train::SaeDirectory sae = msae::train::read_sae_dir(p("sae"));
+  msae::saedir::SaeDirectory sae = msae::saedir::read_sae_dir(p("sae"));
   fs::create_directories(dir_ / "unfolded");
-  msae::train::write_sae_files(p("unfolded"), sae.sae, ck.params, sae.msae_json);
+  msae::saedir::write_sae_files(p("unfolded"), sae.sae, ck.params, sae.msae_json);
   msae::Tensor x = msae::io::read_npy(data + "/part0.npy");
   for (float& v : x.data) v *= s;
   msae::io::write_npy(p("scaled.npy"), x);

@@ -10,6 +10,7 @@
 #include "msae/io.h"
 #include "msae/kernels_ref.h"
 #include "msae/recovery.h"
+#include "msae/sae_dir.h"
 #include "msae/synth.h"
 #include "msae/train.h"
 #include "synthetic_training.h"
@@ -185,9 +186,9 @@ TEST(SaeDirectory, RoundTripsExactly) {
   const fs::path dir = fs::temp_directory_path() / ("msae_sae_dir_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  train::write_sae_files(dir.string(), c, p, {{"config", {{"arch", "matryoshka"}, {"k", 3}, {"group_sizes", c.group_sizes},
+  saedir::write_sae_files(dir.string(), c, p, {{"config", {{"arch", "matryoshka"}, {"k", 3}, {"group_sizes", c.group_sizes},
                                                           {"encoder_bias", true}}}});
-  const train::SaeDirectory back = train::read_sae_dir(dir.string());
+  const saedir::SaeDirectory back = saedir::read_sae_dir(dir.string());
   fs::remove_all(dir);
   EXPECT_EQ(back.sae.arch, Arch::matryoshka);
   EXPECT_EQ(back.sae.group_sizes, c.group_sizes);

@@ -19,6 +19,7 @@
 #include "msae/data.h"
 #include "msae/io.h"
 #include "msae/model.h"
+#include "msae/sae_dir.h"
 #include "msae/train.h"
 
 namespace msae {
@@ -81,12 +82,12 @@ TEST_P(Registry, TrainSaveLoadCompare) {
   const fs::path dir = fs::temp_directory_path() / (std::string("msae_variant_") + v.name + "_" + engine + "_" +
                                                      std::to_string(::getpid()));
   fs::create_directories(dir);
-  const nlohmann::json msae_json = {{"config", train::config_json(opt.sae)}};
-  train::write_sae_files(dir.string(), opt.sae, trainer.params(), msae_json);
-  const train::SaeDirectory loaded = train::read_sae_dir(dir.string());
+  const nlohmann::json msae_json = {{"config", saedir::config_json(opt.sae)}};
+  saedir::write_sae_files(dir.string(), opt.sae, trainer.params(), msae_json);
+  const saedir::SaeDirectory loaded = saedir::read_sae_dir(dir.string());
   fs::remove_all(dir);
 
-  EXPECT_EQ(train::config_json(loaded.sae), train::config_json(opt.sae)) << "config round trip";
+  EXPECT_EQ(saedir::config_json(loaded.sae), saedir::config_json(opt.sae)) << "config round trip";
   EXPECT_EQ(loaded.sae.arch, opt.sae.arch);
   EXPECT_EQ(loaded.params.threshold, trainer.params().threshold);
   if (opt.sae.arch == Arch::relu_l1) {
@@ -330,12 +331,12 @@ TEST(VariantConfig, DefaultsAreSpec) {
   c.d_sae = 64;
   c.finalize();
   EXPECT_TRUE(c.is_spec_loss());
-  const nlohmann::json j = train::config_json(c);
+  const nlohmann::json j = saedir::config_json(c);
   EXPECT_EQ(j["variants"]["recipe"], "bussmann");
   EXPECT_EQ(j["variants"]["stop_gradient_groups"], false);
   EXPECT_EQ(j["variants"]["sampled_prefixes"], 0);
   SaeConfig back;
-  train::variant_config_from_json(j["variants"], back);
+  saedir::variant_config_from_json(j["variants"], back);
   EXPECT_TRUE(back.bdec_loss_term);
   EXPECT_EQ(back.threshold_rate, 0.01f);
 }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
@@ -66,6 +67,28 @@ void write_npy_int(const std::string& path, const int64_t* data, const std::vect
 // The bytes before the data of a version-1.0 .npy of this descr ('<f4', '<f2', '<i4', '<i8', ...) and shape,
 // as numpy.save writes them (64-byte aligned), for writers that stream the data after it.
 std::string npy_header_bytes(const std::string& descr, const std::vector<int64_t>& shape);
+
+// Streams a C-order .npy (version 1.0) of a shape known up front: the header (npy_header_bytes) when
+// constructed, then the caller's raw little-endian bytes, in order. descr: "<f4", "<f2", "<u2", "<i4" or
+// "<i8". Written to `path` itself, not atomically (write into a temporary directory and commit it).
+// Writing more bytes than the shape holds, or closing after fewer, is the caller's bug (MSAE_ASSERT);
+// I/O failures are runtime errors naming the file. Not thread-safe.
+class NpyWriter {
+ public:
+  NpyWriter(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape);
+  ~NpyWriter();  // closes the file without the checks of close() (an abandoned write)
+  NpyWriter(const NpyWriter&) = delete;
+  NpyWriter& operator=(const NpyWriter&) = delete;
+  void write(const void* data, size_t bytes);
+  void close();  // checks that exactly the promised bytes were written, then closes the file
+  int64_t bytes_expected() const { return expected_; }  // of data, after the header
+  int64_t bytes_written() const { return written_; }
+
+ private:
+  std::string path_;
+  std::FILE* f_ = nullptr;
+  int64_t expected_ = 0, written_ = 0;
+};
 
 // A read-only memory map of a 2-D .npy (N, d): rows are converted to float32 on request.
 // Thread-safe for concurrent reads.

@@ -1,7 +1,8 @@
-// msae lm: a language model in the loop (docs/lm.md). The GPT-2 byte-level BPE tokenizer, a GPT-2
-// forward pass with read/write hooks, next-token losses, and the pieces of the first-letter absorption
-// metric (logistic-regression probes, the SAEBench absorption rules) that need no SAE type.
-// lm depends on core, io and kernels only: callers that splice an SAE pass it in as a hook function.
+// msae lm: a language model in the loop (docs/lm.md). The GPT-2 byte-level BPE tokenizer, text files cut
+// into fixed-length contexts, a GPT-2 forward pass with read/write hooks, next-token losses, splicing an
+// SAE directory's reconstruction into a hook, and the pieces of the first-letter absorption metric
+// (logistic-regression probes, the SAEBench absorption rules).
+// lm depends on kernels, io, model and saedir (the SAE it splices is a saedir::SaeDirectory).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "msae/core.h"
+#include "msae/sae_dir.h"
 
 namespace msae::lm {
 
@@ -211,5 +213,64 @@ struct WordAbsorption {
 };
 WordAbsorption word_absorption(const int32_t* ids, const float* vals, int64_t nnz, const float* cos, float probe_proj,
                                const std::vector<int32_t>& main_latents, const AbsorptionThresholds& th = {});
+
+// ---------------------------------------------------------------------------------------------
+// Text into model inputs (msae harvest, eval --model, absorption). Errors are msae::usage_error naming the
+// CLI flag the value comes from (--text, --ctx, --layer, --tokenizer).
+// ---------------------------------------------------------------------------------------------
+// The tokenizer of `model_dir`: its own files (encoder.json + vocab.bpe, or vocab.json + merges.txt) when
+// present, else `tokenizer_dir` when not empty, else models/gpt2-tokenizer relative to the working
+// directory, then to the source tree msae was built from.
+Tokenizer load_tokenizer(const std::string& model_dir, const std::string& tokenizer_dir);
+
+// Token stream of several text files: each file's ids followed by <|endoftext|>, with, per token, the
+// file index and the byte offset in that file (-1 for the separators).
+struct TokenStream {
+  std::vector<int32_t> ids;     // (S)
+  std::vector<int32_t> file;    // (S)
+  std::vector<int64_t> offset;  // (S)
+};
+// Reads the files in order (at least one) and stops reading further files once the stream holds at least
+// max_tokens tokens (0 = read all); the last file read is taken whole.
+TokenStream tokenize_files(const Tokenizer& tok, const std::vector<std::string>& files, int64_t max_tokens = 0);
+
+// Non-overlapping contexts of T tokens (T >= 2): with bos, each is bos_id followed by the next T-1 stream
+// tokens (as SAELens / TransformerLens prepend BOS), without, T stream tokens; the last partial window is
+// dropped. At most max_contexts (0 = all); a stream too short for one context is a usage error. Rows are
+// sequence-major: row n*T + t.
+struct Contexts {
+  int64_t N = 0, T = 0;
+  bool bos = true;
+  std::vector<int32_t> ids;     // (N*T)
+  std::vector<int32_t> file;    // (N*T), -1 for BOS and separators
+  std::vector<int64_t> offset;  // (N*T), -1 for BOS and separators
+};
+Contexts make_contexts(const TokenStream& s, int64_t T, bool bos, int64_t max_contexts, int32_t bos_id);
+
+// The site `site` of block `layer`, checked against the model (usage errors for an unknown name or a
+// layer outside [0, n_layer)).
+Site checked_site(const Model& m, int64_t layer, const std::string& site);
+
+// ---------------------------------------------------------------------------------------------
+// An SAE spliced into a hook.
+// ---------------------------------------------------------------------------------------------
+// The input scale an SAE directory declares (msae.json "data_normalization.scale": the SAE sees x * scale);
+// 1 when absent. A scale that is not a positive number within float range is a runtime error.
+float sae_input_scale(const saedir::SaeDirectory& sae);
+
+// Replaces x (R, d) by the SAE's reconstruction using latents [0, limit) (a Matryoshka prefix), with
+// the SAE's input scale applied on the way in and undone on the way out. Rows with keep_row[r] == 0 are
+// left untouched (e.g. BOS positions); keep_row == nullptr splices every row. If stats is given, adds the
+// squared error of the spliced rows (in x's units), their active latents and their number to it.
+// Multithreaded on msae's pool (encode_inference); allocates (2 R d floats and the codes).
+struct SpliceStats {
+  double sse = 0, l0 = 0;
+  int64_t rows = 0;
+};
+void splice_sae(const saedir::SaeDirectory& sae, float scale, int64_t limit, float* x /*(R, d)*/, int64_t R,
+                const std::vector<uint8_t>* keep_row /*(>= R) or nullptr*/, SpliceStats* stats);
+
+// Matryoshka prefixes m_1 < ... < m_G = D of an SAE directory (one entry for a plain SAE).
+std::vector<int64_t> sae_prefixes(const saedir::SaeDirectory& sae);
 
 }  // namespace msae::lm

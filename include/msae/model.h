@@ -90,7 +90,7 @@ std::vector<int64_t> default_group_sizes(int64_t D);
 
 // How inference encoding (encode_inference) turns pre-activations into codes. The default is the msae
 // rule of SPEC "Inference" (JumpReLU at the one global SaeParams::threshold, x centred by b_dec). SAEs
-// imported from other trainers (train::read_sae_dir: SAELens jumprelu/standard/topk, EleutherAI sparsify)
+// imported from other trainers (saedir::read_sae_dir: SAELens jumprelu/standard/topk, EleutherAI sparsify)
 // carry their own trainer's rule; the training engines ignore this struct.
 struct EncodeRule {
   enum class Kind { jumprelu, topk };

@@ -20,6 +20,7 @@
 #include "msae/gt_metrics.h"
 #include "msae/synth.h"
 #include "msae/options.h"
+#include "msae/sae_dir.h"
 #include "msae/train.h"
 
 namespace msae::run {

@@ -1,5 +1,6 @@
-// msae train: the update rule (clip, decoder constraint, Adam), the trainer loop, and the SAE output
-// directory (SAELens layout + msae.json + metrics.jsonl).
+// msae train: the update rule (clip, decoder constraint, Adam), the trainer loop, the msae.json training
+// record and checkpoints. The SAE directory itself (reading and writing SAEs) is the saedir module
+// (msae/sae_dir.h), which train depends on.
 #pragma once
 
 #include <cstdint>
@@ -128,13 +129,6 @@ class Trainer {
   VariantState variants_;
 };
 
-// The SAE config as recorded in msae.json ("config").
-nlohmann::json config_json(const SaeConfig& cfg);
-// The variant/switch part of it (config_json's "variants" object) and its inverse (absent keys keep
-// the SPEC defaults; unknown values are runtime errors naming the key).
-nlohmann::json variant_config_json(const SaeConfig& cfg);
-void variant_config_from_json(const nlohmann::json& variants, SaeConfig& cfg);
-
 // What a finished (or interrupted) training run records in msae.json beyond the trainer's own state.
 struct RunFacts {
   bool completed = true;
@@ -150,9 +144,9 @@ struct RunFacts {
   double seconds = 0, tokens_per_s = 0;
 };
 
-// The msae.json document (docs/formats.md "msae.json"): format fields, "config", "data_normalization"
-// and the "training" record every way of training writes (msae train, the Python module). Callers add
-// their own fields to "training" and "final_metrics".
+// The msae.json document (docs/formats.md "msae.json"): format fields, "config" (saedir::config_json),
+// "data_normalization" and the "training" record every way of training writes (msae train, the Python
+// module). Callers add their own fields to "training" and "final_metrics".
 nlohmann::json run_record(const Trainer& trainer, const RunFacts& facts);
 
 // Means over one logging interval of the step statistics written to metrics.jsonl (docs/formats.md).
@@ -166,39 +160,6 @@ struct MetricsInterval {
   nlohmann::json state_json() const;
   static MetricsInterval from_state_json(const nlohmann::json& j, const std::string& what);
 };
-
-// ---------------------------------------------------------------------------------------------
-// Output directory: SAELens layout (cfg.json + sae_weights.safetensors) + msae.json + metrics.jsonl.
-// ---------------------------------------------------------------------------------------------
-struct SaeDirectory {
-  SaeConfig sae;
-  SaeParams params;
-  nlohmann::json msae_json;  // {} when the directory has no msae.json (e.g. a plain SAELens SAE)
-  // Where it came from (docs/interop.md): "msae", "saelens-jumprelu", "saelens-standard", "saelens-topk"
-  // or "sparsify-topk". Imported SAEs carry their trainer's inference rule in params.rule.
-  std::string format = "msae";
-};
-
-// Writes the SAE directory files into `dir` (which must exist). Atomic at the directory level is the
-// caller's job (write to a temporary directory, then io::commit_directory).
-void write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaeParams& params,
-                     const nlohmann::json& msae_json);
-// Reads an SAE directory (docs/interop.md), validating every shape and configuration field it uses:
-//  - msae's own output (SAELens layout + msae.json, or cfg.json metadata written by msae): the msae rule;
-//  - a SAELens directory from another trainer: cfg.json "architecture" jumprelu (tensor threshold (D)),
-//    standard (ReLU; activation_fn "topk" with activation_fn_kwargs.k = a SAELens 5 TopK SAE) or topk
-//    (cfg "k"), with apply_b_dec_to_input honoured; sae_weights.safetensors W_enc (d, D), W_dec (D, d),
-//    b_enc (D), b_dec (d); F32/F16/BF16;
-//  - an EleutherAI sparsify directory: cfg.json (d_in, k, num_latents or expansion_factor, activation
-//    "topk") + sae.safetensors encoder.weight (D, d), encoder.bias (D), W_dec (D, d), b_dec (d).
-// A directory holding such directories (sparsify's layers.N/, one per hookpoint) is refused with a list
-// of them. Features the eval path cannot reproduce exactly (gated, per-row normalization, skip
-// connections, transcoders, groupmax) are refused with msae::Error naming the field.
-SaeDirectory read_sae_dir(const std::string& dir);
-
-// Loads initial parameters for --init: the tensors of `dir`, checked against d and D; an imported SAE's
-// encoding rule is dropped (the run trains an msae SAE).
-SaeParams load_init_params(const std::string& dir, int64_t d, int64_t D);
 
 // ---------------------------------------------------------------------------------------------
 // Checkpoints (docs/formats.md): RUN/checkpoints/step-<N>/ holds state.safetensors (float32 parameters
@@ -222,12 +183,5 @@ std::string write_checkpoint(const std::string& run_dir, int64_t step, const Tra
 bool has_checkpoint(const std::string& run_dir);
 // Reads RUN/checkpoints/latest; throws msae::Error (runtime) naming the file on anything malformed.
 Checkpoint read_checkpoint(const std::string& run_dir);
-
-// Activation normalization folded into the weights (SAELens fold_activation_norm_scaling_factor): an SAE
-// trained on x * s becomes one that takes raw x and returns raw reconstructions: W_enc *= s, W_dec /= s,
-// b_dec /= s (b_enc and the threshold, which act on the pre-activations, are unchanged). unfold is the
-// inverse (for --init of a normalized run from a raw-space SAE).
-void fold_input_scale(SaeParams& params, float s);
-void unfold_input_scale(SaeParams& params, float s);
 
 }  // namespace msae::train

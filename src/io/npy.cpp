@@ -556,4 +556,49 @@ void NpyRows::gather_rows(const int64_t* indices, int64_t n, float* dst) const {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// NpyWriter
+// ---------------------------------------------------------------------------------------------
+namespace {
+int64_t npy_item_size(const std::string& descr) {
+  if (descr == "<f4" || descr == "<i4") return 4;
+  if (descr == "<f2" || descr == "<u2") return 2;
+  MSAE_ASSERT(descr == "<i8", "npy writer: unsupported descr '", descr, "'");
+  return 8;
+}
+}  // namespace
+
+NpyWriter::NpyWriter(const std::string& path, const std::string& descr, const std::vector<int64_t>& shape)
+    : path_(path) {
+  expected_ = npy_item_size(descr) * numel(shape);
+  const std::string prefix = npy_header_bytes(descr, shape);
+  f_ = std::fopen(path.c_str(), "wb");
+  if (!f_) runtime_error(path, ": cannot create (", std::strerror(errno), ")");
+  if (std::fwrite(prefix.data(), 1, prefix.size(), f_) != prefix.size()) {
+    std::fclose(f_);
+    f_ = nullptr;
+    runtime_error(path, ": write failed (disk full?)");
+  }
+}
+
+NpyWriter::~NpyWriter() {
+  if (f_) std::fclose(f_);
+}
+
+void NpyWriter::write(const void* data, size_t bytes) {
+  MSAE_ASSERT(f_, "npy writer: write after close of ", path_);
+  MSAE_ASSERT(static_cast<int64_t>(bytes) <= expected_ - written_, "npy writer: ", path_, ": writing ", bytes,
+              " bytes after ", written_, " of the ", expected_, " promised");
+  if (bytes && std::fwrite(data, 1, bytes, f_) != bytes) runtime_error(path_, ": write failed (disk full?)");
+  written_ += static_cast<int64_t>(bytes);
+}
+
+void NpyWriter::close() {
+  MSAE_ASSERT(f_, "npy writer: ", path_, " closed twice");
+  MSAE_ASSERT(written_ == expected_, "npy writer: ", path_, ": wrote ", written_, " bytes, promised ", expected_);
+  const int rc = std::fclose(f_);
+  f_ = nullptr;
+  if (rc != 0) runtime_error(path_, ": write failed on close");
+}
+
 }  // namespace msae::io

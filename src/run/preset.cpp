@@ -36,7 +36,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   const int64_t log_every = std::max<int64_t>(1, steps / 100);
   train::MetricsInterval interval;
   // What a checkpoint adds to the trainer's state, and what makes a checkpoint this run's.
-  const nlohmann::json identity = {{"config", train::config_json(opt.sae)}, {"steps", steps}, {"batch", batch},
+  const nlohmann::json identity = {{"config", saedir::config_json(opt.sae)}, {"steps", steps}, {"batch", batch},
                                    {"seed", opt.seed},  {"lr", opt.adam.lr},  {"model", model.name}};
   auto save = [&](int64_t done) {
     const nlohmann::json extra = {{"run", identity},

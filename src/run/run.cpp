@@ -191,7 +191,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
       init_name = in.init_name;
     } else {
       init_name = o.text("init");
-      init_params = train::read_sae_dir(init_name).params;
+      init_params = saedir::read_sae_dir(init_name).params;
     }
     if (init_params->d != d)
       usage_error(opt("init"), " ", init_name, ": the SAE has d_in ", init_params->d, " but the data has width ", d);
@@ -201,7 +201,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
                   o.integer("d_sae"));
     init_params->rule = EncodeRule{};  // an imported SAE's inference rule is not the trained one
     // The init SAE takes raw activations; training sees x * scale.
-    if (scale != 1.0f) train::unfold_input_scale(*init_params, scale);
+    if (scale != 1.0f) saedir::unfold_input_scale(*init_params, scale);
   }
   DataDefaults def;
   def.d_sae = synthetic ? data::SyntheticDefaults::d_sae : 8 * d;
@@ -382,7 +382,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   res.session_tokens_per_s = static_cast<double>((done - start) * batch) / std::max(session_seconds, 1e-9);
   // ---- the exported SAE takes raw activations: the normalization is folded into the weights
   res.params = trainer.params();
-  if (scale != 1.0f) train::fold_input_scale(res.params, scale);
+  if (scale != 1.0f) saedir::fold_input_scale(res.params, scale);
 
   // ---- final evaluation (inference encoding at the learned threshold) on raw activations the run did
   // not train on. Skipped for an interrupted run: a signal asks to stop soon (schedulers follow SIGTERM
@@ -460,7 +460,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   if (res.evaluated) res.msae_json["final_metrics"] = res.final_metrics;
   if (writes) {
     try {
-      train::write_sae_files(work_dir, cfg, res.params, res.msae_json);
+      saedir::write_sae_files(work_dir, cfg, res.params, res.msae_json);
       if (!live) io::commit_directory(work_dir, out, o.flag("overwrite"));
     } catch (...) {
       if (!live) io::remove_all(work_dir);

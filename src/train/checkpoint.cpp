@@ -171,18 +171,4 @@ Checkpoint read_checkpoint(const std::string& run_dir) {
   return c;
 }
 
-void fold_input_scale(SaeParams& p, float s) {
-  MSAE_ASSERT(s > 0.0f);
-  for (float& w : p.W_enc_t.data) w *= s;
-  for (float& w : p.W_dec.data) w /= s;
-  for (float& b : p.b_dec.data) b /= s;
-}
-
-void unfold_input_scale(SaeParams& p, float s) {
-  MSAE_ASSERT(s > 0.0f);
-  for (float& w : p.W_enc_t.data) w /= s;
-  for (float& w : p.W_dec.data) w *= s;
-  for (float& b : p.b_dec.data) b *= s;
-}
-
 }  // namespace msae::train

@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "msae/io.h"
+#include "msae/sae_dir.h"
 #include "msae/train.h"
 
 namespace msae::train {
@@ -49,15 +50,6 @@ void Trainer::restore(SaeParams params, AdamState opt, LatentState latents) {
   latents_ = std::move(latents);
 }
 
-nlohmann::json config_json(const SaeConfig& c) {
-  return {{"arch", arch_name(c.arch)},       {"d_in", c.d_in},
-          {"d_sae", c.d_sae},                {"k", c.k},
-          {"group_sizes", c.group_sizes},    {"group_boundaries", c.boundaries()},
-          {"encoder_bias", c.encoder_bias},  {"dead_after_batches", c.dead_after_batches},
-          {"aux_k", c.aux_k},                {"aux_coef", c.aux_coef},
-          {"variants", variant_config_json(c)}};
-}
-
 nlohmann::json run_record(const Trainer& trainer, const RunFacts& f) {
   const SaeConfig& cfg = trainer.options().sae;
   const TrainOptions& opt = trainer.options();
@@ -68,7 +60,7 @@ nlohmann::json run_record(const Trainer& trainer, const RunFacts& f) {
           {"format_version", 1},
           {"msae_version", version_string()},
           {"git_commit", git_commit()},
-          {"config", config_json(cfg)},
+          {"config", saedir::config_json(cfg)},
           {"data_normalization", {{"method", f.normalize}, {"scale", f.scale}, {"folded_into_weights", true}}},
           {"training",
            {{"completed", f.completed},

@@ -238,6 +238,82 @@ class CliDirectory(unittest.TestCase):
         for r in results:
             np.testing.assert_array_equal(r, expected)
 
+    def test_encode_sparse_is_encode_as_csr(self):
+        x = Fixture.x[:700]
+        for m in [None, 0, 8, 37, 64, D_SAE]:
+            indptr, indices, values = self.sae.encode_sparse(x, prefix=m)
+            self.assertEqual((indptr.dtype, indptr.shape), (np.int64, (701,)))
+            self.assertEqual((indices.dtype, values.dtype), (np.int32, np.float32))
+            self.assertEqual((indptr[0], indptr[-1], len(values)), (0, len(indices), len(indices)))
+            self.assertTrue((np.diff(indptr) >= 0).all())
+            rows = np.repeat(np.arange(700), np.diff(indptr))
+            same_row = rows[1:] == rows[:-1]
+            self.assertTrue((np.diff(indices)[same_row] > 0).all(), "latents ascend within a row")
+            self.assertTrue((values > 0).all())
+            self.assertTrue((indices < (D_SAE if m is None else m)).all())
+            dense = np.zeros((700, D_SAE), np.float32)
+            dense[rows, indices] = values
+            np.testing.assert_array_equal(dense, self.sae.encode(x, prefix=m), err_msg=f"prefix {m}")
+            if m == 0:
+                self.assertEqual(len(indices), 0)
+        self.assertGreater(len(self.sae.encode_sparse(x)[1]), 700)
+        indptr, indices, values = self.sae.encode_sparse(np.zeros((0, D_IN), np.float32))
+        self.assertEqual((indptr.tolist(), indices.shape, values.shape), ([0], (0,), (0,)))
+        with self.assertRaisesRegex(TypeError, "float32"):
+            self.sae.encode_sparse(x.astype(np.float64))
+        with self.assertRaisesRegex(ValueError, r"prefix .*\[8,16,32,64,128\]"):
+            self.sae.encode_sparse(x, prefix=D_SAE + 1)
+
+    def test_evaluate_matches_the_cli_and_numpy(self):
+        x = Fixture.x
+        got = msae.evaluate(self.sae, x)
+        # `msae eval` on the same rows (the same thread count: the codes do not depend on it, but this
+        # test should not rely on that).
+        cli = json.loads(subprocess.run(
+            [BINARY, "eval", "--sae", Fixture.cli_dir, "--data", Fixture.npy, "--threads", str(msae.num_threads())],
+            check=True, capture_output=True, text=True).stdout)
+        for key in ("sae", "data", "arch", "format"):
+            del cli[key]
+        self.assertEqual(got, cli)
+        # numpy: the same metrics from encode and forward, in float64
+        self.assertEqual((got["rows"], len(got["prefixes"])), (len(x), len(self.sae.group_boundaries)))
+        x64 = x.astype(np.float64)
+        var = ((x64 - x64.mean(0)) ** 2).sum()
+        counts = []
+        for g, m in enumerate(self.sae.group_boundaries):
+            p = got["prefixes"][g]
+            self.assertEqual((p["group"], p["latents"]), (g + 1, m))
+            z = self.sae.encode(x, prefix=m)
+            counts.append((z > 0).sum())
+            self.assertAlmostEqual(p["l0"], counts[-1] / len(x), places=12)
+            err = ((self.sae.forward(x, prefix=m).astype(np.float64) - x64) ** 2).sum()
+            np.testing.assert_allclose([p["mse"], p["fvu"]], [err / x.size, err / var], rtol=1e-4, err_msg=f"prefix {m}")
+            self.assertAlmostEqual(p["explained_variance"], 1 - p["fvu"], places=12)
+        self.assertEqual(got["whole"], {k: v for k, v in got["prefixes"][-1].items() if k != "group"})
+        shares = np.diff([0] + counts) / counts[-1]
+        np.testing.assert_allclose(got["group_l0_share"], shares, rtol=1e-12)
+        fired = (self.sae.encode(x) > 0).mean(0)
+        self.assertAlmostEqual(got["dead_fraction"], (fired < 1e-7).mean(), places=12)
+        self.assertAlmostEqual(got["dense_fraction"], (fired > 0.1).mean(), places=12)
+        self.assertEqual(got["threshold"], self.sae.threshold)
+        # rows: the leading rows only
+        head = msae.evaluate(self.sae, x, rows=1000)
+        self.assertEqual(head["rows"], 1000)
+        self.assertEqual(head, msae.evaluate(self.sae, np.ascontiguousarray(x[:1000])))
+        self.assertNotEqual(head["prefixes"], got["prefixes"])
+        for bad in [0, -1, len(x) + 1]:
+            with self.assertRaisesRegex(ValueError, "rows must be in"):
+                msae.evaluate(self.sae, x, rows=bad)
+        with self.assertRaisesRegex(ValueError, "0 rows"):
+            msae.evaluate(self.sae, np.zeros((0, D_IN), np.float32))
+        with self.assertRaisesRegex(TypeError, "float32"):
+            msae.evaluate(self.sae, x.astype(np.float64))
+        with self.assertRaisesRegex(ValueError, "expected 32 columns"):
+            msae.evaluate(self.sae, np.zeros((4, D_IN + 1), np.float32))
+        nan = x[:100].copy()
+        nan[37, 5] = np.nan
+        with self.assertRaisesRegex(RuntimeError, "row 37 column 5"):
+            msae.evaluate(self.sae, nan)
 
 class Training(unittest.TestCase):
     def test_array_training_matches_the_cli(self):

@@ -9,8 +9,9 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "lm_common.h"
 #include "msae/kernels.h"
+#include "msae/lm.h"
+#include "msae/sae_dir.h"
 #include "progress.h"
 
 namespace msae::cli {
@@ -71,11 +72,11 @@ int run_absorption(const AbsorptionArgs& a) {
   if (!(a.train_fraction > 0 && a.train_fraction < 1)) usage_error("--train-fraction must be in (0, 1)");
   const lm::Model model = lm::Model::load(a.model);
   if (a.layer < 0) usage_error("--layer is required (the block where the SAEs read activations)");
-  const lm::Site site = checked_site(model, a.layer, a.site);
-  const lm::Tokenizer tok = load_tokenizer(a.model, a.tokenizer);
-  std::vector<train::SaeDirectory> saes;
+  const lm::Site site = lm::checked_site(model, a.layer, a.site);
+  const lm::Tokenizer tok = lm::load_tokenizer(a.model, a.tokenizer);
+  std::vector<saedir::SaeDirectory> saes;
   for (const auto& dir : a.saes) {
-    saes.push_back(train::read_sae_dir(dir));
+    saes.push_back(saedir::read_sae_dir(dir));
     if (saes.back().params.d != model.d_model())
       usage_error("the SAE in ", dir, " has d_in ", saes.back().params.d, " but the model's width is ", model.d_model());
   }
@@ -241,8 +242,8 @@ int run_absorption(const AbsorptionArgs& a) {
 
   nlohmann::json sae_results = nlohmann::json::array();
   for (size_t si = 0; si < saes.size(); ++si) {
-    const train::SaeDirectory& sae = saes[si];
-    const float scale = sae_input_scale(sae);
+    const saedir::SaeDirectory& sae = saes[si];
+    const float scale = lm::sae_input_scale(sae);
     const int64_t D = sae.params.D;
     // cos (26, D) of the probe directions with the decoder rows.
     std::vector<std::vector<float>> cos(kLetters, std::vector<float>(static_cast<size_t>(D)));
@@ -271,7 +272,7 @@ int run_absorption(const AbsorptionArgs& a) {
       return r;
     };
     nlohmann::json prefixes = nlohmann::json::array();
-    for (int64_t m : sae_prefixes(sae)) {
+    for (int64_t m : lm::sae_prefixes(sae)) {
       const lm::SparseRows ztr = encode(Xtr, m), zte = encode(Xte, m);
       // 5. k-sparse probing (SAEBench train_k_sparse_probes): an L1 probe on the codes ranks latents per letter;
       // for k = 1..max_k a logistic regression on the top-k latents; the letter's main latents are the

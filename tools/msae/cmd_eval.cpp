@@ -6,7 +6,7 @@
 #include "data_args.h"
 #include "msae/eval.h"
 #include "msae/kernels.h"
-#include "msae/train.h"
+#include "msae/sae_dir.h"
 
 namespace msae::cli {
 namespace {
@@ -34,7 +34,7 @@ int run_eval(const EvalArgs& a) {
   kernels::set_blas_threads(num_threads());
   const std::string& data = a.data_args.data;
   if (data.empty() == !a.synthetic) usage_error("give exactly one of --data PATH or --synthetic");
-  train::SaeDirectory sae = train::read_sae_dir(a.sae);
+  saedir::SaeDirectory sae = saedir::read_sae_dir(a.sae);
   std::unique_ptr<data::ActivationSource> source =
       a.synthetic ? data::open_synthetic(a.seed + 1000003) : data::open_data(data, a.data_args.options(false, 0));
   if (source->d() != sae.params.d)

@@ -6,9 +6,9 @@
 #include <unistd.h>
 
 #include "commands.h"
-#include "lm_common.h"
 #include "msae/io.h"
 #include "msae/kernels.h"
+#include "msae/lm.h"
 #include "progress.h"
 
 namespace msae::cli {
@@ -56,14 +56,14 @@ class ShardWriter {
     char name[32];
     std::snprintf(name, sizeof name, "acts-%0*lld.npy", width_, static_cast<long long>(shards_.size()));
     cur_rows_ = std::min(shard_rows_, rows_ - done_);
-    cur_ = std::make_unique<NpyWriter>(dir_ + "/" + name, descr_, std::vector<int64_t>{cur_rows_, d_});
+    cur_ = std::make_unique<io::NpyWriter>(dir_ + "/" + name, descr_, std::vector<int64_t>{cur_rows_, d_});
     shards_.push_back({{"file", name}, {"first_row", done_}, {"rows", cur_rows_}});
     in_cur_ = 0;
   }
   std::string dir_, descr_;
   int64_t rows_, d_, shard_rows_, item_;
   int width_ = 5;
-  std::unique_ptr<NpyWriter> cur_;
+  std::unique_ptr<io::NpyWriter> cur_;
   int64_t cur_rows_ = 0, in_cur_ = 0, done_ = 0;
   nlohmann::json shards_ = nlohmann::json::array();
 };
@@ -78,8 +78,8 @@ int run_harvest(const HarvestArgs& a) {
   if (io::path_exists(a.out) && !a.overwrite)
     usage_error("--out ", a.out, " exists; pass --overwrite to replace it");
   const lm::Model model = lm::Model::load(a.model);
-  const lm::Site site = checked_site(model, a.layer, a.site);
-  const lm::Tokenizer tok = load_tokenizer(a.model, a.tokenizer);
+  const lm::Site site = lm::checked_site(model, a.layer, a.site);
+  const lm::Tokenizer tok = lm::load_tokenizer(a.model, a.tokenizer);
   if (tok.vocab_size() > model.config().vocab_size)
     usage_error("the tokenizer has ", tok.vocab_size(), " tokens but the model's vocab_size is ", model.config().vocab_size);
   if (a.ctx > model.config().n_positions)
@@ -87,8 +87,8 @@ int run_harvest(const HarvestArgs& a) {
   const bool bos = !a.no_bos;
   const int64_t per_ctx_rows = a.skip_bos ? a.ctx - 1 : a.ctx;
   const int64_t max_ctx = a.max_tokens > 0 ? (a.max_tokens + per_ctx_rows - 1) / per_ctx_rows : 0;
-  const TokenStream stream = tokenize_files(tok, a.text, max_ctx * a.ctx);
-  const Contexts c = make_contexts(stream, a.ctx, bos, max_ctx, tok.eot());
+  const lm::TokenStream stream = lm::tokenize_files(tok, a.text, max_ctx * a.ctx);
+  const lm::Contexts c = lm::make_contexts(stream, a.ctx, bos, max_ctx, tok.eot());
   const int64_t d = model.d_model(), T = c.T;
   const int64_t rows = c.N * per_ctx_rows;
   log_info(cat("harvest: ", stream.ids.size(), " tokens in ", a.text.size(), " file(s) -> ", c.N, " contexts of ", T,
@@ -103,7 +103,7 @@ int run_harvest(const HarvestArgs& a) {
   ShardWriter acts(tmp, f16 ? "<f2" : "<f4", rows, d, a.shard_rows, f16 ? 2 : 4);
   // The token index lives in a subdirectory so that `msae train --data DIR` sees only the shards.
   io::create_directories(tmp + "/index");
-  NpyWriter meta(tmp + "/index/tokens.npy", "<i8", {rows, 4});
+  io::NpyWriter meta(tmp + "/index/tokens.npy", "<i8", {rows, 4});
   Progress progress(c.N);
   std::vector<uint16_t> half;
   for (int64_t n0 = 0; n0 < c.N; n0 += a.batch) {

@@ -3,7 +3,7 @@
 #include <cstdio>
 
 #include "commands.h"
-#include "msae/train.h"
+#include "msae/sae_dir.h"
 
 namespace msae::cli {
 namespace {
@@ -14,7 +14,7 @@ struct InspectArgs {
 };
 
 int run_inspect(const InspectArgs& a) {
-  const train::SaeDirectory sae = train::read_sae_dir(a.dir);
+  const saedir::SaeDirectory sae = saedir::read_sae_dir(a.dir);
   const SaeConfig& c = sae.sae;
   const SaeParams& p = sae.params;
   double min_norm = 1e30, max_norm = 0;

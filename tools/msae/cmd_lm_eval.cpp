@@ -6,8 +6,9 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "lm_common.h"
 #include "msae/kernels.h"
+#include "msae/lm.h"
+#include "msae/sae_dir.h"
 #include "progress.h"
 
 namespace msae::cli {
@@ -17,21 +18,21 @@ int run_lm_eval(const LmEvalArgs& a) {
   kernels::set_blas_threads(num_threads());
   if (a.ablation != "zero" && a.ablation != "mean") usage_error("--ablation must be zero or mean, got '", a.ablation, "'");
   if (a.batch <= 0) usage_error("--batch must be positive, got ", a.batch);
-  const train::SaeDirectory sae = train::read_sae_dir(a.sae);
+  const saedir::SaeDirectory sae = saedir::read_sae_dir(a.sae);
   const lm::Model model = lm::Model::load(a.model);
   if (a.layer < 0) usage_error("--layer is required with --model (the block where the SAE reads activations)");
-  const lm::Site site = checked_site(model, a.layer, a.site);
+  const lm::Site site = lm::checked_site(model, a.layer, a.site);
   if (sae.params.d != model.d_model())
     usage_error("the SAE in ", a.sae, " has d_in ", sae.params.d, " but the model's width is ", model.d_model());
-  const lm::Tokenizer tok = load_tokenizer(a.model, a.tokenizer);
+  const lm::Tokenizer tok = lm::load_tokenizer(a.model, a.tokenizer);
   if (a.ctx > model.config().n_positions)
     usage_error("--ctx ", a.ctx, " exceeds the model's n_positions = ", model.config().n_positions);
   const int64_t max_ctx = a.max_tokens > 0 ? (a.max_tokens + a.ctx - 1) / a.ctx : 0;
-  const TokenStream stream = tokenize_files(tok, a.text, max_ctx * a.ctx);
-  const Contexts c = make_contexts(stream, a.ctx, true, max_ctx, tok.eot());
+  const lm::TokenStream stream = lm::tokenize_files(tok, a.text, max_ctx * a.ctx);
+  const lm::Contexts c = lm::make_contexts(stream, a.ctx, true, max_ctx, tok.eot());
   const int64_t d = model.d_model(), T = c.T;
-  const float scale = sae_input_scale(sae);
-  const std::vector<int64_t> prefixes = sae_prefixes(sae);
+  const float scale = lm::sae_input_scale(sae);
+  const std::vector<int64_t> prefixes = lm::sae_prefixes(sae);
   const int64_t G = static_cast<int64_t>(prefixes.size());
   log_info(cat("eval: ", c.N, " contexts of ", T, " tokens; SAE ", a.sae, " (", G, " prefixes) spliced at layer ", a.layer,
                " ", a.site, "; ", a.ablation, " ablation"));
@@ -62,7 +63,7 @@ int run_lm_eval(const LmEvalArgs& a) {
 
   double ce_clean = 0, ce_ablate = 0;
   std::vector<double> ce_splice(static_cast<size_t>(G), 0.0);
-  std::vector<SpliceStats> st(static_cast<size_t>(G));
+  std::vector<lm::SpliceStats> st(static_cast<size_t>(G));
   double sum_x = 0, sum_x2 = 0;  // for FVU: total variance of the hook activations (spliced rows)
   std::vector<double> col_sum(static_cast<size_t>(d), 0.0);
   int64_t var_rows = 0;
@@ -97,7 +98,7 @@ int run_lm_eval(const LmEvalArgs& a) {
     ce_ablate += total(model.next_token_losses(ids, nb, T, ablate, a.ce_reference));
     for (int64_t g = 0; g < G; ++g) {
       std::vector<lm::Hook> splice = {{a.layer, site, [&](float* x, int64_t R) {
-                                         splice_sae(sae, scale, prefixes[g], x, R, &keep, &st[g]);
+                                         lm::splice_sae(sae, scale, prefixes[g], x, R, &keep, &st[g]);
                                        }}};
       ce_splice[g] += total(model.next_token_losses(ids, nb, T, splice, a.ce_reference));
     }

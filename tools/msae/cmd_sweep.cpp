@@ -210,7 +210,7 @@ json run_preset(const run::Options& o, const json& r, const std::string& id, con
   return {{"id", id},
           {"config", r},
           {"preset", preset},
-          {"sae", train::config_json(opt.sae)},
+          {"sae", saedir::config_json(opt.sae)},
           {"engine", opt.engine},
           {"steps", opt.steps},
           {"seconds", entries["train"]["seconds"]},
@@ -248,7 +248,7 @@ json run_one(const json& r, const std::string& id) {
   metrics.erase("latent_frequency");
   return {{"id", id},
           {"config", r},
-          {"sae", train::config_json(res.cfg)},
+          {"sae", saedir::config_json(res.cfg)},
           {"engine", res.msae_json["training"]["engine"]},
           {"steps", res.steps},
           {"seconds", res.seconds},

@@ -17,6 +17,7 @@
 #include "msae/gt_metrics.h"
 #include "msae/io.h"
 #include "msae/report.h"
+#include "msae/sae_dir.h"
 #include "msae/synth.h"
 #include "msae/train.h"
 #include "msae/run.h"
@@ -433,7 +434,7 @@ int run_synth_bench(BenchArgs& a, const CLI::App& app) {
           io::create_directories(work + "/" + rel);
           pr.msae_json["final_metrics"] = {{"synth_bench", {{"f1", pr.gt.f1}, {"mcc", pr.gt.mcc},
                                                              {"explained_variance", pr.ev.prefixes.back().explained_variance}}}};
-          train::write_sae_files(work + "/" + rel, opt.sae, pr.params, pr.msae_json);
+          saedir::write_sae_files(work + "/" + rel, opt.sae, pr.params, pr.msae_json);
           sae_dir = rel;
         }
         entries["train"]["lr"] = a.lr;  // as given (a double), not the float the optimizer uses
@@ -448,7 +449,7 @@ int run_synth_bench(BenchArgs& a, const CLI::App& app) {
         const double gen_s = pr.generation_seconds, step_s = pr.step_seconds;
         run.result = {{"arch", arch},
                       {"seed", seed},
-                      {"config", train::config_json(cfg)},
+                      {"config", saedir::config_json(cfg)},
                       {"train", entries["train"]},
                       {"eval", entries["eval"]},
                       {"ground_truth", entries["ground_truth"]},

@@ -1,14 +1,15 @@
 // The SAE output directory: SAELens layout (cfg.json + sae_weights.safetensors, architecture "jumprelu"),
-// plus msae.json (full config, training summary) written by the caller's json; and the reader, which also
-// imports SAELens (jumprelu / standard / topk) and EleutherAI sparsify directories (docs/interop.md).
+// plus msae.json (full config, training summary) written by the caller's json; the config record both
+// carry; the reader, which also imports SAELens (jumprelu / standard / topk) and EleutherAI sparsify
+// directories (docs/interop.md); --init loading and the input-scale folding.
 #include <algorithm>
 #include <filesystem>
 #include <utility>
 
 #include "msae/io.h"
-#include "msae/train.h"
+#include "msae/sae_dir.h"
 
-namespace msae::train {
+namespace msae::saedir {
 namespace {
 
 using nlohmann::json;
@@ -297,6 +298,61 @@ void read_sparsify(SaeDirectory& out, const std::string& dir, const std::string&
 
 }  // namespace
 
+json config_json(const SaeConfig& c) {
+  return {{"arch", arch_name(c.arch)},       {"d_in", c.d_in},
+          {"d_sae", c.d_sae},                {"k", c.k},
+          {"group_sizes", c.group_sizes},    {"group_boundaries", c.boundaries()},
+          {"encoder_bias", c.encoder_bias},  {"dead_after_batches", c.dead_after_batches},
+          {"aux_k", c.aux_k},                {"aux_coef", c.aux_coef},
+          {"variants", variant_config_json(c)}};
+}
+
+json variant_config_json(const SaeConfig& c) {
+  json j = {{"recipe", c.recipe},
+            {"prefix_weights", c.prefix_weights},
+            {"bdec_loss_term", c.bdec_loss_term},
+            {"stop_gradient_groups", c.stop_gradient_groups},
+            {"aux_detach", c.aux_detach},
+            {"group_k", c.group_k},
+            {"sampled_prefixes", c.sampled_prefixes},
+            {"reorder_every", c.reorder_every},
+            {"threshold_rate", c.threshold_rate},
+            {"threshold_start_step", c.threshold_start_step}};
+  if (c.sampled_prefixes > 0) {
+    j["prefix_distribution"] = c.prefix_distribution;
+    j["pareto_power"] = c.pareto_power;
+    j["min_prefix"] = c.min_prefix;
+  }
+  if (c.reorder_every > 0) j["reorder_decay"] = c.reorder_decay;
+  if (c.arch == Arch::relu_l1) {
+    j["l1_coef"] = c.l1_coef;
+    j["l1_adapt_rate"] = c.l1_adapt_rate;
+    j["l1_warmup_steps"] = c.l1_warmup_steps;
+  }
+  return j;
+}
+
+void variant_config_from_json(const json& v, SaeConfig& c) {
+  if (!v.is_object()) runtime_error("msae.json: config.variants must be an object");
+  c.recipe = v.value("recipe", std::string("bussmann"));
+  c.prefix_weights = v.value("prefix_weights", std::vector<float>{});
+  c.bdec_loss_term = v.value("bdec_loss_term", true);
+  c.stop_gradient_groups = v.value("stop_gradient_groups", false);
+  c.aux_detach = v.value("aux_detach", false);
+  c.group_k = v.value("group_k", std::vector<int64_t>{});
+  c.sampled_prefixes = v.value("sampled_prefixes", int64_t{0});
+  c.prefix_distribution = v.value("prefix_distribution", std::string("pareto"));
+  c.pareto_power = v.value("pareto_power", 0.5f);
+  c.min_prefix = v.value("min_prefix", int64_t{1});
+  c.reorder_every = v.value("reorder_every", int64_t{0});
+  c.threshold_rate = v.value("threshold_rate", 0.01f);
+  c.threshold_start_step = v.value("threshold_start_step", int64_t{0});
+  c.reorder_decay = v.value("reorder_decay", 0.95f);
+  c.l1_coef = v.value("l1_coef", 1.2f);
+  c.l1_adapt_rate = v.value("l1_adapt_rate", 3e-4f);
+  c.l1_warmup_steps = v.value("l1_warmup_steps", int64_t{0});
+}
+
 void write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaeParams& p, const json& msae_json) {
   const Tensor W_enc = transposed(p.W_enc_t.ptr(), p.D, p.d);  // (d, D)
   const Tensor threshold({p.D}, p.threshold);
@@ -382,4 +438,18 @@ SaeParams load_init_params(const std::string& dir, int64_t d, int64_t D) {
   return std::move(sae.params);
 }
 
-}  // namespace msae::train
+void fold_input_scale(SaeParams& p, float s) {
+  MSAE_ASSERT(s > 0.0f);
+  for (float& w : p.W_enc_t.data) w *= s;
+  for (float& w : p.W_dec.data) w /= s;
+  for (float& b : p.b_dec.data) b /= s;
+}
+
+void unfold_input_scale(SaeParams& p, float s) {
+  MSAE_ASSERT(s > 0.0f);
+  for (float& w : p.W_enc_t.data) w /= s;
+  for (float& w : p.W_dec.data) w *= s;
+  for (float& b : p.b_dec.data) b *= s;
+}
+
+}  // namespace msae::saedir

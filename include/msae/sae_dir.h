@@ -1,0 +1,64 @@
+// msae saedir: the SAE directory format (docs/formats.md, docs/interop.md), on its own so that loading
+// or writing an SAE does not depend on the trainer. An SAE directory is the SAELens layout (cfg.json +
+// sae_weights.safetensors) plus msae.json (config, training record, final metrics) and, from a training
+// run, metrics.jsonl. The reader also imports SAELens (jumprelu / standard / topk) and EleutherAI
+// sparsify directories.
+// saedir depends on model and io only.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "msae/model.h"
+
+namespace msae::saedir {
+
+// The SAE config as recorded in msae.json ("config"): arch, d_in, d_sae, k, group sizes and boundaries,
+// encoder_bias, dead_after_batches, aux_k, aux_coef and "variants" (below). read_sae_dir reads it back.
+nlohmann::json config_json(const SaeConfig& cfg);
+// The variant/switch part of it (config_json's "variants" object) and its inverse (absent keys keep
+// the SPEC defaults; unknown values are runtime errors naming the key).
+nlohmann::json variant_config_json(const SaeConfig& cfg);
+void variant_config_from_json(const nlohmann::json& variants, SaeConfig& cfg);
+
+struct SaeDirectory {
+  SaeConfig sae;
+  SaeParams params;
+  nlohmann::json msae_json;  // {} when the directory has no msae.json (e.g. a plain SAELens SAE)
+  // Where it came from (docs/interop.md): "msae", "saelens-jumprelu", "saelens-standard", "saelens-topk"
+  // or "sparsify-topk". Imported SAEs carry their trainer's inference rule in params.rule.
+  std::string format = "msae";
+};
+
+// Writes the SAE directory files (cfg.json, sae_weights.safetensors, msae.json = msae_json) into `dir`,
+// which must exist; each file is written under a temporary name and renamed. Atomic at the directory
+// level is the caller's job (write to a temporary directory, then io::commit_directory).
+void write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaeParams& params,
+                     const nlohmann::json& msae_json);
+// Reads an SAE directory (docs/interop.md), validating every shape and configuration field it uses:
+//  - msae's own output (SAELens layout + msae.json, or cfg.json metadata written by msae): the msae rule;
+//  - a SAELens directory from another trainer: cfg.json "architecture" jumprelu (tensor threshold (D)),
+//    standard (ReLU; activation_fn "topk" with activation_fn_kwargs.k = a SAELens 5 TopK SAE) or topk
+//    (cfg "k"), with apply_b_dec_to_input honoured; sae_weights.safetensors W_enc (d, D), W_dec (D, d),
+//    b_enc (D), b_dec (d); F32/F16/BF16;
+//  - an EleutherAI sparsify directory: cfg.json (d_in, k, num_latents or expansion_factor, activation
+//    "topk") + sae.safetensors encoder.weight (D, d), encoder.bias (D), W_dec (D, d), b_dec (d).
+// A directory holding such directories (sparsify's layers.N/, one per hookpoint) is refused with a list
+// of them. Features the eval path cannot reproduce exactly (gated, per-row normalization, skip
+// connections, transcoders, groupmax) are refused with msae::Error naming the field.
+SaeDirectory read_sae_dir(const std::string& dir);
+
+// Loads initial parameters for --init: the tensors of `dir`, checked against d and D (usage errors); an
+// imported SAE's encoding rule is dropped (the run trains an msae SAE).
+SaeParams load_init_params(const std::string& dir, int64_t d, int64_t D);
+
+// Activation normalization folded into the weights (SAELens fold_activation_norm_scaling_factor): an SAE
+// trained on x * s becomes one that takes raw x and returns raw reconstructions: W_enc *= s, W_dec /= s,
+// b_dec /= s (b_enc and the threshold, which act on the pre-activations, are unchanged). unfold is the
+// inverse (for --init of a normalized run from a raw-space SAE). s > 0.
+void fold_input_scale(SaeParams& params, float s);
+void unfold_input_scale(SaeParams& params, float s);
+
+}  // namespace msae::saedir
