@@ -104,7 +104,8 @@ struct EngineEntry {
 };
 
 // Every registered engine, in registration order: the built-in "reference" (first: the oracle) and
-// "sparse", then those added by register_engine.
+// "sparse", then those added by register_engine. References and pointers into it (and find_engine's)
+// stay valid until the next register_engine or unregister_engine.
 const std::vector<EngineEntry>& engine_registry();
 // Adds an engine (a test build's, a plugin's). The name must be new and make_step and unsupported set
 // (MSAE_ASSERT). Not thread-safe: register before any thread reads the registry.
