@@ -167,7 +167,9 @@ struct StepStats {
 // One training step's forward + loss + backward, exactly SPEC.md, in its order:
 // encode, select, threshold EMA update (params.threshold), dead-counter update (state), loss, backward.
 // `grads` is overwritten. `x` is (B, d). Implementations: the dense reference (plain, follows the
-// published PyTorch code's structure) and the sparse fast engine.
+// published PyTorch code's structure) and the sparse fast engine. These are the host building blocks of
+// the training engines: train::HostEngine (engine.h) wraps one and takes the whole optimizer step; the
+// engines are picked by name from train's registry (train::make_engine builds one of these kernels).
 class StepEngine {
  public:
   virtual ~StepEngine() = default;

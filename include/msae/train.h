@@ -49,9 +49,11 @@ struct AdamState {
 double apply_update(const SaeConfig& cfg, const kernels::AdamHyper& adam, float max_grad_norm, SaeParams& params,
                     SaeGrads& grads, AdamState& opt);
 
-// One of engine_names(); `sparse` configures the sparse engine (the reference engine has no options).
+// The forward/backward kernel of the registered engine `name` (engine.h: the registry; a usage error
+// listing it for an unknown name); `sparse` configures the sparse engine (the reference engine has no
+// options).
 std::unique_ptr<StepEngine> make_engine(const std::string& name, const SparseEngineOptions& sparse = {});
-std::vector<std::string> engine_names();  // every registered engine; tests loop over this list
+std::vector<std::string> engine_names();  // every registered engine, the reference first; tests loop over this list
 
 // Training-time state of the variants (docs/variants.md) that lives outside the engines: the per-batch
 // groups of sampled prefixes, the running squared-activation means of latent reordering, and the adaptive
@@ -98,35 +100,41 @@ struct ProgressInfo {
   double fvu = 0;  // mse(r_G) / var(x) on the current batch
 };
 
+class Engine;  // engine.h
+
+// The front end of training: finalizes the options, builds the registered engine options.engine (a usage
+// error for an unknown name or a configuration it does not implement) and delegates to it. The engine owns
+// the whole training state; the accessors below are its host views (engine.h), for checkpoints,
+// evaluation and export.
 class Trainer {
  public:
   Trainer(TrainOptions options, SaeParams params);
+  Trainer(Trainer&&) noexcept;
+  Trainer& operator=(Trainer&&) noexcept;
+  ~Trainer();
   // One optimizer step on x (B, d).
   const StepStats& step(const float* x);
-  const SaeParams& params() const { return params_; }
-  SaeParams& params() { return params_; }
-  const LatentState& latent_state() const { return latents_; }
-  const AdamState& optimizer() const { return opt_; }
+  const SaeParams& params() const;
+  // Writable (Engine::mutable_params): the Python module folds the input scale into the final weights
+  // and moves them out through it.
+  SaeParams& params();
+  const LatentState& latent_state() const;
+  const AdamState& optimizer() const;
   const TrainOptions& options() const { return options_; }
-  double last_grad_norm() const { return grad_norm_; }
+  double last_grad_norm() const;
   // Replaces the training state (a checkpoint's): parameters, Adam moments and step, dead counters.
   // The next step() continues exactly as the trainer that saved them would have (the engines keep no
   // other state that changes results).
   void restore(SaeParams params, AdamState opt, LatentState latents);
-  const VariantState& variant_state() const { return variants_; }
+  const VariantState& variant_state() const;
   // A checkpoint's variant state (VariantState::state_json), after restore().
-  void restore_variants(const nlohmann::json& state) { variants_.restore(state); }
+  void restore_variants(const nlohmann::json& state);
+  // The engine itself (its name, phase timings).
+  const Engine& engine() const { return *engine_; }
 
  private:
   TrainOptions options_;
-  SaeParams params_;
-  SaeGrads grads_;
-  AdamState opt_;
-  LatentState latents_;
-  std::unique_ptr<StepEngine> engine_;
-  StepStats stats_;
-  double grad_norm_ = 0;
-  VariantState variants_;
+  std::unique_ptr<Engine> engine_;
 };
 
 // What a finished (or interrupted) training run records in msae.json beyond the trainer's own state.

@@ -1,53 +1,33 @@
 #include <algorithm>
 
+#include "msae/engine.h"
 #include "msae/io.h"
 #include "msae/sae_dir.h"
 #include "msae/train.h"
 
 namespace msae::train {
 
-std::vector<std::string> engine_names() { return {"reference", "sparse"}; }
-
-std::unique_ptr<StepEngine> make_engine(const std::string& name, const SparseEngineOptions& sparse) {
-  if (name == "reference") return make_reference_engine();
-  if (name == "sparse") return make_sparse_engine(sparse);
-  usage_error("--engine: unknown training engine '", name, "'; expected: sparse (the fast default) or reference");
-}
-
-Trainer::Trainer(TrainOptions options, SaeParams params)
-    : options_(std::move(options)), params_(std::move(params)), engine_(make_engine(options_.engine, options_.sparse_engine)) {
+Trainer::Trainer(TrainOptions options, SaeParams params) : options_(std::move(options)) {
+  find_engine(options_.engine);  // an unknown name is the first error, before the config's
   options_.sae.finalize();
-  MSAE_ASSERT(params_.d == options_.sae.d_in && params_.D == options_.sae.d_sae);
-  grads_ = SaeGrads::zeros(params_.d, params_.D);
-  latents_.n_inactive.assign(params_.D, 0);
-  if (const std::string why = engine_->unsupported(options_.sae); !why.empty())
-    usage_error("--engine ", engine_->name(), " does not implement ", why, "; use --engine reference");
-  variants_ = VariantState(options_.sae, options_.seed);
+  engine_ = make_training_engine(options_, std::move(params));
 }
 
-const StepStats& Trainer::step(const float* x) {
-  if (opt_.t == 0 && options_.bdec_geometric_median)
-  {
-    const std::vector<float> median = geometric_median(x, options_.batch, params_.d);
-    std::copy(median.begin(), median.end(), params_.b_dec.data.begin());
-  }
-  const SaeConfig& cfg = variants_.before_step(options_.sae, latents_);
-  stats_ = engine_->forward_backward(cfg, x, options_.batch, params_, latents_, grads_);
-  kernels::AdamHyper adam = options_.adam;
-  if (options_.lr_warmup_steps > 0 || options_.lr_decay_start >= 0)
-    adam.lr = static_cast<float>(adam.lr * lr_factor(options_, opt_.t));
-  grad_norm_ = apply_update(cfg, adam, options_.max_grad_norm, params_, grads_, opt_);
-  variants_.after_step(options_.sae, stats_, params_, opt_, latents_);
-  return stats_;
-}
+Trainer::Trainer(Trainer&&) noexcept = default;
+Trainer& Trainer::operator=(Trainer&&) noexcept = default;
+Trainer::~Trainer() = default;
 
+const StepStats& Trainer::step(const float* x) { return engine_->step(x); }
+const SaeParams& Trainer::params() const { return engine_->params(); }
+SaeParams& Trainer::params() { return engine_->mutable_params(); }
+const LatentState& Trainer::latent_state() const { return engine_->latent_state(); }
+const AdamState& Trainer::optimizer() const { return engine_->optimizer(); }
+double Trainer::last_grad_norm() const { return engine_->last_grad_norm(); }
+const VariantState& Trainer::variant_state() const { return engine_->variant_state(); }
+void Trainer::restore_variants(const nlohmann::json& state) { engine_->restore_variants(state); }
 
 void Trainer::restore(SaeParams params, AdamState opt, LatentState latents) {
-  MSAE_ASSERT(params.d == params_.d && params.D == params_.D);
-  MSAE_ASSERT(static_cast<int64_t>(latents.n_inactive.size()) == params_.D);
-  params_ = std::move(params);
-  opt_ = std::move(opt);
-  latents_ = std::move(latents);
+  engine_->restore(std::move(params), std::move(opt), std::move(latents));
 }
 
 nlohmann::json run_record(const Trainer& trainer, const RunFacts& f) {

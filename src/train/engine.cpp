@@ -1,0 +1,110 @@
+// The host engine (the whole optimizer step in host memory around a StepEngine kernel) and the engine
+// registry behind --engine, make_engine and engine_names.
+#include "msae/engine.h"
+
+#include <algorithm>
+
+namespace msae::train {
+
+HostEngine::HostEngine(const TrainOptions& options, SaeParams params, std::unique_ptr<StepEngine> kernel)
+    : options_(options), kernel_(std::move(kernel)), params_(std::move(params)) {
+  MSAE_ASSERT(kernel_ != nullptr);
+  MSAE_ASSERT(params_.d == options_.sae.d_in && params_.D == options_.sae.d_sae);
+  grads_ = SaeGrads::zeros(params_.d, params_.D);
+  latents_.n_inactive.assign(params_.D, 0);
+  variants_ = VariantState(options_.sae, options_.seed);
+}
+
+const StepStats& HostEngine::step(const float* x) {
+  if (opt_.t == 0 && options_.bdec_geometric_median)
+  {
+    const std::vector<float> median = geometric_median(x, options_.batch, params_.d);
+    std::copy(median.begin(), median.end(), params_.b_dec.data.begin());
+  }
+  const SaeConfig& cfg = variants_.before_step(options_.sae, latents_);
+  stats_ = kernel_->forward_backward(cfg, x, options_.batch, params_, latents_, grads_);
+  kernels::AdamHyper adam = options_.adam;
+  if (options_.lr_warmup_steps > 0 || options_.lr_decay_start >= 0)
+    adam.lr = static_cast<float>(adam.lr * lr_factor(options_, opt_.t));
+  grad_norm_ = apply_update(cfg, adam, options_.max_grad_norm, params_, grads_, opt_);
+  variants_.after_step(options_.sae, stats_, params_, opt_, latents_);
+  return stats_;
+}
+
+void HostEngine::restore(SaeParams params, AdamState opt, LatentState latents) {
+  MSAE_ASSERT(params.d == params_.d && params.D == params_.D);
+  MSAE_ASSERT(static_cast<int64_t>(latents.n_inactive.size()) == params_.D);
+  params_ = std::move(params);
+  opt_ = std::move(opt);
+  latents_ = std::move(latents);
+}
+
+namespace {
+
+constexpr size_t kBuiltinEngines = 2;
+
+std::vector<EngineEntry>& registry() {
+  static std::vector<EngineEntry> entries = [] {
+    std::vector<EngineEntry> e;
+    e.push_back({"reference", "the dense oracle: follows the published PyTorch code, every step dense (slow)",
+                 [](const SparseEngineOptions&) { return make_reference_engine(); }, nullptr,
+                 [](const SaeConfig& cfg) { return make_reference_engine()->unsupported(cfg); }});
+    e.push_back({"sparse", "the fast default: one dense GEMM, everything else sparse (no --arch relu_l1)",
+                 [](const SparseEngineOptions& o) { return make_sparse_engine(o); }, nullptr,
+                 [](const SaeConfig& cfg) { return make_sparse_engine()->unsupported(cfg); }});
+    MSAE_ASSERT(e.size() == kBuiltinEngines);
+    return e;
+  }();
+  return entries;
+}
+
+}  // namespace
+
+const std::vector<EngineEntry>& engine_registry() { return registry(); }
+
+void register_engine(EngineEntry entry) {
+  MSAE_ASSERT(!entry.name.empty() && entry.make_step && entry.unsupported, "engine entry '", entry.name,
+              "' lacks a name, make_step or unsupported");
+  std::vector<EngineEntry>& r = registry();
+  MSAE_ASSERT(std::none_of(r.begin(), r.end(), [&](const EngineEntry& e) { return e.name == entry.name; }),
+              "engine '", entry.name, "' registered twice");
+  r.push_back(std::move(entry));
+}
+
+bool unregister_engine(const std::string& name) {
+  std::vector<EngineEntry>& r = registry();
+  const auto it = std::find_if(r.begin(), r.end(), [&](const EngineEntry& e) { return e.name == name; });
+  if (it == r.end()) return false;
+  MSAE_ASSERT(it - r.begin() >= static_cast<std::ptrdiff_t>(kBuiltinEngines), "built-in engine '", name,
+              "' cannot be unregistered");
+  r.erase(it);
+  return true;
+}
+
+const EngineEntry& find_engine(const std::string& name) {
+  for (const EngineEntry& e : registry())
+    if (e.name == name) return e;
+  std::string list;
+  for (const EngineEntry& e : registry()) list += "\n  " + e.name + ": " + e.description;
+  usage_error("--engine: unknown training engine '", name, "'; registered engines:", list);
+}
+
+std::unique_ptr<Engine> make_training_engine(const TrainOptions& options, SaeParams params) {
+  const EngineEntry& e = find_engine(options.engine);
+  if (const std::string why = e.unsupported(options.sae); !why.empty())
+    usage_error("--engine ", e.name, " does not implement ", why, "; use --engine reference");
+  if (e.make) return e.make(options, std::move(params));
+  return std::make_unique<HostEngine>(options, std::move(params), e.make_step(options.sparse_engine));
+}
+
+std::vector<std::string> engine_names() {
+  std::vector<std::string> names;
+  for (const EngineEntry& e : registry()) names.push_back(e.name);
+  return names;
+}
+
+std::unique_ptr<StepEngine> make_engine(const std::string& name, const SparseEngineOptions& sparse) {
+  return find_engine(name).make_step(sparse);
+}
+
+}  // namespace msae::train
