@@ -14,6 +14,7 @@
 
 #include "msae/gt_metrics.h"
 #include "msae/report.h"
+#include "msae/run.h"
 #include "msae/synth.h"
 #include "core/half.h"
 #include "synth/row_rng.h"
@@ -632,17 +633,17 @@ TEST(MetaSae, ExplainsRepeatedDirectionsAndNotNoise) {
   for (int64_t i = 0; i < D; ++i)
     for (int64_t j = 0; j < d; ++j) W[i * d + j] = base[(i % 16) * d + j];
   for (auto& v : noise) v = static_cast<float>(rng.normal() / std::sqrt(static_cast<double>(d)));
-  eval::MetaSaeOptions o;
+  run::MetaSaeOptions o;
   o.steps = 400;
   o.lr = 1e-2f;  // a toy of 64 rows: the default 3e-4 would need thousands of steps
   o.batch = 64;
   o.k = 1;
-  const auto good = eval::meta_sae(W.data(), D, d, o);
-  const auto bad = eval::meta_sae(noise.data(), D, d, o);
+  const auto good = run::meta_sae(W.data(), D, d, o);
+  const auto bad = run::meta_sae(noise.data(), D, d, o);
   EXPECT_EQ(good.width, 16);
   EXPECT_GT(good.explained_variance, 0.9);
   EXPECT_LT(bad.explained_variance, good.explained_variance - 0.3);
-  EXPECT_THROW(eval::meta_sae(W.data(), 32, d, o), Error);  // width 8 < 16
+  EXPECT_THROW(run::meta_sae(W.data(), 32, d, o), Error);  // width 8 < 16
 }
 
 // ---- report writer

@@ -99,18 +99,7 @@ GtReport score_ground_truth(const SaeConfig& cfg, const SaeParams& params, const
                             const float* x, const synth::FiredFeatures& fired, const GtOptions& opt = {});
 nlohmann::json to_json(const GtReport& r, bool per_feature = false);
 
-// Meta-SAE (Bussmann et al.): a BatchTopK SAE of width D / width_div and k on the decoder rows of an SAE.
-struct MetaSaeOptions {
-  int64_t width_div = 4, k = 4, steps = 2000, batch = 1024;
-  float lr = 3e-4f;
-  uint64_t seed = 0;
-};
-struct MetaSaeResult {
-  int64_t width = 0, k = 0, steps = 0;
-  double explained_variance = 0;  // 1 - FVU of the meta-SAE on all D decoder rows (inference encoding)
-};
-// Throws a usage error when D / width_div < 16 (the smallest SAE msae trains).
-MetaSaeResult meta_sae(const float* W_dec /*(D, d)*/, int64_t D, int64_t d, const MetaSaeOptions& opt = {});
+// The meta-SAE (an SAE trained on an SAE's decoder rows) is run::meta_sae (msae/run.h): it trains.
 
 
 }  // namespace msae::eval

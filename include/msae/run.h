@@ -200,6 +200,20 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
 nlohmann::json preset_run_json(const PresetRun& run, const train::TrainOptions& opt, bool per_feature);
 
 
+// ---------------------------------------------------------------------------------------------
+// Meta-SAE (Bussmann et al.): a BatchTopK SAE of width D / width_div and k on the decoder rows of an SAE.
+struct MetaSaeOptions {
+  int64_t width_div = 4, k = 4, steps = 2000, batch = 1024;
+  float lr = 3e-4f;
+  uint64_t seed = 0;
+};
+struct MetaSaeResult {
+  int64_t width = 0, k = 0, steps = 0;
+  double explained_variance = 0;  // 1 - FVU of the meta-SAE on all D decoder rows (inference encoding)
+};
+// Trained through run_loop. Throws a usage error when D / width_div < 16 (the smallest SAE msae trains).
+MetaSaeResult meta_sae(const float* W_dec /*(D, d)*/, int64_t D, int64_t d, const MetaSaeOptions& opt = {});
+
 // The seeds the run layer derives from options.seed, named once.
 uint64_t synthetic_eval_seed(uint64_t seed);       // the embedded synthetic data's held-out stream
 uint64_t norm_sample_seed(uint64_t seed);          // rows sampled for the expected-norm scale

@@ -5,7 +5,6 @@
 
 #include "msae/gt_metrics.h"
 #include "msae/recovery.h"
-#include "msae/train.h"
 
 namespace msae::eval {
 namespace {
@@ -281,44 +280,6 @@ nlohmann::json to_json(const GtReport& r, bool per_feature) {
     j["latent_f1"] = r.latent_f1;
   }
   return j;
-}
-
-MetaSaeResult meta_sae(const float* W_dec, int64_t D, int64_t d, const MetaSaeOptions& opt) {
-  const int64_t width = D / std::max<int64_t>(1, opt.width_div);
-  if (width < 16) usage_error("meta-SAE: width D / ", opt.width_div, " = ", width, " is below 16 (D = ", D, ")");
-  SaeConfig cfg;
-  cfg.arch = Arch::batchtopk;
-  cfg.d_in = d;
-  cfg.d_sae = width;
-  cfg.k = opt.k;
-  cfg.finalize();
-  train::TrainOptions to;
-  to.sae = cfg;
-  to.batch = std::min(opt.batch, D);
-  to.steps = opt.steps;
-  to.seed = opt.seed;
-  to.engine = "sparse";
-  to.adam.lr = opt.lr;
-  train::Trainer trainer(to, SaeParams::init(d, width, opt.seed));
-  Rng rng(opt.seed ^ 0x6d657461ULL);
-  std::vector<float> batch(static_cast<size_t>(to.batch * d));
-  for (int64_t s = 0; s < opt.steps; ++s) {
-    for (int64_t r = 0; r < to.batch; ++r) {
-      const int64_t i = static_cast<int64_t>(rng.below(static_cast<uint64_t>(D)));
-      std::copy(W_dec + i * d, W_dec + (i + 1) * d, batch.data() + r * d);
-    }
-    trainer.step(batch.data());
-  }
-  data::DataOptions in_order;
-  in_order.shuffle = false;  // file order, wrapping at the end
-  auto src = data::open_array(W_dec, D, d, "decoder rows", in_order);
-  const EvalReport ev = evaluate(cfg, trainer.params(), *src, D);
-  MetaSaeResult res;
-  res.width = width;
-  res.k = opt.k;
-  res.steps = opt.steps;
-  res.explained_variance = ev.prefixes.back().explained_variance;
-  return res;
 }
 
 }  // namespace msae::eval

@@ -145,10 +145,10 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   run.gt = eval::score_ground_truth(opt.sae, trainer.params(), model, held_out.x.data(), held_out.fired);
   run.meta_sae = nullptr;
   if (ro.meta_steps > 0 && D / 4 >= 16) {
-    eval::MetaSaeOptions mo;
+    run::MetaSaeOptions mo;
     mo.steps = ro.meta_steps;
     mo.seed = opt.seed;
-    const eval::MetaSaeResult mr = eval::meta_sae(trainer.params().W_dec.ptr(), D, model.d, mo);
+    const run::MetaSaeResult mr = run::meta_sae(trainer.params().W_dec.ptr(), D, model.d, mo);
     run.meta_sae = {{"width", mr.width}, {"k", mr.k}, {"steps", mr.steps}, {"explained_variance", mr.explained_variance}};
   }
   return run;
