@@ -39,6 +39,10 @@ struct DataDefaults {
 // name the option (opt()).
 train::TrainOptions make_train_options(const Options& o, int64_t d, const DataDefaults& defaults);
 
+// The data options (docs/data.md) of `o`: element type, tensor, row width, bad-row policy and shuffle
+// buffer, with the read order and seed given. Every front end that reads data builds them here.
+data::DataOptions data_options(const Options& o, bool shuffle, uint64_t seed);
+
 // msae.json "training.schedule" (recipe options outside the SAE config).
 nlohmann::json schedule_json(const train::TrainOptions& opt);
 

@@ -78,14 +78,14 @@ class SparseEngine final : public StepEngine {
   // per-group selection and sampled prefixes (plain per-batch boundaries) are implemented here; the
   // ReLU + L1 SAE is not (it has no sparse selection to exploit).
   std::string unsupported(const SaeConfig& cfg) const override {
-    if (cfg.arch == Arch::relu_l1) return "--arch relu_l1 (dense ReLU codes with an L1 penalty)";
+    if (cfg.arch == Arch::relu_l1) return opt("arch") + " relu_l1 (dense ReLU codes with an L1 penalty)";
     return {};
   }
 
   const StepStats& forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& p,
                                     LatentState& state, SaeGrads& grads) override {
     if (const std::string why = unsupported(cfg); !why.empty())
-      usage_error("--engine sparse does not implement ", why, "; use --engine reference");
+      usage_error(opt("engine"), " sparse does not implement ", why, "; use ", opt("engine"), " reference");
     const int64_t d = p.d, D = p.D, G = cfg.num_groups();
     MSAE_ASSERT(G >= 1 && G <= 64, "groups: ", G);
     MSAE_ASSERT(grads.W_dec.numel() == D * d && grads.W_enc_t.numel() == D * d && grads.b_dec.numel() == d &&

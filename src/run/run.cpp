@@ -44,7 +44,15 @@ void truncate_metrics(const std::string& path, int64_t step) {
   io::write_text_file_atomic(path, kept);
 }
 
-// The data options (docs/data.md) of o: read order, element type, bad-row policy.
+void say(const Callbacks& cb, const std::string& line) {
+  if (cb.info)
+    cb.info(line);
+  else
+    log_info(line);
+}
+
+}  // namespace
+
 data::DataOptions data_options(const Options& o, bool shuffle, uint64_t seed) {
   data::DataOptions d;
   const std::string dtype = o.text("dtype");
@@ -59,15 +67,6 @@ data::DataOptions data_options(const Options& o, bool shuffle, uint64_t seed) {
   d.on_nonfinite = data::parse_on_nonfinite(o.text("on_nonfinite"));
   return d;
 }
-
-void say(const Callbacks& cb, const std::string& line) {
-  if (cb.info)
-    cb.info(line);
-  else
-    log_info(line);
-}
-
-}  // namespace
 
 uint64_t synthetic_eval_seed(uint64_t seed) { return seed + 1000003; }
 uint64_t norm_sample_seed(uint64_t seed) { return seed ^ 0x6e6f726dULL; }

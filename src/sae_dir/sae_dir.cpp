@@ -429,10 +429,10 @@ SaeDirectory read_sae_dir(const std::string& dir) {
 SaeParams load_init_params(const std::string& dir, int64_t d, int64_t D) {
   SaeDirectory sae = read_sae_dir(dir);
   if (sae.params.d != d)
-    usage_error("--init ", dir, ": the SAE has d_in ", sae.params.d, " but the data has width ", d);
+    usage_error(opt("init"), " ", dir, ": the SAE has d_in ", sae.params.d, " but the data has width ", d);
   if (sae.params.D != D)
-    usage_error("--init ", dir, ": the SAE has d_sae ", sae.params.D, " but --d-sae is ", D,
-                " (omit --d-sae to take it from --init)");
+    usage_error(opt("init"), " ", dir, ": the SAE has d_sae ", sae.params.D, " but ", opt("d_sae"), " is ", D,
+                " (omit ", opt("d_sae"), " to take it from ", opt("init"), ")");
   // --init takes the weights only: the run trains and exports an msae SAE, encoded by msae's rule.
   sae.params.rule = EncodeRule{};
   return std::move(sae.params);

@@ -4,28 +4,29 @@
 #include <vector>
 
 #include "commands.h"
-#include "data_args.h"
+#include "msae/run.h"
+#include "table_flags.h"
 #include "msae/io.h"
 
 namespace msae::cli {
 namespace {
 
 struct BenchDataArgs {
-  DataArgs data_args;
+  TableFlags data_flags;  // --data and how to read it, --seed: rows of the option table
   int64_t batch = 4096;
   int64_t batches = 200;
-  uint64_t seed = 0;
-  bool no_shuffle = false;
   double step_ms = 0;  // simulated training step (busy wait) between batches
 };
 
 int run_bench_data(const BenchDataArgs& a) {
-  if (a.data_args.data.empty()) usage_error("--data is required");
+  const run::Options opts = a.data_flags.options();
+  const std::string data = opts.text("data");
+  if (data.empty()) usage_error("--data is required");
   if (a.batch <= 0 || a.batches <= 0) usage_error("--batch and --batches must be positive");
-  data::DataOptions o = a.data_args.options(!a.no_shuffle, a.seed);
-  o.prefetch_batch = a.data_args.no_reader_thread ? 0 : a.batch;
+  data::DataOptions o = run::data_options(opts, !opts.flag("no_shuffle"), static_cast<uint64_t>(opts.integer("seed")));
+  o.prefetch_batch = opts.flag("no_reader_thread") ? 0 : a.batch;
   const Timer open_clock;
-  std::unique_ptr<data::ActivationSource> source = data::open_data(a.data_args.data, o);
+  std::unique_ptr<data::ActivationSource> source = data::open_data(data, o);
   const double open_seconds = open_clock.seconds();
   const int64_t d = source->d();
   log_info(cat("data: ", source->describe()));
@@ -44,7 +45,7 @@ int run_bench_data(const BenchDataArgs& a) {
   const double secs = clock.seconds();
   const data::DataStats st = source->stats();
   const double rows = static_cast<double>(a.batch * a.batches);
-  nlohmann::json out = {{"data", a.data_args.data},
+  nlohmann::json out = {{"data", data},
                         {"source", source->describe()},
                         {"batch", a.batch},
                         {"batches", a.batches},
@@ -68,11 +69,14 @@ int run_bench_data(const BenchDataArgs& a) {
 Action add_bench_data_command(CLI::App& root) {
   auto a = std::make_shared<BenchDataArgs>();
   CLI::App* app = root.add_subcommand("bench-data", "Measure the data loader alone (rows/s), as msae train reads");
-  a->data_args.add_to(app, true);
+  a->data_flags.add_to(app, run::kCli, [](const run::OptionDef& row) {
+    const std::string k = row.key;  // the data rows msae train reads with, and the shuffle seed
+    return (row.group == run::OptGroup::data && k != "synthetic" && k != "normalize" && k != "eval_data" &&
+            k != "eval_rows" && k != "holdout_rows") ||
+           k == "seed";
+  });
   app->add_option("--batch", a->batch, "Rows per batch")->capture_default_str();
   app->add_option("--batches", a->batches, "Batches to read")->capture_default_str();
-  app->add_option("--seed", a->seed, "Shuffle seed")->capture_default_str();
-  app->add_flag("--no-shuffle", a->no_shuffle, "File order");
   app->add_option("--step-ms", a->step_ms, "Simulate a training step of this many ms (busy wait) after each batch");
   return [a]() { return run_bench_data(*a); };
 }

@@ -3,7 +3,8 @@
 
 #include "cmd_lm_eval.h"
 #include "commands.h"
-#include "data_args.h"
+#include "table_flags.h"
+#include "msae/run.h"
 #include "msae/eval.h"
 #include "msae/kernels.h"
 #include "msae/sae_dir.h"
@@ -13,7 +14,7 @@ namespace {
 
 struct EvalArgs {
   std::string sae;
-  DataArgs data_args;
+  TableFlags data_flags;  // --data and how to read it: rows of the option table
   bool synthetic = false;
   int64_t rows = 0;
   uint64_t seed = 0;
@@ -24,7 +25,7 @@ struct EvalArgs {
 int run_eval(const EvalArgs& a) {
   if (!a.lm.model.empty() || !a.lm.text.empty()) {
     if (a.lm.model.empty() || a.lm.text.empty()) usage_error("--model and --text go together (downstream CE eval)");
-    if (!a.data_args.data.empty() || a.synthetic) usage_error("--model/--text cannot be combined with --data or --synthetic");
+    if (a.data_flags.options().given("data") || a.synthetic) usage_error("--model/--text cannot be combined with --data or --synthetic");
     LmEvalArgs lm = a.lm;
     lm.sae = a.sae;
     lm.threads = a.threads;
@@ -32,16 +33,17 @@ int run_eval(const EvalArgs& a) {
   }
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
-  const std::string& data = a.data_args.data;
+  const run::Options o = a.data_flags.options();
+  const std::string data = o.text("data");
   if (data.empty() == !a.synthetic) usage_error("give exactly one of --data PATH or --synthetic");
   saedir::SaeDirectory sae = saedir::read_sae_dir(a.sae);
   std::unique_ptr<data::ActivationSource> source =
-      a.synthetic ? data::open_synthetic(a.seed + 1000003) : data::open_data(data, a.data_args.options(false, 0));
+      a.synthetic ? data::open_synthetic(run::synthetic_eval_seed(a.seed)) : data::open_data(data, run::data_options(o, false, 0));
   if (source->d() != sae.params.d)
     usage_error("the SAE in ", a.sae, " has d_in ", sae.params.d, " but the data has width ", source->d());
   if (a.rows < 0) usage_error("--rows must be positive, got ", a.rows);
   int64_t rows = a.rows;
-  if (rows == 0) rows = source->rows() > 0 ? source->rows() : 16384;
+  if (rows == 0) rows = source->rows() > 0 ? source->rows() : run::option("eval_rows").def.get<int64_t>();
   if (source->rows() > 0 && rows > source->rows())
     usage_error("--rows ", rows, " exceeds the ", source->rows(), " rows of ", data);
   log_info(cat("evaluating ", a.sae, " on ", rows, " rows of ", source->describe()));
@@ -63,7 +65,10 @@ Action add_eval_command(CLI::App& root) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* app = root.add_subcommand("eval", "Evaluate an SAE directory on activations (JSON on stdout)");
   app->add_option("--sae", a->sae, "SAE directory: msae output, SAELens (jumprelu/standard/topk) or EleutherAI sparsify (docs/interop.md)")->required();
-  a->data_args.add_to(app, false);
+  a->data_flags.add_to(app, run::kCli, [](const run::OptionDef& row) {
+    const std::string k = row.key;  // the rows that say what the data is and how its rows are read
+    return k == "data" || k == "dtype" || k == "bf16" || k == "tensor" || k == "d_in" || k == "on_nonfinite";
+  });
   app->add_flag("--synthetic", a->synthetic, "Evaluate on held-out rows of the embedded synthetic dataset");
   app->add_option("--rows", a->rows, "Rows to evaluate (default: all rows of --data; 16384 synthetic)");
   app->add_option("--seed", a->seed, "Synthetic stream seed");
