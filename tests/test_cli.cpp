@@ -104,6 +104,35 @@ TEST_F(Cli, TrainInspectEvalOnNpy) {
   EXPECT_EQ(ev["threshold"], msae_json["training"]["threshold"]);
 }
 
+// The printed final evaluation is on rows training did not read, and says which: the data's last tenth, or
+// --eval-data; its figures are msae eval's on those rows.
+TEST_F(Cli, FinalEvaluationIsOnHeldOutRows) {
+  const std::string data = make_data("x.npy", 200, 8);
+  Result r = run("train --data " + data + kSmall + "--out " + path("a"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("evaluation on 20 held-out rows [180, 200) of " + data), std::string::npos) << r.output;
+  const auto m = nlohmann::json::parse(slurp(dir_ / "a" / "msae.json"));
+  EXPECT_EQ(m["training"]["held_out_rows"], 20);
+  EXPECT_EQ(m["final_metrics"]["evaluated_rows"], 20);
+  // msae eval on the same 20 rows agrees exactly.
+  {
+    msae::Tensor x = msae::io::read_npy(data);
+    msae::io::write_npy(path("last20.npy"), x.ptr() + 180 * 8, {20, 8});
+  }
+  r = run("eval --sae " + path("a") + " --data " + path("last20.npy") + " --threads 1", true);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(r.output)["whole"], m["final_metrics"]["whole"]);
+  // --eval-data: every data row trains, the evaluation reads the named file.
+  const std::string other = make_data("y.npy", 50, 8);
+  r = run("train --data " + data + " --eval-data " + other + kSmall + "--out " + path("b"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("evaluation on 50 rows of " + other + " (--eval-data)"), std::string::npos) << r.output;
+  r = run("train --data " + data + " --eval-data " + make_data("z.npy", 50, 4) + kSmall + "--out " + path("c"));
+  expect_error(r, 2, "--eval-data");
+  expect_error(run("train --data " + data + " --holdout-rows 200" + kSmall + "--out " + path("d")), 2,
+               "--holdout-rows 200 leaves no rows to train on");
+}
+
 TEST_F(Cli, InitAndNoShuffleAreExactlyReproducible) {
   const std::string data = make_data("x.npy", 50, 8);  // 50 rows: batches of 16 wrap around the end
   ASSERT_EQ(run("train --data " + data + kSmall + "--out " + path("init")).code, 0);

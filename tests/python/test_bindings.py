@@ -13,6 +13,8 @@ than by loosening the tolerance.
 """
 
 import json
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -117,7 +119,7 @@ def tearDownModule():
 
 
 def train_small(data, **kw):
-    options = dict(d_sae=D_SAE, k=K, batch=BATCH, steps=STEPS, seed=SEED, threads=2)
+    options = dict(d_sae=D_SAE, k=K, batch=BATCH, steps=STEPS, seed=SEED, threads=2, progress=False)
     options.update(kw)
     return msae.train(data, **options)
 
@@ -362,6 +364,72 @@ class Training(unittest.TestCase):
         fvu = float(((r - held) ** 2).sum() / ((held - held.mean(0)) ** 2).sum())
         self.assertAlmostEqual(fvu, py.info["final_metrics"]["whole"]["fvu"], delta=1e-3 * fvu)
         self.assertLess(fvu, 0.9)
+
+    def test_recipes_variants_and_checkpoints_match_the_cli(self):
+        # The option table is one schema: the same options given to msae train and to msae.train write the
+        # same bits, with a recipe, a variant and checkpoints.
+        if not BINARY:
+            self.skipTest("MSAE_BINARY is not set")
+        out_cli = os.path.join(Fixture.tmp, "cli_recipe")
+        out_py = os.path.join(Fixture.tmp, "py_recipe")
+        subprocess.run(
+            [BINARY, "train", "--data", Fixture.npy, "--d-sae", str(D_SAE), "--k", str(K), "--batch", str(BATCH),
+             "--steps", "40", "--seed", str(SEED), "--threads", "2", "--recipe", "saelens",
+             "--stop-gradient-groups", "--checkpoint-every", "15", "--out", out_cli],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        py = train_small(Fixture.npy, steps=40, recipe="saelens", stop_gradient_groups=True, checkpoint_every=15,
+                         out=out_py)
+        with open(os.path.join(out_py, "sae_weights.safetensors"), "rb") as a, \
+                open(os.path.join(out_cli, "sae_weights.safetensors"), "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        self.assertEqual(py.info["config"]["variants"]["recipe"], "saelens")
+        self.assertTrue(py.info["config"]["variants"]["stop_gradient_groups"])
+        self.assertEqual(sorted(os.listdir(os.path.join(out_py, "checkpoints"))),
+                         sorted(os.listdir(os.path.join(out_cli, "checkpoints"))))
+        self.assertEqual(py.info["training"]["options"]["recipe"], "saelens")
+
+    def test_interrupted_run_resumes_exactly(self):
+        x = Fixture.x
+        whole_dir = os.path.join(Fixture.tmp, "py_whole")
+        part_dir = os.path.join(Fixture.tmp, "py_part")
+        opts = dict(steps=40, checkpoint_every=10, log_every=5, sampled_prefixes=3, reorder_every=7)
+        whole = train_small(x, out=whole_dir, **opts)
+
+        def interrupt(step, stats):
+            if step == 25:
+                raise KeyboardInterrupt
+        with self.assertRaises(KeyboardInterrupt):
+            train_small(x, out=part_dir, progress=interrupt, **opts)
+        self.assertEqual(sorted(os.listdir(os.path.join(part_dir, "checkpoints"))),
+                         ["latest", "step-0000000010", "step-0000000020"])
+        with self.assertRaisesRegex(ValueError, "drop k"):
+            msae.train(x, resume=part_dir, k=3)
+        resumed = msae.train(x, resume=part_dir, progress=False)
+        for name, value in weights(whole).items():
+            np.testing.assert_array_equal(getattr(resumed, name), value, err_msg=name)
+        self.assertEqual(resumed.threshold, whole.threshold)
+        self.assertEqual(resumed.info["training"]["resumed_at_steps"], [20])
+        with open(os.path.join(part_dir, "metrics.jsonl")) as f, open(os.path.join(whole_dir, "metrics.jsonl")) as g:
+            steps = lambda lines: [json.loads(l)["step"] for l in lines]
+            self.assertEqual(steps(f), steps(g))
+
+    def test_progress_bar_and_keywords(self):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            train_small(Fixture.x, steps=5, progress=True)
+        self.assertIn("msae: 100% step 5/5", err.getvalue())
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            train_small(Fixture.x, steps=5, progress=False)
+        self.assertEqual(err.getvalue(), "")
+        with self.assertRaisesRegex(TypeError, "unexpected keyword argument 'dsae'"):
+            train_small(Fixture.x, dsae=3)
+        with self.assertRaisesRegex(TypeError, "unexpected keyword argument 'meta_steps'"):
+            train_small(Fixture.x, meta_steps=3)  # a grid option, not msae.train's
+        doc = msae.train.__doc__
+        for key in ["d_sae (int, default automatic)", "recipe (str, default 'bussmann')", "stop_gradient_groups (bool",
+                    "checkpoint_every (int", "holdout_rows (int"]:
+            self.assertIn(key, doc)
 
     def test_deterministic(self):
         a, b = train_small(Fixture.x), train_small(Fixture.x)

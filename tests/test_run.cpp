@@ -1,0 +1,365 @@
+// The run layer (msae/run.h) and the option table (msae/options.h):
+//  - the table: unique keys, docs, defaults of the row's type; values checked by type, bounds and choices,
+//    with errors that name the option in the front end's spelling; text and JSON parsing; legacy args;
+//  - run::train in the library: the held-out split (training never reads the evaluated rows, and says
+//    which rows were evaluated), eval rows from the caller, a stream of batches, a stop and exact resume;
+//  - end to end (the binary): a checkpoint written by msae before the option table resumes to the same
+//    bits the old binary wrote uninterrupted; msae sweep trains on a shard directory and on a safetensors
+//    file exactly as msae train does with the same options.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <unistd.h>
+
+#include "cli_run.h"
+#include "msae/io.h"
+#include "msae/run.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace msae {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// The option table
+// ---------------------------------------------------------------------------------------------
+TEST(OptionTable, RowsAreWellFormed) {
+  std::set<std::string> keys;
+  for (const run::OptionDef& row : run::option_table()) {
+    EXPECT_TRUE(keys.insert(row.key).second) << "duplicate key " << row.key;
+    EXPECT_FALSE(std::string(row.doc).empty()) << row.key;
+    EXPECT_NE(row.scopes, 0u) << row.key << " reaches no front end";
+    for (char c : std::string(row.key)) EXPECT_TRUE(std::islower(c) || std::isdigit(c) || c == '_') << row.key;
+    if (row.def.is_null()) continue;  // worked out by the run
+    // The default is a value of the row's type, and passes the row's own checks.
+    run::Options o;
+    EXPECT_NO_THROW(o.set(row.key, row.def)) << row.key << " default " << row.def.dump();
+  }
+  EXPECT_GE(keys.size(), 50u);
+}
+
+TEST(OptionTable, EveryFrontEndSpellingFindsTheRow) {
+  for (const char* name : {"d_sae", "d-sae", "--d-sae"}) {
+    const run::OptionDef* row = run::find_option(name);
+    ASSERT_NE(row, nullptr) << name;
+    EXPECT_STREQ(row->key, "d_sae");
+  }
+  EXPECT_EQ(run::find_option("dsae"), nullptr);
+  set_option_spelling(OptionSpelling::python);
+  EXPECT_EQ(opt("dead_after_batches"), "dead_after_batches");
+  set_option_spelling(OptionSpelling::cli);
+  EXPECT_EQ(opt("dead_after_batches"), "--dead-after-batches");
+}
+
+// The message of the usage error that f throws ("" when none).
+template <class F>
+std::string usage_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::usage) << e.what();
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Options, ValuesAreCheckedAgainstTheirRow) {
+  run::Options o;
+  o.set_text("k", "12");
+  o.set_text("lr", "0.001");
+  o.set_text("group_sizes", "8,8,16");
+  o.set("prefix_weights", json::array({1, 0.5}));
+  o.set("stop_gradient_groups", true);
+  EXPECT_EQ(o.integer("k"), 12);
+  EXPECT_DOUBLE_EQ(o.real("lr"), 0.001);
+  EXPECT_EQ(o.int_list("group_sizes"), (std::vector<int64_t>{8, 8, 16}));
+  EXPECT_EQ(o.real_list("prefix_weights"), (std::vector<double>{1.0, 0.5}));
+  EXPECT_TRUE(o.flag("stop_gradient_groups"));
+  EXPECT_EQ(o.integer("aux_k"), 512) << "not given: the table's default";
+  EXPECT_TRUE(o.automatic("d_sae"));
+  EXPECT_FALSE(o.given("aux_k"));
+
+  EXPECT_NE(usage_message([&] { o.set_text("k", "1.5"); }).find("--k: '1.5' is not an integer"), std::string::npos);
+  EXPECT_NE(usage_message([&] { o.set("k", 0); }).find("--k must be positive"), std::string::npos);
+  EXPECT_NE(usage_message([&] { o.set("k", 2.5); }).find("--k must be an integer"), std::string::npos);
+  EXPECT_NE(usage_message([&] { o.set("lr", 1e300); }).find("--lr must be a finite number"), std::string::npos);
+  EXPECT_NE(usage_message([&] { o.set("aux_k", -1); }).find("--aux-k must be >= 0"), std::string::npos);
+  EXPECT_NE(usage_message([&] { o.set("arch", "nope"); }).find("--arch: unknown value 'nope'; expected one of matryoshka"),
+            std::string::npos);
+  EXPECT_NE(usage_message([&] { o.set("encoder_bias", 1); }).find("--encoder-bias takes true or false"), std::string::npos);
+  EXPECT_NE(usage_message([&] { o.set_text("group_sizes", "8,x"); }).find("'x' is not an integer"), std::string::npos);
+  EXPECT_NE(usage_message([&] { o.set("nope", 1); }).find("unknown option 'nope'"), std::string::npos);
+  // Python spells the same errors with its keywords.
+  set_option_spelling(OptionSpelling::python);
+  const std::string py = usage_message([&] { o.set("dead_after_batches", 0); });
+  set_option_spelling(OptionSpelling::cli);
+  EXPECT_NE(py.find("dead_after_batches must be positive"), std::string::npos) << py;
+  // Failed sets change nothing.
+  EXPECT_EQ(o.integer("k"), 12);
+}
+
+TEST(Options, JsonRoundTripKeepsExactlyTheGivenOptions) {
+  run::Options o;
+  o.set("d-sae", 64);  // a grid spelling
+  o.set("recipe", "saelens");
+  o.set("group_k", "1,2");
+  const json j = o.to_json();
+  EXPECT_EQ(j, (json{{"d_sae", 64}, {"recipe", "saelens"}, {"group_k", {1, 2}}}));
+  const run::Options back = run::Options::from_json(j, "test");
+  EXPECT_EQ(back.to_json(), j);
+  EXPECT_THROW(run::Options::from_json(json{{"bogus", 1}}, "test"), Error);
+}
+
+// A checkpoint's "args" as msae train wrote them before the option table: only the given flags (and the
+// values a run always resolved) become given options, so a recipe still fills in what was not given.
+TEST(Options, LegacyArgsKeepTheirMeaning) {
+  const json args = json::parse(msae::test_util::slurp(fs::path(MSAE_SOURCE_DIR) /
+                                                       "tests/fixtures/legacy_checkpoint/run/checkpoints/step-0000000010/state.json"))
+                        .at("extra")
+                        .at("args");
+  const run::Options o = run::options_from_legacy_args(args, "fixture");
+  EXPECT_EQ(o.text("recipe"), "saelens");
+  EXPECT_EQ(o.integer("aux_k"), 16);
+  EXPECT_EQ(o.integer("d_sae"), 32);
+  EXPECT_EQ(o.integer("holdout_rows"), 0) << "runs of that time trained on every row";
+  EXPECT_FALSE(o.given("aux_coef")) << "not given then: the recipe sets it";
+  EXPECT_FALSE(o.given("dead_after_batches"));
+  EXPECT_FALSE(o.given("lr"));
+  const train::TrainOptions t = run::make_train_options(o, 8, {});
+  EXPECT_TRUE(t.sae.encoder_bias) << "saelens recipe";
+  EXPECT_EQ(t.sae.dead_after_batches, 1000);
+  EXPECT_EQ(t.sae.aux_k, 16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// run::train in the library
+// ---------------------------------------------------------------------------------------------
+std::vector<float> structured_rows(int64_t N, int64_t d, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> basis(static_cast<size_t>(4 * d * d));
+  for (float& v : basis) v = static_cast<float>(rng.normal());
+  std::vector<float> x(static_cast<size_t>(N * d), 0.0f);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t f = 0; f < 4 * d; ++f)
+      if (rng.uniform() < 0.05)
+        for (int64_t j = 0; j < d; ++j) x[r * d + j] += static_cast<float>(rng.uniform()) * basis[f * d + j];
+  return x;
+}
+
+run::Options small_options() {
+  run::Options o;
+  o.set("d_sae", 64);
+  o.set("k", 4);
+  o.set("batch", 64);
+  o.set("steps", 30);
+  o.set("threads", 1);
+  return o;
+}
+
+run::Callbacks quiet() {
+  run::Callbacks cb;
+  cb.info = [](const std::string&) {};
+  return cb;
+}
+
+TEST(RunLayer, TrainingNeverReadsTheHeldOutRows) {
+  const int64_t N = 1000, d = 16;
+  std::vector<float> x = structured_rows(N, d, 1);
+  run::Inputs in;
+  in.array = x.data();
+  in.rows = N;
+  in.d = d;
+  in.array_name = "rows";
+  const run::Result a = run::train(small_options(), in, quiet());
+  ASSERT_TRUE(a.completed && a.evaluated);
+  EXPECT_EQ(a.eval_rows, 100);
+  EXPECT_NE(a.eval_on.find("held-out rows [900, 1000) of rows"), std::string::npos) << a.eval_on;
+  EXPECT_EQ(a.msae_json["training"]["held_out_rows"], 100);
+  // Poisoning the held-out rows changes nothing in training (and makes the evaluation fail on them).
+  for (int64_t i = 900 * d; i < N * d; ++i) x[static_cast<size_t>(i)] = 1e6f;
+  run::Options no_eval = small_options();
+  const run::Result b = run::train(no_eval, in, quiet());
+  EXPECT_EQ(a.params.W_dec.data, b.params.W_dec.data);
+  EXPECT_GT(b.eval.prefixes.back().mse, 1e3 * a.eval.prefixes.back().mse);
+  // With holdout_rows 0 training reads every row, and the evaluation says it read training rows.
+  run::Options all = small_options();
+  all.set("holdout_rows", 0);
+  const run::Result c = run::train(all, in, quiet());
+  EXPECT_NE(c.eval_on.find("that training also read"), std::string::npos) << c.eval_on;
+  EXPECT_NE(a.params.W_dec.data, c.params.W_dec.data);
+  // Evaluation rows given by the caller: no hold-out, training reads every row (as with holdout_rows 0).
+  std::vector<float> ev = structured_rows(300, d, 2);
+  in.eval_array = ev.data();
+  in.eval_array_rows = 300;
+  in.eval_array_d = d;
+  in.eval_array_name = "mine";
+  const run::Result e = run::train(small_options(), in, quiet());
+  EXPECT_EQ(e.params.W_dec.data, c.params.W_dec.data);
+  EXPECT_EQ(e.eval_rows, 300);
+  EXPECT_NE(e.eval_on.find("held-out rows of mine"), std::string::npos) << e.eval_on;
+  // A hold-out that leaves nothing to train on is refused, naming the option.
+  run::Options bad = small_options();
+  bad.set("holdout_rows", N);
+  in.eval_array = nullptr;
+  EXPECT_NE(usage_message([&] { run::train(bad, in, quiet()); }).find("--holdout-rows 1000 leaves no rows"), std::string::npos);
+}
+
+TEST(RunLayer, AStreamRunsUntilItEnds) {
+  const int64_t d = 16;
+  const std::vector<float> x = structured_rows(64 * 7 + 10, d, 3);
+  int64_t served = 0;
+  run::Inputs in;
+  in.stream_d = d;
+  in.stream = [&](float* out, int64_t B) {
+    if ((served + 1) * B > static_cast<int64_t>(x.size()) / d) return false;
+    std::copy(x.begin() + served * B * d, x.begin() + (served + 1) * B * d, out);
+    ++served;
+    return true;
+  };
+  run::Options o = small_options();
+  o.erase("steps");
+  std::vector<int64_t> logged;
+  run::Callbacks cb = quiet();
+  cb.log = [&](const json& line) { logged.push_back(line.at("step").get<int64_t>()); };
+  const run::Result r = run::train(o, in, cb);
+  EXPECT_TRUE(r.completed);
+  EXPECT_EQ(r.steps, 7);
+  EXPECT_EQ(r.steps_planned, -1);
+  EXPECT_FALSE(r.evaluated) << "a stream cannot be read again";
+  EXPECT_EQ(logged.back(), 7) << "the last, partial interval is logged";
+  o.set("checkpoint_every", 2);
+  o.set("out", (fs::temp_directory_path() / "msae-run-stream").string());
+  EXPECT_NE(usage_message([&] { run::train(o, in, quiet()); }).find("cannot be resumed"), std::string::npos);
+}
+
+TEST(RunLayer, AStoppedRunResumesExactly) {
+  const int64_t N = 1000, d = 16;
+  const std::vector<float> x = structured_rows(N, d, 4);
+  run::Inputs in;
+  in.array = x.data();
+  in.rows = N;
+  in.d = d;
+  in.array_name = "rows";
+  const fs::path dir = fs::temp_directory_path() / ("msae-run-resume-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  run::Options o = small_options();
+  o.set("recipe", "saelens");
+  o.set("sampled_prefixes", 3);
+  o.set("checkpoint_every", 10);
+  o.set("out", (dir / "whole").string());
+  const run::Result whole = run::train(o, in, quiet());
+
+  o.set("out", (dir / "parts").string());
+  run::Callbacks stop = quiet();
+  int64_t polls = 0;
+  stop.stop = [&] { return ++polls > 17; };  // stops before step 18
+  const run::Result first = run::train(o, in, stop);
+  EXPECT_FALSE(first.completed);
+  EXPECT_EQ(first.steps, 17);
+  EXPECT_FALSE(first.evaluated);
+  run::Options again;
+  again.set("resume", (dir / "parts").string());
+  const run::Result second = run::train(again, in, quiet());
+  EXPECT_TRUE(second.completed);
+  EXPECT_EQ(second.steps, 30);
+  EXPECT_EQ(second.params.W_enc_t.data, whole.params.W_enc_t.data);
+  EXPECT_EQ(second.params.W_dec.data, whole.params.W_dec.data);
+  EXPECT_EQ(second.params.b_dec.data, whole.params.b_dec.data);
+  EXPECT_EQ(second.params.threshold, whole.params.threshold);
+  EXPECT_EQ(msae::test_util::slurp(dir / "parts/sae_weights.safetensors"),
+            msae::test_util::slurp(dir / "whole/sae_weights.safetensors"));
+  // Only threads may be given with resume.
+  again.set("k", 3);
+  EXPECT_NE(usage_message([&] { run::train(again, in, quiet()); }).find("drop --k"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end
+// ---------------------------------------------------------------------------------------------
+class RunCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("msae-test-run-" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string p(const std::string& name) const { return (dir_ / name).string(); }
+  fs::path dir_;
+};
+
+// A checkpoint msae wrote before the option table (its state.json records "args") resumes, and the run
+// ends with the weights the old msae wrote without interruption (in the fixture).
+TEST_F(RunCli, LegacyCheckpointResumesToTheSameBits) {
+  const fs::path fixture = fs::path(MSAE_SOURCE_DIR) / "tests/fixtures/legacy_checkpoint";
+  fs::copy(fixture, dir_ / "legacy", fs::copy_options::recursive);
+  // The run recorded its data as "acts.npy", relative to where it was started: resume from there.
+  const std::string cmd = "cd " + (dir_ / "legacy").string() + " && " + MSAE_BINARY + " train --resume run --threads 1 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+  ASSERT_EQ(pclose(pipe), 0) << out;
+  EXPECT_NE(out.find("resuming"), std::string::npos) << out;
+  EXPECT_EQ(msae::test_util::slurp(dir_ / "legacy/run/sae_weights.safetensors"),
+            msae::test_util::slurp(fixture / "expected_sae_weights.safetensors"));
+}
+
+// msae sweep goes through the run layer: a shard directory and a safetensors file train as msae train
+// trains on them with the same options (the same final evaluation, to the bit).
+TEST_F(RunCli, SweepTrainsOnShardDirectoriesAndSafetensors) {
+  const int64_t d = 16;
+  const std::vector<float> x = structured_rows(1200, d, 5);
+  fs::create_directories(dir_ / "shards");
+  {
+    Tensor a({700, d}), b({500, d});
+    std::copy(x.begin(), x.begin() + 700 * d, a.data.begin());
+    std::copy(x.begin() + 700 * d, x.end(), b.data.begin());
+    io::write_npy(p("shards/a.npy"), a);
+    io::write_npy(p("shards/b.npy"), b);
+    Tensor all({1200, d});
+    std::copy(x.begin(), x.end(), all.data.begin());
+    io::write_safetensors(p("acts.safetensors"), {{"acts", all.shape, all.ptr()}});
+  }
+  const std::string grid = p("grid.jsonl");
+  {
+    std::ofstream g(grid);
+    g << R"({"data": ")" << p("shards") << R"(", "d-sae": 64, "k": 4, "batch": 64, "steps": 25, "normalize": "expected-norm"})"
+      << "\n";
+    g << R"({"data": ")" << p("acts.safetensors") << R"(", "d_sae": 64, "k": 4, "batch": 64, "steps": 25, "recipe": "saelens"})"
+      << "\n";
+  }
+  const msae::test_util::Result s = msae::test_util::run("sweep --grid " + grid + " --out " + p("sweep") + " --threads 1");
+  ASSERT_EQ(s.code, 0) << s.output;
+  std::vector<json> rows;
+  {
+    std::istringstream in(msae::test_util::slurp(dir_ / "sweep/results.jsonl"));
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) rows.push_back(json::parse(line));
+  }
+  ASSERT_EQ(rows.size(), 2u);
+  const std::string flags[] = {"--data " + p("shards") + " --normalize expected-norm",
+                               "--data " + p("acts.safetensors") + " --recipe saelens"};
+  for (int i = 0; i < 2; ++i) {
+    const std::string out = p("train" + std::to_string(i));
+    const msae::test_util::Result t = msae::test_util::run(
+        "train " + flags[i] + " --d-sae 64 --k 4 --batch 64 --steps 25 --threads 1 --out " + out);
+    ASSERT_EQ(t.code, 0) << t.output;
+    const json m = json::parse(msae::test_util::slurp(fs::path(out) / "msae.json"));
+    json expected = m["final_metrics"];
+    expected.erase("latent_frequency");
+    EXPECT_EQ(rows[i]["metrics"], expected) << i;
+    EXPECT_NE(rows[i]["metrics"]["evaluated_on"].get<std::string>().find("held-out rows [1080, 1200)"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace msae
