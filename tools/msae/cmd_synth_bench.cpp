@@ -40,20 +40,25 @@ extern "C" void on_synth_bench_signal(int sig) {
 struct BenchArgs {
   std::string preset = "synth-lite";
   std::string archs = "matryoshka,batchtopk";
-  int64_t d_sae = 0, k = 0, batch = 0, steps = 0, eval_rows = 0, meta_steps = -1;
+  int64_t meta_steps = -1;
   std::string seeds = "0";
-  std::string group_sizes;  // Matryoshka groups; empty = the preset's default
   std::string out;
   bool overwrite = false;
   bool save_saes = false;  // write each trained SAE to OUT/saes/ARCH-seedS (SAELens layout + msae.json)
   int64_t checkpoint_every = 0;  // > 0: resumable, working in OUT.partial with per-run checkpoints
   bool resume = false;
   std::string snapshot_out;  // with --resume: evaluate every run's latest checkpoint into this directory, no training
-  int threads = 0;
-  double lr = 3e-4;
-  std::string engine = "sparse";
-  TableFlags variants;  // the option table's variant rows: the same switches as msae train, applied to every arch
+  // Rows of the option table: the model and run options (--d-sae, --k, --batch, --steps, --group-sizes,
+  // --eval-rows, --lr, --engine, --threads) and every variant switch, applied to every arch as msae train
+  // applies them. Sizes the user does not give are the preset's.
+  TableFlags table;
 };
+
+bool synth_bench_row(const run::OptionDef& row) {
+  static const std::vector<std::string> keys = {"d_sae", "k", "batch", "steps", "group_sizes", "eval_rows",
+                                                "lr", "engine", "threads"};
+  return row.group == run::OptGroup::variant || std::find(keys.begin(), keys.end(), row.key) != keys.end();
+}
 
 // The variants record of args.json before the option table: every switch with its value; the given ones
 // are those that differ from that time's defaults (a resumed run compares what the options mean).
@@ -252,18 +257,22 @@ void write_report(const std::string& path, const std::string& preset, const synt
   page.write(path);
 }
 
-int run_synth_bench(BenchArgs& a, const CLI::App& app) {
-  set_num_threads(a.threads);
+int run_synth_bench(BenchArgs& a) {
+  const run::Options opts = a.table.options();
+  set_num_threads(static_cast<int>(opts.integer("threads")));
   kernels::set_blas_threads(num_threads());
-  const run::Options variant_options = a.variants.options();
+  run::Options variant_options;  // the variant switches (recorded in args.json)
+  for (const auto& [key, value] : opts.given_json().items())
+    if (run::option(key).group == run::OptGroup::variant) variant_options.set(key, value);
   const run::PresetDefaults def = run::preset_defaults(a.preset);  // a usage error listing the presets if unknown
-  const int64_t d_sae = app.count("--d-sae") ? a.d_sae : def.d_sae;
-  const int64_t k = app.count("--k") ? a.k : def.k;
-  const int64_t batch = app.count("--batch") ? a.batch : def.batch;
-  const int64_t steps = app.count("--steps") ? a.steps : def.steps;
-  const int64_t eval_rows = app.count("--eval-rows") ? a.eval_rows : def.eval_rows;
+  const int64_t d_sae = opts.given("d_sae") ? opts.integer("d_sae") : def.d_sae;
+  const int64_t k = opts.given("k") ? opts.integer("k") : def.k;
+  const int64_t batch = opts.given("batch") ? opts.integer("batch") : def.batch;
+  const int64_t steps = opts.given("steps") ? opts.integer("steps") : def.steps;
+  const int64_t eval_rows = opts.given("eval_rows") ? opts.integer("eval_rows") : def.eval_rows;
   const int64_t meta_steps = a.meta_steps >= 0 ? a.meta_steps : def.meta_steps;
-  if (batch <= 0 || steps <= 0 || eval_rows <= 0) usage_error("--batch, --steps and --eval-rows must be positive");
+  const double lr = opts.real("lr");
+  const std::string engine = opts.text("engine");
   const std::vector<std::string> archs = split_list(a.archs, "--archs");
   std::vector<uint64_t> seeds;
   for (const auto& s : split_list(a.seeds, "--seeds")) {
@@ -278,20 +287,7 @@ int run_synth_bench(BenchArgs& a, const CLI::App& app) {
     seeds.push_back(v);
   }
   for (const auto& ar : archs) (void)parse_arch(ar);
-  std::vector<int64_t> matryoshka_groups;
-  if (!a.group_sizes.empty()) {
-    for (const auto& g : split_list(a.group_sizes, "--group-sizes")) {
-      size_t used = 0;
-      long long v = 0;
-      try {
-        v = std::stoll(g, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used == 0 || used != g.size()) usage_error("--group-sizes: '", g, "' is not an integer");
-      matryoshka_groups.push_back(v);
-    }
-  }
+  const std::vector<int64_t> matryoshka_groups = opts.int_list("group_sizes");  // empty: the default groups
   while (a.out.size() > 1 && a.out.back() == '/') a.out.pop_back();
   if (a.out.empty()) usage_error("--out DIR is required");
   if (io::path_exists(a.out) && !a.overwrite) usage_error("output directory '", a.out, "' exists; pass --overwrite to replace it");
@@ -312,7 +308,7 @@ int run_synth_bench(BenchArgs& a, const CLI::App& app) {
     // Everything that changes the results; a resumed command must repeat it.
     const json args = {{"preset", a.preset}, {"archs", archs}, {"seeds", seeds}, {"d_sae", d_sae}, {"k", k},
                        {"batch", batch}, {"steps", steps}, {"eval_rows", eval_rows}, {"meta_steps", meta_steps},
-                       {"group_sizes", matryoshka_groups}, {"lr", a.lr}, {"engine", a.engine},
+                       {"group_sizes", matryoshka_groups}, {"lr", lr}, {"engine", engine},
                        {"threads", num_threads()}, {"save_saes", a.save_saes},
                        {"variants", variant_options.to_json()}};
     const std::string args_path = tmp + "/args.json";
@@ -377,13 +373,13 @@ int run_synth_bench(BenchArgs& a, const CLI::App& app) {
         if (cfg.arch == Arch::matryoshka) cfg.group_sizes = matryoshka_groups;
         cfg.finalize();
         // The run's options: this command's, and the variant switches, through the run layer's table.
-        run::Options ro_opts = variant_options;
+        run::Options ro_opts = opts;
+        ro_opts.erase("eval_rows");
+        ro_opts.erase("threads");
+        ro_opts.erase("group_sizes");
         ro_opts.set("arch", arch);
         if (cfg.arch == Arch::matryoshka) ro_opts.set("group_sizes", cfg.group_sizes);
         ro_opts.set("seed", static_cast<int64_t>(seed));
-        ro_opts.set("engine", a.engine);
-        if (app.count("--engine") == 0) ro_opts.erase("engine");  // (relu_l1 picks its engine when none is given)
-        if (app.count("--lr")) ro_opts.set("lr", a.lr);
         const train::TrainOptions opt = run::make_train_options(ro_opts, model.d, {d_sae, k, batch, steps});
         cfg = opt.sae;  // the variant switches may change the SAE config (recipes, per-group k, ...)
         run::PresetRunOptions ro;
@@ -437,7 +433,7 @@ int run_synth_bench(BenchArgs& a, const CLI::App& app) {
           saedir::write_sae_files(work + "/" + rel, opt.sae, pr.params, pr.msae_json);
           sae_dir = rel;
         }
-        entries["train"]["lr"] = a.lr;  // as given (a double), not the float the optimizer uses
+        entries["train"]["lr"] = lr;  // as given (a double), not the float the optimizer uses
         Run run;
         run.arch = arch;
         run.seed = seed;
@@ -565,17 +561,9 @@ Action add_synth_bench_command(CLI::App& root) {
   CLI::App* app = root.add_subcommand("synth-bench", "Train architectures on a synthetic feature model with known features and score them");
   app->add_option("--preset", a->preset, "synth-lite | synth-16k | tree | absorption")->capture_default_str();
   app->add_option("--archs", a->archs, "Comma-separated architectures, each trained on the same stream")->capture_default_str();
-  app->add_option("--d-sae", a->d_sae, "Latents D (default per preset: 128, 4096, 20, 16)");
-  app->add_option("--k", a->k, "Mean active latents per row (default per preset: 8, 25, 1, 1)");
-  app->add_option("--batch", a->batch, "Rows per batch (default 1024; 256 for the toys)");
-  app->add_option("--steps", a->steps, "Optimizer steps per run (default per preset: 2000, 50000, 4000, 4000)");
-  app->add_option("--group-sizes", a->group_sizes,
-                  "Matryoshka group sizes (default D/16,D/16,D/8,D/4,D/2)");
   app->add_option("--seeds", a->seeds, "Comma-separated seeds: each seeds the feature model, the stream and the init")
       ->capture_default_str();
-  app->add_option("--eval-rows", a->eval_rows, "Held-out rows for the metrics (default 32768; 65536 for synth-16k)");
   app->add_option("--meta-steps", a->meta_steps, "Meta-SAE training steps (0 = skip; default 1000, 2000 for synth-16k, 0 for the toys)");
-  app->add_option("--lr", a->lr, "Adam learning rate")->capture_default_str();
   app->add_option("--out", a->out, "Output directory (results.json, report.html, truth.safetensors)")->required();
   app->add_flag("--overwrite", a->overwrite, "Replace an existing output directory");
   app->add_option("--checkpoint-every", a->checkpoint_every,
@@ -587,10 +575,8 @@ Action add_synth_bench_command(CLI::App& root) {
                   "(OUT.partial is left to continue)");
   app->add_flag("--save-saes", a->save_saes,
                 "Also write every trained SAE to OUT/saes/ARCH-seedS (the msae train output layout)");
-  app->add_option("--threads", a->threads, "Threads (default: all cores)");
-  app->add_option("--engine", a->engine, "Step engine: sparse | reference")->capture_default_str();
-  a->variants.add_to(app, run::kCli, [](const run::OptionDef& row) { return row.group == run::OptGroup::variant; });
-  return [a, app]() { return run_synth_bench(*a, *app); };
+  a->table.add_to(app, run::kCli, synth_bench_row);
+  return [a]() { return run_synth_bench(*a); };
 }
 
 }  // namespace msae::cli
