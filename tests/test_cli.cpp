@@ -227,15 +227,69 @@ TEST_F(Cli, ExistingOutputIsNeverClobbered) {
   std::ofstream(dir_ / "o" / "keep.txt") << "precious";
   expect_error(run("train --data " + data + kSmall + "--out " + path("o")), 2, "--overwrite");
   EXPECT_EQ(slurp(dir_ / "o" / "keep.txt"), "precious");
+  // --overwrite replaces only what msae wrote: a file of the user's in it is named, and stays.
+  expect_error(run("train --data " + data + kSmall + "--overwrite --out " + path("o")), 2, "keep.txt, which msae did not write");
+  EXPECT_EQ(slurp(dir_ / "o" / "keep.txt"), "precious");
+  fs::remove(dir_ / "o" / "keep.txt");
+  ASSERT_EQ(run("train --data " + data + kSmall + "--out " + path("o") + " --overwrite").code, 0);
+  const std::string before = slurp(dir_ / "o" / "sae_weights.safetensors");
   // A failing run with --overwrite must not destroy the old output either.
   const std::string bad = make_data("nan.npy", 64, 8, std::numeric_limits<float>::quiet_NaN(), 40);
   expect_error(run("train --data " + bad + kSmall + "--no-shuffle --overwrite --out " + path("o")), 1, "row 40");
-  EXPECT_EQ(slurp(dir_ / "o" / "keep.txt"), "precious");
+  EXPECT_EQ(slurp(dir_ / "o" / "sae_weights.safetensors"), before);
   EXPECT_FALSE(has_tmp_leftovers());
   // With --overwrite a successful run replaces it.
-  ASSERT_EQ(run("train --data " + data + kSmall + "--overwrite --out " + path("o")).code, 0);
-  EXPECT_FALSE(fs::exists(dir_ / "o" / "keep.txt"));
-  EXPECT_TRUE(fs::exists(dir_ / "o" / "sae_weights.safetensors"));
+  ASSERT_EQ(run("train --data " + data + " --d-sae 32 --k 2 --batch 16 --steps 6 --threads 1 --overwrite --out " + path("o")).code, 0);
+  EXPECT_NE(slurp(dir_ / "o" / "sae_weights.safetensors"), before);
+}
+
+// Issue 21's output-safety cases that live in the run layer: each of these lost or destroyed a file before.
+TEST_F(Cli, OverwriteAndEvaluationNeverLoseWhatTheUserHad) {
+  const std::string data = make_data("x.npy", 256, 8);
+  ASSERT_EQ(run("train --data " + data + kSmall + "--out " + path("keep")).code, 0);
+  const std::string before = slurp(dir_ / "keep" / "sae_weights.safetensors");
+  auto leftovers = [&](const std::string& stem) {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(dir_)) n += e.path().filename().string().rfind(stem + ".replaced-", 0) == 0;
+    return n;
+  };
+  // (1) --overwrite with --checkpoint-every, failing before its first checkpoint: the old SAE is back in place.
+  const std::string nan_early = make_data("nan_early.npy", 256, 8, std::numeric_limits<float>::quiet_NaN(), 40);
+  expect_error(run("train --data " + nan_early + " --d-sae 32 --k 2 --batch 16 --steps 40 --threads 1 --no-shuffle "
+                   "--checkpoint-every 10 --overwrite --out " + path("keep")),
+               1, "row 40");
+  EXPECT_EQ(slurp(dir_ / "keep" / "sae_weights.safetensors"), before);
+  EXPECT_EQ(leftovers("keep"), 0);
+  // ... failing after a checkpoint: both kept, the old one beside it, named in the message.
+  const std::string nan_late = make_data("nan_late.npy", 256, 8, std::numeric_limits<float>::quiet_NaN(), 200);
+  const Result late = run("train --data " + nan_late + " --d-sae 32 --k 2 --batch 16 --steps 40 --threads 1 "
+                          "--no-shuffle --checkpoint-every 5 --overwrite --out " + path("keep"));
+  expect_error(late, 1, "row 200");
+  EXPECT_NE(late.output.find("the previous output is kept as " + path("keep") + ".replaced-"), std::string::npos)
+      << late.output;
+  ASSERT_EQ(leftovers("keep"), 1);
+  for (const auto& e : fs::directory_iterator(dir_))
+    if (e.path().filename().string().rfind("keep.replaced-", 0) == 0)
+      EXPECT_EQ(slurp(e.path() / "sae_weights.safetensors"), before);
+  EXPECT_TRUE(fs::exists(dir_ / "keep" / "checkpoints" / "latest"));
+  // (2) the data inside the output directory: --overwrite refuses, naming the file, and it stays.
+  fs::create_directories(dir_ / "v");
+  fs::copy_file(data, dir_ / "v" / "a.npy");
+  expect_error(run("train --data " + path("v/a.npy") + kSmall + "--overwrite --out " + path("v")), 2,
+               "a.npy, which msae did not write");
+  EXPECT_EQ(slurp(dir_ / "v" / "a.npy"), slurp(data));
+  // (3) the trained SAE is on disk before the final evaluation: an evaluation that fails leaves it there.
+  const std::string nan_eval = make_data("nan_eval.npy", 64, 8, std::numeric_limits<float>::quiet_NaN(), 3);
+  expect_error(run("train --data " + data + " --eval-data " + nan_eval + kSmall + "--out " + path("e")), 1, "row 3");
+  EXPECT_TRUE(fs::exists(dir_ / "e" / "sae_weights.safetensors"));
+  EXPECT_FALSE(nlohmann::json::parse(slurp(dir_ / "e" / "msae.json")).contains("final_metrics"));
+  // (7) a run length beyond 64-bit counts is a usage error, not a negative step count.
+  expect_error(run("train --data " + data + " --tokens 99999999999999999999 --d-sae 32 --k 2 --batch 16 --out " + path("t")),
+               2, "--tokens");
+  expect_error(run("train --data " + data + " --d-sae 32 --k 2 --batch 16 --tokens 9223372036854775807 --threads 1 --out " +
+                   path("t")),
+               2, "more rows than msae can count");
+  EXPECT_FALSE(fs::exists(dir_ / "t"));
 }
 
 TEST_F(Cli, BadDataFiles) {

@@ -177,7 +177,8 @@ int64_t parse_int_text(const OptionDef& o, const std::string& item) {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used == 0 || used != item.size()) usage_error(opt(o.key), ": '", item, "' is not an integer");
+  if (used == 0 || used != item.size())
+    usage_error(opt(o.key), ": '", item, "' is not an integer in [-2^63, 2^63)");
   return v;
 }
 

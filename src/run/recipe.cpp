@@ -1,5 +1,6 @@
 // Options -> SaeConfig + TrainOptions, with the recipes of other trainers as presets (docs/variants.md).
 #include <cmath>
+#include <limits>
 
 #include "msae/run.h"
 
@@ -24,9 +25,13 @@ train::TrainOptions make_train_options(const Options& o, int64_t d, const DataDe
   if (given("steps"))
     t.steps = o.integer("steps");
   else if (given("tokens"))
-    t.steps = (o.integer("tokens") + t.batch - 1) / t.batch;
+    t.steps = o.integer("tokens") / t.batch + (o.integer("tokens") % t.batch != 0);  // ceil, without overflow
   else
     t.steps = def.steps;
+  // Every count derived from the run length (tokens = steps * batch) must fit in 64 bits.
+  if (t.steps > std::numeric_limits<int64_t>::max() / t.batch)
+    usage_error(opt(given("tokens") ? "tokens" : "steps"), ": ", t.steps, " steps of ", t.batch,
+                " rows is more rows than msae can count (2^63)");
   t.adam.lr = static_cast<float>(o.real("lr"));
   t.max_grad_norm = static_cast<float>(o.real("max_grad_norm"));
   t.seed = static_cast<uint64_t>(o.integer("seed"));

@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "msae/io.h"
@@ -42,6 +44,23 @@ void truncate_metrics(const std::string& path, int64_t step) {
     }
   }
   io::write_text_file_atomic(path, kept);
+}
+
+// An existing output directory may be replaced (--overwrite) only when msae wrote everything in it: the
+// files of an SAE directory, metrics.jsonl, checkpoints/ and msae's temporary names. Anything else (the
+// user's data, another program's files) makes --overwrite a usage error, so nothing msae did not write is
+// ever removed.
+void check_replaceable(const std::string& out) {
+  if (!io::is_directory(out))
+    usage_error(opt("out"), " ", out, " exists and is not a directory; msae replaces only a directory it wrote");
+  static const std::set<std::string> ours = {"cfg.json", "sae_weights.safetensors", "msae.json", "metrics.jsonl",
+                                             "checkpoints"};
+  for (const auto& entry : std::filesystem::directory_iterator(out)) {
+    const std::string name = entry.path().filename().string();
+    if (ours.count(name) || name.find(".tmp") != std::string::npos) continue;
+    usage_error(opt("overwrite"), " would remove ", out, "/", name, ", which msae did not write; choose another ",
+                opt("out"), " (or move that file away first)");
+  }
 }
 
 void say(const Callbacks& cb, const std::string& line) {
@@ -127,9 +146,12 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   const uint64_t seed = static_cast<uint64_t>(o.integer("seed"));
 
   // The output directory is refused before any work.
-  if (!ckpt && !out.empty() && io::path_exists(out) && !o.flag("overwrite"))
-    usage_error("output directory '", out, "' exists; pass ", opt("overwrite"), " to replace it (or ", opt("resume"), " ",
-                out, " to continue an interrupted run)");
+  if (!ckpt && !out.empty() && io::path_exists(out)) {
+    if (!o.flag("overwrite"))
+      usage_error("output directory '", out, "' exists; pass ", opt("overwrite"), " to replace it (or ", opt("resume"),
+                  " ", out, " to continue an interrupted run)");
+    check_replaceable(out);
+  }
 
   auto open_file_data = [&](const data::DataOptions& d) {
     return array ? data::open_array(in.array, in.rows, in.d, in.array_name, d) : data::open_data(data_spec, d);
@@ -180,6 +202,11 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   }
   d = source ? source->d() : in.stream_d;
   MSAE_ASSERT(d > 0, "the data's width is unknown");
+  if (!eval_data.empty()) {  // checked now, not after hours of training
+    const int64_t eval_d = data::open_data(eval_data, data_options(o, false, 0))->d();
+    if (eval_d != d)
+      usage_error(opt("eval_data"), " ", eval_data, " has width ", eval_d, " but the training data has ", d);
+  }
 
   // ---- init and config
   std::optional<SaeParams> init_params;
@@ -267,13 +294,39 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   const int keep = static_cast<int>(o.integer("keep_checkpoints"));
   const bool live = writes && (ckpt || checkpoint_every > 0);
   const std::string work_dir = !writes ? "" : live ? out : cat(out, ".tmp-", getpid());
+  // A run that lives in `out` and replaces an earlier output moves that one aside until the new SAE is
+  // written (and puts it back if the run fails before its first checkpoint), so a failure never leaves the
+  // user without an SAE they had.
+  std::string replaced;
   if (writes && !live) {
     io::remove_all(work_dir);
     io::create_directories(work_dir);
   } else if (live && !ckpt) {
-    if (io::path_exists(out)) io::remove_all(out);  // overwrite (checked above)
+    if (io::path_exists(out)) {  // overwrite (checked above)
+      replaced = cat(out, ".replaced-", getpid());
+      io::remove_all(replaced);
+      std::filesystem::rename(out, replaced);
+      say(cb, cat("the previous ", out, " is kept as ", replaced, " until this run has written its SAE"));
+    }
     io::create_directories(out);
   }
+  // On a failure: the previous output back in place when this run has no checkpoint to resume from, else
+  // both are kept and named.
+  auto keep_previous = [&] {
+    if (replaced.empty()) return;
+    try {
+      if (!train::has_checkpoint(out)) {
+        io::remove_all(out);
+        std::filesystem::rename(replaced, out);
+        log_warn(cat("the run failed before its first checkpoint; ", out, " is the previous output again"));
+      } else {
+        log_warn(cat("the previous output is kept as ", replaced, "; ", out, " holds this run's checkpoints (",
+                     opt("resume"), " ", out, " continues it)"));
+      }
+    } catch (const std::exception& e) {
+      log_warn(cat("the previous output is kept as ", replaced, " (", e.what(), ")"));
+    }
+  };
   const std::string metrics_path = work_dir + "/metrics.jsonl";
   if (ckpt) truncate_metrics(metrics_path, start);
   std::ofstream metrics;
@@ -349,6 +402,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   } catch (...) {
     if (writes) metrics.close();
     if (writes && !live) io::remove_all(work_dir);
+    keep_previous();
     throw;
   }
   if (writes) metrics.close();
@@ -382,6 +436,50 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   // ---- the exported SAE takes raw activations: the normalization is folded into the weights
   res.params = trainer.params();
   if (scale != 1.0f) saedir::fold_input_scale(res.params, scale);
+
+  train::RunFacts facts;
+  facts.completed = completed;
+  facts.steps = done;
+  facts.steps_planned = steps >= 0 ? json(steps) : json(nullptr);
+  facts.seed = seed;
+  facts.shuffle = !synthetic && !stream && !o.flag("no_shuffle");
+  facts.data = stream && in.stream_describe ? in.stream_describe() : data_name;
+  facts.init = init_name.empty() ? json(nullptr) : json(init_name);
+  facts.normalize = normalize;
+  facts.scale = scale;
+  facts.epochs = dstats.epochs;
+  facts.nonfinite_rows_skipped = dstats.nonfinite_skipped;
+  facts.seconds = train_seconds;
+  facts.tokens_per_s = res.session_tokens_per_s;
+  res.msae_json = train::run_record(trainer, facts);
+  json& training = res.msae_json["training"];
+  training["options"] = o.to_json();
+  json data_opts = json::object();  // every data option in force (given or default)
+  for (const OptionDef& row : option_table())
+    if (row.group == OptGroup::data && row.key != std::string("data") && !o.automatic(row.key))
+      data_opts[row.key] = o.given(row.key) ? o.given_json().at(row.key) : row.def;
+  training["data_options"] = synthetic || stream ? json(nullptr) : data_opts;
+  training["held_out_rows"] = holdout;
+  training["reader_wait_seconds"] = dstats.wait_seconds;
+  training["checkpoint_every"] = checkpoint_every;
+  training["checkpoint_seconds"] = checkpoint_seconds;
+  training["resumed_at_steps"] = resumed_at;
+  training["schedule"] = schedule_json(topt);
+  // ---- the SAE goes to disk before the final evaluation (which takes minutes at large D, and may be cut
+  // short by a scheduler's SIGTERM then SIGKILL); msae.json gains the evaluation once it is done.
+  if (writes) {
+    try {
+      saedir::write_sae_files(work_dir, cfg, res.params, res.msae_json);
+      if (!live) io::commit_directory(work_dir, out, o.flag("overwrite"));
+    } catch (...) {
+      if (!live) io::remove_all(work_dir);
+      keep_previous();
+      throw;
+    }
+    if (!replaced.empty()) io::remove_all(replaced);
+    res.out = out;
+    say(cb, cat("wrote ", out, completed ? " (the final evaluation follows)" : ""));
+  }
 
   // ---- final evaluation (inference encoding at the learned threshold) on raw activations the run did
   // not train on. Skipped for an interrupted run: a signal asks to stop soon (schedulers follow SIGTERM
@@ -428,45 +526,9 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     }
   }
 
-  train::RunFacts facts;
-  facts.completed = completed;
-  facts.steps = done;
-  facts.steps_planned = steps >= 0 ? json(steps) : json(nullptr);
-  facts.seed = seed;
-  facts.shuffle = !synthetic && !stream && !o.flag("no_shuffle");
-  facts.data = stream && in.stream_describe ? in.stream_describe() : data_name;
-  facts.init = init_name.empty() ? json(nullptr) : json(init_name);
-  facts.normalize = normalize;
-  facts.scale = scale;
-  facts.epochs = dstats.epochs;
-  facts.nonfinite_rows_skipped = dstats.nonfinite_skipped;
-  facts.seconds = train_seconds;
-  facts.tokens_per_s = res.session_tokens_per_s;
-  res.msae_json = train::run_record(trainer, facts);
-  json& training = res.msae_json["training"];
-  training["options"] = o.to_json();
-  json data_opts = json::object();  // every data option in force (given or default)
-  for (const OptionDef& row : option_table())
-    if (row.group == OptGroup::data && row.key != std::string("data") && !o.automatic(row.key))
-      data_opts[row.key] = o.given(row.key) ? o.given_json().at(row.key) : row.def;
-  training["data_options"] = synthetic || stream ? json(nullptr) : data_opts;
-  training["held_out_rows"] = holdout;
-  training["reader_wait_seconds"] = dstats.wait_seconds;
-  training["checkpoint_every"] = checkpoint_every;
-  training["checkpoint_seconds"] = checkpoint_seconds;
-  training["resumed_at_steps"] = resumed_at;
-  training["schedule"] = schedule_json(topt);
-  if (res.evaluated) res.msae_json["final_metrics"] = res.final_metrics;
-  if (writes) {
-    try {
-      saedir::write_sae_files(work_dir, cfg, res.params, res.msae_json);
-      if (!live) io::commit_directory(work_dir, out, o.flag("overwrite"));
-    } catch (...) {
-      if (!live) io::remove_all(work_dir);
-      throw;
-    }
-    res.out = out;
-    say(cb, cat("wrote ", out));
+  if (res.evaluated) {
+    res.msae_json["final_metrics"] = res.final_metrics;
+    if (writes) io::write_text_file_atomic(out + "/msae.json", res.msae_json.dump(2) + "\n");
   }
   return res;
 }
