@@ -283,6 +283,13 @@ TEST_F(Cli, OverwriteAndEvaluationNeverLoseWhatTheUserHad) {
   expect_error(run("train --data " + data + " --eval-data " + nan_eval + kSmall + "--out " + path("e")), 1, "row 3");
   EXPECT_TRUE(fs::exists(dir_ / "e" / "sae_weights.safetensors"));
   EXPECT_FALSE(nlohmann::json::parse(slurp(dir_ / "e" / "msae.json")).contains("final_metrics"));
+  // A run too short for its threshold says plainly that the SAE is not usable, and why.
+  const Result short_run = run("train --data " + data + kSmall + "--out " + path("short"));
+  ASSERT_EQ(short_run.code, 0) << short_run.output;
+  EXPECT_NE(short_run.output.find("WARNING: this SAE is not usable as it is:\n  - the inference threshold has not settled"),
+            std::string::npos)
+      << short_run.output;
+  EXPECT_FALSE(nlohmann::json::parse(slurp(dir_ / "short" / "msae.json"))["final_metrics"]["quality"]["usable"].get<bool>());
   // (7) a run length beyond 64-bit counts is a usage error, not a negative step count.
   expect_error(run("train --data " + data + " --tokens 99999999999999999999 --d-sae 32 --k 2 --batch 16 --out " + path("t")),
                2, "--tokens");

@@ -280,6 +280,40 @@ TEST(RunLayer, AStoppedRunResumesExactly) {
   fs::remove_all(dir);
 }
 
+// A run too short for the threshold EMA exports an SAE whose inference keeps far more than k latents: the
+// final evaluation says so (issue 22's 3-step and 49-step cases), and the default length on small data is
+// long enough for the EMA, which gives a usable SAE.
+TEST(RunLayer, ShortRunsAreFlaggedAndTheDefaultLengthSettles) {
+  const int64_t N = 2000, d = 16;
+  const std::vector<float> x = structured_rows(N, d, 6);
+  run::Inputs in;
+  in.array = x.data();
+  in.rows = N;
+  in.d = d;
+  in.array_name = "rows";
+  for (int64_t steps : {3, 49}) {
+    run::Options o = small_options();
+    o.set("steps", steps);
+    const run::Result r = run::train(o, in, quiet());
+    const json& q = r.final_metrics.at("quality");
+    EXPECT_FALSE(q.at("usable").get<bool>()) << steps;
+    ASSERT_FALSE(q.at("problems").empty());
+    EXPECT_NE(q.at("problems")[0].get<std::string>().find("has not settled"), std::string::npos) << q.dump();
+    EXPECT_NE(q.dump().find("train for at least 299 steps"), std::string::npos) << q.dump();
+  }
+  run::Options o = small_options();
+  o.erase("steps");  // one epoch would be 29 steps of 64 rows
+  const run::Result r = run::train(o, in, quiet());
+  EXPECT_EQ(r.steps, 299);
+  EXPECT_TRUE(r.final_metrics.at("quality").at("usable").get<bool>()) << r.final_metrics.at("quality").dump();
+  EXPECT_LT(r.eval.prefixes.back().l0, 2.0 * 4);
+  // The threshold's settling time follows the recipe's schedule (dictionary_learning: rate 0.001 from step 1000).
+  SaeConfig cfg;
+  cfg.threshold_rate = 0.001f;
+  cfg.threshold_start_step = 1000;
+  EXPECT_EQ(run::threshold_settle_steps(cfg), 1000 + 2995);
+}
+
 // ---------------------------------------------------------------------------------------------
 // End to end
 // ---------------------------------------------------------------------------------------------

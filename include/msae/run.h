@@ -218,6 +218,15 @@ struct MetaSaeResult {
 // Trained through run_loop. Throws a usage error when D / width_div < 16 (the smallest SAE msae trains).
 MetaSaeResult meta_sae(const float* W_dec /*(D, d)*/, int64_t D, int64_t d, const MetaSaeOptions& opt = {});
 
+// Steps the threshold EMA needs before its start value (0) weighs at most 5% (threshold_start_step plus
+// ceil(ln 0.05 / ln(1 - rate)): 299 at SPEC's rate 0.01). The default run length on data is at least this.
+int64_t threshold_settle_steps(const SaeConfig& cfg);
+
+// Whether a trained SAE is usable, from its final evaluation: {"usable": bool, "problems": [sentences]}. A
+// problem is a threshold EMA that has not settled, inference L0 outside [k/2, 2k], FVU above 1, the whole
+// SAE worse than its first prefix, or evaluation FVU far above training's (train_fvu < 0: unknown).
+nlohmann::json sae_quality(const SaeConfig& cfg, const eval::EvalReport& ev, int64_t steps_done, double train_fvu);
+
 // The seeds the run layer derives from options.seed, named once.
 uint64_t synthetic_eval_seed(uint64_t seed);       // the embedded synthetic data's held-out stream
 uint64_t norm_sample_seed(uint64_t seed);          // rows sampled for the expected-norm scale

@@ -87,6 +87,40 @@ data::DataOptions data_options(const Options& o, bool shuffle, uint64_t seed) {
   return d;
 }
 
+int64_t threshold_settle_steps(const SaeConfig& cfg) {
+  // (1 - rate)^n <= 0.05: the start value (0) weighs at most 5% of the threshold.
+  const double rate = std::clamp(static_cast<double>(cfg.threshold_rate), 1e-9, 1.0);
+  const double n = rate >= 1.0 ? 1.0 : std::ceil(std::log(0.05) / std::log1p(-rate));
+  return cfg.threshold_start_step + static_cast<int64_t>(n);
+}
+
+nlohmann::json sae_quality(const SaeConfig& cfg, const eval::EvalReport& ev, int64_t steps_done, double train_fvu) {
+  std::vector<std::string> problems;
+  const eval::PrefixMetrics& whole = ev.prefixes.back();
+  if (cfg.arch != Arch::relu_l1) {
+    const int64_t updates = std::max<int64_t>(0, steps_done - cfg.threshold_start_step);
+    const double start_weight = std::pow(1.0 - static_cast<double>(cfg.threshold_rate), static_cast<double>(updates));
+    if (start_weight > 0.05)
+      problems.push_back(cat("the inference threshold has not settled: the EMA had ", updates, " updates at rate ",
+                             cfg.threshold_rate, " and still weighs its start value (0) at ",
+                             static_cast<int>(std::lround(100 * start_weight)), "%; train for at least ",
+                             threshold_settle_steps(cfg), " steps"));
+  }
+  const double k = static_cast<double>(cfg.k);
+  if (whole.l0 > 2 * k || whole.l0 < 0.5 * k)
+    problems.push_back(cat("inference L0 is ", whole.l0, " latents per row, against k = ", cfg.k,
+                           " in training (outside [k/2, 2k])"));
+  if (whole.fvu > 1.0)
+    problems.push_back(cat("the SAE reconstructs its evaluation rows worse than their mean does (FVU ", whole.fvu, ")"));
+  if (ev.prefixes.size() > 1 && whole.fvu > ev.prefixes.front().fvu)
+    problems.push_back(cat("the whole SAE reconstructs worse (FVU ", whole.fvu, ") than its first prefix (FVU ",
+                           ev.prefixes.front().fvu, ")"));
+  if (train_fvu >= 0 && whole.fvu > 2 * train_fvu + 0.05)
+    problems.push_back(cat("FVU on the evaluation rows (", whole.fvu, ") is far above training's last FVU (", train_fvu,
+                           ")"));
+  return {{"usable", problems.empty()}, {"problems", problems}};
+}
+
 uint64_t synthetic_eval_seed(uint64_t seed) { return seed + 1000003; }
 uint64_t norm_sample_seed(uint64_t seed) { return seed ^ 0x6e6f726dULL; }
 
@@ -237,6 +271,18 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
               : stream  ? -1
                         : std::max<int64_t>(1, (source->rows() + batch - 1) / batch);  // one epoch
   train::TrainOptions topt = make_train_options(o, d, def);
+  // A default length (one epoch) too short for the threshold EMA to settle exports a threshold that still
+  // remembers its start (0): inference then keeps far more than k latents per row. The default runs at
+  // least as long as the EMA needs (docs/cli.md); a length the user gives is kept, and the final check says so.
+  int64_t one_epoch = -1;
+  if (!synthetic && !stream && !o.given("steps") && !o.given("tokens") && topt.sae.arch != Arch::relu_l1) {
+    const int64_t settle = threshold_settle_steps(topt.sae);
+    if (topt.steps < settle) {
+      one_epoch = topt.steps;
+      def.steps = settle;
+      topt = make_train_options(o, d, def);
+    }
+  }
   const SaeConfig& cfg = topt.sae;
   const int64_t steps = topt.steps;  // -1: until the stream ends
   topt.steps = std::max<int64_t>(steps, 0);
@@ -276,6 +322,10 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     say(cb, cat("resuming ", out, " from ", ckpt->path, " (step ", start, " of ", steps, ")"));
   }
 
+  if (one_epoch > 0)
+    say(cb, cat("steps: ", steps, " (one epoch of the training rows is ", one_epoch, " steps; the threshold EMA needs ",
+                steps, " updates at rate ", cfg.threshold_rate, " to settle, so the default runs that long; give ",
+                opt("steps"), " to choose)"));
   say(cb, cat("data: ", source ? source->describe() : in.stream_describe ? in.stream_describe() : data_name,
               holdout > 0 ? cat(", the last ", holdout, " rows held out for evaluation") : ""));
   say(cb, cat("model: ", arch_name(cfg.arch), " SAE, d=", d, " D=", cfg.d_sae, " k=", cfg.k, " groups=",
@@ -346,8 +396,10 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     return static_cast<double>((done - start) * batch) / std::max(clock.seconds(), 1e-9);
   };
   StepStats last;
+  double last_train_fvu = -1;  // the last metrics.jsonl line's (interval mean) FVU
   auto log_line = [&](int64_t done, const train::MetricsInterval& iv, const StepStats& s) {
     json line = iv.to_json();
+    last_train_fvu = line.at("fvu").get<double>();
     line["step"] = done;
     line["tokens"] = done * batch;
     line["seconds"] = seconds_before + clock.seconds();
@@ -517,6 +569,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     res.final_metrics = eval::to_json(res.eval);
     res.final_metrics["evaluated_on"] = res.eval_on;
     res.final_metrics["evaluated_rows"] = res.eval_rows;
+    res.final_metrics["quality"] = sae_quality(cfg, res.eval, done, last_train_fvu);
     if (synthetic) {
       const synth::PlantedDictionary truth = synth::make_planted(synth::default_planted_config());
       const eval::RecoveryReport rec = eval::score_recovery(truth.directions, res.params.W_dec.ptr(), cfg.d_sae);

@@ -76,6 +76,11 @@ int run_train(const TableFlags& flags) {
     std::printf("  planted features recovered (cos >= 0.9): %.1f%%, mean max cosine %.3f\n",
                 100 * r.final_metrics["recovery"]["frac_recovered_cos_0.9"].get<double>(),
                 r.final_metrics["recovery"]["mean_max_cosine"].get<double>());
+  const nlohmann::json& quality = r.final_metrics["quality"];
+  if (!quality["usable"].get<bool>()) {
+    std::printf("WARNING: this SAE is not usable as it is:\n");
+    for (const auto& p : quality["problems"]) std::printf("  - %s\n", p.get<std::string>().c_str());
+  }
   std::printf("output: %s\n", r.out.c_str());
   return 0;
 }
