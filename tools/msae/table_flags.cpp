@@ -16,6 +16,15 @@ std::string group_title(run::OptGroup g) {
   }
   return "";
 }
+const char* type_name(run::OptType t) {
+  switch (t) {
+    case run::OptType::integer: return "INT";
+    case run::OptType::real: return "FLOAT";
+    case run::OptType::int_list: return "INT,...";
+    case run::OptType::real_list: return "FLOAT,...";
+    default: return "TEXT";
+  }
+}
 }  // namespace
 
 void TableFlags::add_to(CLI::App* app, unsigned scope, const std::function<bool(const run::OptionDef&)>& keep) {
@@ -30,7 +39,7 @@ void TableFlags::add_to(CLI::App* app, unsigned scope, const std::function<bool(
     if (row.type == run::OptType::flag)
       slot->option = app->add_flag(name, slot->flag, doc);
     else
-      slot->option = app->add_option(name, slot->text, doc);
+      slot->option = app->add_option(name, slot->text, doc)->type_name(type_name(row.type));
     slot->option->group(group_title(row.group));
     slots_.push_back(std::move(slot));
   }
