@@ -4,7 +4,7 @@
 // its error-bar plots are written, --set overrides the grid, and bad keys are usage errors. Plus the report writer's
 // bar chart with error bars.
 //
-// Tolerances: none. The sweep and synth-bench call the same routine (tools/msae/preset_run.h) with the
+// Tolerances: none. The sweep and synth-bench call the same routine (run::train_on_preset, msae/run.h) with the
 // same options and --threads 1, so every metric must be bit-identical; both are printed by nlohmann::json,
 // which writes doubles with round-trip precision, so equal JSON values mean equal doubles.
 #include <gtest/gtest.h>

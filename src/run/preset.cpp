@@ -1,4 +1,4 @@
-// Train on a ground-truth preset and score against its truth (see preset_run.h).
+// Train on a ground-truth preset and score against its truth (msae/run.h, "Ground-truth runs").
 #include "msae/run.h"
 
 #include <algorithm>
