@@ -1,5 +1,6 @@
 // The meta-SAE of Bussmann et al.: a BatchTopK SAE trained on the decoder rows of an SAE (msae/run.h).
 #include <algorithm>
+#include <utility>
 
 #include "msae/run.h"
 
@@ -41,7 +42,7 @@ MetaSaeResult meta_sae(const float* W_dec, int64_t D, int64_t d, const MetaSaeOp
   data::DataOptions in_order;
   in_order.shuffle = false;  // file order, wrapping at the end
   auto src = data::open_array(W_dec, D, d, "decoder rows", in_order);
-  const eval::EvalReport ev = eval::evaluate(cfg, trainer.params(), *src, D);
+  const eval::EvalReport ev = eval::evaluate(cfg, std::as_const(trainer).params(), *src, D);
   MetaSaeResult res;
   res.width = width;
   res.k = opt.k;

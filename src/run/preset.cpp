@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "msae/data.h"
 #include "msae/io.h"
@@ -135,20 +136,20 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     facts.data = cat("preset:", model.name, " seed ", opt.seed, " (stream FeatureSampler seed ", synth::synth_bench_train_stream(opt.seed), ")");
     facts.seconds = run.generation_seconds + run.step_seconds;
     facts.tokens_per_s = static_cast<double>(run.steps_done * batch) / std::max(facts.seconds, 1e-9);
-    run.params = trainer.params();
+    run.params = std::as_const(trainer).params();
     run.msae_json = train::run_record(trainer, facts);
   }
   data::DataOptions in_order;
   in_order.shuffle = false;  // file order, wrapping at the end
   auto src = data::open_array(held_out.x.data(), held_out.rows, model.d, "held-out synthetic rows", in_order);
-  run.ev = eval::evaluate(opt.sae, trainer.params(), *src, held_out.rows);
-  run.gt = eval::score_ground_truth(opt.sae, trainer.params(), model, held_out.x.data(), held_out.fired);
+  run.ev = eval::evaluate(opt.sae, std::as_const(trainer).params(), *src, held_out.rows);
+  run.gt = eval::score_ground_truth(opt.sae, std::as_const(trainer).params(), model, held_out.x.data(), held_out.fired);
   run.meta_sae = nullptr;
   if (ro.meta_steps > 0 && D / 4 >= 16) {
     run::MetaSaeOptions mo;
     mo.steps = ro.meta_steps;
     mo.seed = opt.seed;
-    const run::MetaSaeResult mr = run::meta_sae(trainer.params().W_dec.ptr(), D, model.d, mo);
+    const run::MetaSaeResult mr = run::meta_sae(std::as_const(trainer).params().W_dec.ptr(), D, model.d, mo);
     run.meta_sae = {{"width", mr.width}, {"k", mr.k}, {"steps", mr.steps}, {"explained_variance", mr.explained_variance}};
   }
   return run;

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "msae/io.h"
 #include "msae/recovery.h"
@@ -406,7 +407,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     line["tokens_per_s"] = tokens_per_s(done);
     line["n_dead"] = s.n_dead;
     line["dead_fraction"] = static_cast<double>(s.n_dead) / static_cast<double>(cfg.d_sae);
-    line["threshold"] = trainer.params().threshold;
+    line["threshold"] = std::as_const(trainer).params().threshold;
     line["grad_norm"] = trainer.last_grad_norm();
     if (writes) {
       metrics << line.dump() << "\n";
@@ -486,7 +487,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   res.seconds = train_seconds;
   res.session_tokens_per_s = static_cast<double>((done - start) * batch) / std::max(session_seconds, 1e-9);
   // ---- the exported SAE takes raw activations: the normalization is folded into the weights
-  res.params = trainer.params();
+  res.params = std::as_const(trainer).params();
   if (scale != 1.0f) saedir::fold_input_scale(res.params, scale);
 
   train::RunFacts facts;
