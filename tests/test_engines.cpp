@@ -78,15 +78,18 @@ SaeConfig make_config(const Case& c) {
   return cfg;
 }
 
-SaeParams make_params(const Case& c, uint64_t seed) {
-  SaeParams p = SaeParams::init(c.d, c.D, seed);
+// SPEC init plus small random biases and a positive threshold, so that every term of the step is exercised.
+SaeParams random_params(int64_t d, int64_t D, bool encoder_bias, uint64_t seed) {
+  SaeParams p = SaeParams::init(d, D, seed);
   Rng rng(seed + 7);
   for (float& v : p.b_dec.data) v = 0.1f * static_cast<float>(rng.normal());
-  if (c.encoder_bias)
+  if (encoder_bias)
     for (float& v : p.b_enc.data) v = 0.05f * static_cast<float>(rng.normal());
   p.threshold = 0.01f;
   return p;
 }
+
+SaeParams make_params(const Case& c, uint64_t seed) { return random_params(c.d, c.D, c.encoder_bias, seed); }
 
 LatentState make_state(const Case& c, int64_t dead_after) {
   LatentState s;
@@ -506,13 +509,7 @@ void compare_grads(std::vector<std::string>& out, const std::string& at, const S
 }
 
 SaeParams table_params(const SaeConfig& cfg, uint64_t seed) {
-  SaeParams p = SaeParams::init(cfg.d_in, cfg.d_sae, seed);
-  Rng rng(seed + 7);
-  for (float& v : p.b_dec.data) v = 0.1f * static_cast<float>(rng.normal());
-  if (cfg.encoder_bias)
-    for (float& v : p.b_enc.data) v = 0.05f * static_cast<float>(rng.normal());
-  p.threshold = 0.01f;
-  return p;
+  return random_params(cfg.d_in, cfg.d_sae, cfg.encoder_bias, seed);
 }
 
 // Dead counters with a third of the latents dead (AuxK from the first step) and a few counting.
