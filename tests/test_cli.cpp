@@ -114,6 +114,17 @@ TEST_F(Cli, FinalEvaluationIsOnHeldOutRows) {
   const auto m = nlohmann::json::parse(slurp(dir_ / "a" / "msae.json"));
   EXPECT_EQ(m["training"]["held_out_rows"], 20);
   EXPECT_EQ(m["final_metrics"]["evaluated_rows"], 20);
+  // report.html beside the SAE: the five training curves, the latent-frequency histogram, the final table.
+  const std::string html = slurp(dir_ / "a" / "report.html");
+  size_t svgs = 0;
+  for (size_t at = html.find("<svg"); at != std::string::npos; at = html.find("<svg", at + 1)) ++svgs;
+  EXPECT_EQ(svgs, 6u);
+  for (const char* needle : {"FVU of every prefix", "Inference threshold", "Dead latents", "Latent firing frequency",
+                             "held-out rows [180, 200)", "share of L0 in group"})
+    EXPECT_NE(html.find(needle), std::string::npos) << needle;
+  const auto line = nlohmann::json::parse(slurp(dir_ / "a" / "metrics.jsonl").substr(0, slurp(dir_ / "a" / "metrics.jsonl").find('\n')));
+  EXPECT_EQ(line["fvu_prefix"].size(), 5u);
+  EXPECT_DOUBLE_EQ(line["fvu_prefix"][4].get<double>(), line["fvu"].get<double>());
   // msae eval on the same 20 rows agrees exactly.
   {
     msae::Tensor x = msae::io::read_npy(data);
@@ -268,9 +279,11 @@ TEST_F(Cli, OverwriteAndEvaluationNeverLoseWhatTheUserHad) {
   EXPECT_NE(late.output.find("the previous output is kept as " + path("keep") + ".replaced-"), std::string::npos)
       << late.output;
   ASSERT_EQ(leftovers("keep"), 1);
-  for (const auto& e : fs::directory_iterator(dir_))
-    if (e.path().filename().string().rfind("keep.replaced-", 0) == 0)
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    if (e.path().filename().string().rfind("keep.replaced-", 0) == 0) {
       EXPECT_EQ(slurp(e.path() / "sae_weights.safetensors"), before);
+    }
+  }
   EXPECT_TRUE(fs::exists(dir_ / "keep" / "checkpoints" / "latest"));
   // (2) the data inside the output directory: --overwrite refuses, naming the file, and it stays.
   fs::create_directories(dir_ / "v");
@@ -290,6 +303,7 @@ TEST_F(Cli, OverwriteAndEvaluationNeverLoseWhatTheUserHad) {
             std::string::npos)
       << short_run.output;
   EXPECT_FALSE(nlohmann::json::parse(slurp(dir_ / "short" / "msae.json"))["final_metrics"]["quality"]["usable"].get<bool>());
+  EXPECT_NE(slurp(dir_ / "short" / "report.html").find("This SAE is not usable"), std::string::npos);
   // (7) a run length beyond 64-bit counts is a usage error, not a negative step count.
   expect_error(run("train --data " + data + " --tokens 99999999999999999999 --d-sae 32 --k 2 --batch 16 --out " + path("t")),
                2, "--tokens");

@@ -227,6 +227,11 @@ int64_t threshold_settle_steps(const SaeConfig& cfg);
 // SAE worse than its first prefix, or evaluation FVU far above training's (train_fvu < 0: unknown).
 nlohmann::json sae_quality(const SaeConfig& cfg, const eval::EvalReport& ev, int64_t steps_done, double train_fvu);
 
+// Writes DIR/report.html for a run that wrote DIR: the curves of DIR/metrics.jsonl (loss, FVU of every
+// prefix, L0, dead latents, threshold), the final per-prefix table, the latent-frequency histogram, and the
+// usability problems when there are any. run::train calls it for every run with an output directory.
+void write_run_report(const std::string& dir, const Result& r);
+
 // The seeds the run layer derives from options.seed, named once.
 uint64_t synthetic_eval_seed(uint64_t seed);       // the embedded synthetic data's held-out stream
 uint64_t norm_sample_seed(uint64_t seed);          // rows sampled for the expected-norm scale

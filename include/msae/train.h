@@ -162,8 +162,9 @@ struct MetricsInterval {
   int64_t steps = 0;
   double loss = 0, l_aux = 0, fvu = 0, l0 = 0;
   std::vector<double> mse_prefix;  // (G)
+  std::vector<double> fvu_prefix;  // (G) mse(r_g) / var(x) of each step (fvu is its last entry)
   void add(const StepStats& s);
-  nlohmann::json to_json() const;  // {loss, l_aux, fvu, l0, mse_prefix}
+  nlohmann::json to_json() const;  // {loss, l_aux, fvu, l0, mse_prefix, fvu_prefix}
   // The running sums themselves, for checkpoints, and back (numbers checked; `what` names the source).
   nlohmann::json state_json() const;
   static MetricsInterval from_state_json(const nlohmann::json& j, const std::string& what);

@@ -54,8 +54,8 @@ void truncate_metrics(const std::string& path, int64_t step) {
 void check_replaceable(const std::string& out) {
   if (!io::is_directory(out))
     usage_error(opt("out"), " ", out, " exists and is not a directory; msae replaces only a directory it wrote");
-  static const std::set<std::string> ours = {"cfg.json", "sae_weights.safetensors", "msae.json", "metrics.jsonl",
-                                             "checkpoints"};
+  static const std::set<std::string> ours = {"cfg.json",      "sae_weights.safetensors", "msae.json",
+                                             "metrics.jsonl", "report.html",             "checkpoints"};
   for (const auto& entry : std::filesystem::directory_iterator(out)) {
     const std::string name = entry.path().filename().string();
     if (ours.count(name) || name.find(".tmp") != std::string::npos) continue;
@@ -584,6 +584,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     res.msae_json["final_metrics"] = res.final_metrics;
     if (writes) io::write_text_file_atomic(out + "/msae.json", res.msae_json.dump(2) + "\n");
   }
+  if (writes) write_run_report(out, res);
   return res;
 }
 

@@ -74,18 +74,25 @@ void MetricsInterval::add(const StepStats& s) {
   fvu += s.var_x > 0 ? s.mse_prefix.back() / s.var_x : 0.0;
   l0 += s.l0;
   mse_prefix.resize(s.mse_prefix.size(), 0.0);
-  for (size_t g = 0; g < s.mse_prefix.size(); ++g) mse_prefix[g] += s.mse_prefix[g];
+  fvu_prefix.resize(s.mse_prefix.size(), 0.0);
+  for (size_t g = 0; g < s.mse_prefix.size(); ++g) {
+    mse_prefix[g] += s.mse_prefix[g];
+    fvu_prefix[g] += s.var_x > 0 ? s.mse_prefix[g] / s.var_x : 0.0;
+  }
 }
 
 nlohmann::json MetricsInterval::to_json() const {
   const double n = static_cast<double>(std::max<int64_t>(steps, 1));
-  std::vector<double> prefix(mse_prefix);
+  std::vector<double> prefix(mse_prefix), fvus(fvu_prefix);
   for (double& v : prefix) v /= n;
-  return {{"loss", loss / n}, {"l_aux", l_aux / n}, {"fvu", fvu / n}, {"l0", l0 / n}, {"mse_prefix", prefix}};
+  for (double& v : fvus) v /= n;
+  return {{"loss", loss / n}, {"l_aux", l_aux / n}, {"fvu", fvu / n},
+          {"l0", l0 / n},     {"mse_prefix", prefix}, {"fvu_prefix", fvus}};
 }
 
 nlohmann::json MetricsInterval::state_json() const {
-  return {{"steps", steps}, {"loss", loss}, {"l_aux", l_aux}, {"fvu", fvu}, {"l0", l0}, {"mse_prefix", mse_prefix}};
+  return {{"steps", steps}, {"loss", loss},           {"l_aux", l_aux},          {"fvu", fvu},
+          {"l0", l0},       {"mse_prefix", mse_prefix}, {"fvu_prefix", fvu_prefix}};
 }
 
 MetricsInterval MetricsInterval::from_state_json(const nlohmann::json& j, const std::string& what) {
@@ -96,6 +103,9 @@ MetricsInterval MetricsInterval::from_state_json(const nlohmann::json& j, const 
   m.fvu = io::json_double(j.at("fvu"), what + " \"fvu\"");
   m.l0 = io::json_double(j.at("l0"), what + " \"l0\"");
   m.mse_prefix = io::json_double_vector(j.at("mse_prefix"), what + " \"mse_prefix\"");
+  // (checkpoints written before fvu_prefix existed: the interval's per-prefix FVU starts from zero sums, so
+  // the first line after such a resume under-reports it; every later line is exact)
+  if (j.contains("fvu_prefix")) m.fvu_prefix = io::json_double_vector(j.at("fvu_prefix"), what + " \"fvu_prefix\"");
   return m;
 }
 

@@ -519,7 +519,7 @@ class Training(unittest.TestCase):
     def test_output_directory(self):
         out = os.path.join(Fixture.tmp, "py_out")
         sae = train_small(Fixture.x, out=out, log_every=10)
-        self.assertEqual(sorted(os.listdir(out)), ["cfg.json", "metrics.jsonl", "msae.json", "sae_weights.safetensors"])
+        self.assertEqual(sorted(os.listdir(out)), ["cfg.json", "metrics.jsonl", "msae.json", "report.html", "sae_weights.safetensors"])
         loaded = msae.Sae.load(out)
         for name, value in weights(sae).items():
             np.testing.assert_array_equal(getattr(loaded, name), value, err_msg=name)
