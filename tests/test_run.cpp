@@ -151,6 +151,16 @@ std::vector<float> structured_rows(int64_t N, int64_t d, uint64_t seed) {
   return x;
 }
 
+// The rows x (N, d) as the caller's in-memory data, named "rows".
+run::Inputs array_inputs(const std::vector<float>& x, int64_t d) {
+  run::Inputs in;
+  in.array = x.data();
+  in.rows = static_cast<int64_t>(x.size()) / d;
+  in.d = d;
+  in.array_name = "rows";
+  return in;
+}
+
 run::Options small_options() {
   run::Options o;
   o.set("d_sae", 64);
@@ -170,11 +180,7 @@ run::Callbacks quiet() {
 TEST(RunLayer, TrainingNeverReadsTheHeldOutRows) {
   const int64_t N = 1000, d = 16;
   std::vector<float> x = structured_rows(N, d, 1);
-  run::Inputs in;
-  in.array = x.data();
-  in.rows = N;
-  in.d = d;
-  in.array_name = "rows";
+  run::Inputs in = array_inputs(x, d);
   const run::Result a = run::train(small_options(), in, quiet());
   ASSERT_TRUE(a.completed && a.evaluated);
   EXPECT_EQ(a.eval_rows, 100);
@@ -240,11 +246,7 @@ TEST(RunLayer, AStreamRunsUntilItEnds) {
 TEST(RunLayer, AStoppedRunResumesExactly) {
   const int64_t N = 1000, d = 16;
   const std::vector<float> x = structured_rows(N, d, 4);
-  run::Inputs in;
-  in.array = x.data();
-  in.rows = N;
-  in.d = d;
-  in.array_name = "rows";
+  run::Inputs in = array_inputs(x, d);
   const fs::path dir = fs::temp_directory_path() / ("msae-run-resume-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
@@ -286,11 +288,7 @@ TEST(RunLayer, AStoppedRunResumesExactly) {
 TEST(RunLayer, ShortRunsAreFlaggedAndTheDefaultLengthSettles) {
   const int64_t N = 2000, d = 16;
   const std::vector<float> x = structured_rows(N, d, 6);
-  run::Inputs in;
-  in.array = x.data();
-  in.rows = N;
-  in.d = d;
-  in.array_name = "rows";
+  run::Inputs in = array_inputs(x, d);
   for (int64_t steps : {3, 49}) {
     run::Options o = small_options();
     o.set("steps", steps);

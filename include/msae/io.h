@@ -189,5 +189,7 @@ bool is_directory(const std::string& path);
 void commit_directory(const std::string& tmp_dir, const std::string& final_dir, bool overwrite);
 void remove_all(const std::string& path);
 void create_directories(const std::string& path);
+// Renames a file or directory; throws msae::Error (runtime) naming both paths on failure.
+void rename_path(const std::string& from, const std::string& to);
 
 }  // namespace msae::io

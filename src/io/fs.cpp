@@ -153,6 +153,8 @@ void rename_or_throw(const stdfs::path& from, const stdfs::path& to) {
 }
 }  // namespace
 
+void rename_path(const std::string& from, const std::string& to) { rename_or_throw(from, to); }
+
 void commit_directory(const std::string& tmp_dir, const std::string& final_dir, bool overwrite) {
   MSAE_ASSERT(is_directory(tmp_dir), "commit_directory: ", tmp_dir, " is not a directory");
   const stdfs::path target = without_trailing_slash(final_dir);

@@ -356,7 +356,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     if (io::path_exists(out)) {  // overwrite (checked above)
       replaced = cat(out, ".replaced-", getpid());
       io::remove_all(replaced);
-      std::filesystem::rename(out, replaced);
+      io::rename_path(out, replaced);
       say(cb, cat("the previous ", out, " is kept as ", replaced, " until this run has written its SAE"));
     }
     io::create_directories(out);
@@ -368,7 +368,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     try {
       if (!train::has_checkpoint(out)) {
         io::remove_all(out);
-        std::filesystem::rename(replaced, out);
+        io::rename_path(replaced, out);
         log_warn(cat("the run failed before its first checkpoint; ", out, " is the previous output again"));
       } else {
         log_warn(cat("the previous output is kept as ", replaced, "; ", out, " holds this run's checkpoints (",
@@ -425,7 +425,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   else
     hooks.next_batch = [&](float* x) { return in.stream(x, batch); };
   hooks.stop = cb.stop;
-  hooks.log = [&](int64_t done, const train::MetricsInterval& iv, const StepStats& s) { log_line(done, iv, s); };
+  hooks.log = log_line;
   hooks.progress = [&](int64_t done, const StepStats& s) {
     last = s;
     if (cb.progress) cb.progress(done, steps, s, tokens_per_s(done));
