@@ -19,6 +19,16 @@
 
 namespace msae::io {
 
+// The size and CRC-32C of a file's bytes, recorded beside what msae writes (checkpoints, SAE directories)
+// and verified when it is read back. JSON: {"bytes": N, "crc32c": "8 hex digits"}.
+struct FileDigest {
+  int64_t bytes = 0;
+  uint32_t crc32c = 0;
+  std::string crc_hex() const;
+  nlohmann::json to_json() const;
+  static FileDigest from_json(const nlohmann::json& j, const std::string& what);
+};
+
 enum class DType { f32, f16, bf16 };
 const char* dtype_name(DType t);  // "float32" / "float16" / "bfloat16"
 int dtype_size(DType t);          // bytes per element
@@ -48,7 +58,7 @@ NpyHeader read_npy_header(const std::string& path, bool bf16_as_u2 = false);
 // Read a whole .npy into a float32 tensor (converting f16/bf16).
 Tensor read_npy(const std::string& path, bool bf16_as_u2 = false);
 
-// Write a float32 array as .npy version 1.0 ('<f4', C order). Written to path + ".tmp" then renamed.
+// Write a float32 array as .npy version 1.0 ('<f4', C order), atomically (write_text_file_atomic's protocol).
 void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape);
 inline void write_npy(const std::string& path, const Tensor& t) { write_npy(path, t.ptr(), t.shape); }
 
@@ -70,7 +80,8 @@ std::string npy_header_bytes(const std::string& descr, const std::vector<int64_t
 
 // Streams a C-order .npy (version 1.0) of a shape known up front: the header (npy_header_bytes) when
 // constructed, then the caller's raw little-endian bytes, in order. descr: "<f4", "<f2", "<u2", "<i4" or
-// "<i8". Written to `path` itself, not atomically (write into a temporary directory and commit it).
+// "<i8". Written to `path` itself, not atomically (write into a temporary directory and commit it);
+// close() fsyncs. Every write passes through the io failpoints.
 // Writing more bytes than the shape holds, or closing after fewer, is the caller's bug (MSAE_ASSERT);
 // I/O failures are runtime errors naming the file. Not thread-safe.
 class NpyWriter {
@@ -86,7 +97,7 @@ class NpyWriter {
 
  private:
   std::string path_;
-  std::FILE* f_ = nullptr;
+  int fd_ = -1;
   int64_t expected_ = 0, written_ = 0;
 };
 
@@ -149,9 +160,9 @@ struct TensorRef {
   const float* data = nullptr;
 };
 
-// Writes F32 tensors in the order given (data 8-byte aligned as the format requires), with metadata.
-// Written to path + ".tmp" then renamed.
-void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+// Writes F32 tensors in the order given (data 8-byte aligned as the format requires), with metadata,
+// atomically (write_text_file_atomic's protocol). Returns the digest of the file written.
+FileDigest write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
 // A JSON value (from a file header or config) rendered for an error message without recursion, so a
@@ -180,16 +191,98 @@ float json_float(const nlohmann::json& v, const std::string& what);    // a fini
 // ---------------------------------------------------------------------------------------------
 // File-system helpers.
 // ---------------------------------------------------------------------------------------------
-std::string read_text_file(const std::string& path);           // throws msae::Error if unreadable
-void write_text_file_atomic(const std::string& path, const std::string& text);  // tmp + rename
+std::string read_text_file(const std::string& path);  // throws msae::Error if unreadable
 bool path_exists(const std::string& path);
 bool is_directory(const std::string& path);
-// Replace `final_dir` with the fully written `tmp_dir` (rename; if final_dir exists it is removed
-// first, only when `overwrite`). Throws if final_dir exists and !overwrite.
-void commit_directory(const std::string& tmp_dir, const std::string& final_dir, bool overwrite);
+std::string without_trailing_slash(const std::string& path);  // "out/" -> "out" (siblings: "out" + ".tmp-...")
 void remove_all(const std::string& path);
 void create_directories(const std::string& path);
+
+// ---------------------------------------------------------------------------------------------
+// Durability (docs/reliability.md). Every operation below that changes the disk (open for writing,
+// write, fsync, rename, mkdir, remove) passes through a failpoint; with the environment variable
+// MSAE_FAILPOINT=N:ACTION the Nth such call of the process kills it (ACTION kill: SIGKILL, no clean-up)
+// or fails with EIO or ENOSPC, and MSAE_FAILPOINT_LOG=FILE appends "N OP PATH" for every call. The
+// failpoint walk of test_reliability uses both.
+// ---------------------------------------------------------------------------------------------
+// Returns 0 (go on) or the errno the operation must fail with; kills the process at a kill point.
+int failpoint(const char* op, const std::string& path);
+
+// CRC-32C (Castagnoli), incremental: crc32c(b, nb, crc32c(a, na)) == crc32c(a + b). The SSE4.2
+// instruction where the CPU has it; crc32c_portable is the table version (the same values).
+uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0);
+uint32_t crc32c_portable(const void* data, size_t n, uint32_t crc = 0);
+
+FileDigest digest_file(const std::string& path);
+// Throws msae::Error (runtime) naming the file and `recorded_in` when the file's digest differs.
+void verify_file(const std::string& path, const FileDigest& expected, const std::string& recorded_in);
+
+// `path` + ".tmp-PID-N": unique within and across processes; clean_leftovers knows the pattern.
+std::string temp_name(const std::string& path);
+// Writes the whole file under a temporary name beside `path`, fsyncs it, renames it over `path` and
+// fsyncs the directory: `path` holds its old content or all of the new, whatever fails and whenever.
+FileDigest write_text_file_atomic(const std::string& path, const std::string& text);
+void fsync_directory(const std::string& dir);
+void sync_tree(const std::string& dir);  // fsync every file and directory under `dir`, and `dir`
 // Renames a file or directory; throws msae::Error (runtime) naming both paths on failure.
 void rename_path(const std::string& from, const std::string& to);
+// Exchanges two existing paths atomically (renameat2 RENAME_EXCHANGE); false when the file system cannot.
+bool exchange_paths(const std::string& a, const std::string& b);
+// Makes the fully written `tmp_dir` the output `final_dir`: everything under it is fsynced first; a new
+// output is one rename, a replaced one (only with `overwrite`, else a usage error) one atomic exchange,
+// after which the old output is removed. Before that instant `final_dir` is the old output, untouched.
+void commit_directory(const std::string& tmp_dir, const std::string& final_dir, bool overwrite);
+
+// An exclusive lock on an output for the life of a run: flock on OUT.lock beside it, holding the
+// holder's pid, host, what it does and since when. A second msae on the same output is refused with
+// that line. Released (and the lock file removed) by the destructor; a killed holder's lock is free.
+class OutputLock {
+ public:
+  OutputLock() = default;
+  OutputLock(OutputLock&& o) noexcept;
+  OutputLock& operator=(OutputLock&& o) noexcept;
+  OutputLock(const OutputLock&) = delete;
+  OutputLock& operator=(const OutputLock&) = delete;
+  ~OutputLock();
+  void release() noexcept;
+  bool held() const { return fd_ >= 0; }
+
+ private:
+  friend OutputLock lock_output(const std::string& out, const std::string& what);
+  std::string path_;
+  int fd_ = -1;
+};
+std::string lock_path(const std::string& out);  // OUT.lock
+OutputLock lock_output(const std::string& out, const std::string& what);
+
+// What a crashed run left beside or in an output: msae's temporary names (OUT.tmp-*, OUT/*.tmp-*,
+// OUT/checkpoints/step-*.tmp-*) are removed, since they are incomplete by construction; an earlier
+// output that a run moved aside (OUT.replaced-*, OUT.old-*) and the state of a run that failed on its data
+// (OUT.failed-*) are kept and named. Call with the lock held.
+struct Leftovers {
+  std::vector<std::string> removed, kept;
+};
+Leftovers clean_leftovers(const std::string& out);
+void report_leftovers(const Leftovers& l);  // one log line for each
+
+// An append-only text file (metrics.jsonl): every append reaches the file before it returns (a crash
+// loses no line already appended, at most tears the last); sync() fsyncs; close() fsyncs and closes.
+class AppendFile {
+ public:
+  AppendFile() = default;
+  AppendFile(const std::string& path, bool truncate) { open(path, truncate); }
+  ~AppendFile();
+  void open(const std::string& path, bool truncate);
+  AppendFile(const AppendFile&) = delete;
+  AppendFile& operator=(const AppendFile&) = delete;
+  void append(const std::string& text);
+  void sync();
+  void close();
+  bool is_open() const { return fd_ >= 0; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
 
 }  // namespace msae::io

@@ -132,6 +132,7 @@ struct Result {
   eval::EvalReport eval;
   nlohmann::json final_metrics = nullptr;
   std::string eval_on;          // which rows were evaluated, in words ("4096 held-out rows [36864, 40960) of acts.npy")
+  std::string eval_error;       // why the final evaluation failed (the SAE is written regardless); empty if it did not
   int64_t eval_rows = 0;
   bool synthetic = false;
   std::string out;              // the directory written ("" when options.out is empty)

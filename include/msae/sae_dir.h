@@ -32,11 +32,13 @@ struct SaeDirectory {
   std::string format = "msae";
 };
 
-// Writes the SAE directory files (cfg.json, sae_weights.safetensors, msae.json = msae_json) into `dir`,
-// which must exist; each file is written under a temporary name and renamed. Atomic at the directory
-// level is the caller's job (write to a temporary directory, then io::commit_directory).
-void write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaeParams& params,
-                     const nlohmann::json& msae_json);
+// Writes the SAE directory files into `dir`, which must exist, each atomically: sae_weights.safetensors,
+// cfg.json, then msae.json = msae_json plus "files" (the weights' size and CRC-32C, verified by
+// read_sae_dir). Returns that "files" object. Atomic at the directory level is the caller's job (write to
+// a temporary directory, then io::commit_directory); in place, a crash between the files leaves a
+// directory that read_sae_dir refuses rather than one that loads as another SAE.
+nlohmann::json write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaeParams& params,
+                               const nlohmann::json& msae_json);
 // Reads an SAE directory (docs/interop.md), validating every shape and configuration field it uses:
 //  - msae's own output (SAELens layout + msae.json, or cfg.json metadata written by msae): the msae rule;
 //  - a SAELens directory from another trainer: cfg.json "architecture" jumprelu (tensor threshold (D)),

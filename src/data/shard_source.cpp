@@ -13,7 +13,10 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #endif
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -145,6 +148,49 @@ void convert_row(io::DType t, const unsigned char* src, float* dst, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Reads of a memory-mapped shard that another program truncates raise SIGBUS. Each row copy runs under a
+// guard: the handler jumps back out of it, and the reader reports the file by name instead of the
+// process dying without a word. A SIGBUS outside a guarded copy goes to the previous disposition.
+// ---------------------------------------------------------------------------------------------
+thread_local sigjmp_buf* t_bus_guard = nullptr;
+struct sigaction g_previous_bus {};
+
+void on_sigbus(int sig, siginfo_t* info, void* context) {
+  if (sigjmp_buf* jb = t_bus_guard) {
+    t_bus_guard = nullptr;
+    siglongjmp(*jb, 1);
+  }
+  if (g_previous_bus.sa_flags & SA_SIGINFO) {
+    if (g_previous_bus.sa_sigaction) return g_previous_bus.sa_sigaction(sig, info, context);
+  } else if (g_previous_bus.sa_handler != SIG_DFL && g_previous_bus.sa_handler != SIG_IGN && g_previous_bus.sa_handler) {
+    return g_previous_bus.sa_handler(sig);
+  }
+  ::signal(SIGBUS, SIG_DFL);
+  ::raise(SIGBUS);
+}
+
+void install_sigbus_guard() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;  // NODEFER: leaving by siglongjmp keeps SIGBUS unblocked
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &g_previous_bus);
+  });
+}
+
+// Copies one row out of a mapping under the guard; false if the mapping faulted (the file shrank).
+bool guarded_convert_row(io::DType t, const unsigned char* src, float* dst, int64_t d) {
+  sigjmp_buf jb;
+  if (sigsetjmp(jb, 0) != 0) return false;  // came back from on_sigbus
+  t_bus_guard = &jb;
+  convert_row(t, src, dst, d);
+  t_bus_guard = nullptr;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Shards
 // ---------------------------------------------------------------------------------------------
 struct Shard {
@@ -200,7 +246,16 @@ class ShardSet {
   // Converts global row `row` into dst (d).
   void read(int64_t row, float* dst) const {
     const Shard& s = shard_of(row);
-    convert_row(s.dtype, s.data + (row - s.first) * s.row_bytes(), dst, d);
+    const unsigned char* src = s.data + (row - s.first) * s.row_bytes();
+    if (!s.map) {
+      convert_row(s.dtype, src, dst, d);
+    } else if (!guarded_convert_row(s.dtype, src, dst, d)) {
+      struct stat st {};
+      const bool gone = ::stat(s.path.c_str(), &st) != 0;
+      runtime_error(where(row), ": the file ", gone ? "is gone and " : "", "became shorter while it was being read (",
+                    gone ? "" : cat("now ", st.st_size, " bytes, "), s.map_size, " when it was opened): was it truncated ",
+                    "or rewritten during the run? Data files must not change while msae reads them");
+    }
   }
   std::string where(int64_t row) const {
     const Shard& s = shard_of(row);
@@ -291,6 +346,7 @@ void map_file(Shard& s, int64_t offset, int64_t expected_end) {
       }
       s.map = p;
       s.map_size = static_cast<size_t>(size);
+      install_sigbus_guard();
     }
     std::fclose(f);
   }

@@ -1,8 +1,10 @@
 // .npy reader/writer, memory-mapped row access, and the float16/bfloat16 conversions.
 // Format reference: numpy/lib/format.py. A file is: magic "\x93NUMPY", major, minor, a little-endian
 // header length (u16 for 1.0, u32 for 2.0/3.0), a Python-literal dict header, then raw C-order data.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -13,19 +15,12 @@
 
 #include "core/half.h"
 #include "msae/io.h"
+#include "io/detail.h"
 
 // Every reader assumes the host is little-endian, like the files it reads.
 static_assert(std::endian::native == std::endian::little, "msae io assumes a little-endian host");
 
 namespace msae::io {
-
-// Private io helpers, defined in fs.cpp.
-namespace detail {
-int open_read(const std::string& path, int64_t& size);
-void close_fd(int fd) noexcept;
-void pread_exact(int fd, int64_t offset, void* dst, int64_t n, const std::string& path);
-void write_file_atomic(const std::string& path, const std::vector<std::pair<const void*, size_t>>& chunks);
-}  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
 // dtypes and conversions
@@ -572,33 +567,41 @@ NpyWriter::NpyWriter(const std::string& path, const std::string& descr, const st
     : path_(path) {
   expected_ = npy_item_size(descr) * numel(shape);
   const std::string prefix = npy_header_bytes(descr, shape);
-  f_ = std::fopen(path.c_str(), "wb");
-  if (!f_) runtime_error(path, ": cannot create (", std::strerror(errno), ")");
-  if (std::fwrite(prefix.data(), 1, prefix.size(), f_) != prefix.size()) {
-    std::fclose(f_);
-    f_ = nullptr;
-    runtime_error(path, ": write failed (disk full?)");
+  fd_ = detail::open_new(path, O_WRONLY | O_CREAT | O_TRUNC);
+  if (fd_ < 0) runtime_error(path, ": cannot create (", std::strerror(errno), ")");
+  try {
+    detail::write_all(fd_, prefix.data(), prefix.size(), path);
+  } catch (...) {
+    ::close(fd_);
+    fd_ = -1;
+    throw;
   }
 }
 
 NpyWriter::~NpyWriter() {
-  if (f_) std::fclose(f_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void NpyWriter::write(const void* data, size_t bytes) {
-  MSAE_ASSERT(f_, "npy writer: write after close of ", path_);
+  MSAE_ASSERT(fd_ >= 0, "npy writer: write after close of ", path_);
   MSAE_ASSERT(static_cast<int64_t>(bytes) <= expected_ - written_, "npy writer: ", path_, ": writing ", bytes,
               " bytes after ", written_, " of the ", expected_, " promised");
-  if (bytes && std::fwrite(data, 1, bytes, f_) != bytes) runtime_error(path_, ": write failed (disk full?)");
+  if (bytes) detail::write_all(fd_, data, bytes, path_);
   written_ += static_cast<int64_t>(bytes);
 }
 
 void NpyWriter::close() {
-  MSAE_ASSERT(f_, "npy writer: ", path_, " closed twice");
+  MSAE_ASSERT(fd_ >= 0, "npy writer: ", path_, " closed twice");
   MSAE_ASSERT(written_ == expected_, "npy writer: ", path_, ": wrote ", written_, " bytes, promised ", expected_);
-  const int rc = std::fclose(f_);
-  f_ = nullptr;
-  if (rc != 0) runtime_error(path_, ": write failed on close");
+  const int fd = fd_;
+  fd_ = -1;
+  try {
+    detail::fsync_fd(fd, path_);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (::close(fd) != 0) runtime_error(path_, ": write failed on close: ", std::strerror(errno));
 }
 
 }  // namespace msae::io

@@ -9,16 +9,9 @@
 #include <nlohmann/json.hpp>
 
 #include "msae/io.h"
+#include "io/detail.h"
 
 namespace msae::io {
-
-// Private io helpers, defined in fs.cpp.
-namespace detail {
-int open_read(const std::string& path, int64_t& size);
-void close_fd(int fd) noexcept;
-void pread_exact(int fd, int64_t offset, void* dst, int64_t n, const std::string& path);
-void write_file_atomic(const std::string& path, const std::vector<std::pair<const void*, size_t>>& chunks);
-}  // namespace detail
 
 namespace {
 
@@ -275,8 +268,8 @@ std::vector<SafetensorsEntry> read_safetensors_index(const std::string& path) {
   return out;
 }
 
-void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+FileDigest write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+                             const std::map<std::string, std::string>& metadata) {
   // ordered_json keeps the header in the order given, matching the data order.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -299,7 +292,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
   for (int i = 0; i < 8; ++i) head[i] = static_cast<char>((static_cast<uint64_t>(text.size()) >> (8 * i)) & 0xff);
   head += text;
   chunks[0] = {head.data(), head.size()};
-  detail::write_file_atomic(path, chunks);
+  return detail::write_file_atomic(path, chunks);
 }
 
 }  // namespace msae::io

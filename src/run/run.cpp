@@ -21,11 +21,6 @@ using nlohmann::json;
 
 constexpr int64_t kNormSampleRows = 262144;  // rows sampled to estimate the expected-norm scale
 
-std::string strip_slashes(std::string p) {
-  while (p.size() > 1 && p.back() == '/') p.pop_back();  // "DIR/" names DIR
-  return p;
-}
-
 // Keeps the lines of metrics.jsonl up to `step` (a resumed run rewrites what came after its checkpoint).
 void truncate_metrics(const std::string& path, int64_t step) {
   std::string kept;
@@ -129,13 +124,22 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   Options o = given;
   // ---- resume: the run's own options come from its checkpoint
   std::optional<train::Checkpoint> ckpt;
-  std::string out = strip_slashes(o.text("out"));
+  std::string out = io::without_trailing_slash(o.text("out"));
+  // The output is this run's alone from here to the end: a second msae on it is refused, and what a
+  // crashed run left there is cleaned up (docs/reliability.md).
+  io::OutputLock lock;
+  auto take_output = [&](const std::string& dir) {
+    lock = io::lock_output(dir, o.given("resume") ? "msae train --resume" : "msae train");
+    io::report_leftovers(io::clean_leftovers(dir));
+  };
+  if (o.given("resume")) take_output(io::without_trailing_slash(o.text("resume")));
+  else if (!out.empty()) take_output(out);
   if (o.given("resume")) {
     for (const auto& [key, value] : o.given_json().items())
       if (key != "resume" && key != "threads")
         usage_error(opt("resume"), " continues a run with the options it was started with (recorded in its checkpoint); ",
                     "drop ", opt(key), " (only ", opt("threads"), " may be given, and bit-identical results need the same count)");
-    const std::string dir = strip_slashes(o.text("resume"));
+    const std::string dir = io::without_trailing_slash(o.text("resume"));
     ckpt = train::read_checkpoint(dir);
     const bool threads_given = o.given("threads");
     const int64_t threads = o.integer("threads");
@@ -349,6 +353,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   // written (and puts it back if the run fails before its first checkpoint), so a failure never leaves the
   // user without an SAE they had.
   std::string replaced;
+  const bool out_existed = writes && io::path_exists(out);
   if (writes && !live) {
     io::remove_all(work_dir);
     io::create_directories(work_dir);
@@ -380,11 +385,8 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   };
   const std::string metrics_path = work_dir + "/metrics.jsonl";
   if (ckpt) truncate_metrics(metrics_path, start);
-  std::ofstream metrics;
-  if (writes) {
-    metrics.open(metrics_path, ckpt ? std::ios::app : std::ios::trunc);
-    if (!metrics) runtime_error("cannot write ", metrics_path);
-  }
+  io::AppendFile metrics;
+  if (writes) metrics.open(metrics_path, !ckpt);
 
   Timer clock;
   double checkpoint_seconds = 0.0;
@@ -409,18 +411,24 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     line["dead_fraction"] = static_cast<double>(s.n_dead) / static_cast<double>(cfg.d_sae);
     line["threshold"] = std::as_const(trainer).params().threshold;
     line["grad_norm"] = trainer.last_grad_norm();
-    if (writes) {
-      metrics << line.dump() << "\n";
-      metrics.flush();
-    }
+    if (writes) metrics.append(line.dump() + "\n");
     if (cb.log) cb.log(line);
   };
 
   LoopHooks hooks;
+  // A data read fault (a file truncated, changed or unreadable mid-run) ends the loop like the end of the
+  // data: the state so far is saved as for an interrupt, then the error is reported (exit 1).
+  std::exception_ptr data_fault;
   if (source)
     hooks.next_batch = [&](float* x) {
-      source->next_batch(batch, x);
-      return true;
+      try {
+        source->next_batch(batch, x);
+        return true;
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::runtime) throw;
+        data_fault = std::current_exception();
+        return false;
+      }
     };
   else
     hooks.next_batch = [&](float* x) { return in.stream(x, batch); };
@@ -433,6 +441,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   if (live)
     hooks.checkpoint = [&](int64_t done) {
       const Timer ct;
+      metrics.sync();  // the lines up to this step are on disk before the checkpoint that resumes after them
       train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(seconds_before + clock.seconds()), keep);
       checkpoint_seconds += ct.seconds();
     };
@@ -445,15 +454,19 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   LoopResult lr;
   try {
     run_loop(trainer, spec, interval, hooks, lr);
-    if (lr.data_ended && lr.done == 0)
+    if (data_fault && lr.done == start) std::rethrow_exception(data_fault);  // nothing trained: nothing to save
+    if (lr.data_ended && lr.done == 0 && !data_fault)
       usage_error(opt("data"), ": the stream ended before one batch of ", batch, " rows; nothing to train on (lower ",
                   opt("batch"), ")");
-    if (lr.data_ended && interval.steps > 0) {  // the stream ended between two logging points
+    if (lr.data_ended && interval.steps > 0 && !data_fault) {  // the stream ended between two logging points
       log_line(lr.done, interval, last);
       interval = train::MetricsInterval{};
     }
   } catch (...) {
-    if (writes) metrics.close();
+    try {
+      metrics.close();
+    } catch (const std::exception&) {
+    }
     if (writes && !live) io::remove_all(work_dir);
     keep_previous();
     throw;
@@ -462,9 +475,22 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   const double session_seconds = clock.seconds();
   const double train_seconds = seconds_before + session_seconds;
   const int64_t done = lr.done;
-  const bool completed = !lr.interrupted;
+  const bool completed = !lr.interrupted && !data_fault;
   const data::DataStats dstats = source ? source->stats() : data::DataStats{};
-  if (!completed) {
+  if (data_fault) {
+    std::string what;
+    try {
+      std::rethrow_exception(data_fault);
+    } catch (const Error& e) {
+      what = e.what();
+    }
+    // The state is saved unless that would displace an earlier output (a live run with --overwrite keeps
+    // the earlier output aside and its own periodic checkpoints, see keep_previous).
+    const bool save = writes && source && replaced.empty();
+    log_warn(cat(what, "; training stopped after ", done, " of ", steps, " steps",
+                 save ? "; saving a checkpoint and the SAE as they are" : ""));
+    if (save) train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(train_seconds), keep);
+  } else if (!completed) {
     log_warn(cat("interrupted after ", done, " of ", steps, " steps",
                  writes ? cat("; saving a checkpoint and the SAE as it is (continue with: ", opt("resume"), " ", out, ")")
                         : ""));
@@ -520,71 +546,97 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   training["schedule"] = schedule_json(topt);
   // ---- the SAE goes to disk before the final evaluation (which takes minutes at large D, and may be cut
   // short by a scheduler's SIGTERM then SIGKILL); msae.json gains the evaluation once it is done.
-  if (writes) {
+  // A run that failed on its data does not replace an earlier output: its state goes beside it (or, in
+  // a run that lives in `out`, stays in out's checkpoints while the earlier output stays aside).
+  const std::string target = data_fault && !live && out_existed ? cat(out, ".failed-", getpid()) : out;
+  if (writes && data_fault && !replaced.empty()) {
+    keep_previous();
+  } else if (writes) {
     try {
-      saedir::write_sae_files(work_dir, cfg, res.params, res.msae_json);
-      if (!live) io::commit_directory(work_dir, out, o.flag("overwrite"));
+      res.msae_json["files"] = saedir::write_sae_files(work_dir, cfg, res.params, res.msae_json);
+      if (!live) io::commit_directory(work_dir, target, o.flag("overwrite"));
     } catch (...) {
       if (!live) io::remove_all(work_dir);
       keep_previous();
       throw;
     }
     if (!replaced.empty()) io::remove_all(replaced);
-    res.out = out;
-    say(cb, cat("wrote ", out, completed ? " (the final evaluation follows)" : ""));
+    res.out = target;
+    say(cb, cat("wrote ", target, completed ? " (the final evaluation follows)" : ""));
+  }
+  if (data_fault) {
+    try {
+      std::rethrow_exception(data_fault);
+    } catch (const Error& e) {
+      if (!writes || !train::has_checkpoint(target)) throw;
+      runtime_error(e.what(), "; the run's last checkpoint is in ", target, " (", opt("resume"), " ", target,
+                    " continues it once the data is whole again)");
+    }
   }
 
   // ---- final evaluation (inference encoding at the learned threshold) on raw activations the run did
   // not train on. Skipped for an interrupted run: a signal asks to stop soon (schedulers follow SIGTERM
   // with SIGKILL), and at large D it takes minutes; `msae eval` gives the figures on demand.
-  std::unique_ptr<data::ActivationSource> eval_source;
-  if (completed) {
-    data::DataOptions eo = data_options(o, false, 0);
-    if (synthetic) {
-      eval_source = data::open_synthetic(synthetic_eval_seed(seed));
-      res.eval_on = "held-out synthetic rows (another seed of the generator)";
-    } else if (in.eval_array) {
-      if (in.eval_array_d != d)
-        usage_error("the held-out rows (", in.eval_array_name, ") have width ", in.eval_array_d, " but the training data has ", d);
-      eval_source = data::open_array(in.eval_array, in.eval_array_rows, in.eval_array_d, in.eval_array_name, eo);
-      res.eval_on = cat("held-out rows of ", in.eval_array_name);
-    } else if (!eval_data.empty()) {
-      eval_source = data::open_data(eval_data, eo);
-      if (eval_source->d() != d)
-        usage_error(opt("eval_data"), " ", eval_data, " has width ", eval_source->d(), " but the training data has ", d);
-      res.eval_on = cat("rows of ", eval_data, " (", opt("eval_data"), ")");
-    } else if (holdout > 0) {
-      eo.row_begin = total_rows - holdout;
-      eval_source = open_file_data(eo);
-      res.eval_on = cat("held-out rows [", total_rows - holdout, ", ", total_rows, ") of ", data_name,
-                        " (training read only the rows before them)");
-    } else if (!stream) {
-      eval_source = open_file_data(eo);
-      res.eval_on = cat("rows of ", data_name, " that training also read (", opt("holdout_rows"), " 0)");
+  // The SAE is on disk already: a failing evaluation (the data deleted or changed under the run, say)
+  // is reported and recorded, and the run still ends with its SAE.
+  try {
+    std::unique_ptr<data::ActivationSource> eval_source;
+    if (completed) {
+      data::DataOptions eo = data_options(o, false, 0);
+      if (synthetic) {
+        eval_source = data::open_synthetic(synthetic_eval_seed(seed));
+        res.eval_on = "held-out synthetic rows (another seed of the generator)";
+      } else if (in.eval_array) {
+        if (in.eval_array_d != d)
+          usage_error("the held-out rows (", in.eval_array_name, ") have width ", in.eval_array_d, " but the training data has ", d);
+        eval_source = data::open_array(in.eval_array, in.eval_array_rows, in.eval_array_d, in.eval_array_name, eo);
+        res.eval_on = cat("held-out rows of ", in.eval_array_name);
+      } else if (!eval_data.empty()) {
+        eval_source = data::open_data(eval_data, eo);
+        if (eval_source->d() != d)
+          usage_error(opt("eval_data"), " ", eval_data, " has width ", eval_source->d(), " but the training data has ", d);
+        res.eval_on = cat("rows of ", eval_data, " (", opt("eval_data"), ")");
+      } else if (holdout > 0) {
+        eo.row_begin = total_rows - holdout;
+        eval_source = open_file_data(eo);
+        res.eval_on = cat("held-out rows [", total_rows - holdout, ", ", total_rows, ") of ", data_name,
+                          " (training read only the rows before them)");
+      } else if (!stream) {
+        eval_source = open_file_data(eo);
+        res.eval_on = cat("rows of ", data_name, " that training also read (", opt("holdout_rows"), " 0)");
+      }
     }
-  }
-  if (eval_source) {
-    res.eval_rows = eval_source->rows() > 0 ? std::min(eval_source->rows(), eval_rows_cap) : eval_rows_cap;
-    res.eval = eval::evaluate(cfg, res.params, *eval_source, res.eval_rows);
-    res.evaluated = true;
-    res.final_metrics = eval::to_json(res.eval);
-    res.final_metrics["evaluated_on"] = res.eval_on;
-    res.final_metrics["evaluated_rows"] = res.eval_rows;
-    res.final_metrics["quality"] = sae_quality(cfg, res.eval, done, last_train_fvu);
-    if (synthetic) {
-      const synth::PlantedDictionary truth = synth::make_planted(synth::default_planted_config());
-      const eval::RecoveryReport rec = eval::score_recovery(truth.directions, res.params.W_dec.ptr(), cfg.d_sae);
-      res.final_metrics["recovery"] = {{"mean_max_cosine", rec.mean_max_cosine},
-                                       {"frac_recovered_cos_0.9", rec.frac_recovered},
-                                       {"mcc", rec.mcc}};
+    if (eval_source) {
+      res.eval_rows = eval_source->rows() > 0 ? std::min(eval_source->rows(), eval_rows_cap) : eval_rows_cap;
+      res.eval = eval::evaluate(cfg, res.params, *eval_source, res.eval_rows);
+      res.evaluated = true;
     }
+    if (res.evaluated) {
+      res.final_metrics = eval::to_json(res.eval);
+      res.final_metrics["evaluated_on"] = res.eval_on;
+      res.final_metrics["evaluated_rows"] = res.eval_rows;
+      res.final_metrics["quality"] = sae_quality(cfg, res.eval, done, last_train_fvu);
+      if (synthetic) {
+        const synth::PlantedDictionary truth = synth::make_planted(synth::default_planted_config());
+        const eval::RecoveryReport rec = eval::score_recovery(truth.directions, res.params.W_dec.ptr(), cfg.d_sae);
+        res.final_metrics["recovery"] = {{"mean_max_cosine", rec.mean_max_cosine},
+                                         {"frac_recovered_cos_0.9", rec.frac_recovered},
+                                         {"mcc", rec.mcc}};
+      }
+    }
+  } catch (const Error& e) {
+    res.evaluated = false;
+    res.eval_error = e.what();
+    res.msae_json["final_evaluation_error"] = res.eval_error;
+    log_warn(cat("the final evaluation failed: ", e.what(), writes ? cat("; the SAE is written (", opt("out"), " ", target,
+                                                                       "): msae eval gives its figures") : ""));
+    if (writes) io::write_text_file_atomic(target + "/msae.json", res.msae_json.dump(2) + "\n");
   }
-
   if (res.evaluated) {
     res.msae_json["final_metrics"] = res.final_metrics;
-    if (writes) io::write_text_file_atomic(out + "/msae.json", res.msae_json.dump(2) + "\n");
+    if (writes) io::write_text_file_atomic(target + "/msae.json", res.msae_json.dump(2) + "\n");
   }
-  if (writes) write_run_report(out, res);
+  if (writes) write_run_report(target, res);
   return res;
 }
 

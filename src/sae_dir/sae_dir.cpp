@@ -353,18 +353,25 @@ void variant_config_from_json(const json& v, SaeConfig& c) {
   c.l1_warmup_steps = v.value("l1_warmup_steps", int64_t{0});
 }
 
-void write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaeParams& p, const json& msae_json) {
+json write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaeParams& p, const json& msae_json) {
   const Tensor W_enc = transposed(p.W_enc_t.ptr(), p.D, p.d);  // (d, D)
   const Tensor threshold({p.D}, p.threshold);
-  io::write_safetensors(dir + "/sae_weights.safetensors",
-                        {{"W_enc", {p.d, p.D}, W_enc.ptr()},
-                         {"W_dec", {p.D, p.d}, p.W_dec.ptr()},
-                         {"b_enc", {p.D}, p.b_enc.ptr()},
-                         {"b_dec", {p.d}, p.b_dec.ptr()},
-                         {"threshold", {p.D}, threshold.ptr()}},
-                        {{"format", "pt"}});
+  json files = json::object();
+  files["sae_weights.safetensors"] = io::write_safetensors(dir + "/sae_weights.safetensors",
+                                                           {{"W_enc", {p.d, p.D}, W_enc.ptr()},
+                                                            {"W_dec", {p.D, p.d}, p.W_dec.ptr()},
+                                                            {"b_enc", {p.D}, p.b_enc.ptr()},
+                                                            {"b_dec", {p.d}, p.b_dec.ptr()},
+                                                            {"threshold", {p.D}, threshold.ptr()}},
+                                                           {{"format", "pt"}})
+                                         .to_json();
   io::write_text_file_atomic(dir + "/cfg.json", saelens_cfg(cfg).dump(2) + "\n");
-  io::write_text_file_atomic(dir + "/msae.json", msae_json.dump(2) + "\n");
+  // msae.json last, with the weights' digest: a directory caught between two of these renames (new
+  // weights beside an older msae.json) is refused when read instead of loading as a different SAE.
+  json m = msae_json;
+  m["files"] = files;
+  io::write_text_file_atomic(dir + "/msae.json", m.dump(2) + "\n");
+  return files;
 }
 
 SaeDirectory read_sae_dir(const std::string& dir) {
@@ -385,6 +392,13 @@ SaeDirectory read_sae_dir(const std::string& dir) {
       if (field(saelens, "d_sae") && int_field(saelens, "d_sae", 0, cfg_file) != D)
         runtime_error(cfg_file, ": d_sae is ", int_field(saelens, "d_sae", 0, cfg_file), " but W_enc has d_sae ", D);
       out.msae_json = read_json_if_present(dir + "/msae.json");
+      if (saelens.empty() && out.msae_json.empty())
+        runtime_error(dir, ": sae_weights.safetensors without cfg.json or msae.json, which say what SAE it is ",
+                      "(an interrupted write, or files copied without them)");
+      if (const json* files = field(out.msae_json, "files"); files && field(*files, "sae_weights.safetensors"))
+        io::verify_file(weights, io::FileDigest::from_json(files->at("sae_weights.safetensors"),
+                                                           dir + "/msae.json: files.sae_weights.safetensors"),
+                        dir + "/msae.json");
       const json* meta = field(saelens, "metadata");
       const bool written_by_msae = field(out.msae_json, "config") || saelens.empty() ||
                                    (meta && (field(*meta, "msae_arch") || field(*meta, "matryoshka_group_sizes")));

@@ -18,6 +18,7 @@ namespace stdfs = std::filesystem;
 namespace {
 
 constexpr int kCheckpointFormat = 1;
+constexpr const char* kDigestFile = "digest.json";  // sizes and CRC-32C of state.json and state.safetensors
 
 std::string step_name(int64_t step) {
   char buf[48];
@@ -46,6 +47,24 @@ Tensor take(io::SafetensorsFile& f, const std::string& file, const std::string& 
   return std::move(it->second);
 }
 
+// The complete checkpoints of a run, newest first (temporary names are never complete).
+std::vector<std::string> checkpoint_names(const std::string& run_dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : stdfs::directory_iterator(run_dir + "/checkpoints", ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos && e.is_directory(ec)) names.push_back(n);
+  }
+  std::sort(names.rbegin(), names.rend());
+  return names;
+}
+
+std::string join(const std::vector<std::string>& parts, const std::string& sep) {
+  std::string out;
+  for (const std::string& p : parts) out += (out.empty() ? "" : sep) + p;
+  return out;
+}
+
 }  // namespace
 
 std::string write_checkpoint(const std::string& run_dir, int64_t step, const Trainer& trainer, const json& extra,
@@ -54,8 +73,7 @@ std::string write_checkpoint(const std::string& run_dir, int64_t step, const Tra
   io::create_directories(root);
   const std::string name = step_name(step);
   const std::string final_dir = root + "/" + name;
-  const std::string tmp = cat(final_dir, ".tmp-", getpid());
-  io::remove_all(tmp);
+  const std::string tmp = io::temp_name(final_dir);
   io::create_directories(tmp);
 
   const SaeParams& p = trainer.params();
@@ -64,7 +82,8 @@ std::string write_checkpoint(const std::string& run_dir, int64_t step, const Tra
   const SaeGrads& m = opt.m.W_dec.data.empty() ? zeros : opt.m;
   const SaeGrads& v = opt.v.W_dec.data.empty() ? zeros : opt.v;
   const int64_t d = p.d, D = p.D;
-  io::write_safetensors(tmp + "/state.safetensors",
+  json digests = json::object();
+  digests["state.safetensors"] = io::write_safetensors(tmp + "/state.safetensors",
                         {{"W_enc_t", {D, d}, p.W_enc_t.ptr()},
                          {"W_dec", {D, d}, p.W_dec.ptr()},
                          {"b_enc", {D}, p.b_enc.ptr()},
@@ -77,7 +96,7 @@ std::string write_checkpoint(const std::string& run_dir, int64_t step, const Tra
                          {"adam_v.W_dec", {D, d}, v.W_dec.ptr()},
                          {"adam_v.b_enc", {D}, v.b_enc.ptr()},
                          {"adam_v.b_dec", {d}, v.b_dec.ptr()}},
-                        {{"format", "msae-checkpoint"}});
+                        {{"format", "msae-checkpoint"}}).to_json();
   const json state = {{"format", "msae-checkpoint"},
                       {"format_version", kCheckpointFormat},
                       {"msae_version", version_string()},
@@ -90,40 +109,90 @@ std::string write_checkpoint(const std::string& run_dir, int64_t step, const Tra
                       {"threshold_bits", float_bits(p.threshold)},
                       {"n_inactive", trainer.latent_state().n_inactive},
                       {"extra", extra}};
-  io::write_text_file_atomic(tmp + "/state.json", state.dump() + "\n");
+  digests["state.json"] = io::write_text_file_atomic(tmp + "/state.json", state.dump() + "\n").to_json();
+  // Written last: a checkpoint is verified against it when read (a flipped bit resumes nothing).
+  io::write_text_file_atomic(tmp + "/" + kDigestFile, digests.dump(1) + "\n");
+  io::fsync_directory(tmp);
 
-  // Publish: rename the directory into place, then point `latest` at it (both atomic).
-  io::remove_all(final_dir);
-  std::error_code ec;
-  stdfs::rename(tmp, final_dir, ec);
-  if (ec) runtime_error(final_dir, ": cannot rename ", tmp, " into place: ", ec.message());
+  // Publish: the directory takes its name in one rename, or, when a checkpoint of this step is already
+  // there (a resumed run writes its step again), in one exchange with it; only then is the old one
+  // removed. `latest` is replaced atomically after. At every instant each step-N name is a complete
+  // checkpoint, and `latest` names one (read_checkpoint also finds them without it).
+  if (io::path_exists(final_dir)) {
+    if (!io::exchange_paths(tmp, final_dir)) {
+      const std::string aside = io::temp_name(final_dir);
+      io::rename_path(final_dir, aside);
+      io::rename_path(tmp, final_dir);
+      io::remove_all(aside);
+    } else {
+      io::remove_all(tmp);
+    }
+  } else {
+    io::rename_path(tmp, final_dir);
+  }
+  io::fsync_directory(root);
   io::write_text_file_atomic(root + "/latest", name + "\n");
 
-  // Keep the newest `keep` complete checkpoints; remove leftovers of interrupted writes of this process.
-  std::vector<std::string> names;
-  for (const auto& e : stdfs::directory_iterator(root, ec)) {
-    const std::string n = e.path().filename().string();
-    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp-") == std::string::npos) names.push_back(n);
-  }
-  std::sort(names.begin(), names.end());
-  for (size_t i = 0; i + static_cast<size_t>(std::max(keep, 1)) < names.size(); ++i)
+  // Keep the newest `keep` complete checkpoints.
+  const std::vector<std::string> names = checkpoint_names(run_dir);  // newest first
+  for (size_t i = static_cast<size_t>(std::max(keep, 1)); i < names.size(); ++i)
     if (names[i] != name) io::remove_all(root + "/" + names[i]);
   return final_dir;
 }
 
-bool has_checkpoint(const std::string& run_dir) { return io::path_exists(run_dir + "/checkpoints/latest"); }
+namespace {
+
+Checkpoint read_one(const std::string& dir);
+
+}  // namespace
+
+bool has_checkpoint(const std::string& run_dir) {
+  return io::path_exists(run_dir + "/checkpoints/latest") || !checkpoint_names(run_dir).empty();
+}
 
 Checkpoint read_checkpoint(const std::string& run_dir) {
   const std::string latest = run_dir + "/checkpoints/latest";
-  if (!io::path_exists(latest))
+  std::vector<std::string> names = checkpoint_names(run_dir);
+  if (names.empty() && !io::path_exists(latest))
     runtime_error(run_dir, ": no checkpoint (", latest, " is missing); --resume needs the --out directory of a run ",
                   "that wrote checkpoints (--checkpoint-every N, or one interrupted by SIGINT/SIGTERM)");
-  std::string name = io::read_text_file(latest);
-  while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' ')) name.pop_back();
-  if (name.rfind("step-", 0) != 0 || name.find('/') != std::string::npos || name.find("..") != std::string::npos)
-    runtime_error(latest, ": expected a checkpoint name like step-0000000100, found '", name, "'");
+  // The newest complete checkpoint that verifies; `latest` names it unless a crash came between a
+  // checkpoint's rename and the rewrite of `latest`, or the newest one is damaged.
+  std::vector<std::string> failures;
+  if (io::path_exists(latest)) {
+    std::string name = io::read_text_file(latest);
+    while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' ')) name.pop_back();
+    if (name.rfind("step-", 0) != 0 || name.find('/') != std::string::npos || name.find("..") != std::string::npos)
+      failures.push_back(cat(latest, ": expected a checkpoint name like step-0000000100, found '", name, "'"));
+    else if (std::find(names.begin(), names.end(), name) == names.end())
+      failures.push_back(cat(latest, " names ", name, ", which is missing"));
+  }
+  for (const std::string& name : names) {
+    try {
+      Checkpoint c = read_one(run_dir + "/checkpoints/" + name);
+      if (!failures.empty())
+        log_warn(cat("resuming from ", c.path, ", the newest usable checkpoint, because: ", join(failures, "; ")));
+      return c;
+    } catch (const Error& e) {
+      failures.push_back(e.what());
+    }
+  }
+  runtime_error(run_dir, ": no usable checkpoint: ", join(failures, "; "));
+}
+
+namespace {
+
+Checkpoint read_one(const std::string& dir) {
   Checkpoint c;
-  c.path = run_dir + "/checkpoints/" + name;
+  c.path = dir;
+  const std::string digest_file = c.path + "/" + kDigestFile;
+  if (io::path_exists(digest_file)) {  // checkpoints of msae before 0.3 have none
+    const json digests = io::parse_json_file_text(io::read_text_file(digest_file), digest_file);
+    for (const char* f : {"state.json", "state.safetensors"}) {
+      if (!digests.is_object() || !digests.contains(f)) runtime_error(digest_file, ": no digest of ", f);
+      io::verify_file(c.path + "/" + f, io::FileDigest::from_json(digests.at(f), cat(digest_file, ": ", f)), digest_file);
+    }
+  }
   const std::string state_file = c.path + "/state.json";
   const json state = io::parse_json_file_text(io::read_text_file(state_file), state_file);
   int64_t d = 0, D = 0;
@@ -170,5 +239,7 @@ Checkpoint read_checkpoint(const std::string& run_dir) {
   }
   return c;
 }
+
+}  // namespace
 
 }  // namespace msae::train
