@@ -272,7 +272,7 @@ class CliDirectory(unittest.TestCase):
         # `msae eval` on the same rows (the same thread count: the codes do not depend on it, but this
         # test should not rely on that).
         cli = json.loads(subprocess.run(
-            [BINARY, "eval", "--sae", Fixture.cli_dir, "--data", Fixture.npy, "--threads", str(msae.num_threads())],
+            [BINARY, "eval", "--json", "--sae", Fixture.cli_dir, "--data", Fixture.npy, "--threads", str(msae.num_threads())],
             check=True, capture_output=True, text=True).stdout)
         for key in ("sae", "data", "arch", "format"):
             del cli[key]
