@@ -31,8 +31,11 @@ namespace {
 // A checkpoint's run identity against this run's. Floats compare as float32: msae before json_number
 // (core.h) wrote 0.95f as 0.949999988079071, now 0.95; both are the same float.
 bool same_identity(const nlohmann::json& a, const nlohmann::json& b) {
-  if (a.is_number_float() || b.is_number_float())
-    return a.is_number() && b.is_number() && static_cast<float>(a.get<double>()) == static_cast<float>(b.get<double>());
+  if (a.is_number() && b.is_number()) {  // (a checkpoint reads 5 back unsigned; this run holds it signed)
+    if (a.is_number_float() || b.is_number_float())
+      return static_cast<float>(a.get<double>()) == static_cast<float>(b.get<double>());
+    return a == b;
+  }
   if (a.type() != b.type() || a.size() != b.size()) return false;
   if (a.is_object()) {
     for (auto it = a.begin(); it != a.end(); ++it)

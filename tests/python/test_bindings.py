@@ -297,7 +297,8 @@ class CliDirectory(unittest.TestCase):
         fired = (self.sae.encode(x) > 0).mean(0)
         self.assertAlmostEqual(got["dead_fraction"], (fired < 1e-7).mean(), places=12)
         self.assertAlmostEqual(got["dense_fraction"], (fired > 0.1).mean(), places=12)
-        self.assertEqual(got["threshold"], self.sae.threshold)
+        # The JSON holds the float32 threshold as its shortest decimal (json_number, core.h): the same float32.
+        self.assertEqual(np.float32(got["threshold"]), np.float32(self.sae.threshold))
         # rows: the leading rows only
         head = msae.evaluate(self.sae, x, rows=1000)
         self.assertEqual(head["rows"], 1000)
