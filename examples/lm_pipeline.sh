@@ -27,7 +27,7 @@ for arch in matryoshka batchtopk; do
   $MSAE train --data "$OUT/acts" --arch $arch --d-sae "$D_SAE" --k "$K" --batch 4096 \
     --tokens "$TRAIN_TOKENS" --out "$OUT/$arch" --overwrite > "$OUT/train_$arch.txt"
   $MSAE eval --sae "$OUT/$arch" --model "$MODEL" --text $(cat "$CORPUS/heldout.txt") --layer "$LAYER" \
-    --site resid_pre --ctx 128 --max-tokens "$EVAL_TOKENS" > "$OUT/ce_$arch.json"
+    --site resid_pre --ctx 128 --max-tokens "$EVAL_TOKENS" --json > "$OUT/ce_$arch.json"
 done
 $MSAE absorption --sae "$OUT/matryoshka" "$OUT/batchtopk" --model "$MODEL" --layer "$LAYER" --site resid_pre \
   --max-words "$WORDS" > "$OUT/absorption.json"

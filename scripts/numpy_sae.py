@@ -7,7 +7,7 @@ and prints the figures `msae eval` prints for the same data (docs/interop.md):
 
     scripts/numpy_sae.py --sae DIR --data X.npy [--rows N] [--bf16] [--compare EVAL.json]
 
---compare reads the JSON `msae eval --sae DIR --data X.npy` wrote and exits 1 unless every figure agrees
+--compare reads the JSON `msae eval --json --sae DIR --data X.npy` wrote and exits 1 unless every figure agrees
 within the tolerances below (the measured agreement is far tighter; see docs/interop.md).
 
 Forward pass (float64 throughout):

@@ -50,7 +50,7 @@ def bf16_round(a):
 
 def check(name, sae_dir, data):
     ev = os.path.join(os.path.dirname(data), name + "_eval.json")
-    run([MSAE, "eval", "--sae", sae_dir, "--data", data, "--threads", "2"], out=ev)
+    run([MSAE, "eval", "--json", "--sae", sae_dir, "--data", data, "--threads", "2"], out=ev)
     mine = json.loads(run(["/usr/bin/python3", SCRIPT, "--sae", sae_dir, "--data", data, "--compare", ev]))
     theirs = json.load(open(ev))
     a = mine["agreement"]

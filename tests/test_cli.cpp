@@ -94,7 +94,14 @@ TEST_F(Cli, TrainInspectEvalOnNpy) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("matryoshka"), std::string::npos) << r.output;
 
+  // For a person: a table, with the dead figure's definition; not JSON.
   r = run("eval --sae " + path("sae") + " --data " + data + " --rows 32 --threads 1", true);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("prefix  latents"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(never fired on the 32 evaluation rows)"), std::string::npos) << r.output;
+  EXPECT_FALSE(nlohmann::json::accept(r.output)) << r.output;
+  // For scripts: --json.
+  r = run("eval --sae " + path("sae") + " --data " + data + " --rows 32 --threads 1 --json", true);
   ASSERT_EQ(r.code, 0) << r.output;
   const auto ev = nlohmann::json::parse(r.output);
   EXPECT_EQ(ev["rows"], 32);
@@ -130,7 +137,7 @@ TEST_F(Cli, FinalEvaluationIsOnHeldOutRows) {
     msae::Tensor x = msae::io::read_npy(data);
     msae::io::write_npy(path("last20.npy"), x.ptr() + 180 * 8, {20, 8});
   }
-  r = run("eval --sae " + path("a") + " --data " + path("last20.npy") + " --threads 1", true);
+  r = run("eval --sae " + path("a") + " --data " + path("last20.npy") + " --threads 1 --json", true);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(nlohmann::json::parse(r.output)["whole"], m["final_metrics"]["whole"]);
   // --eval-data: every data row trains, the evaluation reads the named file.
@@ -198,6 +205,63 @@ TEST_F(Cli, AuxDenseDensityTakesEffectAndIsRecorded) {
     EXPECT_EQ(state["extra"]["options"]["aux_dense_density"].get<double>(), dense ? 0.0 : 2.0);
   }
   EXPECT_NE(weights[0], weights[1]) << "the AuxK path did not change";
+}
+
+// Floats are written as the shortest decimal that reads back to the float (issue 22): msae.json's Adam
+// hyper-parameters and inspect's lr; the progress line (stderr, not a terminal here) ends with a 100% line.
+TEST_F(Cli, FloatsReadAsWrittenAndProgressEnds) {
+  const std::string data = make_data("x.npy", 64, 8);
+  Result r = run("train --data " + data + kSmall + "--lr 0.0003 --out " + path("sae"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string text = slurp(dir_ / "sae" / "msae.json");
+  EXPECT_NE(text.find("\"beta1\": 0.9,"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"lr\": 0.0003,"), std::string::npos) << text;
+  EXPECT_EQ(text.find("0.899999"), std::string::npos) << text;
+  EXPECT_EQ(nlohmann::json::parse(text)["training"]["beta2"], 0.99);
+  // Non-TTY progress: the last line is the finished state, and each dead figure says what it counts.
+  EXPECT_NE(r.output.find("[msae] 100% step 5/5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("| done"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(idle 20 batches)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(never fired on the 6 evaluation rows)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("dead latents at the end of training"), std::string::npos) << r.output;
+  r = run("inspect " + path("sae"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("lr 0.0003,"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("0.000300000"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(exported as SAELens jumprelu)"), std::string::npos) << r.output;
+}
+
+// A SAELens topk directory is shown as what it is, with the hook it records.
+TEST_F(Cli, InspectSaysWhatAnImportedDirectoryIs) {
+  fs::create_directories(dir_ / "lens");
+  std::vector<float> W_enc(8 * 16, 0.1f), W_dec(16 * 8, 0.1f), b_enc(16, 0.0f), b_dec(8, 0.0f);
+  msae::io::write_safetensors(path("lens/sae_weights.safetensors"), {{"W_enc", {8, 16}, W_enc.data()},
+                                                                    {"W_dec", {16, 8}, W_dec.data()},
+                                                                    {"b_enc", {16}, b_enc.data()},
+                                                                    {"b_dec", {8}, b_dec.data()}});
+  std::ofstream(dir_ / "lens" / "cfg.json") << R"({"architecture": "topk", "d_in": 8, "d_sae": 16, "k": 2,
+    "apply_b_dec_to_input": true, "metadata": {"model_name": "gpt2", "hook_name": "blocks.3.hook_resid_pre"}})";
+  const Result r = run("inspect " + path("lens"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("architecture   topk (SAELens)"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("exported as"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("hook           blocks.3.hook_resid_pre of gpt2"), std::string::npos) << r.output;
+}
+
+// A mistyped subcommand or flag is named, with the nearest known one; --log-level goes after the command too.
+TEST_F(Cli, TyposAreNamedWithTheNearestName) {
+  expect_error(run("trian --out " + path("o")), 2, "unknown subcommand 'trian'; did you mean 'train'?");
+  expect_error(run("--log-level 0 evl --sae x"), 2, "did you mean 'eval'?");
+  expect_error(run("train --dsae 100 --out " + path("o")), 2, "unknown flag --dsae; did you mean --d-sae?");
+  expect_error(run("eval --sae x --jsn"), 2, "did you mean --json?");
+  Result r = run("train --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("--log-level"), std::string::npos) << r.output;
+  const std::string data = make_data("x.npy", 64, 8);
+  r = run("train --data " + data + kSmall + "--out " + path("q") + " --log-level 0");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("[msae]"), std::string::npos) << "level 0 logs nothing:\n" << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "o"));
 }
 
 // ---- bad input ----
@@ -379,6 +443,10 @@ TEST_F(Cli, SynthBenchAppliesVariantFlags) {
     EXPECT_NEAR(plain["ground_truth"][key].get<double>(), reord["ground_truth"][key].get<double>(), 1e-6) << key;
   EXPECT_EQ(reord["config"]["variants"]["reorder_every"], 1);
   EXPECT_NE(plain["ground_truth"]["latent_best_feature"], reord["ground_truth"]["latent_best_feature"]);
+  // One seed: the report gives each figure alone, without a "± 0.000" (issue 22).
+  const std::string html = slurp(dir_ / "plain" / "report.html");
+  EXPECT_NE(html.find("Summary (one seed)"), std::string::npos);
+  EXPECT_EQ(html.find("± 0.000"), std::string::npos);
 
   r = run("synth-bench --archs matryoshka --sampled-prefixes 4" + common + path("sampled"));
   ASSERT_EQ(r.code, 0) << r.output;

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -287,4 +289,50 @@ TEST(ExpFast, RelativeErrorAgainstStdExp) {
     EXPECT_TRUE(std::isfinite(v)) << x;
   }
   EXPECT_EQ(msae::detail::exp_fast(0.0f), 1.0f);
+}
+
+// Numbers as text (core.h): files get the shortest decimal that reads back to the same value (a float32
+// 0.9 is 0.9 in JSON, not 0.8999999761581421); people get a fixed number of digits.
+TEST(Format, ShortestRoundTripsFloats) {
+  EXPECT_EQ(msae::shortest(0.9f), "0.9");
+  EXPECT_EQ(msae::shortest(3e-4f), "0.0003");
+  EXPECT_EQ(msae::shortest(1e-8f), "1e-08");
+  EXPECT_EQ(msae::shortest(0.1), "0.1");
+  EXPECT_EQ(msae::json_number(0.9f), 0.9);
+  EXPECT_EQ(msae::json_number(3e-4f), 3e-4);
+  EXPECT_TRUE(std::isnan(msae::json_number(std::numeric_limits<float>::quiet_NaN())));
+  // Every float reads back exactly, through the text and through json_number.
+  msae::Rng rng(7);
+  for (int i = 0; i < 100000; ++i) {
+    uint32_t bits = static_cast<uint32_t>(rng.next_u64());
+    float f;
+    std::memcpy(&f, &bits, 4);
+    if (!std::isfinite(f)) continue;
+    ASSERT_EQ(std::strtof(msae::shortest(f).c_str(), nullptr), f) << msae::shortest(f);
+    ASSERT_EQ(static_cast<float>(msae::json_number(f)), f);
+  }
+  EXPECT_EQ(msae::json_numbers({0.95f, 2.0f}), (std::vector<double>{0.95, 2.0}));
+}
+
+TEST(Format, FixedDigitsForPeople) {
+  EXPECT_EQ(msae::sig_digits(0.1, 4), "0.1000");
+  EXPECT_EQ(msae::sig_digits(12.3456, 4), "12.35");
+  EXPECT_EQ(msae::sig_digits(9.99996, 4), "10.00");
+  EXPECT_EQ(msae::sig_digits(1234.56, 4), "1235");
+  EXPECT_EQ(msae::sig_digits(0.000123456, 3), "0.000123");
+  EXPECT_EQ(msae::sig_digits(1.5e-7, 3), "1.50e-07");
+  EXPECT_EQ(msae::sig_digits(2.5e7, 3), "2.50e+07");
+  EXPECT_EQ(msae::sig_digits(0.0, 3), "0.00");
+  EXPECT_EQ(msae::fixed(0.0756648, 4), "0.0757");
+  EXPECT_EQ(msae::fixed(1.0, 3), "1.000");
+}
+
+TEST(Format, ShortestIsPlainDecimalForUsualMagnitudes) {
+  EXPECT_EQ(msae::shortest(-0.0003f), "-0.0003");
+  EXPECT_EQ(msae::shortest(1e-5f), "0.00001");
+  EXPECT_EQ(msae::shortest(16384.0f), "16384");
+  EXPECT_EQ(msae::shortest(12.5f), "12.5");
+  EXPECT_EQ(msae::shortest(0.0f), "0");
+  EXPECT_EQ(msae::shortest(1.5e20f), "1.5e+20");
+  EXPECT_EQ(msae::shortest(0.42224544f), "0.42224544");
 }

@@ -31,6 +31,8 @@ namespace {
 using msae::test_util::Result;
 // stdout only: eval and absorption print JSON there, progress goes to stderr.
 Result run(const std::string& args) { return msae::test_util::run(args, true); }
+// stdout and stderr: progress lines and error messages.
+Result run_all(const std::string& args) { return msae::test_util::run(args, false); }
 
 class LmCli : public ::testing::Test {
  protected:
@@ -202,10 +204,50 @@ TEST_F(LmCli, HarvestMatchesDirectForward) {
   EXPECT_FALSE(fs::exists(p("bad")));
 }
 
+// The harvest's hook travels (issue 22): an SAE trained on a harvest directory records hook_name and
+// model_name (cfg.json's SAELens fields, msae.json's "hook"), and eval --model / absorption refuse another
+// layer or site unless --allow-hook-mismatch. Progress on a pipe (not a terminal) ends with a 100% line.
+TEST_F(LmCli, HarvestHookTravelsAndIsChecked) {
+  Result r = run_all("harvest --model " + p("model") + " --text " + p("a.txt") +
+                 " --layer 1 --site resid_pre --ctx 32 --max-tokens 640 --out " + p("hook_h") + " --threads 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("[msae] 100% contexts"), std::string::npos) << r.output;
+  r = run_all("train --data " + p("hook_h") + " --d-sae 32 --k 4 --batch 64 --steps 4 --out " + p("hook_sae") + " --threads 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto cfg = nlohmann::json::parse(io::read_text_file(p("hook_sae/cfg.json")));
+  EXPECT_EQ(cfg["metadata"]["hook_name"], "blocks.1.hook_resid_pre");
+  EXPECT_EQ(cfg["metadata"]["model_name"], "model");
+  const auto m = nlohmann::json::parse(io::read_text_file(p("hook_sae/msae.json")));
+  EXPECT_EQ(m["hook"]["layer"], 1);
+  EXPECT_EQ(m["hook"]["site"], "resid_pre");
+  EXPECT_EQ(m["hook"]["hook_name"], "blocks.1.hook_resid_pre");
+  const std::string eval = "eval --sae " + p("hook_sae") + " --model " + p("model") + " --text " + p("a.txt") +
+                           " --ctx 32 --max-tokens 320 --threads 2";
+  r = run_all(eval + " --layer 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("[msae] 100% CE clean"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("CE recovered"), std::string::npos) << "the table:\n" << r.output;
+  r = run_all(eval + " --layer 0");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("trained at blocks.1.hook_resid_pre of model"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--allow-hook-mismatch"), std::string::npos) << r.output;
+  EXPECT_EQ(run_all(eval + " --layer 1 --site mlp_out").code, 2);
+  EXPECT_EQ(run_all(eval + " --layer 0 --allow-hook-mismatch").code, 0);
+  const std::string absorb = "absorption --sae " + p("hook_sae") + " --model " + p("model") +
+                             " --max-words 200 --icl 2 --max-k 2 --threads 2";
+  r = run_all(absorb + " --layer 0");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("blocks.1.hook_resid_pre"), std::string::npos) << r.output;
+  // An SAE without a recorded hook is used wherever asked (write_identity_sae records none).
+  write_identity_sae(p("nohook"), 8);
+  EXPECT_EQ(run_all("eval --sae " + p("nohook") + " --model " + p("model") + " --text " + p("a.txt") +
+                " --ctx 32 --max-tokens 320 --layer 0 --threads 2").code, 0);
+}
+
 TEST_F(LmCli, EvalSplicedCeAndAbsorption) {
   write_identity_sae(p("ident"), 8);
   const Result r = run("eval --sae " + p("ident") + " --model " + p("model") + " --text " + p("a.txt") +
-                       " --layer 1 --site resid_pre --ctx 32 --max-tokens 640");
+                       " --layer 1 --site resid_pre --ctx 32 --max-tokens 640 --json");
   ASSERT_EQ(r.code, 0) << r.output;
   const auto j = nlohmann::json::parse(r.output);
   const double clean = j["ce_clean"], ablated = j["ce_ablated"];
@@ -218,7 +260,7 @@ TEST_F(LmCli, EvalSplicedCeAndAbsorption) {
   EXPECT_NE(j["prefixes"][0]["ce_spliced"].get<double>(), clean);
   // Mean ablation is a different (usually smaller) baseline.
   const Result mres = run("eval --sae " + p("ident") + " --model " + p("model") + " --text " + p("a.txt") +
-                          " --layer 1 --ctx 32 --max-tokens 640 --ablation mean");
+                          " --layer 1 --ctx 32 --max-tokens 640 --ablation mean --json");
   ASSERT_EQ(mres.code, 0) << mres.output;
   EXPECT_NE(nlohmann::json::parse(mres.output)["ce_ablated"].get<double>(), ablated);
   // Flag errors.

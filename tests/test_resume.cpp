@@ -272,7 +272,7 @@ TEST_F(Resume, NormalizedSaeHasTheSameFvuOnRawData) {
   msae::io::write_npy(p("scaled.npy"), x);
 
   auto eval_json = [&](const std::string& sae_dir, const std::string& d) {
-    const std::string cmd = std::string(MSAE_BINARY) + " eval --sae " + sae_dir + " --data " + d + " --threads 1 2>/dev/null";
+    const std::string cmd = std::string(MSAE_BINARY) + " eval --json --sae " + sae_dir + " --data " + d + " --threads 1 2>/dev/null";
     FILE* pipe = popen(cmd.c_str(), "r");
     std::string text;
     char buf[4096];

@@ -125,6 +125,24 @@ int64_t numel(const std::vector<int64_t>& shape);
 std::string shape_str(const std::vector<int64_t>& shape);  // "(4, 16)"
 
 // ---------------------------------------------------------------------------------------------
+// Numbers as text, in one place (src/core/format.cpp). For files: the shortest decimal that reads back
+// to the same value, so a float32 0.9 is written 0.9, not 0.8999999761581421. For people: a fixed number
+// of digits, so that a column or a progress line does not jump between widths.
+// ---------------------------------------------------------------------------------------------
+std::string shortest(float v);   // "0.0003", "0.9", "1e-08", "nan"
+std::string shortest(double v);  // the same for a double
+// A float32 for a JSON document: the double that the float's shortest decimal reads as (0.9f -> 0.9), so
+// the JSON shows the short text and reads back to the same float. Every float that goes into JSON goes
+// through this.
+double json_number(float v);
+std::vector<double> json_numbers(const std::vector<float>& v);
+// `digits` significant digits, trailing zeros kept ("0.1000", "12.35", "1235"), scientific notation outside
+// [1e-4, 1e6) ("1.235e+06"); for tables and progress lines.
+std::string sig_digits(double v, int digits);
+// `decimals` digits after the point ("0.0757" for 4); for figures in [0, 1] such as F1 and fractions.
+std::string fixed(double v, int decimals);
+
+// ---------------------------------------------------------------------------------------------
 // Logging to stderr. Levels: 0 quiet (errors only), 1 info (default), 2 debug.
 // ---------------------------------------------------------------------------------------------
 void set_log_level(int level);

@@ -30,6 +30,10 @@ struct SaeDirectory {
   // Where it came from (docs/interop.md): "msae", "saelens-jumprelu", "saelens-standard", "saelens-topk"
   // or "sparsify-topk". Imported SAEs carry their trainer's inference rule in params.rule.
   std::string format = "msae";
+  // The activations it was trained on, when recorded (SAELens cfg.json fields, top level or "metadata"):
+  // hook_name in TransformerLens spelling ("blocks.6.hook_resid_pre") and model_name; "" when not recorded.
+  std::string hook_name;
+  std::string model_name;
 };
 
 // Writes the SAE directory files into `dir`, which must exist, each atomically: sae_weights.safetensors,
@@ -39,6 +43,8 @@ struct SaeDirectory {
 // directory that read_sae_dir refuses rather than one that loads as another SAE.
 nlohmann::json write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaeParams& params,
                                const nlohmann::json& msae_json);
+// cfg.json's metadata takes model_name and hook_name from msae_json["hook"] when the run recorded one
+// (an SAE trained on a harvest directory: run::train copies the harvest manifest's hook there).
 // Reads an SAE directory (docs/interop.md), validating every shape and configuration field it uses:
 //  - msae's own output (SAELens layout + msae.json, or cfg.json metadata written by msae): the msae rule;
 //  - a SAELens directory from another trainer: cfg.json "architecture" jumprelu (tensor threshold (D)),

@@ -89,7 +89,7 @@ nlohmann::json to_json(const EvalReport& r) {
   }
   const auto& whole = r.prefixes.back();
   return {{"rows", r.rows},
-          {"threshold", r.threshold},
+          {"threshold", json_number(r.threshold)},
           {"whole", {{"latents", whole.latents}, {"mse", whole.mse}, {"fvu", whole.fvu},
                      {"explained_variance", whole.explained_variance}, {"l0", whole.l0}}},
           {"prefixes", prefixes},

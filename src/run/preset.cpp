@@ -27,6 +27,30 @@ PresetEvalRows preset_eval_rows(const synth::FeatureModel& model, uint64_t seed,
   return e;
 }
 
+namespace {
+// A checkpoint's run identity against this run's. Floats compare as float32: msae before json_number
+// (core.h) wrote 0.95f as 0.949999988079071, now 0.95; both are the same float.
+bool same_identity(const nlohmann::json& a, const nlohmann::json& b) {
+  if (a.is_number() && b.is_number()) {  // (a checkpoint reads 5 back unsigned; this run holds it signed)
+    if (a.is_number_float() || b.is_number_float())
+      return static_cast<float>(a.get<double>()) == static_cast<float>(b.get<double>());
+    return a == b;
+  }
+  if (a.type() != b.type() || a.size() != b.size()) return false;
+  if (a.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it)
+      if (!b.contains(it.key()) || !same_identity(it.value(), b.at(it.key()))) return false;
+    return true;
+  }
+  if (a.is_array()) {
+    for (size_t i = 0; i < a.size(); ++i)
+      if (!same_identity(a[i], b[i])) return false;
+    return true;
+  }
+  return a == b;
+}
+}  // namespace
+
 PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOptions& opt,
                           const PresetEvalRows& held_out, const PresetRunOptions& ro) {
   MSAE_ASSERT(opt.sae.d_in == model.d, "d_in ", opt.sae.d_in, " vs the model's d ", model.d);
@@ -38,7 +62,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   train::MetricsInterval interval;
   // What a checkpoint adds to the trainer's state, and what makes a checkpoint this run's.
   const nlohmann::json identity = {{"config", saedir::config_json(opt.sae)}, {"steps", steps}, {"batch", batch},
-                                   {"seed", opt.seed},  {"lr", opt.adam.lr},  {"model", model.name}};
+                                   {"seed", opt.seed},  {"lr", json_number(opt.adam.lr)},  {"model", model.name}};
   auto save = [&](int64_t done) {
     const nlohmann::json extra = {{"run", identity},
                                   {"stream_row", stream.position()},
@@ -56,7 +80,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     train::Checkpoint ck = train::read_checkpoint(ro.checkpoint_dir);
     const nlohmann::json& e = ck.extra;
     const std::string where = ck.path + "/state.json";
-    if (!e.contains("run") || e.at("run") != identity)
+    if (!e.contains("run") || !same_identity(e.at("run"), identity))
       usage_error(where, " belongs to another run configuration than ", ro.label, " of this command");
     start = ck.step;
     if (start < 0 || start > steps) runtime_error(where, ": step ", start, " outside [0, ", steps, "]");

@@ -66,6 +66,20 @@ void say(const Callbacks& cb, const std::string& line) {
     log_info(line);
 }
 
+// The hook of a harvest directory (msae harvest's harvest.json: model, layer, site, hook_name), as msae.json
+// records it ("hook") and cfg.json's SAELens fields take it (saedir::write_sae_files); null for other data.
+json harvest_hook(const std::string& data) {
+  const std::string manifest = strip_slashes(data) + "/harvest.json";
+  if (data.empty() || !io::is_directory(data) || !io::path_exists(manifest)) return nullptr;
+  const json h = io::parse_json_file_text(io::read_text_file(manifest), manifest);
+  if (!h.is_object() || h.value("format", "") != "msae-harvest" || !h.contains("hook_name")) return nullptr;
+  std::string model = h.value("model", "");
+  while (model.size() > 1 && model.back() == '/') model.pop_back();
+  return {{"model_name", model.substr(model.find_last_of('/') + 1)}, {"model", h.value("model", "")},
+          {"hook_name", h["hook_name"]}, {"layer", h.value("layer", -1)}, {"site", h.value("site", "")},
+          {"harvest", data}};
+}
+
 }  // namespace
 
 data::DataOptions data_options(const Options& o, bool shuffle, uint64_t seed) {
@@ -409,7 +423,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     line["tokens_per_s"] = tokens_per_s(done);
     line["n_dead"] = s.n_dead;
     line["dead_fraction"] = static_cast<double>(s.n_dead) / static_cast<double>(cfg.d_sae);
-    line["threshold"] = std::as_const(trainer).params().threshold;
+    line["threshold"] = json_number(std::as_const(trainer).params().threshold);
     line["grad_norm"] = trainer.last_grad_norm();
     if (writes) metrics.append(line.dump() + "\n");
     if (cb.log) cb.log(line);
@@ -544,6 +558,8 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   training["checkpoint_seconds"] = checkpoint_seconds;
   training["resumed_at_steps"] = resumed_at;
   training["schedule"] = schedule_json(topt);
+  if (!synthetic && !array && !stream)
+    if (json hook = harvest_hook(data_spec); !hook.is_null()) res.msae_json["hook"] = std::move(hook);
   // ---- the SAE goes to disk before the final evaluation (which takes minutes at large D, and may be cut
   // short by a scheduler's SIGTERM then SIGKILL); msae.json gains the evaluation once it is done.
   // A run that failed on its data does not replace an earlier output: its state goes beside it (or, in

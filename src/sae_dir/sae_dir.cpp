@@ -22,10 +22,14 @@ Tensor transposed(const float* src, int64_t rows, int64_t cols) {
   return out;
 }
 
-json saelens_cfg(const SaeConfig& cfg) {
+// `hook`: msae.json's "hook" (model_name, hook_name, ...) of a run on a harvest directory; null otherwise.
+json saelens_cfg(const SaeConfig& cfg, const json& hook) {
+  auto hook_field = [&](const char* key) -> json {
+    return hook.is_object() && hook.contains(key) && hook[key].is_string() ? hook[key] : json(nullptr);
+  };
   json meta = {
-      {"model_name", nullptr},
-      {"hook_name", nullptr},
+      {"model_name", hook_field("model_name")},
+      {"hook_name", hook_field("hook_name")},
       {"msae_arch", arch_name(cfg.arch)},
       {"msae_k", cfg.k},
       {"matryoshka_group_sizes", cfg.group_sizes},
@@ -303,30 +307,30 @@ json config_json(const SaeConfig& c) {
           {"d_sae", c.d_sae},                {"k", c.k},
           {"group_sizes", c.group_sizes},    {"group_boundaries", c.boundaries()},
           {"encoder_bias", c.encoder_bias},  {"dead_after_batches", c.dead_after_batches},
-          {"aux_k", c.aux_k},                {"aux_coef", c.aux_coef},
+          {"aux_k", c.aux_k},                {"aux_coef", json_number(c.aux_coef)},
           {"variants", variant_config_json(c)}};
 }
 
 json variant_config_json(const SaeConfig& c) {
   json j = {{"recipe", c.recipe},
-            {"prefix_weights", c.prefix_weights},
+            {"prefix_weights", json_numbers(c.prefix_weights)},
             {"bdec_loss_term", c.bdec_loss_term},
             {"stop_gradient_groups", c.stop_gradient_groups},
             {"aux_detach", c.aux_detach},
             {"group_k", c.group_k},
             {"sampled_prefixes", c.sampled_prefixes},
             {"reorder_every", c.reorder_every},
-            {"threshold_rate", c.threshold_rate},
+            {"threshold_rate", json_number(c.threshold_rate)},
             {"threshold_start_step", c.threshold_start_step}};
   if (c.sampled_prefixes > 0) {
     j["prefix_distribution"] = c.prefix_distribution;
-    j["pareto_power"] = c.pareto_power;
+    j["pareto_power"] = json_number(c.pareto_power);
     j["min_prefix"] = c.min_prefix;
   }
-  if (c.reorder_every > 0) j["reorder_decay"] = c.reorder_decay;
+  if (c.reorder_every > 0) j["reorder_decay"] = json_number(c.reorder_decay);
   if (c.arch == Arch::relu_l1) {
-    j["l1_coef"] = c.l1_coef;
-    j["l1_adapt_rate"] = c.l1_adapt_rate;
+    j["l1_coef"] = json_number(c.l1_coef);
+    j["l1_adapt_rate"] = json_number(c.l1_adapt_rate);
     j["l1_warmup_steps"] = c.l1_warmup_steps;
   }
   return j;
@@ -365,7 +369,8 @@ json write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaePara
                                                             {"threshold", {p.D}, threshold.ptr()}},
                                                            {{"format", "pt"}})
                                          .to_json();
-  io::write_text_file_atomic(dir + "/cfg.json", saelens_cfg(cfg).dump(2) + "\n");
+  const json hook = msae_json.is_object() && msae_json.contains("hook") ? msae_json["hook"] : json(nullptr);
+  io::write_text_file_atomic(dir + "/cfg.json", saelens_cfg(cfg, hook).dump(2) + "\n");
   // msae.json last, with the weights' digest: a directory caught between two of these renames (new
   // weights beside an older msae.json) is refused when read instead of loading as a different SAE.
   json m = msae_json;
@@ -400,6 +405,12 @@ SaeDirectory read_sae_dir(const std::string& dir) {
                                                            dir + "/msae.json: files.sae_weights.safetensors"),
                         dir + "/msae.json");
       const json* meta = field(saelens, "metadata");
+      // The hook it was trained at: in "metadata" (msae, SAELens 6) or "meta", or at the top level (SAELens 5).
+      for (const json* src : {meta, field(saelens, "meta"), &saelens})
+        if (src) {
+          if (out.hook_name.empty()) out.hook_name = string_field(*src, "hook_name", "", cfg_file);
+          if (out.model_name.empty()) out.model_name = string_field(*src, "model_name", "", cfg_file);
+        }
       const bool written_by_msae = field(out.msae_json, "config") || saelens.empty() ||
                                    (meta && (field(*meta, "msae_arch") || field(*meta, "matryoshka_group_sizes")));
       out.params = SaeParams::zeros(d, D);

@@ -272,7 +272,7 @@ class CliDirectory(unittest.TestCase):
         # `msae eval` on the same rows (the same thread count: the codes do not depend on it, but this
         # test should not rely on that).
         cli = json.loads(subprocess.run(
-            [BINARY, "eval", "--sae", Fixture.cli_dir, "--data", Fixture.npy, "--threads", str(msae.num_threads())],
+            [BINARY, "eval", "--json", "--sae", Fixture.cli_dir, "--data", Fixture.npy, "--threads", str(msae.num_threads())],
             check=True, capture_output=True, text=True).stdout)
         for key in ("sae", "data", "arch", "format"):
             del cli[key]
@@ -297,7 +297,8 @@ class CliDirectory(unittest.TestCase):
         fired = (self.sae.encode(x) > 0).mean(0)
         self.assertAlmostEqual(got["dead_fraction"], (fired < 1e-7).mean(), places=12)
         self.assertAlmostEqual(got["dense_fraction"], (fired > 0.1).mean(), places=12)
-        self.assertEqual(got["threshold"], self.sae.threshold)
+        # The JSON holds the float32 threshold as its shortest decimal (json_number, core.h): the same float32.
+        self.assertEqual(np.float32(got["threshold"]), np.float32(self.sae.threshold))
         # rows: the leading rows only
         head = msae.evaluate(self.sae, x, rows=1000)
         self.assertEqual(head["rows"], 1000)

@@ -8,6 +8,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "cmd_lm_eval.h"
 #include "commands.h"
 #include "msae/kernels.h"
 #include "msae/lm.h"
@@ -26,6 +27,7 @@ struct AbsorptionArgs {
   double train_fraction = 0.8, f1_jump = 0.03, min_probe_f1 = 0.6;
   uint64_t seed = 42;
   int threads = 0;
+  bool allow_hook_mismatch = false;
 };
 
 struct Word {
@@ -77,6 +79,7 @@ int run_absorption(const AbsorptionArgs& a) {
   std::vector<saedir::SaeDirectory> saes;
   for (const auto& dir : a.saes) {
     saes.push_back(saedir::read_sae_dir(dir));
+    check_sae_hook(saes.back(), dir, a.layer, a.site, a.allow_hook_mismatch);
     if (saes.back().params.d != model.d_model())
       usage_error("the SAE in ", dir, " has d_in ", saes.back().params.d, " but the model's width is ", model.d_model());
   }
@@ -225,9 +228,10 @@ int run_absorption(const AbsorptionArgs& a) {
     most = *std::max_element(cnt.begin(), cnt.end());
   }
   const double majority = static_cast<double>(most) / static_cast<double>(yte.size());
-  log_info(cat("probes: held-out mean F1 ", mean_f1, ", 26-way accuracy ", probe_top1, " (majority class ", majority, ")"));
+  log_info(cat("probes: held-out mean F1 ", fixed(mean_f1, 3), ", 26-way accuracy ", fixed(probe_top1, 3), " (majority class ",
+               fixed(majority, 3), ")"));
   if (mean_f1 < a.min_probe_f1)
-    log_warn(cat("the first-letter probes are weak (held-out mean F1 ", mean_f1, " < ", a.min_probe_f1,
+    log_warn(cat("the first-letter probes are weak (held-out mean F1 ", fixed(mean_f1, 3), " < ", a.min_probe_f1,
                  "): this model does not represent first letters linearly at this layer, so the absorption figures "
                  "below measure little"));
 
@@ -372,8 +376,8 @@ int run_absorption(const AbsorptionArgs& a) {
                            {"mean_absorption_fraction_good_probe", n_ok ? nlohmann::json(sum_frac_ok / n_ok) : nlohmann::json()},
                            {"mean_full_absorption_rate_good_probe", n_ok ? nlohmann::json(sum_full_ok / n_ok) : nlohmann::json()},
                            {"per_letter", letters}};
-      log_info(cat(a.saes[si], " prefix ", m, ": mean absorption fraction ", pj["mean_absorption_fraction"].get<double>(),
-                   ", full absorption rate ", pj["mean_full_absorption_rate"].get<double>()));
+      log_info(cat(a.saes[si], " prefix ", m, ": mean absorption fraction ", fixed(pj["mean_absorption_fraction"].get<double>(), 3),
+                   ", full absorption rate ", fixed(pj["mean_full_absorption_rate"].get<double>(), 3)));
       prefixes.push_back(pj);
     }
     sae_results.push_back({{"sae", a.saes[si]}, {"arch", arch_name(sae.sae.arch)}, {"d_sae", D}, {"prefixes", prefixes}});
@@ -412,6 +416,8 @@ Action add_absorption_command(CLI::App& root) {
   app->add_option("--batch", a->batch, "Prompts per forward pass (default 32)");
   app->add_option("--tokenizer", a->tokenizer, "Tokenizer directory when the model has none");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
+  app->add_flag("--allow-hook-mismatch", a->allow_hook_mismatch,
+                "Use SAEs whose recorded hook (cfg.json hook_name) is another layer or site than --layer/--site");
   return [a]() { return run_absorption(*a); };
 }
 

@@ -1,8 +1,10 @@
-// msae eval: reconstruction and sparsity of an SAE on activations, per Matryoshka prefix, as JSON on stdout.
+// msae eval: reconstruction and sparsity of an SAE on activations, per Matryoshka prefix: a table for a person,
+// or with --json every figure as JSON (for scripts).
 #include <cstdio>
 
 #include "cmd_lm_eval.h"
 #include "commands.h"
+#include "progress.h"
 #include "table_flags.h"
 #include "msae/run.h"
 #include "msae/eval.h"
@@ -19,6 +21,7 @@ struct EvalArgs {
   int64_t rows = 0;
   uint64_t seed = 0;
   int threads = 0;
+  bool json = false;  // --json: JSON on stdout instead of the table
   LmEvalArgs lm;  // --model/--text: downstream CE (cmd_lm_eval.cpp)
 };
 
@@ -29,6 +32,7 @@ int run_eval(const EvalArgs& a) {
     LmEvalArgs lm = a.lm;
     lm.sae = a.sae;
     lm.threads = a.threads;
+    lm.json = a.json;
     return run_lm_eval(lm);
   }
   set_num_threads(a.threads);
@@ -55,7 +59,25 @@ int run_eval(const EvalArgs& a) {
   if (st.nonfinite_skipped > 0) out["nonfinite_rows_skipped"] = st.nonfinite_skipped;
   out["arch"] = arch_name(sae.sae.arch);
   out["format"] = sae.format;  // msae, or the trainer an imported SAE came from (docs/interop.md)
-  std::printf("%s\n", out.dump(2).c_str());
+  if (a.json) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("msae eval: %s (%s, %s) on %lld rows of %s, threshold %s\n", a.sae.c_str(), arch_name(sae.sae.arch),
+              sae.format.c_str(), static_cast<long long>(report.rows), out["data"].get<std::string>().c_str(),
+              shortest(report.threshold).c_str());
+  std::printf("  %-7s %-8s %-11s %-8s %-8s %-8s\n", "prefix", "latents", "MSE", "FVU", "EV", "L0");
+  for (size_t g = 0; g < report.prefixes.size(); ++g) {
+    const auto& m = report.prefixes[g];
+    std::printf("  %-7zu %-8lld %-11s %-8s %-8s %-8s\n", g + 1, static_cast<long long>(m.latents), sig_digits(m.mse, 4).c_str(),
+                fixed(m.fvu, 4).c_str(), fixed(m.explained_variance, 4).c_str(), fixed(m.l0, 2).c_str());
+  }
+  std::string share;
+  for (double v : report.group_l0_share) share += (share.empty() ? "" : " ") + fixed(100 * v, 1) + "%";
+  std::printf("  L0 share per group: %s\n", share.c_str());
+  std::printf("  %s\n", dead_dense_line(report).c_str());
+  if (st.nonfinite_skipped > 0) std::printf("  non-finite rows skipped: %lld\n", static_cast<long long>(st.nonfinite_skipped));
+  std::printf("(--json prints every figure as JSON)\n");
   return 0;
 }
 
@@ -63,7 +85,7 @@ int run_eval(const EvalArgs& a) {
 
 Action add_eval_command(CLI::App& root) {
   auto a = std::make_shared<EvalArgs>();
-  CLI::App* app = root.add_subcommand("eval", "Evaluate an SAE directory on activations (JSON on stdout)");
+  CLI::App* app = root.add_subcommand("eval", "Evaluate an SAE directory on activations (a table; --json for JSON)");
   app->add_option("--sae", a->sae, "SAE directory: msae output, SAELens (jumprelu/standard/topk) or EleutherAI sparsify (docs/interop.md)")->required();
   a->data_flags.add_to(app, run::kCli, [](const run::OptionDef& row) {
     const std::string k = row.key;  // the rows that say what the data is and how its rows are read
@@ -73,6 +95,7 @@ Action add_eval_command(CLI::App& root) {
   app->add_option("--rows", a->rows, "Rows to evaluate (default: all rows of --data; 16384 synthetic)");
   app->add_option("--seed", a->seed, "Synthetic stream seed");
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
+  app->add_flag("--json", a->json, "Print every figure as JSON on stdout (for scripts) instead of the table");
   add_lm_eval_options(app, a->lm);
   return [a]() { return run_eval(*a); };
 }

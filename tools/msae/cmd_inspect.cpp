@@ -8,6 +8,12 @@
 namespace msae::cli {
 namespace {
 
+// A float32 the training record holds, as the shortest text that reads back to it (msae.json written
+// before json_number held 0.0003f as 0.0003000000142492354).
+std::string float_text(const nlohmann::json& v) {
+  return v.is_number_float() ? shortest(static_cast<float>(v.get<double>())) : v.dump();
+}
+
 struct InspectArgs {
   std::string dir;
   bool json = false;
@@ -32,10 +38,13 @@ int run_inspect(const InspectArgs& a) {
                          {"group_sizes", c.group_sizes},
                          {"group_boundaries", c.boundaries()},
                          {"encoder_bias", c.encoder_bias},
-                         {"threshold", p.threshold},
+                         {"threshold", json_number(p.threshold)},
                          {"decoder_row_norm_min", min_norm},
                          {"decoder_row_norm_max", max_norm},
-                         {"msae", sae.msae_json.is_object() && !sae.msae_json.empty()}};
+                         {"msae", sae.msae_json.is_object() && !sae.msae_json.empty()},
+                         {"format", sae.format},
+                         {"hook_name", sae.hook_name.empty() ? nlohmann::json() : nlohmann::json(sae.hook_name)},
+                         {"model_name", sae.model_name.empty() ? nlohmann::json() : nlohmann::json(sae.model_name)}};
   if (sae.msae_json.contains("training")) info["training"] = sae.msae_json["training"];
   if (sae.msae_json.contains("final_metrics")) info["final_metrics"] = sae.msae_json["final_metrics"];
   if (a.json) {
@@ -43,7 +52,14 @@ int run_inspect(const InspectArgs& a) {
     return 0;
   }
   std::printf("%s\n", a.dir.c_str());
-  std::printf("  architecture   %s (exported as SAELens jumprelu)\n", arch_name(c.arch));
+  // What the directory is: an msae SAE (written in SAELens' jumprelu layout), or the trainer it came from.
+  std::string arch = cat(arch_name(c.arch), " (exported as SAELens jumprelu)");
+  if (sae.format.rfind("saelens-", 0) == 0) arch = sae.format.substr(8) + " (SAELens)";
+  if (sae.format.rfind("sparsify-", 0) == 0) arch = sae.format.substr(9) + " (EleutherAI sparsify)";
+  std::printf("  architecture   %s\n", arch.c_str());
+  if (!sae.hook_name.empty())
+    std::printf("  hook           %s%s\n", sae.hook_name.c_str(),
+                sae.model_name.empty() ? "" : (" of " + sae.model_name).c_str());
   std::printf("  shapes         d_in %lld, d_sae %lld  (W_enc (%lld, %lld), W_dec (%lld, %lld))\n",
               static_cast<long long>(p.d), static_cast<long long>(p.D), static_cast<long long>(p.d),
               static_cast<long long>(p.D), static_cast<long long>(p.D), static_cast<long long>(p.d));
@@ -51,13 +67,13 @@ int run_inspect(const InspectArgs& a) {
   std::printf("  groups         %s  (prefixes %s)\n", nlohmann::json(c.group_sizes).dump().c_str(),
               nlohmann::json(c.boundaries()).dump().c_str());
   std::printf("  encoder bias   %s\n", c.encoder_bias ? "yes" : "no");
-  std::printf("  threshold      %.6g\n", p.threshold);
+  std::printf("  threshold      %s\n", shortest(p.threshold).c_str());
   std::printf("  decoder norms  %.6f .. %.6f\n", min_norm, max_norm);
   if (sae.msae_json.contains("training")) {
     const auto& t = sae.msae_json["training"];
     std::printf("  training       %s steps, %s tokens, batch %s, lr %s, data %s, %s\n", t.value("steps", nlohmann::json()).dump().c_str(),
                 t.value("tokens", nlohmann::json()).dump().c_str(), t.value("batch", nlohmann::json()).dump().c_str(),
-                t.value("lr", nlohmann::json()).dump().c_str(), t.value("data", nlohmann::json()).dump().c_str(),
+                float_text(t.value("lr", nlohmann::json())).c_str(), t.value("data", nlohmann::json()).dump().c_str(),
                 t.value("completed", false) ? "completed" : "NOT completed (interrupted)");
   }
   if (sae.msae_json.contains("final_metrics") && sae.msae_json["final_metrics"].contains("whole")) {

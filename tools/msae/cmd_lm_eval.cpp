@@ -21,6 +21,7 @@ int run_lm_eval(const LmEvalArgs& a) {
   const saedir::SaeDirectory sae = saedir::read_sae_dir(a.sae);
   const lm::Model model = lm::Model::load(a.model);
   if (a.layer < 0) usage_error("--layer is required with --model (the block where the SAE reads activations)");
+  check_sae_hook(sae, a.sae, a.layer, a.site, a.allow_hook_mismatch);
   const lm::Site site = lm::checked_site(model, a.layer, a.site);
   if (sae.params.d != model.d_model())
     usage_error("the SAE in ", a.sae, " has d_in ", sae.params.d, " but the model's width is ", model.d_model());
@@ -143,13 +144,43 @@ int run_lm_eval(const LmEvalArgs& a) {
                         {"seconds", progress.elapsed()}};
   if (ablated - clean < 0.05)
     log_warn(cat("ablating the hook raises CE by only ", ablated - clean, " nats: CE recovered is ill-conditioned here"));
-  std::printf("%s\n", out.dump(2).c_str());
+  if (a.json) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("msae eval: %s (%s) spliced at layer %lld %s of %s: %lld tokens scored in %lld contexts of %lld\n",
+              a.sae.c_str(), arch_name(sae.sae.arch), static_cast<long long>(a.layer), a.site.c_str(), a.model.c_str(),
+              static_cast<long long>(n_loss), static_cast<long long>(c.N), static_cast<long long>(T));
+  std::printf("  CE clean %s, %s-ablated %s (gap %s nats)\n", fixed(clean, 4).c_str(), a.ablation.c_str(),
+              fixed(ablated, 4).c_str(), fixed(ablated - clean, 4).c_str());
+  std::printf("  %-8s %-11s %-14s %-13s %-8s %-8s\n", "latents", "CE spliced", "CE degradation", "CE recovered", "FVU", "L0");
+  for (const auto& m : per_prefix)
+    std::printf("  %-8lld %-11s %-14s %-13s %-8s %-8s\n", static_cast<long long>(m["prefix"].get<int64_t>()),
+                fixed(m["ce_spliced"].get<double>(), 4).c_str(), fixed(m["ce_degradation"].get<double>(), 4).c_str(),
+                (fixed(100 * m["ce_recovered"].get<double>(), 1) + "%").c_str(), fixed(m["fvu"].get<double>(), 4).c_str(),
+                fixed(m["l0"].get<double>(), 2).c_str());
+  std::printf("(--json prints every figure as JSON)\n");
   return 0;
 }
 
 }  // namespace msae::cli
 
 namespace msae::cli {
+
+void check_sae_hook(const saedir::SaeDirectory& sae, const std::string& dir, int64_t layer, const std::string& site,
+                    bool allow) {
+  if (sae.hook_name.empty()) return;  // not recorded: accepted as before
+  const std::string asked = cat("blocks.", layer, ".hook_", site);
+  if (sae.hook_name == asked) return;
+  const std::string what = cat("the SAE in ", dir, " was trained at ", sae.hook_name,
+                               sae.model_name.empty() ? "" : " of " + sae.model_name, " (cfg.json hook_name) but ",
+                               "--layer ", layer, " --site ", site, " asks for ", asked);
+  if (allow) {
+    log_warn(what + "; used there anyway (--allow-hook-mismatch)");
+    return;
+  }
+  usage_error(what, "; pass the SAE's layer and site, or --allow-hook-mismatch to use it there anyway");
+}
 
 void add_lm_eval_options(CLI::App* app, LmEvalArgs& a) {
   app->add_option("--model", a.model, "GPT-2 model directory: evaluate downstream CE with the SAE spliced in (docs/lm.md)");
@@ -162,6 +193,8 @@ void add_lm_eval_options(CLI::App* app, LmEvalArgs& a) {
   app->add_flag("--splice-bos", a.splice_bos, "With --model: splice at the BOS position too (default: leave it clean)");
   app->add_option("--lm-batch", a.batch, "With --model: contexts per forward pass (default 8)");
   app->add_option("--tokenizer", a.tokenizer, "With --model: tokenizer directory when the model has none");
+  app->add_flag("--allow-hook-mismatch", a.allow_hook_mismatch,
+                "With --model: use an SAE whose recorded hook (cfg.json hook_name) is another layer or site");
   app->add_flag("--ce-reference", a.ce_reference,
                 "With --model: compute CE with the naive full-logits log-softmax instead of the streaming kernel "
                 "(slow; for timing and cross-checks)");

@@ -153,7 +153,9 @@ void write_report(const std::string& path, const std::string& preset, const synt
                      ", hierarchy depth ", m.max_depth(), ", expected L0 ", f3(m.expected_l0()), ". ", runs.size(),
                      " runs. Metrics are defined in docs/synth-bench.md."));
   // Summary table.
-  page.heading("Summary (mean ± std over seeds)");
+  bool one_seed = true;  // then each figure is that seed's, without a "± 0.000"
+  for (const auto& a : archs) one_seed = one_seed && summary.at(a).at("seeds").get<int64_t>() < 2;
+  page.heading(one_seed ? "Summary (one seed)" : "Summary (mean ± std over seeds)");
   const std::vector<std::pair<std::string, std::string>> keys = {
       {"f1", "F1"}, {"mcc", "MCC"}, {"uniqueness", "uniqueness"}, {"explained_variance", "EV"},
       {"absorption_rate", "absorption"}, {"splitting", "splitting"}, {"mean_max_cosine", "mean max cos"},
@@ -166,9 +168,10 @@ void write_report(const std::string& path, const std::string& preset, const synt
     const json& s = summary.at(a);
     std::vector<std::string> r = {a, std::to_string(s.at("seeds").get<int64_t>())};
     for (const auto& k : keys)
-      r.push_back(s.contains(k.first) ? f3(s.at(k.first).at("mean").get<double>()) + " ± " +
-                                            f3(s.at(k.first).at("std").get<double>())
-                                      : "-");
+      r.push_back(!s.contains(k.first)          ? "-"
+                  : s.at("seeds").get<int64_t>() < 2 ? f3(s.at(k.first).at("mean").get<double>())
+                                                     : f3(s.at(k.first).at("mean").get<double>()) + " ± " +
+                                                           f3(s.at(k.first).at("std").get<double>()));
     rows.push_back(r);
   }
   page.raw(report::table_html(header, rows));

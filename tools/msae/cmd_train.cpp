@@ -30,20 +30,28 @@ int run_train(const TableFlags& flags) {
   std::signal(SIGTERM, on_interrupt);
   std::unique_ptr<Progress> progress;
   int64_t d_sae = 0;
+  int64_t dead_after = 0;  // the progress line's "dead": no activation in the last dead_after training batches
   run::Callbacks cb;
   cb.stop = [] { return g_interrupted.load(); };
   cb.progress = [&](int64_t done, int64_t planned, const StepStats& s, double tps) {
-    if (!progress) progress = std::make_unique<Progress>(planned);  // (created at the first step: it times the run)
+    if (!progress) progress = std::make_unique<Progress>(planned);  // (made by `started` below; a fallback)
     const double fvu = s.var_x > 0 ? s.mse_prefix.back() / s.var_x : 0.0;
     progress->update(done,
-                     cat("step ", done, "/", planned, " | ", fmt("%.0f", tps), " tok/s | loss ", fmt("%.4g", s.loss),
-                         " | FVU ", fmt("%.4f", fvu), " | L0 ", fmt("%.1f", s.l0), " | dead ",
-                         fmt("%.1f", d_sae > 0 ? 100.0 * static_cast<double>(s.n_dead) / static_cast<double>(d_sae) : 0.0), "%"),
+                     cat("step ", done, "/", planned, " | ", fmt("%.0f", tps), " tok/s | loss ", sig_digits(s.loss, 4),
+                         " | FVU ", fixed(fvu, 4), " | L0 ", fixed(s.l0, 1), " | dead ",
+                         fixed(d_sae > 0 ? 100.0 * static_cast<double>(s.n_dead) / static_cast<double>(d_sae) : 0.0, 1),
+                         "% (idle ", dead_after, " batches)"),
                      done == planned);
   };
-  cb.started = [&](const SaeConfig& cfg, int64_t, int64_t) { d_sae = cfg.d_sae; };
+  cb.started = [&](const SaeConfig& cfg, int64_t start, int64_t planned) {
+    d_sae = cfg.d_sae;
+    dead_after = cfg.dead_after_batches;
+    // Made before the first step, so that it times the run; `start` (a resumed run's earlier steps) is left
+    // out of the ETA's rate.
+    progress = std::make_unique<Progress>(planned, 10.0, start);
+  };
   cb.info = [&](const std::string& line) {
-    if (progress) progress->finish();
+    if (progress) progress->end_line();
     log_info(line);
   };
   run::Result r;
@@ -71,7 +79,12 @@ int run_train(const TableFlags& flags) {
     const auto& m = r.eval.prefixes[g];
     std::printf("  %-8zu %-9lld %-11.4g %-9.4f %-8.2f\n", g + 1, static_cast<long long>(m.latents), m.mse, m.fvu, m.l0);
   }
-  std::printf("  dead latents %.1f%%, dense latents %.1f%%\n", 100 * r.eval.dead_fraction, 100 * r.eval.dense_fraction);
+  std::printf("  %s\n", dead_dense_line(r.eval).c_str());
+  const nlohmann::json& dead_end = r.msae_json["training"]["dead_latents_at_end"];
+  if (dead_end.is_number_integer() && cfg.d_sae > 0)
+    std::printf("  dead latents at the end of training %s%% (no activation in the last %lld training batches)\n",
+                fixed(100.0 * dead_end.get<double>() / static_cast<double>(cfg.d_sae), 1).c_str(),
+                static_cast<long long>(cfg.dead_after_batches));
   if (r.synthetic)
     std::printf("  planted features recovered (cos >= 0.9): %.1f%%, mean max cosine %.3f\n",
                 100 * r.final_metrics["recovery"]["frac_recovered_cos_0.9"].get<double>(),

@@ -1,10 +1,89 @@
 // msae: train and evaluate Matryoshka sparse autoencoders.
 // Exit codes: 0 ok, 1 runtime error (bad files/data), 2 usage error (bad flags).
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <new>
+#include <string>
+#include <vector>
 
 #include "commands.h"
 #include "msae/core.h"
+
+namespace {
+
+// Levenshtein distance (for "did you mean").
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// The candidate nearest to `word` by edit distance, if it is near enough to be a typo ("" otherwise).
+std::string nearest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const std::string& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (d < best_d) best_d = d, best = c;
+  }
+  return best;
+}
+
+std::vector<std::string> long_names(const CLI::App* app) {
+  std::vector<std::string> names;
+  for (const CLI::Option* o : app->get_options())
+    for (const std::string& n : o->get_lnames()) names.push_back("--" + n);
+  return names;
+}
+
+// After a parse error: name an unknown subcommand and suggest the nearest (returns true: the error is
+// printed), or, with `flags`, suggest the nearest known flag for each unknown one.
+bool explain_parse_error(const CLI::App& app, int argc, char** argv, bool flags) {
+  int first = 1;  // the first word that is not the root's own option
+  while (first < argc && argv[first][0] == '-') {
+    if (std::strcmp(argv[first], "--log-level") == 0) ++first;
+    ++first;
+  }
+  if (first >= argc) return false;
+  std::vector<std::string> subs;
+  for (const CLI::App* sub : app.get_subcommands({})) subs.push_back(sub->get_name());
+  const std::string word = argv[first];
+  const CLI::App* sub = nullptr;
+  for (const CLI::App* s : app.get_subcommands({}))
+    if (s->get_name() == word) sub = s;
+  if (!sub) {
+    if (flags) return false;
+    const std::string near = nearest(word, subs);
+    std::string list;
+    for (const std::string& n : subs) list += (list.empty() ? "" : ", ") + n;
+    std::fprintf(stderr, "msae: error: unknown subcommand '%s'%s\nsubcommands: %s (msae SUBCOMMAND --help)\n",
+                 word.c_str(), near.empty() ? "" : ("; did you mean '" + near + "'?").c_str(), list.c_str());
+    return true;
+  }
+  if (!flags) return false;
+  const std::vector<std::string> known = long_names(sub);
+  for (int i = first + 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (flag.rfind("--", 0) != 0 || flag.size() == 2) continue;
+    flag = flag.substr(0, flag.find('='));
+    if (std::find(known.begin(), known.end(), flag) != known.end()) continue;
+    const std::string near = nearest(flag, known);
+    if (!near.empty()) std::fprintf(stderr, "msae %s: unknown flag %s; did you mean %s?\n", word.c_str(), flag.c_str(), near.c_str());
+  }
+  return false;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"msae: train and evaluate Matryoshka sparse autoencoders"};
@@ -25,10 +104,16 @@ int main(int argc, char** argv) {
       {"absorption", msae::cli::add_absorption_command(app)},
   };
 
+  // --log-level also after the subcommand (msae train --log-level 2 ...), and in each one's --help.
+  for (CLI::App* sub : app.get_subcommands({}))
+    sub->add_option("--log-level", verbosity, "0 errors only, 1 info (default), 2 debug")->check(CLI::Range(0, 2));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() != 0 && explain_parse_error(app, argc, argv, false)) return 2;
     const int code = app.exit(e);
+    if (code != 0) explain_parse_error(app, argc, argv, true);
     return code == 0 ? 0 : 2;
   }
   msae::set_log_level(verbosity);

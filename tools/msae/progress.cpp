@@ -19,37 +19,60 @@ std::string format_duration(double s) {
   return buf;
 }
 
-Progress::Progress(int64_t total, double log_seconds)
-    : total_(total), log_seconds_(log_seconds), tty_(isatty(STDERR_FILENO) == 1) {}
+Progress::Progress(int64_t total, double log_seconds, int64_t start)
+    : total_(total), log_seconds_(log_seconds), start_(start), tty_(isatty(STDERR_FILENO) == 1) {}
 
 void Progress::update(int64_t done, const std::string& fields, bool force) {
   if (log_level() < 1) return;
+  done_ = done;
+  fields_ = fields;
+  shown_ = false;
   const double now = timer_.seconds();
   const double interval = tty_ ? 0.2 : log_seconds_;
   if (!force && now - last_draw_ < interval) return;
+  draw(now);
+}
+
+void Progress::draw(double now) {
   last_draw_ = now;
-  const double frac = total_ > 0 ? static_cast<double>(done) / static_cast<double>(total_) : 0.0;
-  const double eta = done > 0 ? now * (1.0 - frac) / frac : -1.0;
+  shown_ = true;
+  const int64_t done = done_;
+  const double frac = total_ > 0 ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total_)) : 0.0;
+  // The rate of this process alone: a resumed run's earlier steps took another process's time.
+  const int64_t mine = done - start_;
+  const double eta = mine > 0 && total_ > 0 ? now * static_cast<double>(total_ - done) / static_cast<double>(mine) : -1.0;
+  const std::string eta_text = done >= total_ && total_ > 0 ? "done" : "ETA " + format_duration(eta);
   if (tty_) {
     constexpr int kWidth = 24;
     const int filled = static_cast<int>(frac * kWidth);
     std::string bar(filled, '#');
     bar.resize(kWidth, '.');
-    std::fprintf(stderr, "\r\033[K[%s] %3d%% %s | ETA %s", bar.c_str(), static_cast<int>(frac * 100), fields.c_str(),
-                 format_duration(eta).c_str());
+    std::fprintf(stderr, "\r\033[K[%s] %3d%% %s | %s", bar.c_str(), static_cast<int>(frac * 100), fields_.c_str(),
+                 eta_text.c_str());
     drawn_ = true;
   } else {
-    std::fprintf(stderr, "[msae] %3d%% %s | elapsed %s | ETA %s\n", static_cast<int>(frac * 100), fields.c_str(),
-                 format_duration(now).c_str(), format_duration(eta).c_str());
+    std::fprintf(stderr, "[msae] %3d%% %s | elapsed %s | %s\n", static_cast<int>(frac * 100), fields_.c_str(),
+                 format_duration(now).c_str(), eta_text.c_str());
   }
   std::fflush(stderr);
 }
 
 void Progress::finish() {
+  if (log_level() >= 1 && done_ >= 0 && !shown_) draw(timer_.seconds());
+  end_line();
+}
+
+void Progress::end_line() {
   if (tty_ && drawn_) {
     std::fprintf(stderr, "\n");
     std::fflush(stderr);
+    drawn_ = false;
   }
+}
+
+std::string dead_dense_line(const eval::EvalReport& r) {
+  return cat("dead latents ", fixed(100 * r.dead_fraction, 1), "% (never fired on the ", r.rows,
+             " evaluation rows), dense latents ", fixed(100 * r.dense_fraction, 1), "% (fired on more than 10% of them)");
 }
 
 }  // namespace msae::cli
