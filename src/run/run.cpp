@@ -69,7 +69,7 @@ void say(const Callbacks& cb, const std::string& line) {
 // The hook of a harvest directory (msae harvest's harvest.json: model, layer, site, hook_name), as msae.json
 // records it ("hook") and cfg.json's SAELens fields take it (saedir::write_sae_files); null for other data.
 json harvest_hook(const std::string& data) {
-  const std::string manifest = strip_slashes(data) + "/harvest.json";
+  const std::string manifest = io::without_trailing_slash(data) + "/harvest.json";
   if (data.empty() || !io::is_directory(data) || !io::path_exists(manifest)) return nullptr;
   const json h = io::parse_json_file_text(io::read_text_file(manifest), manifest);
   if (!h.is_object() || h.value("format", "") != "msae-harvest" || !h.contains("hook_name")) return nullptr;
