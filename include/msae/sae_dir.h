@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,14 @@ nlohmann::json config_json(const SaeConfig& cfg);
 nlohmann::json variant_config_json(const SaeConfig& cfg);
 void variant_config_from_json(const nlohmann::json& variants, SaeConfig& cfg);
 
+// The NaN/Inf entries of one tensor of the weights file (named as in the file: W_enc, encoder.weight, ...).
+struct NonFinite {
+  std::string tensor;
+  std::vector<int64_t> shape;
+  int64_t count = 0;  // NaN and +-Inf entries
+  int64_t first = 0;  // flat (row-major, as stored) index of the first one
+};
+
 struct SaeDirectory {
   SaeConfig sae;
   SaeParams params;
@@ -30,7 +39,12 @@ struct SaeDirectory {
   // Where it came from (docs/interop.md): "msae", "saelens-jumprelu", "saelens-standard", "saelens-topk"
   // or "sparsify-topk". Imported SAEs carry their trainer's inference rule in params.rule.
   std::string format = "msae";
+  // The tensors the SAE uses that hold NaN/Inf, in file order (empty unless read with allow_nonfinite).
+  std::vector<NonFinite> nonfinite;
 };
+
+// "W_dec (32, 8): 3 non-finite values, the first at [4, 1] (flat index 33)"
+std::string describe(const NonFinite& n);
 
 // Writes the SAE directory files (cfg.json, sae_weights.safetensors, msae.json = msae_json) into `dir`,
 // which must exist; each file is written under a temporary name and renamed. Atomic at the directory
@@ -48,7 +62,13 @@ void write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaePara
 // A directory holding such directories (sparsify's layers.N/, one per hookpoint) is refused with a list
 // of them. Features the eval path cannot reproduce exactly (gated, per-row normalization, skip
 // connections, transcoders, groupmax) are refused with msae::Error naming the field.
-SaeDirectory read_sae_dir(const std::string& dir);
+// Strict: every tensor the inference rule needs must be there (an msae directory's `threshold`, and `b_enc`
+// when msae.json says the SAE has an encoder bias), the metadata must agree with itself and with the tensors
+// (d_in, d_sae, k in [1, d_sae], group sizes summing to d_sae, cfg.json's metadata against msae.json), and
+// every value of the tensors used must be finite: otherwise msae::Error (exit 1) naming the file and the
+// tensor or key (for non-finite values: the tensor, how many, and the first index). allow_nonfinite = true
+// (msae inspect) loads non-finite values and lists them in SaeDirectory::nonfinite instead.
+SaeDirectory read_sae_dir(const std::string& dir, bool allow_nonfinite = false);
 
 // Loads initial parameters for --init: the tensors of `dir`, checked against d and D (usage errors); an
 // imported SAE's encoding rule is dropped (the run trains an msae SAE).
