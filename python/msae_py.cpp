@@ -669,11 +669,16 @@ the trained nested groups are group_boundaries.
 
 Create one with Sae.load(dir) or msae.train(...).)doc";
 
-constexpr const char* kLoadDoc = R"doc(Load an SAE directory: sae_weights.safetensors (W_enc, W_dec, b_enc, b_dec and optionally
-threshold) with optional cfg.json and msae.json, as written by `msae train`, msae.train or
-Sae.save, or by SAELens for a JumpReLU SAE with one global threshold.
+constexpr const char* kLoadDoc = R"doc(Load an SAE directory: sae_weights.safetensors (W_enc, W_dec, b_enc, b_dec, threshold) with
+optional cfg.json and msae.json, as written by `msae train`, msae.train or Sae.save; also SAELens
+jumprelu (per-latent thresholds, applied exactly), standard and topk directories, and EleutherAI
+sparsify directories (cfg.json + sae.safetensors), with their own encoding rule (docs/interop.md).
 
-Raises RuntimeError when the directory is missing or malformed.)doc";
+Loading is strict, through the reader msae eval uses: raises RuntimeError naming the file and the
+tensor or key when the directory is missing or malformed, when a tensor the encoding needs is missing
+(an msae directory's threshold included), when any weight or threshold is NaN or Inf (with the count
+and the first index; `msae inspect DIR` lists them), or when the metadata disagrees with the tensors or
+with itself (group sizes that do not sum to d_sae, k outside [1, d_sae], cfg.json against msae.json).)doc";
 
 constexpr const char* kEncodeDoc = R"doc(Encode activations into latent codes.
 

@@ -16,9 +16,8 @@ struct Result {
   std::string output;  // stdout + stderr, or stdout alone with stdout_only
 };
 
-// Runs msae with `args` through the shell; the exit code (128 + signal when killed) and the output.
-inline Result run(const std::string& args, bool stdout_only = false) {
-  const std::string cmd = std::string(MSAE_BINARY) + " " + args + (stdout_only ? " 2>/dev/null" : " 2>&1");
+// Runs `cmd` through the shell; the exit code (128 + signal when killed) and what it wrote to the pipe.
+inline Result run_shell(const std::string& cmd) {
   Result r;
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return r;
@@ -28,6 +27,17 @@ inline Result run(const std::string& args, bool stdout_only = false) {
   const int status = pclose(pipe);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+// Runs msae with `args` through the shell; the exit code (128 + signal when killed) and the output.
+inline Result run(const std::string& args, bool stdout_only = false) {
+  return run_shell(std::string(MSAE_BINARY) + " " + args + (stdout_only ? " 2>/dev/null" : " 2>&1"));
+}
+
+// Runs msae with `args` and the caller's own redirections, e.g. "inspect DIR 2>&1 >/dev/full" (the output
+// is then stderr alone).
+inline Result run_redirected(const std::string& args_and_redirections) {
+  return run_shell(std::string(MSAE_BINARY) + " " + args_and_redirections);
 }
 
 // A whole file as bytes ("" when it cannot be read).

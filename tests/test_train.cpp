@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <limits>
 
 #include "msae/data.h"
 #include "msae/eval.h"
@@ -201,6 +203,128 @@ TEST(SaeDirectory, RoundTripsExactly) {
   EXPECT_EQ(back.params.threshold, 0.375f);
 }
 
+
+// Strict loading (issue 21 case 11): an msae directory that lost a tensor, holds NaN/Inf, or whose metadata
+// disagrees with itself or the tensors is refused with the file and the tensor or key named; inspect's
+// lenient read lists the non-finite values instead. Before: a directory without 'threshold' loaded with
+// threshold 0 (L0 = every positive latent), NaN weights loaded silently, and k > d_sae was cut to d_sae.
+class StrictLoad : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("msae_strict_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+                                        "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    cfg_.d_in = 8;
+    cfg_.d_sae = 32;
+    cfg_.k = 3;
+    cfg_.group_sizes = {8, 8, 16};
+    cfg_.arch = Arch::matryoshka;
+    cfg_.finalize();
+    params_ = SaeParams::init(8, 32, 5);
+    params_.threshold = 0.25f;
+    saedir::write_sae_files(dir_.string(), cfg_, params_, {{"config", saedir::config_json(cfg_)}});
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string weights() const { return (dir_ / "sae_weights.safetensors").string(); }
+  // Rewrites the weights file through `edit` (name -> tensor; erase to drop one).
+  template <class F>
+  void edit_weights(F edit) {
+    io::SafetensorsFile f = io::read_safetensors(weights());
+    edit(f.tensors);
+    std::vector<io::TensorRef> refs;
+    for (const auto& [name, t] : f.tensors) refs.push_back({name, t.shape, t.ptr()});
+    io::write_safetensors(weights(), refs, {{"format", "pt"}});
+  }
+  void edit_json(const std::string& file, const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = nlohmann::json::parse(io::read_text_file((dir_ / file).string()));
+    edit(j);
+    io::write_text_file_atomic((dir_ / file).string(), j.dump());
+  }
+  // read_sae_dir must refuse, with every needle in the message.
+  void expect_refused(std::initializer_list<std::string> needles) {
+    try {
+      saedir::read_sae_dir(dir_.string());
+      ADD_FAILURE() << "loaded";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.exit_code(), 1) << e.what();
+      for (const std::string& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << n << " in: " << e.what();
+    }
+  }
+  fs::path dir_;
+  SaeConfig cfg_;
+  SaeParams params_;
+};
+
+TEST_F(StrictLoad, TheWrittenDirectoryLoads) {
+  const saedir::SaeDirectory s = saedir::read_sae_dir(dir_.string());
+  EXPECT_EQ(s.params.threshold, 0.25f);
+  EXPECT_TRUE(s.nonfinite.empty());
+}
+
+TEST_F(StrictLoad, AMissingThresholdOrEncoderBiasIsRefused) {
+  edit_weights([](auto& t) { t.erase("threshold"); });
+  expect_refused({"sae_weights.safetensors", "'threshold'", "missing"});
+  SetUp();
+  edit_json("msae.json", [](nlohmann::json& j) { j["config"]["encoder_bias"] = true; });
+  edit_weights([](auto& t) { t.erase("b_enc"); });
+  expect_refused({"sae_weights.safetensors", "'b_enc'", "missing"});
+}
+
+TEST_F(StrictLoad, NonFiniteValuesAreRefusedAndListedWhenAllowed) {
+  edit_weights([](auto& t) {
+    t.at("W_dec").data[3 * 8 + 1] = std::numeric_limits<float>::quiet_NaN();  // W_dec (32, 8) [3, 1]
+    t.at("W_dec").data[9 * 8 + 0] = std::numeric_limits<float>::infinity();
+    t.at("threshold").data[7] = -std::numeric_limits<float>::infinity();
+  });
+  expect_refused({"sae_weights.safetensors", "'W_dec' (32, 8): 2 non-finite values", "first at [3, 1] (flat index 25)",
+                  "'threshold' (32,): 1 non-finite value", "first at [7]"});
+  const saedir::SaeDirectory s = saedir::read_sae_dir(dir_.string(), /*allow_nonfinite=*/true);
+  ASSERT_EQ(s.nonfinite.size(), 2u);
+  EXPECT_EQ(s.nonfinite[0].tensor, "W_dec");
+  EXPECT_EQ(s.nonfinite[0].count, 2);
+  EXPECT_EQ(s.nonfinite[0].first, 25);
+  EXPECT_EQ(s.nonfinite[1].tensor, "threshold");
+  EXPECT_EQ(s.nonfinite[1].first, 7);
+  // W_enc is stored (d, D): the index is the file's.
+  SetUp();
+  edit_weights([](auto& t) { t.at("W_enc").data[1 * 32 + 30] = std::numeric_limits<float>::quiet_NaN(); });
+  expect_refused({"'W_enc' (8, 32): 1 non-finite value", "first at [1, 30]"});
+}
+
+TEST_F(StrictLoad, InconsistentMetadataIsRefused) {
+  // (each record on its own: cfg.json's copy of the field is dropped, so the cross-check does not fire first)
+  edit_json("msae.json", [](nlohmann::json& j) {
+    j["config"]["group_sizes"] = {8, 8, 8};
+    j["config"].erase("group_boundaries");
+  });
+  edit_json("cfg.json", [](nlohmann::json& j) { j.erase("metadata"); });
+  expect_refused({"sum to 24", "32"});
+  SetUp();
+  edit_json("cfg.json", [](nlohmann::json& j) { j["metadata"].erase("msae_k"); });
+  edit_json("msae.json", [](nlohmann::json& j) { j["config"]["k"] = 33; });
+  expect_refused({"msae.json", "k is 33", "[1, d_sae]"});
+  SetUp();
+  edit_json("msae.json", [](nlohmann::json& j) { j["config"]["d_sae"] = 64; });
+  expect_refused({"msae.json", "config.d_sae is 64", "32"});
+  SetUp();
+  edit_json("msae.json", [](nlohmann::json& j) { j["config"]["group_boundaries"] = {8, 16, 30}; });
+  expect_refused({"msae.json", "group_boundaries", "[8,16,32]"});
+  SetUp();
+  edit_json("cfg.json", [](nlohmann::json& j) { j["metadata"]["msae_k"] = 4; });
+  expect_refused({"cfg.json", "msae_k 4", "config.k 3"});
+  SetUp();
+  edit_json("cfg.json", [](nlohmann::json& j) { j["metadata"]["matryoshka_group_sizes"] = {16, 16}; });
+  expect_refused({"cfg.json", "matryoshka_group_sizes", "disagree"});
+  SetUp();
+  edit_json("cfg.json", [](nlohmann::json& j) { j["metadata"]["msae_arch"] = "batchtopk"; });
+  expect_refused({"cfg.json", "msae_arch 'batchtopk'", "matryoshka"});
+  // Without msae.json, cfg.json's metadata is the record and is held to the same rules.
+  SetUp();
+  fs::remove(dir_ / "msae.json");
+  edit_json("cfg.json", [](nlohmann::json& j) { j["metadata"]["msae_k"] = 40; });
+  expect_refused({"cfg.json", "k is 40"});
+}
 
 TEST(Trainer, SameSeedSameBits) {
   for (const std::string& engine : train::engine_names()) {

@@ -39,6 +39,7 @@ struct OptionDef {
   // `at_least` inclusive.
   double at_least = NAN, above = NAN;
   std::vector<std::string> choices = {};  // text: the allowed values (empty = any)
+  double at_most = NAN;                   // inclusive upper bound; NaN = unbounded
 };
 
 // Every option, in --help order.

@@ -5,6 +5,7 @@
 // metrics.jsonl and checkpoints, resume, evaluate on held-out rows, fold the scale, write the directory.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -143,6 +144,37 @@ struct Result {
 // may be given, plus in-memory Inputs for data the checkpoint cannot name). Throws msae::Error on bad
 // options or data; an interrupted run (callbacks.stop) writes a checkpoint and returns completed = false.
 Result train(const Options& options, const Inputs& inputs = {}, const Callbacks& callbacks = {});
+
+// ---------------------------------------------------------------------------------------------
+// Memory: an estimate before anything is allocated (src/run/memory.cpp)
+// ---------------------------------------------------------------------------------------------
+
+// What a training run of `t` (t.batch rows of width d) holds at its peak, in bytes, by part: counted from
+// what the host engines allocate (include/msae/engine.h HostEngine, src/model/step_sparse.cpp and
+// src/model/loss_ref.cpp), not measured. Doubles, so that no product of sizes can wrap.
+struct MemoryEstimate {
+  double parameters = 0;  // W_enc^T, W_dec, b_enc, b_dec: (2 D d + D + d) floats
+  double optimizer = 0;   // Adam's two moments of every parameter
+  double gradients = 0;   // one gradient per parameter
+  double step = 0;        // the step's buffers: the (B, D) pre-activations, the (B, d) rows, codes, AuxK
+  double data = 0;        // the batch and the reader thread's batches
+  double output = 0;      // the copy of the parameters (and the transposed W_enc) written at the end
+  double evaluation = 0;  // the final evaluation's (1024, D) pre-activations
+  // The sparse engine keeps its step buffers for the whole run (they are alive during the final evaluation);
+  // the reference engine's are freed after each step.
+  bool step_kept = true;
+  double total() const {
+    return parameters + optimizer + gradients + data + output + (step_kept ? step + evaluation : std::max(step, evaluation));
+  }
+};
+MemoryEstimate estimate_training_bytes(const train::TrainOptions& t, int64_t d);
+// The memory this process may still take: min(/proc/meminfo MemAvailable, the cgroup v2 limit
+// memory.max - memory.current) in bytes; -1 when neither can be read.
+int64_t available_memory_bytes();
+// Refuses (runtime error, exit 1) a run whose estimate exceeds the available memory, with both figures in
+// GiB and the options that lower it; `available` < 0 (unknown) passes. Returns the estimate's line for the
+// log: "memory: about 1.4 GiB estimated, 22.0 GiB available".
+std::string check_training_memory(const train::TrainOptions& t, int64_t d, int64_t available);
 
 // ---------------------------------------------------------------------------------------------
 // Ground-truth runs: training one SAE on a preset's stream (synth::make_preset) and scoring it against the

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,14 @@ nlohmann::json config_json(const SaeConfig& cfg);
 nlohmann::json variant_config_json(const SaeConfig& cfg);
 void variant_config_from_json(const nlohmann::json& variants, SaeConfig& cfg);
 
+// The NaN/Inf entries of one tensor of the weights file (named as in the file: W_enc, encoder.weight, ...).
+struct NonFinite {
+  std::string tensor;
+  std::vector<int64_t> shape;
+  int64_t count = 0;  // NaN and +-Inf entries
+  int64_t first = 0;  // flat (row-major, as stored) index of the first one
+};
+
 struct SaeDirectory {
   SaeConfig sae;
   SaeParams params;
@@ -34,7 +43,12 @@ struct SaeDirectory {
   // hook_name in TransformerLens spelling ("blocks.6.hook_resid_pre") and model_name; "" when not recorded.
   std::string hook_name;
   std::string model_name;
+  // The tensors the SAE uses that hold NaN/Inf, in file order (empty unless read with allow_nonfinite).
+  std::vector<NonFinite> nonfinite;
 };
+
+// "W_dec (32, 8): 3 non-finite values, the first at [4, 1] (flat index 33)"
+std::string describe(const NonFinite& n);
 
 // Writes the SAE directory files into `dir`, which must exist, each atomically: sae_weights.safetensors,
 // cfg.json, then msae.json = msae_json plus "files" (the weights' size and CRC-32C, verified by
@@ -45,6 +59,7 @@ nlohmann::json write_sae_files(const std::string& dir, const SaeConfig& cfg, con
                                const nlohmann::json& msae_json);
 // cfg.json's metadata takes model_name and hook_name from msae_json["hook"] when the run recorded one
 // (an SAE trained on a harvest directory: run::train copies the harvest manifest's hook there).
+
 // Reads an SAE directory (docs/interop.md), validating every shape and configuration field it uses:
 //  - msae's own output (SAELens layout + msae.json, or cfg.json metadata written by msae): the msae rule;
 //  - a SAELens directory from another trainer: cfg.json "architecture" jumprelu (tensor threshold (D)),
@@ -56,7 +71,13 @@ nlohmann::json write_sae_files(const std::string& dir, const SaeConfig& cfg, con
 // A directory holding such directories (sparsify's layers.N/, one per hookpoint) is refused with a list
 // of them. Features the eval path cannot reproduce exactly (gated, per-row normalization, skip
 // connections, transcoders, groupmax) are refused with msae::Error naming the field.
-SaeDirectory read_sae_dir(const std::string& dir);
+// Strict: every tensor the inference rule needs must be there (an msae directory's `threshold`, and `b_enc`
+// when msae.json says the SAE has an encoder bias), the metadata must agree with itself and with the tensors
+// (d_in, d_sae, k in [1, d_sae], group sizes summing to d_sae, cfg.json's metadata against msae.json), and
+// every value of the tensors used must be finite: otherwise msae::Error (exit 1) naming the file and the
+// tensor or key (for non-finite values: the tensor, how many, and the first index). allow_nonfinite = true
+// (msae inspect) loads non-finite values and lists them in SaeDirectory::nonfinite instead.
+SaeDirectory read_sae_dir(const std::string& dir, bool allow_nonfinite = false);
 
 // Loads initial parameters for --init: the tensors of `dir`, checked against d and D (usage errors); an
 // imported SAE's encoding rule is dropped (the run trains an msae SAE).

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -23,6 +24,11 @@
 
 namespace msae {
 namespace {
+
+// The most threads set_num_threads starts (the option table's "threads" row has the same bound, so that
+// --threads 100000 is refused with the bound rather than with the system's "Resource temporarily
+// unavailable").
+constexpr int kMaxThreads = 1024;
 
 // Spin iterations (each a pause, ~15-70 cycles) before a waiting thread sleeps: long enough to catch the
 // next region of a step without a futex round trip, short enough not to matter to anyone else.
@@ -43,7 +49,15 @@ class Pool {
     // The generation a worker starts from is read here, not in the new thread: a job submitted before the
     // thread first runs must still count as new to it.
     const uint32_t start = generation_.load(std::memory_order_acquire);
-    for (int t = 1; t < n; ++t) workers_.emplace_back([this, t, start] { worker_loop(t, start); });
+    try {
+      for (int t = 1; t < n; ++t) workers_.emplace_back([this, t, start] { worker_loop(t, start); });
+    } catch (const std::system_error& e) {
+      const size_t started = workers_.size();
+      stop_workers();
+      size_ = 1;
+      runtime_error("cannot start ", n, " threads (the system refused after ", started + 1, "): ", e.what(), "; give ",
+                    opt("threads"), " a smaller count");
+    }
   }
 
   void run(detail::ParallelFn fn, void* ctx, int max_threads) {
@@ -131,6 +145,9 @@ int num_threads() { return pool().size(); }
 
 void set_num_threads(int n) {
   if (n <= 0) n = hardware_threads();
+  if (n > kMaxThreads)
+    usage_error(opt("threads"), " ", n, " is too many: at most ", kMaxThreads, " (this machine has ", hardware_threads(),
+                " hardware threads)");
   pool().resize(n);
   omp_set_num_threads(n);
 }

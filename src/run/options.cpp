@@ -135,7 +135,12 @@ const std::vector<OptionDef>& option_table() {
        "Sparse engine: AuxK runs as dense GEMMs over the dead latents when its entries fill at least this share of "
        "them, as sparse products below (0: always dense; > 1: never)",
        G::run, kAll, 0},
-      {"threads", T::integer, 0, "Threads (default: all cores)", G::run, kCli | kPython, 0},
+      {"threads", T::integer, 0, "Threads (default: all cores; at most 1024)", G::run, kCli | kPython, 0, NAN, {},
+       1024},  // set_num_threads's bound (src/core/threads.cpp)
+      {"no_memory_check", T::flag, false,
+       "Train even when the memory estimate exceeds the memory available (it is refused by default, before any "
+       "allocation)",
+       G::run, kCli | kPython},
       {"log_every", T::integer, null, "metrics.jsonl interval in steps (default: steps/100)", G::run, kAll, NAN, 0},
       {"checkpoint_every", T::integer, 0, "Write a checkpoint to OUT/checkpoints/ every N steps (0: only when stopped)",
        G::run, kCli | kPython, 0},
@@ -167,6 +172,7 @@ void check_bounds(const OptionDef& o, double v) {
     if (o.above == 0) usage_error(opt(o.key), " must be positive, got ", v);
     usage_error(opt(o.key), " must be > ", o.above, ", got ", v);
   }
+  if (!std::isnan(o.at_most) && !(v <= o.at_most)) usage_error(opt(o.key), " must be <= ", o.at_most, ", got ", v);
 }
 
 int64_t parse_int_text(const OptionDef& o, const std::string& item) {

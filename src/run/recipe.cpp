@@ -32,6 +32,15 @@ train::TrainOptions make_train_options(const Options& o, int64_t d, const DataDe
   if (t.steps > std::numeric_limits<int64_t>::max() / t.batch)
     usage_error(opt(given("tokens") ? "tokens" : "steps"), ": ", t.steps, " steps of ", t.batch,
                 " rows is more rows than msae can count (2^63)");
+  // The sizes the buffers are made of: (d_sae, d) parameters (six copies with Adam and the gradients), the
+  // (batch, d_sae) pre-activations and (batch, d) rows, in bytes, must fit in 64 bits (the memory estimate
+  // then refuses what does not fit the machine).
+  constexpr int64_t kMaxElems = std::numeric_limits<int64_t>::max() / 64;
+  if (cfg.d_sae > kMaxElems / d)
+    usage_error(opt("d_sae"), " ", cfg.d_sae, " x d_in ", d, " parameters are more than msae can address");
+  if (t.batch > kMaxElems / cfg.d_sae || t.batch > kMaxElems / d)
+    usage_error(opt("batch"), " ", t.batch, " x ", opt("d_sae"), " ", cfg.d_sae, " pre-activations (and ", t.batch, " x d_in ",
+                d, " rows) are more than msae can address");
   t.adam.lr = static_cast<float>(o.real("lr"));
   t.max_grad_norm = static_cast<float>(o.real("max_grad_norm"));
   t.seed = static_cast<uint64_t>(o.integer("seed"));

@@ -131,6 +131,33 @@ nlohmann::json sae_quality(const SaeConfig& cfg, const eval::EvalReport& ev, int
   return {{"usable", problems.empty()}, {"problems", problems}};
 }
 
+// --resume DIR where DIR has no checkpoint: says why in the terms of what DIR holds (nothing, a finished SAE
+// of a run without checkpoints, or a run that stopped before its first checkpoint, at the step metrics.jsonl
+// last recorded), and what to do instead. Checked here, before train::read_checkpoint.
+[[noreturn]] void no_checkpoint_to_resume(const std::string& dir) {
+  if (!io::is_directory(dir))
+    runtime_error(opt("resume"), " ", dir, ": no such directory; ", opt("resume"), " takes the ", opt("out"),
+                " directory of a run that wrote checkpoints");
+  const std::string again = cat("; start it again with the same options and ", opt("out"), " ", dir, " ", opt("overwrite"),
+                                " (", opt("checkpoint_every"), " N writes checkpoints to resume from)");
+  if (io::path_exists(dir + "/sae_weights.safetensors"))
+    runtime_error(dir, " has no checkpoint to resume from: it holds the SAE of a run that wrote no checkpoints", again);
+  int64_t last_step = -1;
+  const std::string metrics = dir + "/metrics.jsonl";
+  if (io::path_exists(metrics)) {
+    std::istringstream in(io::read_text_file(metrics));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.contains("step") && j["step"].is_number_integer()) last_step = j["step"].get<int64_t>();
+    }
+  }
+  runtime_error(dir, " has no checkpoint yet: the run stopped before its first one",
+                last_step >= 0 ? cat(" (metrics.jsonl records it up to step ", last_step, ")") : std::string(),
+                ", so it cannot be resumed", again);
+}
+
 uint64_t synthetic_eval_seed(uint64_t seed) { return seed + 1000003; }
 uint64_t norm_sample_seed(uint64_t seed) { return seed ^ 0x6e6f726dULL; }
 
@@ -150,12 +177,13 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   else if (!out.empty()) take_output(out);
   if (o.given("resume")) {
     for (const auto& [key, value] : o.given_json().items())
-      if (key != "resume" && key != "threads")
+      if (key != "resume" && key != "threads" && key != "no_memory_check")
         usage_error(opt("resume"), " continues a run with the options it was started with (recorded in its checkpoint); ",
                     "drop ", opt(key), " (only ", opt("threads"), " may be given, and bit-identical results need the same count)");
     const std::string dir = io::without_trailing_slash(o.text("resume"));
+    if (!train::has_checkpoint(dir)) no_checkpoint_to_resume(dir);
     ckpt = train::read_checkpoint(dir);
-    const bool threads_given = o.given("threads");
+    const bool threads_given = o.given("threads"), no_memory_check = o.flag("no_memory_check");
     const int64_t threads = o.integer("threads");
     const std::string where = ckpt->path + "/state.json";
     if (ckpt->extra.contains("options"))
@@ -168,6 +196,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
       log_warn(cat(opt("threads"), " ", threads, " differs from the run's ", o.integer("threads"),
                    " threads: the result will not be bit-identical to an uninterrupted run"));
     if (threads_given) o.set("threads", threads);
+    if (no_memory_check) o.set("no_memory_check", true);
     out = dir;
   }
   if (o.integer("threads") > 0 && o.integer("threads") != num_threads()) set_num_threads(static_cast<int>(o.integer("threads")));
@@ -201,8 +230,8 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   // The output directory is refused before any work.
   if (!ckpt && !out.empty() && io::path_exists(out)) {
     if (!o.flag("overwrite"))
-      usage_error("output directory '", out, "' exists; pass ", opt("overwrite"), " to replace it (or ", opt("resume"),
-                  " ", out, " to continue an interrupted run)");
+      usage_error("output directory '", out, "' exists; pass ", opt("overwrite"), " to replace it",
+                  train::has_checkpoint(out) ? cat(" (or ", opt("resume"), " ", out, " to continue its interrupted run)") : "");
     check_replaceable(out);
   }
 
@@ -316,6 +345,8 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   }
   o.set("log_every", topt.log_every);
 
+  // The memory the run will take, refused with the figure before the parameters are allocated (docs/cli.md).
+  say(cb, check_training_memory(topt, d, o.flag("no_memory_check") ? -1 : available_memory_bytes()));
   train::Trainer trainer(topt, init_params ? std::move(*init_params) : SaeParams::init(d, cfg.d_sae, seed));
   int64_t start = 0;
   double seconds_before = 0.0;

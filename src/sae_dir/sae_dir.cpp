@@ -3,7 +3,9 @@
 // carry; the reader, which also imports SAELens (jumprelu / standard / topk) and EleutherAI sparsify
 // directories (docs/interop.md); --init loading and the input-scale folding.
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <initializer_list>
 #include <utility>
 
 #include "msae/io.h"
@@ -121,6 +123,47 @@ std::vector<int64_t> group_sizes_field(const json& v, int64_t D, const std::stri
   return out;
 }
 
+// A recorded boundary list (m_1 .. m_G) must be the running sums of the group sizes next to it.
+void check_boundaries(const json& obj, const char* key, const std::vector<int64_t>& sizes, const std::string& file) {
+  const json* b = field(obj, key);
+  if (!b || sizes.empty()) return;
+  std::vector<int64_t> expected(sizes.size());
+  int64_t sum = 0;
+  for (size_t g = 0; g < sizes.size(); ++g) expected[g] = sum += sizes[g];
+  bool same = b->is_array() && b->size() == expected.size();
+  for (size_t g = 0; same && g < expected.size(); ++g) same = as_int((*b)[g], file, key) == expected[g];
+  if (!same)
+    runtime_error(file, ": \"", key, "\" is ", io::json_excerpt(*b), " but the group sizes give ", json(expected).dump());
+}
+
+// The NaN/Inf entries of the named tensors of `file` (those present), in this order.
+std::vector<NonFinite> scan_nonfinite(const io::SafetensorsFile& file, std::initializer_list<const char*> names) {
+  std::vector<NonFinite> out;
+  for (const char* name : names) {
+    auto it = file.tensors.find(name);
+    if (it == file.tensors.end()) continue;
+    NonFinite n{name, it->second.shape, 0, -1};
+    const auto& v = it->second.data;
+    for (size_t i = 0; i < v.size(); ++i)
+      if (!std::isfinite(v[i])) {
+        if (n.count++ == 0) n.first = static_cast<int64_t>(i);
+      }
+    if (n.count > 0) out.push_back(std::move(n));
+  }
+  return out;
+}
+
+// Records the non-finite values of the tensors the SAE uses, or refuses them (strict loading).
+void check_finite(SaeDirectory& out, const io::SafetensorsFile& file, const std::string& path,
+                  std::initializer_list<const char*> names, bool allow_nonfinite) {
+  out.nonfinite = scan_nonfinite(file, names);
+  if (out.nonfinite.empty() || allow_nonfinite) return;
+  std::string also;
+  for (size_t i = 1; i < out.nonfinite.size(); ++i) also += cat("; ", describe(out.nonfinite[i]));
+  runtime_error(path, ": tensor ", describe(out.nonfinite[0]), also,
+                "; an SAE with NaN or Inf weights gives NaN codes (msae inspect lists them)");
+}
+
 // Fills cfg from msae.json when present, else from cfg.json's metadata (both written by msae).
 SaeConfig msae_config(const json& msae, const json& saelens, int64_t d, int64_t D, const std::string& dir) {
   SaeConfig cfg;
@@ -128,11 +171,30 @@ SaeConfig msae_config(const json& msae, const json& saelens, int64_t d, int64_t 
   cfg.d_sae = D;
   cfg.arch = Arch::batchtopk;
   const std::string msae_file = dir + "/msae.json", cfg_file = dir + "/cfg.json";
+  const json* m = field(saelens, "metadata");
+  bool k_given = false;
   if (const json* c = field(msae, "config")) {
     if (!c->is_object()) runtime_error(msae_file, ": \"config\" must be an object, found ", io::json_excerpt(*c));
+    for (const auto& [key, value] : {std::pair<const char*, int64_t>{"d_in", d}, {"d_sae", D}})
+      if (field(*c, key) && int_field(*c, key, 0, msae_file) != value)
+        runtime_error(msae_file, ": config.", key, " is ", int_field(*c, key, 0, msae_file), " but the weights (W_enc) have ",
+                      key, " ", value);
     cfg.arch = parse_arch(string_field(*c, "arch", "", msae_file));
+    k_given = field(*c, "k") != nullptr;
     cfg.k = int_field(*c, "k", cfg.k, msae_file);
     if (const json* g = field(*c, "group_sizes")) cfg.group_sizes = group_sizes_field(*g, D, msae_file, "group_sizes");
+    check_boundaries(*c, "group_boundaries", cfg.group_sizes, msae_file);
+    // cfg.json's metadata is written from the same config: a disagreement means one of them was changed.
+    if (m && field(*m, "msae_arch") && string_field(*m, "msae_arch", "", cfg_file) != arch_name(cfg.arch))
+      runtime_error(cfg_file, ": metadata.msae_arch '", string_field(*m, "msae_arch", "", cfg_file), "' disagrees with ",
+                    msae_file, "'s config.arch '", arch_name(cfg.arch), "'");
+    if (m && field(*m, "msae_k") && k_given && int_field(*m, "msae_k", 0, cfg_file) != cfg.k)
+      runtime_error(cfg_file, ": metadata.msae_k ", int_field(*m, "msae_k", 0, cfg_file), " disagrees with ", msae_file,
+                    "'s config.k ", cfg.k);
+    if (m && field(*m, "matryoshka_group_sizes") && !cfg.group_sizes.empty() &&
+        group_sizes_field(*field(*m, "matryoshka_group_sizes"), D, cfg_file, "matryoshka_group_sizes") != cfg.group_sizes)
+      runtime_error(cfg_file, ": metadata.matryoshka_group_sizes ", io::json_excerpt(*field(*m, "matryoshka_group_sizes")),
+                    " disagree with ", msae_file, "'s config.group_sizes ", json(cfg.group_sizes).dump());
     cfg.encoder_bias = bool_field(*c, "encoder_bias", false, msae_file);
     cfg.dead_after_batches = int_field(*c, "dead_after_batches", cfg.dead_after_batches, msae_file);
     cfg.aux_k = int_field(*c, "aux_k", cfg.aux_k, msae_file);
@@ -145,14 +207,20 @@ SaeConfig msae_config(const json& msae, const json& saelens, int64_t d, int64_t 
       }
     }
   } else {
-    const json* m = field(saelens, "metadata");
     if (m && field(*m, "matryoshka_group_sizes"))
       cfg.group_sizes = group_sizes_field(*field(*m, "matryoshka_group_sizes"), D, cfg_file, "matryoshka_group_sizes");
     if (m && field(*m, "msae_arch")) cfg.arch = parse_arch(string_field(*m, "msae_arch", "", cfg_file));
+    k_given = m && field(*m, "msae_k");
     if (m) cfg.k = int_field(*m, "msae_k", cfg.k, cfg_file);
     // No msae.json: the encoder bias is part of the forward pass whenever the file has one.
     cfg.encoder_bias = true;
   }
+  if (m) check_boundaries(*m, "matryoshka_group_boundaries", cfg.group_sizes, cfg_file);
+  // A recorded k must lie in [1, d_sae] (SaeConfig::finalize checks >= 1); only the default k (32) is cut to
+  // a smaller d_sae.
+  if (k_given && cfg.k > D)
+    runtime_error(field(msae, "config") ? msae_file : cfg_file, ": k is ", cfg.k, " but the SAE has only d_sae = ", D,
+                  " latents; k must lie in [1, d_sae]");
   cfg.k = std::min(cfg.k, D);
   if (cfg.arch == Arch::batchtopk && cfg.group_sizes.size() > 1) cfg.arch = Arch::matryoshka;
   return cfg;
@@ -243,7 +311,7 @@ void read_saelens_foreign(SaeDirectory& out, const json& cfg, const io::Safetens
 }
 
 // An EleutherAI sparsify directory: cfg.json + sae.safetensors (one hookpoint).
-void read_sparsify(SaeDirectory& out, const std::string& dir, const std::string& weights) {
+void read_sparsify(SaeDirectory& out, const std::string& dir, const std::string& weights, bool allow_nonfinite) {
   const std::string cfg_file = dir + "/cfg.json";
   if (!io::path_exists(cfg_file))
     runtime_error(dir, ": has sae.safetensors but no cfg.json; a sparsify SAE directory holds both");
@@ -276,6 +344,7 @@ void read_sparsify(SaeDirectory& out, const std::string& dir, const std::string&
   out.sae.group_sizes = {D};
   set_topk(out, int_field(cfg, "k", 32, cfg_file), cfg_file);  // 32: sparsify's default
   out.format = "sparsify-topk";
+  check_finite(out, file, weights, {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}, allow_nonfinite);
 }
 
 // When `dir` holds no SAE but its subdirectories do (sparsify saves one per hookpoint), says which.
@@ -379,14 +448,28 @@ json write_sae_files(const std::string& dir, const SaeConfig& cfg, const SaePara
   return files;
 }
 
-SaeDirectory read_sae_dir(const std::string& dir) {
+std::string describe(const NonFinite& n) {
+  std::string at = "[";
+  int64_t rest = n.first;
+  for (size_t i = 0; i < n.shape.size(); ++i) {
+    int64_t below = 1;
+    for (size_t j = i + 1; j < n.shape.size(); ++j) below *= n.shape[j];
+    at += cat(i ? ", " : "", below > 0 ? rest / below : 0);
+    if (below > 0) rest %= below;
+  }
+  at += "]";
+  return cat("'", n.tensor, "' ", shape_str(n.shape), ": ", n.count, " non-finite value", n.count == 1 ? "" : "s",
+             " (NaN or Inf), the first at ", at, n.shape.size() > 1 ? cat(" (flat index ", n.first, ")") : "");
+}
+
+SaeDirectory read_sae_dir(const std::string& dir, bool allow_nonfinite) {
   if (!io::is_directory(dir)) runtime_error("SAE directory '", dir, "' does not exist or is not a directory");
   SaeDirectory out;
   try {
     const std::string weights = dir + "/sae_weights.safetensors";
     if (!io::path_exists(weights)) {
       if (!io::path_exists(dir + "/sae.safetensors")) no_sae_here(dir);
-      read_sparsify(out, dir, dir + "/sae.safetensors");
+      read_sparsify(out, dir, dir + "/sae.safetensors", allow_nonfinite);
     } else {
       const io::SafetensorsFile file = io::read_safetensors(weights);
       const auto [d, D] = matrix_shape(file, weights, "W_enc", "(d_in, d_sae)");
@@ -419,20 +502,26 @@ SaeDirectory read_sae_dir(const std::string& dir) {
       out.params.b_dec = require_tensor(file, weights, "b_dec", {d});
       if (written_by_msae) {
         out.sae = msae_config(out.msae_json, saelens, d, D, dir);
-        if (file.tensors.count("b_enc")) out.params.b_enc = require_tensor(file, weights, "b_enc", {D});
+        // b_enc is part of the forward pass when msae.json says so (msae writes it always, zeros without a bias).
+        if (file.tensors.count("b_enc") || (field(out.msae_json, "config") && out.sae.encoder_bias))
+          out.params.b_enc = require_tensor(file, weights, "b_enc", {D});
+        // The inference threshold: without it every latent with a positive pre-activation would fire (an
+        // evaluation silently wrong), so it is required.
         auto thr = file.tensors.find("threshold");
-        if (thr != file.tensors.end()) {
-          if (thr->second.numel() != D && thr->second.numel() != 1)
-            runtime_error(weights, ": tensor 'threshold' has shape ", shape_str(thr->second.shape), ", expected (", D, ",)");
-          out.params.threshold = thr->second.data[0];
-          // msae writes one global threshold D times; differing values are honoured per latent.
-          for (float t : thr->second.data)
-            if (!(t == out.params.threshold)) {
-              out.params.rule.thresholds.assign(static_cast<size_t>(D), 0.0f);
-              for (int64_t i = 0; i < D; ++i) out.params.rule.thresholds[i] = thr->second.data[thr->second.numel() == 1 ? 0 : i];
-              break;
-            }
-        }
+        if (thr == file.tensors.end())
+          runtime_error(weights, ": tensor 'threshold' (", D, ",) is missing; an SAE directory in msae's layout holds ",
+                        "its JumpReLU inference threshold there (SAELens jumprelu), and without it every latent with a ",
+                        "positive pre-activation would fire");
+        if (thr->second.numel() != D && thr->second.numel() != 1)
+          runtime_error(weights, ": tensor 'threshold' has shape ", shape_str(thr->second.shape), ", expected (", D, ",)");
+        out.params.threshold = thr->second.data[0];
+        // msae writes one global threshold D times; differing values are honoured per latent.
+        for (float t : thr->second.data)
+          if (!(t == out.params.threshold)) {
+            out.params.rule.thresholds.assign(static_cast<size_t>(D), 0.0f);
+            for (int64_t i = 0; i < D; ++i) out.params.rule.thresholds[i] = thr->second.data[thr->second.numel() == 1 ? 0 : i];
+            break;
+          }
       } else {
         out.sae.d_in = d;
         out.sae.d_sae = D;
@@ -440,6 +529,7 @@ SaeDirectory read_sae_dir(const std::string& dir) {
         read_saelens_foreign(out, saelens, file, weights, cfg_file);
         out.sae.k = std::min(out.sae.k, D);
       }
+      check_finite(out, file, weights, {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}, allow_nonfinite);
     }
     out.sae.finalize();
   } catch (const json::exception& e) {

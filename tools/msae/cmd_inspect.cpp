@@ -20,7 +20,9 @@ struct InspectArgs {
 };
 
 int run_inspect(const InspectArgs& a) {
-  const saedir::SaeDirectory sae = saedir::read_sae_dir(a.dir);
+  // Leniently: an SAE with NaN/Inf values is shown, with them listed per tensor (eval, --init and Python's
+  // Sae.load refuse it).
+  const saedir::SaeDirectory sae = saedir::read_sae_dir(a.dir, /*allow_nonfinite=*/true);
   const SaeConfig& c = sae.sae;
   const SaeParams& p = sae.params;
   double min_norm = 1e30, max_norm = 0;
@@ -45,6 +47,10 @@ int run_inspect(const InspectArgs& a) {
                          {"format", sae.format},
                          {"hook_name", sae.hook_name.empty() ? nlohmann::json() : nlohmann::json(sae.hook_name)},
                          {"model_name", sae.model_name.empty() ? nlohmann::json() : nlohmann::json(sae.model_name)}};
+  nlohmann::json nonfinite = nlohmann::json::array();
+  for (const saedir::NonFinite& n : sae.nonfinite)
+    nonfinite.push_back({{"tensor", n.tensor}, {"shape", n.shape}, {"count", n.count}, {"first_index", n.first}});
+  info["nonfinite"] = nonfinite;
   if (sae.msae_json.contains("training")) info["training"] = sae.msae_json["training"];
   if (sae.msae_json.contains("final_metrics")) info["final_metrics"] = sae.msae_json["final_metrics"];
   if (a.json) {
@@ -69,6 +75,11 @@ int run_inspect(const InspectArgs& a) {
   std::printf("  encoder bias   %s\n", c.encoder_bias ? "yes" : "no");
   std::printf("  threshold      %s\n", shortest(p.threshold).c_str());
   std::printf("  decoder norms  %.6f .. %.6f\n", min_norm, max_norm);
+  if (sae.nonfinite.empty()) std::printf("  values         all finite\n");
+  for (const saedir::NonFinite& n : sae.nonfinite)
+    std::printf("  NON-FINITE     %s\n", saedir::describe(n).c_str());
+  if (!sae.nonfinite.empty())
+    std::printf("                 (msae eval, --init and msae.Sae.load refuse this SAE)\n");
   if (sae.msae_json.contains("training")) {
     const auto& t = sae.msae_json["training"];
     std::printf("  training       %s steps, %s tokens, batch %s, lr %s, data %s, %s\n", t.value("steps", nlohmann::json()).dump().c_str(),

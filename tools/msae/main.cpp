@@ -1,6 +1,7 @@
 // msae: train and evaluate Matryoshka sparse autoencoders.
 // Exit codes: 0 ok, 1 runtime error (bad files/data), 2 usage error (bad flags).
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -83,9 +84,21 @@ bool explain_parse_error(const CLI::App& app, int argc, char** argv, bool flags)
   return false;
 }
 
-}  // namespace
+// Every command prints its results with stdio. A full disk or a closed pipe shows up only when stdout is
+// flushed (or as its error flag from an earlier write): a command that lost its output fails (exit 1, or
+// its own non-zero code) with the reason instead of exiting 0 with nothing written.
+int finish(int code) {
+  errno = 0;
+  const bool flush_failed = std::fflush(stdout) != 0;
+  const int err = errno;
+  if (flush_failed || std::ferror(stdout)) {
+    std::fprintf(stderr, "msae: error: cannot write to standard output: %s\n", err ? std::strerror(err) : "write error");
+    return code == 0 ? 1 : code;
+  }
+  return code;
+}
 
-int main(int argc, char** argv) {
+int run_command(int argc, char** argv) {
   CLI::App app{"msae: train and evaluate Matryoshka sparse autoencoders"};
   app.set_version_flag("--version", std::string("msae ") + msae::version_string() + " (" + msae::git_commit() + ")");
   app.require_subcommand(1);
@@ -132,3 +145,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace
+
+int main(int argc, char** argv) { return finish(run_command(argc, argv)); }
