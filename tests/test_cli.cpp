@@ -459,7 +459,11 @@ TEST_F(Cli, StrictLoadingAndInspectOfNonFiniteValues) {
     edit(f.tensors);
     std::vector<msae::io::TensorRef> refs;
     for (const auto& [name, t] : f.tensors) refs.push_back({name, t.shape, t.ptr()});
-    msae::io::write_safetensors(weights, refs, {{"format", "pt"}});
+    const msae::io::FileDigest digest = msae::io::write_safetensors(weights, refs, {{"format", "pt"}});
+    // As if msae had written these weights: msae.json's digest of them follows (else that check refuses first).
+    nlohmann::json m = nlohmann::json::parse(slurp(path("sae/msae.json")));
+    m["files"]["sae_weights.safetensors"] = digest.to_json();
+    std::ofstream(path("sae/msae.json")) << m.dump();
   };
   const std::string original = slurp(weights);
   rewrite([](auto& t) { t.erase("threshold"); });
