@@ -777,10 +777,10 @@ TEST(Report, PrefixFvuPlot) {
     EXPECT_EQ(count(all, "<title>matryoshka seed " + std::to_string(seed) + ":"), 4u) << seed;  // one per prefix
   EXPECT_EQ(count(all, "<title>batchtopk seed"), 0u);
   EXPECT_EQ(count(all, "class=\"errorbar\""), 4u);  // the mean's whiskers, one per prefix width
-  EXPECT_EQ(count(all, "<title>matryoshka mean ± std (3 seeds):"), 4u);
+  EXPECT_EQ(count(all, "<title>matryoshka mean ± std:"), 4u);
   EXPECT_EQ(count(all, "class=\"refline\""), 1u);
   EXPECT_EQ(count(all, "class=\"refband\""), 1u);  // ± std over the 3 seeds
-  EXPECT_NE(all.find("batchtopk 0.13 ± 0.01 (3 seeds)"), std::string::npos) << all;
+  EXPECT_NE(all.find("<title>batchtopk 0.13 ± 0.01</title>"), std::string::npos) << all;
   EXPECT_GE(tick_labels(all, "end").size(), 4u) << all;     // y axis
   EXPECT_GE(tick_labels(all, "middle").size(), 4u) << all;  // x axis
   EXPECT_EQ(all.find("<script"), std::string::npos);

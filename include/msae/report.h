@@ -66,7 +66,8 @@ struct PrefixCurve {
 // with markers (one per prefix, titled "ARCH seed S"), in the arch's colour (the arch's position in archs);
 // with two or more runs of the arch, their mean per prefix width with +- 1 sample std whiskers over the
 // seeds is drawn over them ("ARCH mean ± std"). An arch whose runs have a single prefix (BatchTopK, TopK,
-// ReLU) is a reference line at its mean FVU (shaded +- std with several seeds).
+// ReLU) is a reference line at its mean FVU (shaded +- std with several seeds), named "ARCH MEAN" or, with
+// several seeds, "ARCH MEAN ± STD" (3 and 2 significant digits).
 std::string prefix_fvu_svg(const std::string& title, const std::vector<PrefixCurve>& runs,
                            const std::vector<std::string>& archs);
 

@@ -12,7 +12,7 @@
 namespace msae::report {
 namespace {
 
-constexpr double kW = 560, kH = 320, kLeft = 64, kRight = 150, kTop = 30, kBottom = 46;
+constexpr double kW = 600, kH = 320, kLeft = 64, kRight = 190, kTop = 30, kBottom = 46;
 
 std::string num(double v, const char* f = "%.1f") {
   char buf[48];
@@ -344,9 +344,9 @@ std::string prefix_fvu_svg(const std::string& title, const std::vector<PrefixCur
       std::vector<double> v;
       for (const PrefixCurve* r : mine) v.push_back(r->fvu.back());
       const auto [m, sd] = mean_std(v);
-      const std::string name = v.size() > 1 ? archs[a] + " " + tick_label(m) + " ± " + tick_label(sd) + " (" +
-                                                  std::to_string(v.size()) + " seeds)"
-                                            : archs[a] + " " + tick_label(m);
+      // short enough for the legend: 3 significant digits
+      const std::string name = v.size() > 1 ? archs[a] + " " + num(m, "%.3g") + " ± " + num(sd, "%.2g")
+                                            : archs[a] + " " + num(m, "%.3g");
       refs.push_back({name, m, v.size() > 1 ? sd : 0.0, ci});
       continue;
     }
@@ -368,7 +368,7 @@ std::string prefix_fvu_svg(const std::string& title, const std::vector<PrefixCur
     for (const PrefixCurve* r : mine) widths.insert(widths.end(), r->latents.begin(), r->latents.end());
     std::sort(widths.begin(), widths.end());
     widths.erase(std::unique(widths.begin(), widths.end()), widths.end());
-    Series mean{archs[a] + " mean ± std (" + std::to_string(mine.size()) + " seeds)", {}, {}};
+    Series mean{archs[a] + " mean ± std", {}, {}};
     SeriesStyle st;
     st.color = ci;
     st.width = 2.2;
