@@ -523,7 +523,7 @@ std::string frontier_svg(const Summary& sum, const std::string& title) {
 }
 
 // report.html: the comparison table (mean ± std over seeds) and one bar chart with +- 1 std whiskers
-// per key metric, configurations along x (numbered as in the table); also writes overview.svg.
+// per key metric, configurations along x (numbered as in the table); also writes overview.svg and frontier.svg.
 void write_report(const std::string& dir, const std::string& grid, const Summary& sum, size_t n_runs) {
   report::Page page("msae sweep: " + grid);
   std::set<std::string> data;
@@ -667,7 +667,7 @@ Action add_sweep_command(CLI::App& root) {
   app->add_option("--set", a->sets,
                   "KEY=VALUE (repeatable): override a grid key everywhere; a JSON list makes KEY an axis "
                   "(e.g. --set data=preset:synth-lite --set seed=[0,1,2] --set steps=500)");
-  app->add_option("--out", a->out, "Output directory (results.jsonl, table.md, table.csv, report.html)")->required();
+  app->add_option("--out", a->out, "Output directory (results.jsonl, table.md, table.csv, report.html, frontier.svg, overview.svg)")->required();
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_flag("--dry-run", a->dry_run, "Print each run's id and configuration, train nothing");
   return [a]() { return run_sweep(*a); };
