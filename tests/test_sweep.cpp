@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -38,6 +39,12 @@ std::vector<json> read_jsonl(const fs::path& p) {
   while (std::getline(in, line))
     if (!line.empty()) out.push_back(json::parse(line));
   return out;
+}
+
+size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+  return n;
 }
 
 class Sweep : public ::testing::Test {
@@ -96,6 +103,35 @@ TEST_F(Sweep, PresetRunsWriteGroundTruthAndEqualSynthBench) {
   EXPECT_NE(html.find("<table>"), std::string::npos);
   EXPECT_NE(html.find("class=\"errorbar\""), std::string::npos);  // 2 seeds per configuration: whiskers
   EXPECT_TRUE(fs::exists(fs::path(out) / "overview.svg"));
+  // The L0-vs-FVU frontier: every run a point in frontier.svg and report.html, and the frontier column of
+  // table.csv counts each configuration's runs that report::pareto_frontier puts on it.
+  const std::string fsvg = slurp(fs::path(out) / "frontier.svg");
+  EXPECT_EQ(count(fsvg, "<circle"), 4u) << fsvg;
+  EXPECT_EQ(count(fsvg, "class=\"frontier\""), 1u);
+  EXPECT_NE(html.find("L0 vs FVU frontier"), std::string::npos);
+  EXPECT_NE(table.find("| seeds | frontier |"), std::string::npos) << table;
+  std::vector<double> l0, fvu;
+  for (const json& row : rows) {
+    l0.push_back(row.at("metrics").at("whole").at("l0").get<double>());
+    fvu.push_back(row.at("metrics").at("whole").at("fvu").get<double>());
+  }
+  const std::vector<bool> on = msae::report::pareto_frontier(l0, fvu);
+  std::map<std::string, int> expected;  // arch -> runs on the frontier
+  for (size_t i = 0; i < rows.size(); ++i) expected[rows[i].at("config").at("arch").get<std::string>()] += on[i] ? 1 : 0;
+  std::istringstream csv(slurp(fs::path(out) / "table.csv"));
+  std::string line;
+  std::getline(csv, line);
+  EXPECT_EQ(line.rfind("arch,seeds,frontier,", 0), 0u) << line;
+  int csv_rows = 0, total = 0;
+  while (std::getline(csv, line)) {
+    const std::string arch = line.substr(1, line.find('"', 1) - 1);
+    const size_t a = line.find(',') + 1, b = line.find(',', a) + 1;
+    EXPECT_EQ(std::stoi(line.substr(b)), expected.at(arch)) << line;
+    total += expected.at(arch);
+    ++csv_rows;
+  }
+  EXPECT_EQ(csv_rows, 2);
+  EXPECT_GE(total, 1);  // some run is always on the frontier
 
   // synth-bench, same arch/seed/steps/eval rows: the same figures.
   const std::string sb = (dir_ / "bench").string();
@@ -119,6 +155,18 @@ TEST_F(Sweep, PresetRunsWriteGroundTruthAndEqualSynthBench) {
     ++compared;
   }
   EXPECT_EQ(compared, 2);
+  // synth-bench's FVU-per-prefix plot, one seed: a marker per Matryoshka prefix, BatchTopK a reference line,
+  // no whiskers and no "±".
+  const std::string bench_html = slurp(fs::path(sb) / "report.html");
+  size_t prefixes = 0;
+  for (const json& b : bench.at("runs"))
+    if (b.at("arch") == "matryoshka") prefixes = b.at("eval").at("prefixes").size();
+  EXPECT_GE(prefixes, 2u);
+  EXPECT_EQ(count(bench_html, "<title>matryoshka seed 1:"), prefixes);
+  EXPECT_EQ(count(bench_html, "class=\"refline\""), 1u);
+  EXPECT_EQ(count(bench_html, "class=\"errorbar\""), 0u);
+  EXPECT_EQ(bench_html.find("±"), std::string::npos);
+  EXPECT_EQ(r.output.find("±"), std::string::npos) << r.output;  // the printed table too
 
   // Resume: nothing left to train; the tables are rewritten from results.jsonl.
   r = run("sweep --grid " + grid + " --out " + out + " --threads 1");
@@ -178,11 +226,6 @@ TEST(Report, BarChartErrorBars) {
   msae::report::BarChart c{"t", "y", {"a", "b", "c"}, {{"s", {}, {1.0, 0.5, 0.25}}}};
   const std::string plain = msae::report::bar_svg(c);
   const std::string with = msae::report::bar_svg(c, {{0.5, 0.0, NAN}});
-  auto count = [](const std::string& s, const std::string& what) {
-    size_t n = 0;
-    for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
-    return n;
-  };
   EXPECT_EQ(count(plain, "class=\"errorbar\""), 0u);
   EXPECT_EQ(count(with, "class=\"errorbar\""), 1u);  // zero and NaN errors draw nothing
   // The axis reaches 1 + 0.5: with the whisker the ticks step by 0.5 up to 1.5; without, by 0.2 up to 1.

@@ -7,6 +7,7 @@
 // and are compared exactly; cosines to 1e-5 (float32 dot products of unit vectors in <= 20 dims).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -675,6 +676,143 @@ TEST(Report, SvgAndHtml) {
   EXPECT_EQ(html.find("<script"), std::string::npos);
   EXPECT_EQ(html.find("src="), std::string::npos);  // self-contained
   EXPECT_NE(html.find("<svg"), std::string::npos);
+}
+
+size_t count(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+  return n;
+}
+
+// The labelled tick values of an SVG: the text of every <text ...>V</text> that parses as a number.
+std::vector<double> tick_labels(const std::string& svg, const char* anchor) {
+  std::vector<double> out;
+  const std::string key = std::string("text-anchor=\"") + anchor + "\">";
+  for (size_t p = svg.find(key); p != std::string::npos; p = svg.find(key, p + 1)) {
+    const size_t b = p + key.size(), e = svg.find("</text>", b);
+    const std::string t = svg.substr(b, e - b);
+    char* end = nullptr;
+    const double v = std::strtod(t.c_str(), &end);
+    if (!t.empty() && end == t.c_str() + t.size()) out.push_back(v);
+  }
+  return out;
+}
+
+// Nice values: 1, 2 or 5 times a power of ten, or (linear axes, a log axis's fallback) multiples of such a step;
+// at least 4 on every axis, covering spans from a factor of 1.2 to 7 decades.
+TEST(Report, NiceTicks) {
+  auto mantissa_125 = [](double v) {
+    if (v == 0) return true;
+    const double m = std::fabs(v) / std::pow(10.0, std::floor(std::log10(std::fabs(v)) + 1e-12));
+    return std::fabs(m - 1) < 1e-9 || std::fabs(m - 2) < 1e-9 || std::fabs(m - 5) < 1e-9;
+  };
+  // Every value 1, 2 or 5 times a power of ten, or every value a multiple k * step of one such step.
+  auto nice = [&](const std::vector<double>& t) {
+    if (std::all_of(t.begin(), t.end(), mantissa_125)) return true;
+    if (t.size() < 2) return false;
+    const double step = t[1] - t[0];
+    if (!mantissa_125(step)) return false;
+    for (size_t i = 0; i < t.size(); ++i)
+      if (std::fabs(t[i] / step - std::round(t[i] / step)) > 1e-6 ||
+          (i > 0 && std::fabs(t[i] - t[i - 1] - step) > 1e-9 * std::fabs(step) * 10))
+        return false;
+    return true;
+  };
+  const std::pair<double, double> linear[] = {{0, 1.04}, {0, 1.56}, {-0.3, 0.7}, {0.12, 0.31}, {1000, 1210}, {0, 7}};
+  for (const auto& [lo, hi] : linear) {
+    const auto t = report::nice_ticks(lo, hi, false);
+    EXPECT_GE(t.size(), 4u) << lo << " " << hi;
+    EXPECT_LE(t.size(), 11u) << lo << " " << hi;
+    EXPECT_TRUE(nice(t)) << ::testing::PrintToString(t);
+    for (double v : t) {
+      EXPECT_GE(v, lo - 1e-9);
+      EXPECT_LE(v, hi + 1e-9);
+    }
+  }
+  EXPECT_EQ(report::nice_ticks(0, 1.04, false), (std::vector<double>{0, 0.2, 0.4, 0.6000000000000001, 0.8, 1}));
+  const std::pair<double, double> logs[] = {{0.05, 0.3}, {4, 20}, {128, 4096}, {0.011, 0.15}, {1e-3, 1e4}, {0.2, 0.25}};
+  for (const auto& [lo, hi] : logs) {
+    const auto t = report::nice_ticks(lo, hi, true);
+    EXPECT_GE(t.size(), 4u) << lo << " " << hi;
+    EXPECT_LE(t.size(), 12u) << lo << " " << hi;
+    EXPECT_TRUE(nice(t)) << ::testing::PrintToString(t);
+    for (double v : t) {
+      EXPECT_GE(v, lo * (1 - 1e-9));
+      EXPECT_LE(v, hi * (1 + 1e-9));
+    }
+  }
+  EXPECT_EQ(report::nice_ticks(128, 4096, true), (std::vector<double>{200, 500, 1000, 2000}));
+  EXPECT_EQ(report::nice_ticks(4, 20, true), (std::vector<double>{5, 10, 15, 20}));
+}
+
+// Hand-made points, including ties: dominated means another point is at least as low on both and lower on one.
+TEST(Report, ParetoFrontier) {
+  using V = std::vector<double>;
+  using B = std::vector<bool>;
+  EXPECT_EQ(report::pareto_frontier({}, {}), B{});
+  EXPECT_EQ(report::pareto_frontier({5}, {0.3}), B{true});
+  // A staircase and points above it: (2, 0.5) (4, 0.2) (8, 0.1) are the frontier; (4, 0.4) and (9, 0.2) are not.
+  EXPECT_EQ(report::pareto_frontier(V{4, 2, 8, 4, 9}, V{0.4, 0.5, 0.1, 0.2, 0.2}), (B{false, true, true, true, false}));
+  // Ties: two equal points are both on it; the same L0 with a higher FVU is not, nor the same FVU with a higher L0.
+  EXPECT_EQ(report::pareto_frontier(V{3, 3, 3, 5}, V{0.2, 0.2, 0.3, 0.2}), (B{true, true, false, false}));
+  // One point best on both dominates all others.
+  EXPECT_EQ(report::pareto_frontier(V{1, 2, 3}, V{0.1, 0.2, 0.05}), (B{true, false, true}));
+  EXPECT_EQ(report::pareto_frontier(V{1, 2, 3}, V{0.1, 0.2, 0.3}), (B{true, false, false}));
+  // Non-finite points are never on it and dominate nothing.
+  EXPECT_EQ(report::pareto_frontier(V{NAN, 2, 1, 0}, V{0.0, 0.2, INFINITY, 0.5}), (B{false, true, false, true}));
+}
+
+// synth-bench's FVU-per-prefix plot: one marker per seed and prefix, whiskers only with several seeds, a
+// reference line for an arch without prefixes, at least 4 labelled ticks on each axis.
+TEST(Report, PrefixFvuPlot) {
+  const std::vector<double> widths = {16, 32, 64, 128};
+  std::vector<report::PrefixCurve> runs;
+  for (int seed = 0; seed < 3; ++seed) {
+    runs.push_back({"matryoshka", std::to_string(seed), widths,
+                    {0.5 + 0.01 * seed, 0.3 + 0.01 * seed, 0.2 + 0.01 * seed, 0.1 - 0.01 * seed}});
+    runs.push_back({"batchtopk", std::to_string(seed), {128}, {0.12 + 0.01 * seed}});
+  }
+  const std::string all = report::prefix_fvu_svg("FVU", runs, {"matryoshka", "batchtopk"});
+  for (int seed = 0; seed < 3; ++seed)
+    EXPECT_EQ(count(all, "<title>matryoshka seed " + std::to_string(seed) + ":"), 4u) << seed;  // one per prefix
+  EXPECT_EQ(count(all, "<title>batchtopk seed"), 0u);
+  EXPECT_EQ(count(all, "class=\"errorbar\""), 4u);  // the mean's whiskers, one per prefix width
+  EXPECT_EQ(count(all, "<title>matryoshka mean ± std:"), 4u);
+  EXPECT_EQ(count(all, "class=\"refline\""), 1u);
+  EXPECT_EQ(count(all, "class=\"refband\""), 1u);  // ± std over the 3 seeds
+  EXPECT_NE(all.find("<title>batchtopk 0.13 ± 0.01</title>"), std::string::npos) << all;
+  EXPECT_GE(tick_labels(all, "end").size(), 4u) << all;     // y axis
+  EXPECT_GE(tick_labels(all, "middle").size(), 4u) << all;  // x axis
+  EXPECT_EQ(all.find("<script"), std::string::npos);
+
+  // One seed: no whiskers, no band, no "±"; the reference line stays.
+  const std::vector<report::PrefixCurve> one = {runs[0], runs[1]};
+  const std::string svg1 = report::prefix_fvu_svg("FVU", one, {"matryoshka", "batchtopk"});
+  EXPECT_EQ(count(svg1, "<title>matryoshka seed 0:"), 4u);
+  EXPECT_EQ(count(svg1, "class=\"errorbar\""), 0u);
+  EXPECT_EQ(count(svg1, "class=\"refline\""), 1u);
+  EXPECT_EQ(count(svg1, "class=\"refband\""), 0u);
+  EXPECT_EQ(svg1.find("±"), std::string::npos) << svg1;
+  EXPECT_NE(svg1.find("batchtopk 0.12"), std::string::npos);
+  // Without BatchTopK: no reference line.
+  const std::string m_only = report::prefix_fvu_svg("FVU", {runs[0], runs[2]}, {"matryoshka"});
+  EXPECT_EQ(count(m_only, "class=\"refline\""), 0u);
+  EXPECT_EQ(count(m_only, "<circle"), 8u + 4u);  // 2 seeds x 4 prefixes, and the mean's 4
+  EXPECT_EQ(count(m_only, "class=\"errorbar\""), 4u);
+}
+
+// sweep's L0-vs-FVU plot: every run a marker, the frontier a line through exactly its points.
+TEST(Report, FrontierPlot) {
+  const std::vector<report::Series> groups = {{"#1", {8, 8}, {0.3, 0.32}}, {"#2", {16, 16}, {0.2, 0.25}},
+                                              {"#3", {32}, {0.22}}};
+  const std::string svg = report::frontier_svg("f", "L0", "FVU", groups);
+  EXPECT_EQ(count(svg, "<circle"), 5u);
+  EXPECT_EQ(count(svg, "<title>#1:"), 2u);
+  ASSERT_EQ(count(svg, "class=\"frontier\""), 1u);
+  const size_t p = svg.find("class=\"frontier\""), b = svg.find("points=\"", p) + 8, e = svg.find('"', b);
+  EXPECT_EQ(count(svg.substr(b, e - b), ","), 2u) << svg;  // (8, 0.3) and (16, 0.2)
+  EXPECT_GE(tick_labels(svg, "end").size(), 4u) << svg;
+  EXPECT_GE(tick_labels(svg, "middle").size(), 4u) << svg;
 }
 
 }  // namespace

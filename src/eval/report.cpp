@@ -1,5 +1,7 @@
 // Self-contained HTML + inline SVG report writer (see include/msae/report.h).
 #include <algorithm>
+#include <string>
+#include <utility>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -10,7 +12,7 @@
 namespace msae::report {
 namespace {
 
-constexpr double kW = 560, kH = 320, kLeft = 64, kRight = 150, kTop = 30, kBottom = 46;
+constexpr double kW = 600, kH = 320, kLeft = 64, kRight = 190, kTop = 30, kBottom = 46;
 
 std::string num(double v, const char* f = "%.1f") {
   char buf[48];
@@ -55,37 +57,14 @@ Axis make_axis(const std::vector<double>& values, bool log, bool include_zero) {
     lo -= 0.5;
     hi += 0.5;
   }
-  const double pad = log ? 0.0 : 0.04 * (hi - lo);
-  a.lo = (include_zero && lo == 0.0) ? 0.0 : lo - pad;
+  const double pad = 0.04 * (hi - lo);  // log axes too: no marker on the frame
+  a.lo = (include_zero && !log && lo == 0.0) ? 0.0 : lo - pad;
   a.hi = hi + pad;
   return a;
 }
 
 std::vector<double> ticks(const Axis& a) {
-  std::vector<double> out;
-  if (a.log) {
-    // Decades, plus 2x and 5x when the range spans fewer than three decades.
-    const bool fine = a.hi - a.lo < 3.0;
-    for (double e = std::floor(a.lo); e <= a.hi + 1e-9; e += 1)
-      for (double m : {1.0, 2.0, 5.0}) {
-        if (m != 1.0 && !fine) continue;
-        const double v = m * std::pow(10.0, e), t = std::log10(v);
-        if (t >= a.lo - 1e-9 && t <= a.hi + 1e-9) out.push_back(v);
-      }
-    if (out.size() < 2) out = {std::pow(10.0, a.lo), std::pow(10.0, a.hi)};
-    return out;
-  }
-  const double span = a.hi - a.lo;
-  const double raw = span / 5;
-  const double mag = std::pow(10.0, std::floor(std::log10(raw)));
-  double step = mag;
-  for (double m : {1.0, 2.0, 5.0, 10.0})
-    if (raw <= m * mag) {
-      step = m * mag;
-      break;
-    }
-  for (double v = std::ceil(a.lo / step) * step; v <= a.hi + 1e-9 * span; v += step) out.push_back(std::fabs(v) < 1e-12 * span ? 0.0 : v);
-  return out;
+  return a.log ? nice_ticks(std::pow(10.0, a.lo), std::pow(10.0, a.hi), true) : nice_ticks(a.lo, a.hi, false);
 }
 
 std::string svg_open(const std::string& title) {
@@ -104,15 +83,21 @@ std::string axes(const Axis& ax, const Axis& ay, const std::string& xlabel, cons
   const double x0 = kLeft, x1 = kW - kRight, y0 = kH - kBottom, y1 = kTop;
   s += "<rect x=\"" + num(x0) + "\" y=\"" + num(y1) + "\" width=\"" + num(x1 - x0) + "\" height=\"" + num(y0 - y1) +
        "\" fill=\"none\" stroke=\"#444\"/>\n";
-  for (double v : ticks(ay)) {
+  double last = std::numeric_limits<double>::infinity();
+  for (double v : ticks(ay)) {  // ascending: y decreases; a label closer than 13 px to the last one is left out
     const double y = py(ay, v);
+    if (last - y < 13) continue;
+    last = y;
     s += "<line x1=\"" + num(x0) + "\" x2=\"" + num(x1) + "\" y1=\"" + num(y) + "\" y2=\"" + num(y) +
          "\" stroke=\"#ddd\"/><text x=\"" + num(x0 - 4) + "\" y=\"" + num(y + 4) + "\" text-anchor=\"end\">" +
          tick_label(v) + "</text>\n";
   }
+  last = -std::numeric_limits<double>::infinity();
   if (xticks)
-    for (double v : ticks(ax)) {
+    for (double v : ticks(ax)) {  // a label closer than 30 px to the last one is left out
       const double x = px(ax, v);
+      if (x - last < 30) continue;
+      last = x;
       s += "<line x1=\"" + num(x) + "\" x2=\"" + num(x) + "\" y1=\"" + num(y0) + "\" y2=\"" + num(y0 + 4) +
            "\" stroke=\"#444\"/><text x=\"" + num(x) + "\" y=\"" + num(y0 + 16) + "\" text-anchor=\"middle\">" +
            tick_label(v) + "</text>\n";
@@ -124,15 +109,72 @@ std::string axes(const Axis& ax, const Axis& ay, const std::string& xlabel, cons
   return s;
 }
 
-std::string legend(const std::vector<Series>& series) {
+struct LegendEntry {
+  std::string name;
+  size_t color = 0;
+  bool dashed = false;  // a reference line: a dashed stroke instead of a box
+};
+
+std::string legend(const std::vector<LegendEntry>& entries) {
   std::string s;
-  for (size_t i = 0; i < series.size(); ++i) {
+  const size_t fit = static_cast<size_t>((kH - kTop - 8) / 16);  // rows that fit; the rest are counted
+  for (size_t i = 0; i < entries.size(); ++i) {
     const double y = kTop + 8 + 16 * static_cast<double>(i);
-    s += "<rect x=\"" + num(kW - kRight + 10) + "\" y=\"" + num(y - 8) + "\" width=\"10\" height=\"10\" fill=\"" +
-         color(i) + "\"/><text x=\"" + num(kW - kRight + 24) + "\" y=\"" + num(y + 1) + "\">" +
-         html_escape(series[i].name) + "</text>\n";
+    if (i + 1 == fit && entries.size() > fit) {
+      s += "<text x=\"" + num(kW - kRight + 10) + "\" y=\"" + num(y + 1) + "\">+" +
+           std::to_string(entries.size() - i) + " more</text>\n";
+      break;
+    }
+    const LegendEntry& e = entries[i];
+    if (e.dashed)
+      s += "<line x1=\"" + num(kW - kRight + 8) + "\" x2=\"" + num(kW - kRight + 22) + "\" y1=\"" + num(y - 3) +
+           "\" y2=\"" + num(y - 3) + "\" stroke=\"" + color(e.color) + "\" stroke-width=\"2\" stroke-dasharray=\"4 2\"/>";
+    else
+      s += "<rect x=\"" + num(kW - kRight + 10) + "\" y=\"" + num(y - 8) + "\" width=\"10\" height=\"10\" fill=\"" +
+           color(e.color) + "\"/>";
+    s += "<text x=\"" + num(kW - kRight + 24) + "\" y=\"" + num(y + 1) + "\">" + html_escape(e.name) + "</text>\n";
   }
   return s;
+}
+
+std::string legend(const std::vector<Series>& series) {
+  std::vector<LegendEntry> entries;
+  for (size_t i = 0; i < series.size(); ++i) entries.push_back({series[i].name, i, false});
+  return legend(entries);
+}
+
+// Ticks k * step in [lo, hi] for the largest step of 1, 2 or 5 times a power of ten that gives at least
+// min_count of them.
+std::vector<double> linear_ticks(double lo, double hi, size_t min_count) {
+  const double span = hi - lo;
+  if (!(span > 0) || !std::isfinite(span)) return {lo};
+  const double eps = 1e-9;
+  double step = std::pow(10.0, std::ceil(std::log10(span)));
+  static const double down[] = {0.5, 0.4, 0.5};  // 10 -> 5 -> 2 -> 1
+  for (int i = 0; i < 60; ++i) {
+    const double first = std::ceil(lo / step - eps), end = std::floor(hi / step + eps);
+    if (end - first + 1 >= static_cast<double>(min_count)) break;
+    step *= down[i % 3];
+  }
+  std::vector<double> out;
+  for (double k = std::ceil(lo / step - eps); k <= std::floor(hi / step + eps); k += 1) {
+    const double v = k * step;
+    out.push_back(std::fabs(v) < 1e-12 * span ? 0.0 : v);
+  }
+  return out;
+}
+
+// The mean and the sample standard deviation (0 with fewer than 2 values) of the finite values.
+std::pair<double, double> mean_std(const std::vector<double>& v) {
+  double s = 0, n = 0;
+  for (double x : v)
+    if (std::isfinite(x)) s += x, n += 1;
+  if (n == 0) return {NAN, 0.0};
+  const double m = s / n;
+  double q = 0;
+  for (double x : v)
+    if (std::isfinite(x)) q += (x - m) * (x - m);
+  return {m, n > 1 ? std::sqrt(q / (n - 1)) : 0.0};
 }
 
 }  // namespace
@@ -157,30 +199,238 @@ std::string html_escape(const std::string& s) {
   return out;
 }
 
-std::string line_svg(const LinePlot& p) {
-  std::vector<double> xs, ys;
-  for (const auto& s : p.series) {
-    MSAE_ASSERT(s.x.size() == s.y.size(), "series ", s.name);
-    xs.insert(xs.end(), s.x.begin(), s.x.end());
-    ys.insert(ys.end(), s.y.begin(), s.y.end());
+std::vector<double> nice_ticks(double lo, double hi, bool log) {
+  if (!log) return linear_ticks(lo, hi, 4);
+  if (!(lo > 0) || !(hi >= lo) || !std::isfinite(hi)) return {};
+  const double L = std::log10(lo), H = std::log10(hi), eps = 1e-9;
+  std::vector<double> out;
+  const double e0 = std::ceil(L - eps), e1 = std::floor(H + eps);
+  if (e1 - e0 + 1 >= 4) {  // decades, every second (third, ...) one when there are more than 10
+    const double stride = std::max(1.0, std::ceil((e1 - e0 + 1) / 10));
+    for (double e = e0; e <= e1; e += stride) out.push_back(std::pow(10.0, e));
+    return out;
   }
-  const Axis ax = make_axis(xs, p.log_x, false), ay = make_axis(ys, p.log_y, false);
-  std::string s = svg_open(p.title) + axes(ax, ay, p.xlabel, p.ylabel, true);
+  for (double e = std::floor(L); e <= e1; e += 1)
+    for (double m : {1.0, 2.0, 5.0}) {
+      const double v = m * std::pow(10.0, e), t = std::log10(v);
+      if (t >= L - eps && t <= H + eps) out.push_back(v);
+    }
+  if (out.size() >= 4) return out;
+  return linear_ticks(lo, hi, 4);
+}
+
+std::vector<bool> pareto_frontier(const std::vector<double>& x, const std::vector<double>& y) {
+  MSAE_ASSERT(x.size() == y.size(), "", x.size(), " x values and ", y.size(), " y values");
+  const size_t n = x.size();
+  auto ok = [&](size_t i) { return std::isfinite(x[i]) && std::isfinite(y[i]); };
+  std::vector<bool> on(n, false);
+  for (size_t i = 0; i < n; ++i) {
+    if (!ok(i)) continue;
+    bool dominated = false;
+    for (size_t j = 0; j < n && !dominated; ++j)
+      dominated = j != i && ok(j) && x[j] <= x[i] && y[j] <= y[i] && (x[j] < x[i] || y[j] < y[i]);
+    on[i] = !dominated;
+  }
+  return on;
+}
+
+std::string line_svg(const LinePlot& p) { return line_svg(p, {}, {}); }
+
+std::string line_svg(const LinePlot& p, const std::vector<SeriesStyle>& styles, const std::vector<RefLine>& refs) {
+  MSAE_ASSERT(styles.empty() || styles.size() == p.series.size(), "", styles.size(), " styles for ", p.series.size(),
+              " series");
+  static const SeriesStyle plain;
+  auto style = [&](size_t i) -> const SeriesStyle& { return styles.empty() ? plain : styles[i]; };
+  auto ok = [&](double x, double y) {
+    return std::isfinite(x) && std::isfinite(y) && !(p.log_x && x <= 0) && !(p.log_y && y <= 0);
+  };
+  auto err = [&](size_t i, size_t k) -> double {
+    const SeriesStyle& st = style(i);
+    if (st.err.empty()) return 0.0;
+    MSAE_ASSERT(st.err.size() == p.series[i].y.size(), "series ", p.series[i].name, " has ", st.err.size(),
+                " errors for ", p.series[i].y.size(), " values");
+    const double e = st.err[k];
+    return std::isfinite(e) && e > 0 ? e : 0.0;
+  };
+  std::vector<double> xs, ys;
   for (size_t i = 0; i < p.series.size(); ++i) {
     const Series& se = p.series[i];
-    std::string pts;
-    std::string marks;
+    MSAE_ASSERT(se.x.size() == se.y.size(), "series ", se.name);
+    xs.insert(xs.end(), se.x.begin(), se.x.end());
+    ys.insert(ys.end(), se.y.begin(), se.y.end());
+    for (size_t k = 0; k < se.y.size(); ++k)
+      if (ok(se.x[k], se.y[k]) && err(i, k) > 0) {
+        ys.push_back(se.y[k] + err(i, k));
+        ys.push_back(se.y[k] - err(i, k));  // skipped on a log axis when <= 0
+      }
+  }
+  for (const RefLine& r : refs) {
+    ys.push_back(r.y);
+    if (std::isfinite(r.band) && r.band > 0) {
+      ys.push_back(r.y + r.band);
+      ys.push_back(r.y - r.band);
+    }
+  }
+  const Axis ax = make_axis(xs, p.log_x, false), ay = make_axis(ys, p.log_y, false);
+  const double top = kTop, bottom = kH - kBottom;
+  auto clamp_y = [&](double v) {  // a pixel row inside the plot (a whisker below 0 on a log axis ends at the frame)
+    if (p.log_y && !(v > 0)) return bottom;
+    return std::clamp(py(ay, v), top, bottom);
+  };
+  std::string s = svg_open(p.title) + axes(ax, ay, p.xlabel, p.ylabel, true);
+  std::vector<LegendEntry> entries;
+  for (size_t i = 0; i < p.series.size(); ++i) {
+    const Series& se = p.series[i];
+    const SeriesStyle& st = style(i);
+    const size_t ci = st.color >= 0 ? static_cast<size_t>(st.color) : i;
+    std::string pts, marks, whiskers;
     for (size_t k = 0; k < se.x.size(); ++k) {
       const double x = se.x[k], y = se.y[k];
-      if (!std::isfinite(x) || !std::isfinite(y) || (p.log_x && x <= 0) || (p.log_y && y <= 0)) continue;
-      pts += num(px(ax, x)) + "," + num(py(ay, y)) + " ";
-      if (p.markers)
-        marks += "<circle cx=\"" + num(px(ax, x)) + "\" cy=\"" + num(py(ay, y)) + "\" r=\"2.5\" fill=\"" + color(i) + "\"/>";
+      if (!ok(x, y)) continue;
+      const double X = px(ax, x), Y = py(ay, y);
+      pts += num(X) + "," + num(Y) + " ";
+      if (const double e = err(i, k); e > 0) {
+        const double ya = clamp_y(y - e), yb = clamp_y(y + e);
+        whiskers += "<path class=\"errorbar\" d=\"M" + num(X) + " " + num(ya) + "V" + num(yb) + "M" + num(X - 3) + " " +
+                    num(ya) + "H" + num(X + 3) + "M" + num(X - 3) + " " + num(yb) + "H" + num(X + 3) + "\" stroke=\"" +
+                    color(ci) + "\" stroke-width=\"1.2\" fill=\"none\"/>\n";
+      }
+      if (p.markers && st.markers)
+        marks += "<circle cx=\"" + num(X) + "\" cy=\"" + num(Y) + "\" r=\"" + num(st.radius) + "\" fill=\"" + color(ci) +
+                 (st.opacity < 1 ? "\" fill-opacity=\"" + num(st.opacity, "%.2f") : std::string()) + "\"><title>" +
+                 html_escape(se.name) + ": " + tick_label(x) + ", " + tick_label(y) + "</title></circle>";
     }
-    s += "<polyline fill=\"none\" stroke=\"" + std::string(color(i)) + "\" stroke-width=\"1.8\" points=\"" + pts + "\"/>\n" +
-         marks + "\n";
+    if (st.line)
+      s += "<polyline" + (st.cls.empty() ? std::string() : " class=\"" + html_escape(st.cls) + "\"") +
+           " fill=\"none\" stroke=\"" + color(ci) + "\" stroke-width=\"" + num(st.width) + "\"" +
+           (st.opacity < 1 ? " stroke-opacity=\"" + num(st.opacity, "%.2f") + "\"" : std::string()) + " points=\"" + pts +
+           "\"/>\n";
+    s += whiskers + marks + "\n";
+    if (st.legend) entries.push_back({se.name, ci, false});
   }
-  return s + legend(p.series) + "</svg>\n";
+  const double x0 = kLeft, x1 = kW - kRight;
+  for (size_t j = 0; j < refs.size(); ++j) {
+    const RefLine& r = refs[j];
+    if (!std::isfinite(r.y) || (p.log_y && r.y <= 0)) continue;
+    const size_t ci = r.color >= 0 ? static_cast<size_t>(r.color) : p.series.size() + j;
+    if (std::isfinite(r.band) && r.band > 0) {
+      const double ya = clamp_y(r.y + r.band), yb = clamp_y(r.y - r.band);
+      s += "<rect class=\"refband\" x=\"" + num(x0) + "\" y=\"" + num(ya) + "\" width=\"" + num(x1 - x0) +
+           "\" height=\"" + num(yb - ya) + "\" fill=\"" + color(ci) + "\" fill-opacity=\"0.15\"/>\n";
+    }
+    const double y = py(ay, r.y);
+    s += "<line class=\"refline\" x1=\"" + num(x0) + "\" x2=\"" + num(x1) + "\" y1=\"" + num(y) + "\" y2=\"" + num(y) +
+         "\" stroke=\"" + color(ci) + "\" stroke-width=\"1.8\" stroke-dasharray=\"6 4\"><title>" + html_escape(r.name) +
+         "</title></line>\n";
+    entries.push_back({r.name, ci, true});
+  }
+  return s + legend(entries) + "</svg>\n";
+}
+
+std::string prefix_fvu_svg(const std::string& title, const std::vector<PrefixCurve>& runs,
+                           const std::vector<std::string>& archs) {
+  LinePlot plot{title, "prefix width (latents)", "FVU", {}, true, true, true};
+  std::vector<SeriesStyle> styles;
+  std::vector<RefLine> refs;
+  for (size_t a = 0; a < archs.size(); ++a) {
+    std::vector<const PrefixCurve*> mine;
+    for (const PrefixCurve& r : runs) {
+      MSAE_ASSERT(r.latents.size() == r.fvu.size(), "run ", r.arch, " seed ", r.seed);
+      if (r.arch == archs[a] && !r.fvu.empty()) mine.push_back(&r);
+    }
+    if (mine.empty()) continue;
+    const int ci = static_cast<int>(a);
+    if (std::all_of(mine.begin(), mine.end(), [](const PrefixCurve* r) { return r->fvu.size() == 1; })) {
+      std::vector<double> v;
+      for (const PrefixCurve* r : mine) v.push_back(r->fvu.back());
+      const auto [m, sd] = mean_std(v);
+      // short enough for the legend: 3 significant digits
+      const std::string name = v.size() > 1 ? archs[a] + " " + num(m, "%.3g") + " ± " + num(sd, "%.2g")
+                                            : archs[a] + " " + num(m, "%.3g");
+      refs.push_back({name, m, v.size() > 1 ? sd : 0.0, ci});
+      continue;
+    }
+    const bool several = mine.size() > 1;
+    for (const PrefixCurve* r : mine) {
+      plot.series.push_back({archs[a] + " seed " + r->seed, r->latents, r->fvu});
+      SeriesStyle st;
+      st.color = ci;
+      if (several) {
+        st.width = 1.0;
+        st.opacity = 0.45;
+        st.radius = 2.0;
+        st.legend = false;
+      }
+      styles.push_back(st);
+    }
+    if (!several) continue;
+    std::vector<double> widths;  // every prefix width of the arch's runs, ascending
+    for (const PrefixCurve* r : mine) widths.insert(widths.end(), r->latents.begin(), r->latents.end());
+    std::sort(widths.begin(), widths.end());
+    widths.erase(std::unique(widths.begin(), widths.end()), widths.end());
+    Series mean{archs[a] + " mean ± std", {}, {}};
+    SeriesStyle st;
+    st.color = ci;
+    st.width = 2.2;
+    st.radius = 3.0;
+    for (double w : widths) {
+      std::vector<double> v;
+      for (const PrefixCurve* r : mine)
+        for (size_t k = 0; k < r->latents.size(); ++k)
+          if (r->latents[k] == w) v.push_back(r->fvu[k]);
+      const auto [m, sd] = mean_std(v);
+      mean.x.push_back(w);
+      mean.y.push_back(m);
+      st.err.push_back(v.size() > 1 ? sd : 0.0);
+    }
+    plot.series.push_back(mean);
+    styles.push_back(st);
+  }
+  return line_svg(plot, styles, refs);
+}
+
+std::string frontier_svg(const std::string& title, const std::string& xlabel, const std::string& ylabel,
+                         const std::vector<Series>& groups) {
+  std::vector<double> xs, ys;
+  for (const Series& g : groups) {
+    MSAE_ASSERT(g.x.size() == g.y.size(), "series ", g.name);
+    xs.insert(xs.end(), g.x.begin(), g.x.end());
+    ys.insert(ys.end(), g.y.begin(), g.y.end());
+  }
+  auto wide = [](const std::vector<double>& v) {  // positive throughout, and spanning more than a factor of 10
+    double lo = std::numeric_limits<double>::infinity(), hi = 0;
+    for (double x : v) {
+      if (!std::isfinite(x)) continue;
+      if (x <= 0) return false;
+      lo = std::min(lo, x);
+      hi = std::max(hi, x);
+    }
+    return hi > 10 * lo;
+  };
+  LinePlot plot{title, xlabel, ylabel, groups, wide(xs), wide(ys), true};
+  std::vector<SeriesStyle> styles(groups.size());
+  for (auto& st : styles) {
+    st.line = false;
+    st.radius = 3.0;
+  }
+  const std::vector<bool> on = pareto_frontier(xs, ys);
+  std::vector<std::pair<double, double>> f;
+  for (size_t i = 0; i < on.size(); ++i)
+    if (on[i]) f.push_back({xs[i], ys[i]});
+  std::sort(f.begin(), f.end());
+  Series line{"Pareto frontier", {}, {}};
+  for (const auto& [x, y] : f) {
+    line.x.push_back(x);
+    line.y.push_back(y);
+  }
+  plot.series.push_back(line);
+  SeriesStyle st;
+  st.color = 7;  // black
+  st.markers = false;
+  st.width = 1.5;
+  st.cls = "frontier";
+  styles.push_back(st);
+  return line_svg(plot, styles);
 }
 
 std::string bar_svg(const BarChart& c) { return bar_svg(c, {}); }

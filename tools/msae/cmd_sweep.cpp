@@ -2,8 +2,9 @@
 // appends one JSON line per finished run to DIR/results.jsonl. Each run's configuration is hashed to an
 // id; runs whose id is already in results.jsonl are skipped, so a killed sweep resumes where it stopped.
 // After the runs it writes the comparison tables DIR/table.md and DIR/table.csv (one row per
-// configuration, mean and standard deviation over the seeds) and DIR/report.html (that table and bar charts
-// with error bars, src/eval/report.cpp). Grid format: docs/cli.md "msae sweep".
+// configuration, mean and standard deviation over the seeds, and whether its runs are on the L0-vs-FVU Pareto
+// frontier) and DIR/report.html (that table, the frontier plot (also DIR/frontier.svg) and bar charts with
+// error bars, src/eval/report.cpp). Grid format: docs/cli.md "msae sweep".
 // A run whose "data" is "preset:NAME" trains on that ground-truth preset's stream with the routine of
 // `msae synth-bench` (run::train_on_preset, msae/run.h) and is scored with the suite's ground-truth metrics.
 #include <atomic>
@@ -326,9 +327,22 @@ struct Summary {
     int64_t seeds = 0;
     std::vector<double> mean, sd;     // per metric; sd NaN with fewer than 2 values, mean NaN with none
     std::vector<int64_t> n;           // values per metric
+    int64_t frontier = 0;             // runs (seeds) on the L0-vs-FVU Pareto frontier
   };
   std::vector<Row> rows;
+  // Per run, in the order of the results: its whole-SAE L0 and FVU (NaN when it has none), whether it is
+  // on the Pareto frontier across all runs (report::pareto_frontier), and its row.
+  std::vector<double> run_l0, run_fvu;
+  std::vector<bool> run_frontier;
+  std::vector<size_t> run_row;
 };
+
+// A run's figure named `name` in its table row (row_metrics); NaN when it has none.
+double metric_of(const json& res, const std::string& name) {
+  for (const auto& [m, v] : row_metrics(res))
+    if (m == name) return v;
+  return NAN;
+}
 
 std::string config_value(const json& c, const std::string& k) {
   return c.contains(k) ? (c[k].is_string() ? c[k].get<std::string>() : c[k].dump()) : "-";
@@ -364,9 +378,20 @@ Summary summarize(const std::vector<json>& results) {
       pos = static_cast<size_t>(it - sum.metrics.begin()) + 1;
     }
   }
+  for (const json& r : results) {
+    sum.run_l0.push_back(metric_of(r, "L0"));
+    sum.run_fvu.push_back(metric_of(r, "FVU"));
+  }
+  sum.run_frontier = report::pareto_frontier(sum.run_l0, sum.run_fvu);
+  sum.run_row.resize(results.size());
   for (const std::string& key : order) {
     const auto& runs = groups[key];
     Summary::Row row;
+    for (const json* r : runs) {
+      const size_t i = static_cast<size_t>(r - results.data());
+      sum.run_row[i] = sum.rows.size();
+      if (sum.run_frontier[i]) ++row.frontier;
+    }
     row.config = (*runs[0])["config"];
     row.seeds = static_cast<int64_t>(runs.size());
     for (const std::string& m : sum.metrics) {
@@ -394,19 +419,28 @@ Summary summarize(const std::vector<json>& results) {
   return sum;
 }
 
+// The frontier column of table.md: "yes" when every run (seed) of the row is on the L0-vs-FVU Pareto
+// frontier, "no" when none is, else "K of N".
+std::string frontier_text(const Summary::Row& row) {
+  if (row.frontier == 0) return "no";
+  if (row.frontier == row.seeds) return "yes";
+  return cat(row.frontier, " of ", row.seeds);
+}
+
 // Writes table.md and table.csv: one row per configuration without its seed (mean, and "± std" over
-// seeds where there are several), columns = the keys that vary across the grid, then the metrics.
+// seeds where there are several), columns = the keys that vary across the grid, the seeds, the frontier
+// column (frontier_text; table.csv: the number of the row's runs on the frontier), then the metrics.
 void write_tables(const std::string& dir, const Summary& sum) {
   std::ostringstream md, csv;
   md << "| ";
   for (const std::string& k : sum.varying) md << k << " | ";
-  md << "seeds | ";
+  md << "seeds | frontier | ";
   for (const std::string& m : sum.metrics) md << m << " | ";
   md << "\n|";
-  for (size_t i = 0; i < sum.varying.size() + 1 + sum.metrics.size(); ++i) md << "---|";
+  for (size_t i = 0; i < sum.varying.size() + 2 + sum.metrics.size(); ++i) md << "---|";
   md << "\n";
   for (const std::string& k : sum.varying) csv << k << ",";
-  csv << "seeds";
+  csv << "seeds,frontier";
   for (const std::string& m : sum.metrics) csv << "," << m << "," << m << " std";
   csv << "\n";
   for (const Summary::Row& row : sum.rows) {
@@ -418,8 +452,8 @@ void write_tables(const std::string& dir, const Summary& sum) {
       for (char ch : v) quoted += ch == '"' ? std::string("\"\"") : std::string(1, ch);
       csv << "\"" << quoted << "\",";
     }
-    md << row.seeds << " | ";
-    csv << row.seeds;
+    md << row.seeds << " | " << frontier_text(row) << " | ";
+    csv << row.seeds << "," << row.frontier;
     for (size_t m = 0; m < sum.metrics.size(); ++m) {
       md << num(row.mean[m]) << (row.n[m] > 1 ? " ± " + num(row.sd[m], "%.2g") : "") << " | ";
       csv << "," << num(row.mean[m], "%.6g") << "," << num(row.sd[m], "%.6g");
@@ -473,8 +507,23 @@ std::string overview_svg(const Summary& sum, const std::string& title) {
   return report::bar_svg(chart, errors);
 }
 
+// frontier.svg: every run's whole-SAE L0 (x) and FVU (y), one colour per configuration ("#i"), and the Pareto
+// frontier across the runs as a line. Empty when no run has both figures.
+std::string frontier_svg(const Summary& sum, const std::string& title) {
+  std::vector<report::Series> groups;
+  for (size_t i = 0; i < sum.rows.size(); ++i) groups.push_back({cat("#", i + 1), {}, {}});
+  bool any = false;
+  for (size_t i = 0; i < sum.run_row.size(); ++i) {
+    if (!std::isfinite(sum.run_l0[i]) || !std::isfinite(sum.run_fvu[i])) continue;
+    groups[sum.run_row[i]].x.push_back(sum.run_l0[i]);
+    groups[sum.run_row[i]].y.push_back(sum.run_fvu[i]);
+    any = true;
+  }
+  return any ? report::frontier_svg(title, "L0 (active latents per row, held-out)", "FVU (held-out)", groups) : std::string();
+}
+
 // report.html: the comparison table (mean ± std over seeds) and one bar chart with +- 1 std whiskers
-// per key metric, configurations along x (numbered as in the table); also writes overview.svg.
+// per key metric, configurations along x (numbered as in the table); also writes overview.svg and frontier.svg.
 void write_report(const std::string& dir, const std::string& grid, const Summary& sum, size_t n_runs) {
   report::Page page("msae sweep: " + grid);
   std::set<std::string> data;
@@ -489,6 +538,7 @@ void write_report(const std::string& dir, const std::string& grid, const Summary
   std::vector<std::string> header = {"#"};
   for (const std::string& k : sum.varying) header.push_back(k);
   header.push_back("seeds");
+  header.push_back("frontier");
   for (const std::string& m : sum.metrics) header.push_back(m);
   std::vector<std::vector<std::string>> rows;
   for (size_t i = 0; i < sum.rows.size(); ++i) {
@@ -496,6 +546,7 @@ void write_report(const std::string& dir, const std::string& grid, const Summary
     std::vector<std::string> r = {cat("#", i + 1)};
     for (const std::string& k : sum.varying) r.push_back(config_value(row.config, k));
     r.push_back(std::to_string(row.seeds));
+    r.push_back(frontier_text(row));
     for (size_t m = 0; m < sum.metrics.size(); ++m)
       r.push_back(num(row.mean[m]) + (row.n[m] > 1 ? " ± " + num(row.sd[m], "%.2g") : ""));
     rows.push_back(r);
@@ -507,6 +558,15 @@ void write_report(const std::string& dir, const std::string& grid, const Summary
     page.heading("Overview");
     page.raw(overview);
     io::write_text_file_atomic(dir + "/overview.svg", overview);
+  }
+  const std::string frontier = frontier_svg(sum, cat(grid_name, ": L0 vs FVU, every run"));
+  if (!frontier.empty()) {
+    page.heading("L0 vs FVU frontier");
+    page.paragraph("Every run (seed) is a point, coloured by its configuration (#i as in the table). The line joins the "
+                   "runs on the Pareto frontier: no other run has an L0 and an FVU at least as low, one of them lower "
+                   "(the table's frontier column). Also in frontier.svg.");
+    page.raw(frontier);
+    io::write_text_file_atomic(dir + "/frontier.svg", frontier);
   }
   page.heading("Key metrics per configuration");
   std::string plots;
@@ -607,7 +667,7 @@ Action add_sweep_command(CLI::App& root) {
   app->add_option("--set", a->sets,
                   "KEY=VALUE (repeatable): override a grid key everywhere; a JSON list makes KEY an axis "
                   "(e.g. --set data=preset:synth-lite --set seed=[0,1,2] --set steps=500)");
-  app->add_option("--out", a->out, "Output directory (results.jsonl, table.md, table.csv, report.html)")->required();
+  app->add_option("--out", a->out, "Output directory (results.jsonl, table.md, table.csv, report.html, frontier.svg, overview.svg)")->required();
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
   app->add_flag("--dry-run", a->dry_run, "Print each run's id and configuration, train nothing");
   return [a]() { return run_sweep(*a); };

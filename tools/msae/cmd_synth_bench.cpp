@@ -184,19 +184,25 @@ void write_report(const std::string& path, const std::string& preset, const synt
         first.push_back(&r);
         break;
       }
-  page.heading("Reconstruction per Matryoshka prefix (first seed)");
-  report::LinePlot fvu{"FVU per prefix", "prefix width (latents)", "FVU", {}, true, true, true};
-  for (const Run* r : first) {
-    report::Series s{r->arch, {}, {}};
-    for (const auto& p : r->ev.prefixes) {
-      s.x.push_back(static_cast<double>(p.latents));
-      s.y.push_back(p.fvu);
+  page.heading(one_seed ? "Reconstruction per Matryoshka prefix" : "Reconstruction per Matryoshka prefix (every seed)");
+  std::vector<report::PrefixCurve> curves;
+  for (const auto& r : runs) {
+    report::PrefixCurve c{r.arch, std::to_string(r.seed), {}, {}};
+    for (const auto& p : r.ev.prefixes) {
+      c.latents.push_back(static_cast<double>(p.latents));
+      c.fvu.push_back(p.fvu);
     }
-    fvu.series.push_back(s);
+    curves.push_back(std::move(c));
   }
+  page.paragraph(one_seed ? "FVU of each prefix on the held-out rows. An arch without prefixes (BatchTopK) is the dashed "
+                            "line at its FVU."
+                          : "FVU of each prefix on the held-out rows: every seed a thin line, their mean with whiskers "
+                            "of ± 1 sample std over seeds. An arch without prefixes (BatchTopK) is the dashed line at its "
+                            "mean FVU, shaded ± 1 std. The other plots show the first seed of each arch.");
+  const std::string fvu_svg = report::prefix_fvu_svg("FVU per prefix", curves, archs);
   report::LinePlot curve{"Training curve", "step", "FVU (training batch)", {}, false, true, false};
   for (const Run* r : first) curve.series.push_back({r->arch, r->curve_step, r->curve_fvu});
-  page.raw(report::line_svg(fvu) + report::line_svg(curve));
+  page.raw(fvu_svg + report::line_svg(curve));
 
   page.heading("Activation frequency");
   // Share of activations in each Matryoshka group's latent range (the Matryoshka boundaries for every arch).
@@ -535,8 +541,9 @@ int run_synth_bench(BenchArgs& a) {
                 "roots in 1st prefix");
     for (const auto& arch : done_archs) {
       const json& s = summary.at(arch);
-      auto cell = [&](const char* key) {
-        return f3(s.at(key).at("mean").get<double>()) + "±" + f3(s.at(key).at("std").get<double>());
+      auto cell = [&](const char* key) {  // one seed: its figure, without a "±0.000"
+        return f3(s.at(key).at("mean").get<double>()) +
+               (s.at("seeds").get<int64_t>() < 2 ? std::string() : "±" + f3(s.at(key).at("std").get<double>()));
       };
       std::printf("  %-11s %-15s %-15s %-15s %-15s %-15s %-15s\n", arch.c_str(), cell("f1").c_str(), cell("mcc").c_str(),
                   cell("uniqueness").c_str(), cell("explained_variance").c_str(), cell("absorption_rate").c_str(),
