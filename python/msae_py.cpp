@@ -268,17 +268,6 @@ py::object evaluate(const Sae& s, py::handle x, std::optional<int64_t> rows) {
   return to_python(report);
 }
 
-// Removes a trailing '/' so that "DIR/" + ".tmp-..." names a sibling of DIR, not a child.
-std::string strip_slashes(std::string path) {
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  return path;
-}
-
-std::atomic<int> g_tmp_counter{0};
-std::string temporary_sibling(const std::string& dir) {
-  return cat(dir, ".tmp-", getpid(), "-", g_tmp_counter.fetch_add(1));
-}
-
 void refuse_existing(const std::string& dir, bool overwrite) {
   if (!overwrite && io::path_exists(dir)) {
     PyErr_SetString(PyExc_FileExistsError, cat("output directory '", dir, "' exists; pass overwrite=True to replace it").c_str());
@@ -300,19 +289,15 @@ json info_for_save(const Sae& s) {
 }
 
 void save(const Sae& s, py::handle dir_obj, bool overwrite) {
-  const std::string dir = strip_slashes(path_arg(dir_obj, "save: dir"));
+  const std::string dir = io::without_trailing_slash(path_arg(dir_obj, "save: dir"));
   refuse_existing(dir, overwrite);
   const json info = info_for_save(s);
   py::gil_scoped_release nogil;
-  const std::string tmp = temporary_sibling(dir);
-  try {
-    io::create_directories(tmp);
-    saedir::write_sae_files(tmp, s.cfg, s.params, info);
-    io::commit_directory(tmp, dir, overwrite);
-  } catch (...) {
-    io::remove_all(tmp);
-    throw;
-  }
+  const io::OutputLock lock = io::lock_output(dir, "msae Python Sae.save");
+  io::report_leftovers(io::clean_leftovers(dir));
+  io::PendingOutput pending(dir);
+  saedir::write_sae_files(pending.dir(), s.cfg, s.params, info);
+  pending.commit(overwrite);
 }
 
 std::shared_ptr<Sae> load(py::handle dir_obj) {
@@ -498,7 +483,7 @@ std::shared_ptr<Sae> train_sae(py::handle data_obj, py::handle out_obj, py::hand
   }
   if (!out_obj.is_none()) options.set("out", path_arg(out_obj, "out"));
   const bool resume = options.given("resume");
-  if (!resume && options.given("out")) refuse_existing(strip_slashes(options.text("out")), options.flag("overwrite"));
+  if (!resume && options.given("out")) refuse_existing(io::without_trailing_slash(options.text("out")), options.flag("overwrite"));
   // ---- data: a path, a numpy array, or an iterable of arrays (with resume: what the run was started on)
   if (data_obj.is_none()) {
     if (!resume) throw py::value_error("data: expected a float32 numpy array (N, d), a path, or an iterable of arrays");

@@ -207,6 +207,10 @@ void create_directories(const std::string& path);
 // ---------------------------------------------------------------------------------------------
 // Returns 0 (go on) or the errno the operation must fail with; kills the process at a kill point.
 int failpoint(const char* op, const std::string& path);
+// For tests in one process (with fork): sets the failpoint as MSAE_FAILPOINT would (at 0: none; action
+// "kill", "EIO" or "ENOSPC") and restarts the count; failpoint_calls() is the count since then.
+void set_failpoint(int64_t at, const std::string& action);
+int64_t failpoint_calls();
 
 // CRC-32C (Castagnoli), incremental: crc32c(b, nb, crc32c(a, na)) == crc32c(a + b). The SSE4.2
 // instruction where the CPU has it; crc32c_portable is the table version (the same values).
@@ -264,6 +268,22 @@ struct Leftovers {
 };
 Leftovers clean_leftovers(const std::string& out);
 void report_leftovers(const Leftovers& l);  // one log line for each
+
+// An output being written: a new directory under a temporary name beside `out`, made `out` by commit()
+// (commit_directory's protocol) or removed by the destructor if it never was (an error, an exception).
+class PendingOutput {
+ public:
+  explicit PendingOutput(const std::string& out);
+  ~PendingOutput();
+  PendingOutput(const PendingOutput&) = delete;
+  PendingOutput& operator=(const PendingOutput&) = delete;
+  const std::string& dir() const { return dir_; }
+  void commit(bool overwrite);
+
+ private:
+  std::string out_, dir_;
+  bool committed_ = false;
+};
 
 // An append-only text file (metrics.jsonl): every append reaches the file before it returns (a crash
 // loses no line already appended, at most tears the last); sync() fsyncs; close() fsyncs and closes.

@@ -32,13 +32,21 @@ namespace msae::io {
 namespace {
 
 struct FailpointSetting {
-  int64_t at = 0;       // 1-based index of the call that fails; 0: none
-  int action = 0;       // 0: kill the process (SIGKILL), else the errno the operation fails with
-  int log_fd = -1;      // MSAE_FAILPOINT_LOG: one line per call
+  int64_t at = 0;         // 1-based index of the call that fails; 0: none
+  int action = 0;         // 0: kill the process (SIGKILL), else the errno the operation fails with
+  int log_fd = -1;        // MSAE_FAILPOINT_LOG: one line per call
+  bool counting = false;  // set_failpoint was called: count the calls
 };
 
-const FailpointSetting& failpoint_setting() {
-  static const FailpointSetting s = [] {
+int parse_failpoint_action(const std::string& action) {
+  if (action == "kill") return 0;
+  if (action == "EIO") return EIO;
+  if (action == "ENOSPC") return ENOSPC;
+  runtime_error("MSAE_FAILPOINT: unknown action '", action, "' (kill, EIO or ENOSPC)");
+}
+
+FailpointSetting& failpoint_setting() {
+  static FailpointSetting s = [] {
     FailpointSetting r;
     if (const char* spec = std::getenv("MSAE_FAILPOINT"); spec && *spec) {
       char* end = nullptr;
@@ -46,14 +54,7 @@ const FailpointSetting& failpoint_setting() {
       const std::string action = end && *end == ':' ? end + 1 : "";
       if (r.at <= 0 || action.empty())
         runtime_error("MSAE_FAILPOINT must be N:kill, N:EIO or N:ENOSPC (N >= 1), found '", spec, "'");
-      if (action == "kill")
-        r.action = 0;
-      else if (action == "EIO")
-        r.action = EIO;
-      else if (action == "ENOSPC")
-        r.action = ENOSPC;
-      else
-        runtime_error("MSAE_FAILPOINT: unknown action '", action, "' (kill, EIO or ENOSPC)");
+      r.action = parse_failpoint_action(action);
     }
     if (const char* log = std::getenv("MSAE_FAILPOINT_LOG"); log && *log)
       r.log_fd = ::open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -66,9 +67,19 @@ std::atomic<int64_t> g_failpoint_calls{0};
 
 }  // namespace
 
+void set_failpoint(int64_t at, const std::string& action) {
+  FailpointSetting& s = failpoint_setting();
+  s.at = at;
+  s.action = parse_failpoint_action(action);
+  s.counting = true;
+  g_failpoint_calls = 0;
+}
+
+int64_t failpoint_calls() { return g_failpoint_calls.load(); }
+
 int failpoint(const char* op, const std::string& path) {
   const FailpointSetting& s = failpoint_setting();
-  if (s.at == 0 && s.log_fd < 0) return 0;
+  if (s.at == 0 && s.log_fd < 0 && !s.counting) return 0;
   const int64_t n = g_failpoint_calls.fetch_add(1) + 1;
   if (s.log_fd >= 0) {
     const std::string line = cat(n, " ", op, " ", path, "\n");
@@ -505,6 +516,25 @@ void report_leftovers(const Leftovers& l) {
   for (const std::string& p : l.kept)
     log_warn(cat(p, " holds an earlier output that an interrupted msae run moved aside; msae leaves it to you ",
                  "(look inside, then remove it or move it back)"));
+}
+
+PendingOutput::PendingOutput(const std::string& out) : out_(without_trailing_slash(out)), dir_(temp_name(out)) {
+  create_directories(dir_);
+}
+
+PendingOutput::~PendingOutput() {
+  if (committed_) return;
+  try {
+    remove_all(dir_);
+  } catch (const std::exception& e) {
+    log_warn(cat("could not remove the unfinished output ", dir_, ": ", e.what()));
+  }
+}
+
+void PendingOutput::commit(bool overwrite) {
+  MSAE_ASSERT(!committed_, "PendingOutput: ", out_, " committed twice");
+  commit_directory(dir_, out_, overwrite);
+  committed_ = true;
 }
 
 // ---------------------------------------------------------------------------------------------

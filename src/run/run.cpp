@@ -393,7 +393,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   const int64_t checkpoint_every = o.integer("checkpoint_every");
   const int keep = static_cast<int>(o.integer("keep_checkpoints"));
   const bool live = writes && (ckpt || checkpoint_every > 0);
-  const std::string work_dir = !writes ? "" : live ? out : cat(out, ".tmp-", getpid());
+  const std::string work_dir = !writes ? "" : live ? out : io::temp_name(out);
   // A run that lives in `out` and replaces an earlier output moves that one aside until the new SAE is
   // written (and puts it back if the run fails before its first checkpoint), so a failure never leaves the
   // user without an SAE they had.

@@ -75,6 +75,8 @@ int run_harvest(const HarvestArgs& a) {
   if (a.batch <= 0) usage_error("--batch must be positive, got ", a.batch);
   if (a.shard_rows <= 0) usage_error("--shard-rows must be positive, got ", a.shard_rows);
   if (a.skip_bos && a.no_bos) usage_error("--skip-bos needs BOS positions; it cannot be combined with --no-bos");
+  const io::OutputLock lock = io::lock_output(a.out, "msae harvest");
+  io::report_leftovers(io::clean_leftovers(a.out));
   if (io::path_exists(a.out) && !a.overwrite)
     usage_error("--out ", a.out, " exists; pass --overwrite to replace it");
   const lm::Model model = lm::Model::load(a.model);
@@ -96,9 +98,9 @@ int run_harvest(const HarvestArgs& a) {
 
   if (rows == 0) runtime_error("--text: the files hold too few tokens for one context of --ctx ", a.ctx, " tokens");
 
-  const std::string tmp = a.out + ".tmp-" + std::to_string(::getpid());
-  io::remove_all(tmp);
-  io::create_directories(tmp);
+  // Written beside the output and renamed into place when complete; removed on any error.
+  io::PendingOutput pending(a.out);
+  const std::string& tmp = pending.dir();
   const bool f16 = a.dtype == "f16";
   ShardWriter acts(tmp, f16 ? "<f2" : "<f4", rows, d, a.shard_rows, f16 ? 2 : 4);
   // The token index lives in a subdirectory so that `msae train --data DIR` sees only the shards.
@@ -152,7 +154,7 @@ int run_harvest(const HarvestArgs& a) {
                                       "byte offset in that file (-1 likewise), position in the context"}}},
       {"seconds", progress.elapsed()}};
   io::write_text_file_atomic(tmp + "/harvest.json", info.dump(2) + "\n");
-  io::commit_directory(tmp, a.out, a.overwrite);
+  pending.commit(a.overwrite);
   std::printf("%s\n", info.dump(2).c_str());
   return 0;
 }

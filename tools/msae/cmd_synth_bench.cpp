@@ -299,6 +299,8 @@ int run_synth_bench(BenchArgs& a) {
   const std::vector<int64_t> matryoshka_groups = opts.int_list("group_sizes");  // empty: the default groups
   while (a.out.size() > 1 && a.out.back() == '/') a.out.pop_back();
   if (a.out.empty()) usage_error("--out DIR is required");
+  const io::OutputLock lock = io::lock_output(a.out, "msae synth-bench");
+  io::report_leftovers(io::clean_leftovers(a.out));
   if (io::path_exists(a.out) && !a.overwrite) usage_error("output directory '", a.out, "' exists; pass --overwrite to replace it");
   if (a.checkpoint_every < 0) usage_error("--checkpoint-every must be >= 0");
   const bool snapshot = !a.snapshot_out.empty();
@@ -311,7 +313,7 @@ int run_synth_bench(BenchArgs& a) {
   }
   // Resumable runs work in OUT.partial (kept on errors and interrupts); the others in OUT.tmp-PID.
   const bool resumable = a.checkpoint_every > 0 || a.resume;
-  const std::string tmp = resumable ? a.out + ".partial" : cat(a.out, ".tmp-", getpid());
+  const std::string tmp = resumable ? a.out + ".partial" : io::temp_name(a.out);
   int64_t checkpoint_every = a.checkpoint_every;
   if (resumable) {
     // Everything that changes the results; a resumed command must repeat it.
@@ -349,7 +351,7 @@ int run_synth_bench(BenchArgs& a) {
   }
   // Where the outputs are written before they are committed: the run's own directory, or for a snapshot a
   // directory of its own (OUT.partial and its checkpoints stay as they are, to be continued).
-  const std::string work = snapshot ? cat(a.snapshot_out, ".tmp-", getpid()) : tmp;
+  const std::string work = snapshot ? io::temp_name(a.snapshot_out) : tmp;
   if (snapshot) {
     io::remove_all(work);
     io::create_directories(work);
