@@ -16,12 +16,14 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "msae/io.h"
 #include "msae/lm.h"
 #include "msae/sae_dir.h"
 #include "cli_run.h"
+#include "failpoint_walk.h"
 
 using namespace msae;
 namespace fs = std::filesystem;
@@ -284,4 +286,58 @@ TEST_F(LmCli, EvalSplicedCeAndAbsorption) {
     EXPECT_LE(pj["mean_full_absorption_rate"].get<double>(), 1.0);
     EXPECT_EQ(pj["per_letter"].size(), 26u);
   }
+}
+
+// A harvest directory's content for comparison: every file's bytes, harvest.json without its timing.
+std::map<std::string, std::string> harvest_content(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  if (!fs::exists(dir)) return files;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::string bytes = msae::test_util::slurp(e.path());
+    if (e.path().filename() == "harvest.json") {
+      nlohmann::json j = nlohmann::json::parse(bytes);
+      j.erase("seconds");
+      bytes = j.dump();
+    }
+    files[fs::relative(e.path(), dir).string()] = bytes;
+  }
+  return files;
+}
+
+// Issue 21: the failpoint walk of `harvest --overwrite` (its shards are written by io::NpyWriter): at every
+// operation killed or failing, the earlier harvest is intact or the new one complete, nothing is left
+// beside it after a rerun, and the rerun gives the new harvest byte for byte.
+TEST_F(LmCli, FailpointWalkOfAHarvestKeepsTheEarlierOne) {
+  const std::string common = "harvest --model " + p("model") + " --text " + p("a.txt") +
+                             " --ctx 32 --shard-rows 100 --max-tokens 250 --threads 1 --log-level 0";
+  ASSERT_EQ(run(common + " --layer 0 --out " + p("hw_old")).code, 0);
+  ASSERT_EQ(run(common + " --layer 1 --out " + p("hw_new")).code, 0);
+  const auto old_h = harvest_content(p("hw_old")), new_h = harvest_content(p("hw_new"));
+  ASSERT_GE(old_h.size(), 4u) << "several shards and the index";
+  ASSERT_NE(old_h, new_h);
+  const std::string args = common + " --layer 1 --overwrite --out " + p("hw");
+  auto beside = [&] {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir_))
+      if (e.path().filename().string().rfind("hw.", 0) == 0) names.push_back(e.path().filename().string());
+    return names;
+  };
+  const int64_t runs = msae::test_util::walk_failpoints(
+      args, dir_ / "hw_fp.log",
+      [&] {
+        fs::remove_all(p("hw"));
+        for (const std::string& n : beside()) fs::remove_all(dir_ / n);
+        fs::copy(p("hw_old"), p("hw"), fs::copy_options::recursive);
+      },
+      [&](const msae::test_util::Failpoint& f, const std::string& action, const Result& r) {
+        const std::string what = "failpoint " + std::to_string(f.index) + " " + f.op + " " + f.path + " " + action + "\n" + r.output;
+        const auto now = harvest_content(p("hw"));
+        EXPECT_TRUE(now == old_h || now == new_h) << what;
+        const Result again = run_all(args);
+        ASSERT_EQ(again.code, 0) << what << "\nrerun:\n" << again.output;
+        EXPECT_EQ(harvest_content(p("hw")), new_h) << what;
+        EXPECT_TRUE(beside().empty()) << what << "\nleft beside: " << beside().front();
+      });
+  std::printf("harvest: %lld faulted runs\n", static_cast<long long>(runs));
 }

@@ -413,5 +413,57 @@ TEST_F(RunCli, SweepTrainsOnShardDirectoriesAndSafetensors) {
   }
 }
 
+// Issue 21 case 8: data that changes under a run. A shard truncated while it is memory-mapped (SIGBUS
+// before) is an error naming the file, and the state so far is saved as a checkpoint; data deleted during
+// the run (the mapping keeps training going) makes only the final evaluation fail, and the SAE is kept.
+TEST(RunLayer, DataChangedUnderTheRunIsReportedAndTheStateIsKept) {
+  const fs::path dir = fs::temp_directory_path() / ("msae-run-data-fault-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const int64_t N = 2000, d = 16;
+  const std::vector<float> x = structured_rows(N, d, 4);
+  const std::string data = (dir / "x.npy").string();
+  for (const bool truncate : {true, false}) {
+    SCOPED_TRACE(truncate ? "truncated" : "deleted");
+    io::write_npy(data, x.data(), {N, d});
+    run::Options o = small_options();
+    o.set("data", data);
+    const std::string out = (dir / (truncate ? "T" : "D")).string();
+    o.set("out", out);
+    run::Callbacks cb = quiet();
+    cb.progress = [&](int64_t done, int64_t, const StepStats&, double) {
+      if (done != 3) return;
+      if (truncate)
+        fs::resize_file(data, 128);  // the header only
+      else
+        fs::remove(data);
+    };
+    if (truncate) {
+      std::string message;
+      try {
+        run::train(o, run::Inputs{}, cb);
+      } catch (const Error& e) {
+        message = e.what();
+        EXPECT_EQ(e.kind(), ErrorKind::runtime);
+      }
+      EXPECT_NE(message.find(data + ": row "), std::string::npos) << message;
+      EXPECT_NE(message.find("became shorter while it was being read"), std::string::npos) << message;
+      EXPECT_NE(message.find("the run's last checkpoint is in " + out), std::string::npos) << message;
+      EXPECT_TRUE(fs::exists(fs::path(out) / "checkpoints" / "latest"));
+      const json m = json::parse(msae::test_util::slurp(fs::path(out) / "msae.json"));
+      EXPECT_FALSE(m.at("training").at("completed").get<bool>());
+    } else {
+      const run::Result r = run::train(o, run::Inputs{}, cb);
+      EXPECT_TRUE(r.completed);
+      EXPECT_FALSE(r.evaluated);
+      EXPECT_NE(r.eval_error.find("x.npy: no such file"), std::string::npos) << r.eval_error;
+      EXPECT_TRUE(fs::exists(fs::path(out) / "sae_weights.safetensors"));
+      const json m = json::parse(msae::test_util::slurp(fs::path(out) / "msae.json"));
+      EXPECT_NE(m.at("final_evaluation_error").get<std::string>().find("no such file"), std::string::npos);
+    }
+  }
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace msae

@@ -108,6 +108,7 @@ int run_harvest(const HarvestArgs& a) {
   io::NpyWriter meta(tmp + "/index/tokens.npy", "<i8", {rows, 4});
   Progress progress(c.N);
   std::vector<uint16_t> half;
+  std::vector<int64_t> index_rows;  // one batch's token index rows, written at once
   for (int64_t n0 = 0; n0 < c.N; n0 += a.batch) {
     const int64_t nb = std::min(a.batch, c.N - n0);
     Tensor captured;
@@ -117,6 +118,7 @@ int run_harvest(const HarvestArgs& a) {
                                     }}};
     // Blocks after the hook's are not needed.
     model.run(c.ids.data() + n0 * T, nb, T, hooks, a.layer, false);
+    index_rows.clear();
     for (int64_t n = 0; n < nb; ++n) {
       const int64_t t0 = a.skip_bos ? 1 : 0;
       const float* src = captured.ptr() + (n * T + t0) * d;
@@ -130,10 +132,10 @@ int run_harvest(const HarvestArgs& a) {
       }
       for (int64_t t = t0; t < T; ++t) {
         const size_t i = static_cast<size_t>((n0 + n) * T + t);
-        const int64_t row[4] = {c.ids[i], c.file[i], c.offset[i], t};
-        meta.write(row, sizeof(row));
+        index_rows.insert(index_rows.end(), {c.ids[i], c.file[i], c.offset[i], t});
       }
     }
+    meta.write(index_rows.data(), index_rows.size() * sizeof(int64_t));
     progress.update(n0 + nb, cat("contexts ", n0 + nb, "/", c.N));
   }
   progress.finish();
