@@ -1034,6 +1034,115 @@ TEST_F(IoTest, CommitDirectory) {
   EXPECT_FALSE(io::path_exists(out + ".old"));
 }
 
+// CRC-32C: the check value of the Castagnoli polynomial, incremental use, and the SSE4.2 path equal to the
+// table for every length and alignment near the 8-byte steps.
+TEST(Durable, Crc32c) {
+  EXPECT_EQ(io::crc32c("123456789", 9), 0xE3069283u);
+  EXPECT_EQ(io::crc32c_portable("123456789", 9), 0xE3069283u);
+  EXPECT_EQ(io::crc32c("", 0), 0u);
+  std::vector<unsigned char> buf(4096 + 16);
+  uint64_t st = 5;
+  for (auto& b : buf) {
+    st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+    b = static_cast<unsigned char>(st >> 56);
+  }
+  for (size_t off = 0; off < 9; ++off)
+    for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{63}, size_t{64}, size_t{4096}}) {
+      const uint32_t a = io::crc32c(buf.data() + off, n), b = io::crc32c_portable(buf.data() + off, n);
+      EXPECT_EQ(a, b) << off << " " << n;
+      for (size_t cut : {size_t{0}, n / 3, n})  // incremental: the same as all at once
+        EXPECT_EQ(io::crc32c(buf.data() + off + cut, n - cut, io::crc32c(buf.data() + off, cut)), a);
+    }
+}
+
+// write_text_file_atomic returns the digest of what it wrote; digest_file and verify_file agree with it;
+// one changed byte is named; the JSON form round-trips and bad forms are refused.
+TEST_F(IoTest, FileDigests) {
+  const std::string p = path("f.bin");
+  const io::FileDigest w = io::write_text_file_atomic(p, std::string(100000, 'x') + "tail");
+  EXPECT_EQ(w.bytes, 100004);
+  const io::FileDigest r = io::digest_file(p);
+  EXPECT_EQ(r.bytes, w.bytes);
+  EXPECT_EQ(r.crc32c, w.crc32c);
+  io::verify_file(p, w, "the test");
+  const io::FileDigest back = io::FileDigest::from_json(w.to_json(), "x");
+  EXPECT_EQ(back.crc32c, w.crc32c);
+  EXPECT_EQ(back.bytes, w.bytes);
+  io::write_text_file_atomic(p, std::string(100000, 'x') + "tain");
+  expect_error([&] { io::verify_file(p, w, "REC"); }, 1, p, {"does not match the digest recorded in REC"});
+  expect_error([&] { io::FileDigest::from_json(nlohmann::json{{"bytes", 3}, {"crc32c", "xyz"}}, "W"); }, 1, "W",
+               {"8 hex digits"});
+  expect_error([&] { io::FileDigest::from_json(nlohmann::json(5), "W"); }, 1, "W", {"must be"});
+}
+
+// Temporary names are unique and clean_leftovers knows them; PendingOutput removes an output that was
+// never committed and replaces an existing one only when committed; AppendFile appends.
+TEST_F(IoTest, PendingOutputTempNamesAndAppendFile) {
+  const std::string out = path("out");
+  EXPECT_NE(io::temp_name(out), io::temp_name(out));
+  EXPECT_EQ(io::temp_name(out + "/").rfind(out + ".tmp-", 0), 0u);
+  std::string abandoned;
+  {
+    io::PendingOutput p(out);
+    abandoned = p.dir();
+    io::write_text_file_atomic(p.dir() + "/a", "1");
+  }
+  EXPECT_FALSE(io::path_exists(abandoned));
+  EXPECT_FALSE(io::path_exists(out));
+  {
+    io::PendingOutput p(out);
+    io::write_text_file_atomic(p.dir() + "/a", "1");
+    p.commit(false);
+  }
+  EXPECT_EQ(io::read_text_file(out + "/a"), "1");
+  {
+    io::PendingOutput p(out);
+    io::write_text_file_atomic(p.dir() + "/a", "2");
+    EXPECT_EQ(io::read_text_file(out + "/a"), "1") << "untouched until the commit";
+    p.commit(true);
+  }
+  EXPECT_EQ(io::read_text_file(out + "/a"), "2");
+  io::AppendFile f(out + "/m.jsonl", true);
+  f.append("one\n");
+  f.append("two\n");
+  EXPECT_EQ(io::read_text_file(out + "/m.jsonl"), "one\ntwo\n") << "each append is in the file when it returns";
+  f.close();
+  io::AppendFile g(out + "/m.jsonl", false);
+  g.append("three\n");
+  g.close();
+  EXPECT_EQ(io::read_text_file(out + "/m.jsonl"), "one\ntwo\nthree\n");
+}
+
+// The lock: a second holder (another open file description, as another process would have) is refused
+// with the first one's line; released, the lock file is gone and the output can be locked again. A crashed
+// run's temporary names are removed by clean_leftovers, an output moved aside is kept and named.
+TEST_F(IoTest, OutputLockAndLeftovers) {
+  const std::string out = path("sub/out");  // the parent is created for the lock file
+  {
+    const io::OutputLock a = io::lock_output(out, "first");
+    EXPECT_TRUE(a.held());
+    EXPECT_NE(io::read_text_file(out + ".lock").find("first"), std::string::npos);
+    expect_error([&] { io::lock_output(out, "second"); }, 1, out, {"is in use by another msae process", "first"});
+  }
+  EXPECT_FALSE(io::path_exists(out + ".lock"));
+  const io::OutputLock b = io::lock_output(out, "again");
+  io::create_directories(out + "/checkpoints/step-0000000001.tmp-1-2");
+  io::create_directories(out + ".tmp-1-0");
+  io::create_directories(out + ".replaced-7");
+  io::create_directories(path("sub/outer.tmp-1-0"));  // another output's: not ours to touch
+  io::write_text_file_atomic(out + "/cfg.json.tmp-1-3", "{");
+  io::write_text_file_atomic(out + "/cfg.json", "{}");
+  const io::Leftovers l = io::clean_leftovers(out);
+  EXPECT_EQ(l.removed.size(), 3u);
+  EXPECT_EQ(l.kept, std::vector<std::string>{out + ".replaced-7"});
+  EXPECT_FALSE(io::path_exists(out + ".tmp-1-0"));
+  EXPECT_FALSE(io::path_exists(out + "/cfg.json.tmp-1-3"));
+  EXPECT_FALSE(io::path_exists(out + "/checkpoints/step-0000000001.tmp-1-2"));
+  EXPECT_TRUE(io::path_exists(out + "/cfg.json"));
+  EXPECT_TRUE(io::path_exists(out + ".replaced-7"));
+  EXPECT_TRUE(io::path_exists(path("sub/outer.tmp-1-0")));
+}
+
 }  // namespace
 
 // io::json_*: only the stated kind and range pass; everything else is an msae::Error naming `what`
