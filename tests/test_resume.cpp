@@ -301,7 +301,18 @@ TEST_F(Resume, InterruptedSynthBenchWritesTheRunSoFar) {
                           " --meta-steps 0 --threads 1 --save-saes --out " + out, log);
   ASSERT_GT(pid, 0);
   // truth.safetensors is written into the temporary output directory just before the first run trains.
-  ASSERT_TRUE(wait_for_file(fs::path(out + ".tmp-" + std::to_string(pid)) / "truth.safetensors", pid)) << slurp(log);
+  // (named OUT.tmp-PID-N: io::temp_name)
+  bool started = false;
+  for (int i = 0; i < 120000 && !started; ++i) {
+    for (const auto& e : fs::directory_iterator(dir_))
+      if (e.path().filename().string().rfind("bench.tmp-" + std::to_string(pid) + "-", 0) == 0 &&
+          fs::exists(e.path() / "truth.safetensors"))
+        started = true;
+    int status = 0;
+    if (!started && waitpid(pid, &status, WNOHANG) == pid) break;
+    if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(started) << slurp(log);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   ::kill(pid, SIGINT);
   ASSERT_EQ(wait_exit(pid), 130) << slurp(log);
