@@ -266,36 +266,31 @@ int open_new(const std::string& path, int flags) {
 
 }  // namespace detail
 
-void fsync_directory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) runtime_error(dir, ": cannot open the directory to fsync it: ", std::strerror(errno));
+namespace {
+// Opens `path` read-only (extra `flags`, e.g. O_DIRECTORY) and fsyncs it.
+void fsync_path(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | flags);
+  if (fd < 0) runtime_error(path, ": cannot open to fsync it: ", std::strerror(errno));
   try {
-    detail::fsync_fd(fd, dir);
+    detail::fsync_fd(fd, path);
   } catch (...) {
     ::close(fd);
     throw;
   }
   ::close(fd);
 }
+}  // namespace
+
+void fsync_directory(const std::string& dir) { fsync_path(dir, O_DIRECTORY); }
 
 void sync_tree(const std::string& dir) {
   std::error_code ec;
   for (auto it = stdfs::recursive_directory_iterator(dir, ec); !ec && it != stdfs::recursive_directory_iterator();
        it.increment(ec)) {
-    const std::string p = it->path().string();
-    if (it->is_directory(ec)) {
-      fsync_directory(p);
-    } else if (it->is_regular_file(ec)) {
-      const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) runtime_error(p, ": cannot open to fsync: ", std::strerror(errno));
-      try {
-        detail::fsync_fd(fd, p);
-      } catch (...) {
-        ::close(fd);
-        throw;
-      }
-      ::close(fd);
-    }
+    if (it->is_directory(ec))
+      fsync_path(it->path().string(), O_DIRECTORY);
+    else if (it->is_regular_file(ec))
+      fsync_path(it->path().string(), 0);
   }
   if (ec) runtime_error(dir, ": cannot list: ", ec.message());
   fsync_directory(dir);
