@@ -465,5 +465,30 @@ TEST(RunLayer, DataChangedUnderTheRunIsReportedAndTheStateIsKept) {
   fs::remove_all(dir);
 }
 
+// calibrate_threshold (issue 22): the exported threshold keeps exactly k latents per row on average on the
+// evaluation rows, where a short run's EMA threshold keeps far more; msae.json records both thresholds and
+// the quality check no longer blames the EMA. Off, the export is the EMA (the published recipe).
+TEST(RunLayer, CalibratedThresholdGivesInferenceL0OfK) {
+  const int64_t N = 1000, d = 16;
+  const std::vector<float> x = structured_rows(N, d, 5);
+  const run::Inputs in = array_inputs(x, d);
+  const run::Result plain = run::train(small_options(), in, quiet());
+  run::Options o = small_options();
+  o.set("calibrate_threshold", true);
+  const run::Result cal = run::train(o, in, quiet());
+  ASSERT_TRUE(plain.evaluated && cal.evaluated);
+  EXPECT_EQ(plain.params.W_dec.data, cal.params.W_dec.data) << "training is the same";
+  EXPECT_GT(plain.eval.prefixes.back().l0, 1.5 * 4) << "30 steps: the EMA has not settled";
+  EXPECT_NEAR(cal.eval.prefixes.back().l0, 4.0, 1e-9);
+  const json& c = cal.msae_json.at("training").at("threshold_calibration");
+  EXPECT_EQ(c.at("rows"), 100);
+  EXPECT_FLOAT_EQ(c.at("ema_threshold").get<float>(), plain.params.threshold);
+  EXPECT_FLOAT_EQ(c.at("calibrated_threshold").get<float>(), cal.params.threshold);
+  EXPECT_FALSE(plain.msae_json.at("training").contains("threshold_calibration"));
+  const std::string problems = cal.final_metrics.at("quality").at("problems").dump();
+  EXPECT_EQ(problems.find("has not settled"), std::string::npos) << problems;
+  EXPECT_NE(plain.final_metrics.at("quality").at("problems").dump().find("has not settled"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace msae

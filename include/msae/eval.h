@@ -35,4 +35,11 @@ EvalReport evaluate(const SaeConfig& cfg, const SaeParams& params, data::Activat
                     int64_t chunk = 4096);
 nlohmann::json to_json(const EvalReport& report);
 
+// The global threshold at which inference encoding keeps, on `rows` rows of `source`, k * rows
+// pre-activations in all: the (k * rows + 1)-th largest positive pre-activation (0 when there are fewer),
+// so that the mean inference L0 is k (ties aside). For the msae rule only (params.rule default);
+// params.threshold is used as scratch and restored.
+float calibrate_threshold(const SaeConfig& cfg, SaeParams& params, data::ActivationSource& source, int64_t rows,
+                          int64_t chunk = 1024);
+
 }  // namespace msae::eval

@@ -258,7 +258,9 @@ int64_t threshold_settle_steps(const SaeConfig& cfg);
 // Whether a trained SAE is usable, from its final evaluation: {"usable": bool, "problems": [sentences]}. A
 // problem is a threshold EMA that has not settled, inference L0 outside [k/2, 2k], FVU above 1, the whole
 // SAE worse than its first prefix, or evaluation FVU far above training's (train_fvu < 0: unknown).
-nlohmann::json sae_quality(const SaeConfig& cfg, const eval::EvalReport& ev, int64_t steps_done, double train_fvu);
+// `calibrated`: the exported threshold was calibrated (calibrate_threshold), so the EMA's settling does not matter.
+nlohmann::json sae_quality(const SaeConfig& cfg, const eval::EvalReport& ev, int64_t steps_done, double train_fvu,
+                           bool calibrated = false);
 
 // Writes DIR/report.html for a run that wrote DIR: the curves of DIR/metrics.jsonl (loss, FVU of every
 // prefix, L0, dead latents, threshold), the final per-prefix table, the latent-frequency histogram, and the

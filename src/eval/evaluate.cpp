@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <functional>
 
 #include "msae/eval.h"
 
@@ -74,6 +75,35 @@ EvalReport evaluate(const SaeConfig& cfg, const SaeParams& p, data::ActivationSo
   rep.dead_fraction = static_cast<double>(dead) / static_cast<double>(D);
   rep.dense_fraction = static_cast<double>(dense) / static_cast<double>(D);
   return rep;
+}
+
+float calibrate_threshold(const SaeConfig& cfg, SaeParams& p, data::ActivationSource& source, int64_t rows,
+                          int64_t chunk) {
+  MSAE_ASSERT(p.rule.is_default(), "calibrate_threshold: only for the msae inference rule");
+  const float saved = p.threshold;
+  p.threshold = 0.0f;  // every positive pre-activation is a candidate
+  const size_t K = static_cast<size_t>(cfg.k * rows);
+  std::vector<float> x(static_cast<size_t>(chunk * p.d)), best;
+  auto keep_top = [&](size_t n) {  // best[0..n) become the n largest, in no order
+    std::nth_element(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(n - 1), best.end(), std::greater<float>());
+    best.resize(n);
+  };
+  try {
+    for (int64_t done = 0; done < rows; done += chunk) {
+      const int64_t n = std::min(chunk, rows - done);
+      source.next_batch(n, x.data());
+      const kernels::SparseCodes z = encode_inference(cfg, p, x.data(), n, p.D);
+      best.insert(best.end(), z.vals.begin(), z.vals.end());
+      if (best.size() > 2 * (K + 1)) keep_top(K + 1);
+    }
+  } catch (...) {
+    p.threshold = saved;
+    throw;
+  }
+  p.threshold = saved;
+  if (best.size() <= K) return 0.0f;
+  keep_top(K + 1);
+  return *std::min_element(best.begin(), best.end());  // the (K + 1)-th largest: K values lie above it
 }
 
 nlohmann::json to_json(const EvalReport& r) {

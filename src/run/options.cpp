@@ -118,6 +118,10 @@ const std::vector<OptionDef>& option_table() {
       {"eval_data", T::text, "", "Held-out activations for the final evaluation (same forms as data; Python: also an array)",
        G::data},
       {"eval_rows", T::integer, 16384, "Rows of the final evaluation (at most)", G::data, kAll, NAN, 0},
+      {"calibrate_threshold", T::flag, false,
+       "Export the threshold at which inference keeps k latents per row on the evaluation rows, instead of the "
+       "training EMA (a departure from the published recipe; msae.json records both)",
+       G::run, kAll},
       {"holdout_rows", T::integer, null,
        "Rows at the end of the data that training never reads, for the final evaluation (default: min(eval_rows, "
        "rows/10) without eval_data, else 0; 0 = evaluate on training rows)",

@@ -104,10 +104,11 @@ int64_t threshold_settle_steps(const SaeConfig& cfg) {
   return cfg.threshold_start_step + static_cast<int64_t>(n);
 }
 
-nlohmann::json sae_quality(const SaeConfig& cfg, const eval::EvalReport& ev, int64_t steps_done, double train_fvu) {
+nlohmann::json sae_quality(const SaeConfig& cfg, const eval::EvalReport& ev, int64_t steps_done, double train_fvu,
+                           bool calibrated) {
   std::vector<std::string> problems;
   const eval::PrefixMetrics& whole = ev.prefixes.back();
-  if (cfg.arch != Arch::relu_l1) {
+  if (cfg.arch != Arch::relu_l1 && !calibrated) {
     const int64_t updates = std::max<int64_t>(0, steps_done - cfg.threshold_start_step);
     const double start_weight = std::pow(1.0 - static_cast<double>(cfg.threshold_rate), static_cast<double>(updates));
     if (start_weight > 0.05)
@@ -332,6 +333,12 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     }
   }
   const SaeConfig& cfg = topt.sae;
+  if (o.flag("calibrate_threshold") && cfg.arch == Arch::relu_l1)
+    usage_error(opt("calibrate_threshold"), " sets a JumpReLU threshold for inference L0 = k; ", opt("arch"),
+                " relu_l1 has no k");
+  if (o.flag("calibrate_threshold") && stream && eval_data.empty() && !in.eval_array)
+    usage_error(opt("calibrate_threshold"), " needs evaluation rows (", opt("eval_data"),
+                " or data that can be read again), and a stream has none");
   const int64_t steps = topt.steps;  // -1: until the stream ends
   topt.steps = std::max<int64_t>(steps, 0);
   topt.log_every = o.automatic("log_every") ? (steps > 0 ? std::max<int64_t>(1, steps / 100) : 100) : o.integer("log_every");
@@ -627,8 +634,9 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   // The SAE is on disk already: a failing evaluation (the data deleted or changed under the run, say)
   // is reported and recorded, and the run still ends with its SAE.
   try {
-    std::unique_ptr<data::ActivationSource> eval_source;
-    if (completed) {
+    // The evaluation rows (opened again after a calibration pass has read them).
+    auto open_eval = [&]() -> std::unique_ptr<data::ActivationSource> {
+      std::unique_ptr<data::ActivationSource> eval_source;
       data::DataOptions eo = data_options(o, false, 0);
       if (synthetic) {
         eval_source = data::open_synthetic(synthetic_eval_seed(seed));
@@ -652,9 +660,25 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
         eval_source = open_file_data(eo);
         res.eval_on = cat("rows of ", data_name, " that training also read (", opt("holdout_rows"), " 0)");
       }
-    }
+      return eval_source;
+    };
+    std::unique_ptr<data::ActivationSource> eval_source = completed ? open_eval() : nullptr;
+    bool calibrated = false;
     if (eval_source) {
       res.eval_rows = eval_source->rows() > 0 ? std::min(eval_source->rows(), eval_rows_cap) : eval_rows_cap;
+      if (o.flag("calibrate_threshold")) {
+        const float ema = res.params.threshold;
+        res.params.threshold = eval::calibrate_threshold(cfg, res.params, *eval_source, res.eval_rows);
+        calibrated = true;
+        res.msae_json["training"]["threshold_calibration"] = {
+            {"ema_threshold", json_number(ema)}, {"calibrated_threshold", json_number(res.params.threshold)},
+            {"rows", res.eval_rows},
+            {"on", res.eval_on}};
+        say(cb, cat("threshold: ", res.params.threshold, " (calibrated for inference L0 = k on ", res.eval_rows,
+                    " evaluation rows; the training EMA was ", ema, ")"));
+        if (writes) res.msae_json["files"] = saedir::write_sae_files(target, cfg, res.params, res.msae_json);
+        eval_source = open_eval();
+      }
       res.eval = eval::evaluate(cfg, res.params, *eval_source, res.eval_rows);
       res.evaluated = true;
     }
@@ -662,7 +686,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
       res.final_metrics = eval::to_json(res.eval);
       res.final_metrics["evaluated_on"] = res.eval_on;
       res.final_metrics["evaluated_rows"] = res.eval_rows;
-      res.final_metrics["quality"] = sae_quality(cfg, res.eval, done, last_train_fvu);
+      res.final_metrics["quality"] = sae_quality(cfg, res.eval, done, last_train_fvu, calibrated);
       if (synthetic) {
         const synth::PlantedDictionary truth = synth::make_planted(synth::default_planted_config());
         const eval::RecoveryReport rec = eval::score_recovery(truth.directions, res.params.W_dec.ptr(), cfg.d_sae);
