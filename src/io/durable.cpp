@@ -497,8 +497,7 @@ Leftovers clean_leftovers(const std::string& out) {
       for (const auto& e : stdfs::directory_iterator(dir, ec)) {
         const std::string name = e.path().filename().string();
         const size_t at = name.find(".tmp");
-        if (at == std::string::npos || at == 0) continue;
-        if (name.compare(at, std::string::npos, ".tmp") != 0 && name.compare(at, 5, ".tmp-") != 0) continue;
+        if (at == std::string::npos || at == 0 || !is_temp(name, name.substr(0, at))) continue;
         remove_all(e.path().string());
         found.removed.push_back(e.path().string());
       }

@@ -73,9 +73,8 @@ json harvest_hook(const std::string& data) {
   if (data.empty() || !io::is_directory(data) || !io::path_exists(manifest)) return nullptr;
   const json h = io::parse_json_file_text(io::read_text_file(manifest), manifest);
   if (!h.is_object() || h.value("format", "") != "msae-harvest" || !h.contains("hook_name")) return nullptr;
-  std::string model = h.value("model", "");
-  while (model.size() > 1 && model.back() == '/') model.pop_back();
-  return {{"model_name", model.substr(model.find_last_of('/') + 1)}, {"model", h.value("model", "")},
+  const std::string model = h.value("model", "");
+  return {{"model_name", std::filesystem::path(io::without_trailing_slash(model)).filename().string()}, {"model", model},
           {"hook_name", h["hook_name"]}, {"layer", h.value("layer", -1)}, {"site", h.value("site", "")},
           {"harvest", data}};
 }
@@ -407,8 +406,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   std::string replaced;
   const bool out_existed = writes && io::path_exists(out);
   if (writes && !live) {
-    io::remove_all(work_dir);
-    io::create_directories(work_dir);
+    io::create_directories(work_dir);  // a new, unique name (io::temp_name)
   } else if (live && !ckpt) {
     if (io::path_exists(out)) {  // overwrite (checked above)
       replaced = cat(out, ".replaced-", getpid());
@@ -470,7 +468,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   LoopHooks hooks;
   // A data read fault (a file truncated, changed or unreadable mid-run) ends the loop like the end of the
   // data: the state so far is saved as for an interrupt, then the error is reported (exit 1).
-  std::exception_ptr data_fault;
+  std::optional<Error> data_fault;
   if (source)
     hooks.next_batch = [&](float* x) {
       try {
@@ -478,7 +476,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
         return true;
       } catch (const Error& e) {
         if (e.kind() != ErrorKind::runtime) throw;
-        data_fault = std::current_exception();
+        data_fault = e;
         return false;
       }
     };
@@ -506,7 +504,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   LoopResult lr;
   try {
     run_loop(trainer, spec, interval, hooks, lr);
-    if (data_fault && lr.done == start) std::rethrow_exception(data_fault);  // nothing trained: nothing to save
+    if (data_fault && lr.done == start) throw *data_fault;  // nothing trained: nothing to save
     if (lr.data_ended && lr.done == 0 && !data_fault)
       usage_error(opt("data"), ": the stream ended before one batch of ", batch, " rows; nothing to train on (lower ",
                   opt("batch"), ")");
@@ -530,16 +528,10 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   const bool completed = !lr.interrupted && !data_fault;
   const data::DataStats dstats = source ? source->stats() : data::DataStats{};
   if (data_fault) {
-    std::string what;
-    try {
-      std::rethrow_exception(data_fault);
-    } catch (const Error& e) {
-      what = e.what();
-    }
     // The state is saved unless that would displace an earlier output (a live run with --overwrite keeps
     // the earlier output aside and its own periodic checkpoints, see keep_previous).
     const bool save = writes && source && replaced.empty();
-    log_warn(cat(what, "; training stopped after ", done, " of ", steps, " steps",
+    log_warn(cat(data_fault->what(), "; training stopped after ", done, " of ", steps, " steps",
                  save ? "; saving a checkpoint and the SAE as they are" : ""));
     if (save) train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(train_seconds), keep);
   } else if (!completed) {
@@ -619,13 +611,9 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     say(cb, cat("wrote ", target, completed ? " (the final evaluation follows)" : ""));
   }
   if (data_fault) {
-    try {
-      std::rethrow_exception(data_fault);
-    } catch (const Error& e) {
-      if (!writes || !train::has_checkpoint(target)) throw;
-      runtime_error(e.what(), "; the run's last checkpoint is in ", target, " (", opt("resume"), " ", target,
-                    " continues it once the data is whole again)");
-    }
+    if (!writes || !train::has_checkpoint(target)) throw *data_fault;
+    runtime_error(data_fault->what(), "; the run's last checkpoint is in ", target, " (", opt("resume"), " ", target,
+                  " continues it once the data is whole again)");
   }
 
   // ---- final evaluation (inference encoding at the learned threshold) on raw activations the run did

@@ -112,25 +112,12 @@ std::string write_checkpoint(const std::string& run_dir, int64_t step, const Tra
   digests["state.json"] = io::write_text_file_atomic(tmp + "/state.json", state.dump() + "\n").to_json();
   // Written last: a checkpoint is verified against it when read (a flipped bit resumes nothing).
   io::write_text_file_atomic(tmp + "/" + kDigestFile, digests.dump(1) + "\n");
-  io::fsync_directory(tmp);
 
-  // Publish: the directory takes its name in one rename, or, when a checkpoint of this step is already
-  // there (a resumed run writes its step again), in one exchange with it; only then is the old one
-  // removed. `latest` is replaced atomically after. At every instant each step-N name is a complete
-  // checkpoint, and `latest` names one (read_checkpoint also finds them without it).
-  if (io::path_exists(final_dir)) {
-    if (!io::exchange_paths(tmp, final_dir)) {
-      const std::string aside = io::temp_name(final_dir);
-      io::rename_path(final_dir, aside);
-      io::rename_path(tmp, final_dir);
-      io::remove_all(aside);
-    } else {
-      io::remove_all(tmp);
-    }
-  } else {
-    io::rename_path(tmp, final_dir);
-  }
-  io::fsync_directory(root);
+  // Publish with io::commit_directory: the directory takes its name in one rename, or, when a checkpoint
+  // of this step is already there (a resumed run writes its step again), in one exchange with it; only
+  // then is the old one removed. `latest` is replaced atomically after. At every instant each step-N name
+  // is a complete checkpoint, and `latest` names one (read_checkpoint also finds them without it).
+  io::commit_directory(tmp, final_dir, /*overwrite=*/true);
   io::write_text_file_atomic(root + "/latest", name + "\n");
 
   // Keep the newest `keep` complete checkpoints.

@@ -346,16 +346,12 @@ int run_synth_bench(BenchArgs& a) {
       io::write_text_file_atomic(args_path, json{{"args", args}, {"checkpoint_every", checkpoint_every}}.dump(1) + "\n");
     }
   } else {
-    io::remove_all(tmp);
-    io::create_directories(tmp);
+    io::create_directories(tmp);  // a new, unique name (io::temp_name)
   }
   // Where the outputs are written before they are committed: the run's own directory, or for a snapshot a
   // directory of its own (OUT.partial and its checkpoints stay as they are, to be continued).
   const std::string work = snapshot ? io::temp_name(a.snapshot_out) : tmp;
-  if (snapshot) {
-    io::remove_all(work);
-    io::create_directories(work);
-  }
+  if (snapshot) io::create_directories(work);  // a new, unique name (io::temp_name)
   static std::atomic<bool> stop_at_once{true};
   bool any_partial = false;  // a snapshot with a run that has not finished (or not started)
 
