@@ -6,6 +6,9 @@
 // the forward + loss + backward kernel); both built-in engines ("reference", "sparse") are host engines.
 // An engine whose state lives elsewhere (a GPU, MPI processes) implements Engine directly: it hands
 // parameters out only through the accessors below (checkpoints, evaluation, export), never per step.
+// The sharded engine (src/train/sharded_engine.cpp: the sparse step over latent shards on the processes of
+// an MPI job) gathers them onto the root process: its accessors are collective calls, every process making
+// them in the same order, and the views are whole on the root only (docs/distributed.md).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +48,8 @@ class Engine {
   virtual const AdamState& optimizer() const = 0;
   virtual const VariantState& variant_state() const = 0;
   virtual double last_grad_norm() const = 0;  // the global gradient norm of the last step, before clipping
+  // The inference threshold (params().threshold) without a host view of the whole state (per log line).
+  virtual float threshold() const { return params().threshold; }
 
   // Replaces the training state with a checkpoint's (parameters, Adam moments and step, dead counters);
   // the next step() continues exactly as the engine that saved them would have.
@@ -54,6 +59,8 @@ class Engine {
 
   // Seconds per phase of the last step's forward/backward (empty if not measured).
   virtual std::vector<std::pair<std::string, double>> last_phase_seconds() const { return {}; }
+  // The forward/backward kernel of a host or sharded engine (its last codes, for tests); nullptr otherwise.
+  virtual const StepEngine* step_kernel() const { return nullptr; }
 };
 
 // The host engine: all state in host memory, the forward/backward of `kernel`, and the shared host update
@@ -76,6 +83,7 @@ class HostEngine final : public Engine {
   std::vector<std::pair<std::string, double>> last_phase_seconds() const override {
     return kernel_->last_phase_seconds();
   }
+  const StepEngine* step_kernel() const override { return kernel_.get(); }
 
  private:
   TrainOptions options_;
@@ -117,6 +125,10 @@ bool unregister_engine(const std::string& name);
 const EngineEntry& find_engine(const std::string& name);
 // The whole training engine `options.engine` for finalized options: a usage error for an unknown name or
 // a configuration the engine does not implement ("--engine NAME does not implement ...").
+// Under an MPI launch with more than one process (comm::world().size() > 1) it is the sharded engine, which
+// only --engine sparse has; every process passes the same whole initial params and keeps its shard.
 std::unique_ptr<Engine> make_training_engine(const TrainOptions& options, SaeParams params);
+// The sparse step over latent shards on the processes of `comm` (docs/distributed.md).
+std::unique_ptr<Engine> make_sharded_engine(const TrainOptions& options, SaeParams params, comm::Comm& comm);
 
 }  // namespace msae::train

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "msae/comm.h"
 #include "msae/core.h"
 
 namespace msae::kernels {
@@ -81,6 +82,28 @@ void row_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, int64_t k, Spar
 // with ids ascending. Multithreaded; allocation-free after the first call (per-thread scratch in `scratch`).
 void aux_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, const std::vector<int32_t>& dead, int64_t keep,
               SparseCodes& out, SelectScratch& scratch);
+
+// ---- Selection across processes (src/kernels/select_dist.cpp; docs/distributed.md). Each process holds the
+// pre-activations of a shard of the latents: local column i is global latent global_ids[i] (ascending).
+// `codes` holds this process's candidates, selected from its own (B, D_local) slice by the kernels above
+// with the same `keep`; on return it holds this process's part of the selection one process would make
+// over all D_global latents (same entries, same tie rule). Collective: every process calls with the same
+// keep. Allocation-free after the first calls at a shape (scratch in DistScratch).
+struct DistScratch {
+  std::vector<int64_t> hist, ties, counts;
+  std::vector<char> send, bytes;
+  std::vector<float> row_cut_val;
+  std::vector<int32_t> row_cut_id;
+};
+// BatchTopK: candidates from batch_topk(local pre, keep); keeps the `keep` largest over all processes, ties
+// by lower global flat index r * D_global + id. Returns the cut (the smallest kept value; 0 if none).
+float dist_batch_cut(SparseCodes& codes, int64_t keep, const std::vector<int64_t>& global_ids, int64_t D_global,
+                     comm::Comm& comm, DistScratch& scratch);
+// Per row (TopK, AuxK): candidates from row_topk / aux_topk with `keep` per row; keeps each row's `keep`
+// largest over all processes, ties by lower global id. Returns the smallest kept value over all rows of all
+// processes (0 if none). Sends every candidate (8 bytes each) to every process.
+float dist_row_cut(SparseCodes& codes, int64_t keep, const std::vector<int64_t>& global_ids, comm::Comm& comm,
+                   DistScratch& scratch);
 
 // CSC transpose of CSR codes: for latent i, entries [col_ptr[i], col_ptr[i+1]) in ascending row order;
 // row[e] is the row and src[e] the CSR index of the entry (for its value and its gradient).

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "msae/comm.h"
 #include "msae/core.h"
 #include "msae/kernels.h"
 
@@ -185,6 +186,10 @@ class StepEngine {
     (void)cfg;
     return {};
   }
+  // The last step's selected codes and AuxK codes (CSR over this engine's latents: a shard's local ids),
+  // for tests that compare selections; nullptr when the engine does not keep them as CSR.
+  virtual const kernels::SparseCodes* last_codes() const { return nullptr; }
+  virtual const kernels::SparseCodes* last_aux_codes() const { return nullptr; }
 };
 std::unique_ptr<StepEngine> make_reference_engine();
 // The fast engine (src/model/step_sparse.cpp): one dense GEMM, everything else sparse; same results as
@@ -199,6 +204,25 @@ struct SparseEngineOptions {
   double aux_dense_min_density = 0.2;
 };
 std::unique_ptr<StepEngine> make_sparse_engine(SparseEngineOptions options = {});
+
+// ---- Latent sharding (distributed training, docs/distributed.md). A process trains a shard of the latents:
+// a contiguous share of every Matryoshka group, so that each prefix has local partial sums.
+struct LatentShard {
+  comm::Comm* comm = nullptr;       // the processes training the other shards
+  int64_t d_sae = 0;                // D over all processes
+  std::vector<int64_t> global_ids;  // (D_local) the global latent of each local one, ascending
+};
+// The shard of process `rank` of `ranks` for a finalized config: in each group g of size s_g (starting at
+// m_{g-1}), the latents [m_{g-1} + s_g rank / ranks, m_{g-1} + s_g (rank + 1) / ranks). Every process gets
+// at least one latent when ranks <= the smallest group.
+LatentShard shard_latents(const SaeConfig& cfg, int rank, int ranks);
+// The sparse engine on one shard: `params` passed to forward_backward hold the shard's latents only
+// (D = D_local; b_dec and the threshold are whole and equal on every process), `cfg` is the whole SAE's.
+// Every process calls forward_backward on the same batch; the selection, the reconstructions and b_dec's
+// gradient are agreed through shard.comm (collectives), so the selected codes are those of one process and
+// grads.sum_squares is the global sum. Implements what the sparse engine does except per-group selection
+// and latent reordering (unsupported() names them).
+std::unique_ptr<StepEngine> make_sparse_shard_engine(SparseEngineOptions options, LatentShard shard);
 
 // Inference encoding (SPEC "Inference"): z = acts * (acts > threshold) for latents < limit (a Matryoshka
 // prefix; limit = D for the whole SAE), acts = relu((x - b_dec) @ W_enc (+ b_enc when used)).

@@ -167,14 +167,19 @@ struct MemoryEstimate {
     return parameters + optimizer + gradients + data + output + (step_kept ? step + evaluation : std::max(step, evaluation));
   }
 };
-MemoryEstimate estimate_training_bytes(const train::TrainOptions& t, int64_t d);
+// With `processes` > 1 (a latent-sharded MPI run, docs/distributed.md): the root process's peak, whose
+// parameters, moments, gradients and step buffers are those of its D / processes latents, plus the
+// candidates every process receives and the whole parameters and moments gathered for a checkpoint.
+MemoryEstimate estimate_training_bytes(const train::TrainOptions& t, int64_t d, int processes = 1);
 // The memory this process may still take: min(/proc/meminfo MemAvailable, the cgroup v2 limit
 // memory.max - memory.current) in bytes; -1 when neither can be read.
 int64_t available_memory_bytes();
 // Refuses (runtime error, exit 1) a run whose estimate exceeds the available memory, with both figures in
 // GiB and the options that lower it; `available` < 0 (unknown) passes. Returns the estimate's line for the
 // log: "memory: about 1.4 GiB estimated, 22.0 GiB available".
-std::string check_training_memory(const train::TrainOptions& t, int64_t d, int64_t available);
+// With `processes` > 1 the estimate is per process and is compared with the available memory shared by the
+// processes of this machine (comm::local_processes()).
+std::string check_training_memory(const train::TrainOptions& t, int64_t d, int64_t available, int processes = 1);
 
 // ---------------------------------------------------------------------------------------------
 // Ground-truth runs: training one SAE on a preset's stream (synth::make_preset) and scoring it against the

@@ -122,6 +122,7 @@ class Trainer {
   const AdamState& optimizer() const;
   const TrainOptions& options() const { return options_; }
   double last_grad_norm() const;
+  float threshold() const;  // params().threshold without a host view (Engine::threshold)
   // Replaces the training state (a checkpoint's): parameters, Adam moments and step, dead counters.
   // The next step() continues exactly as the trainer that saved them would have (the engines keep no
   // other state that changes results).
@@ -186,7 +187,8 @@ struct Checkpoint {
   std::string path;  // the checkpoint directory it was read from
 };
 
-// Returns the checkpoint directory written.
+// Returns the checkpoint directory written. Collective under a sharded engine (its host views are gathers):
+// every process calls it, the root writes, the others return "".
 std::string write_checkpoint(const std::string& run_dir, int64_t step, const Trainer& trainer,
                              const nlohmann::json& extra, int keep = 2);
 bool has_checkpoint(const std::string& run_dir);

@@ -20,6 +20,7 @@
 #define MSAE_CPU_RELAX() std::this_thread::yield()
 #endif
 
+#include "msae/comm.h"
 #include "msae/core.h"
 
 namespace msae {
@@ -128,7 +129,12 @@ class Pool {
 };
 thread_local bool Pool::in_region_ = false;
 
-int hardware_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+// The machine's hardware threads, divided among the processes of an MPI job on this machine (two
+// processes on two cores get one thread each instead of oversubscribing the cores).
+int hardware_threads() {
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, hw / comm::local_processes());
+}
 
 Pool& pool() {
   static Pool* p = [] {

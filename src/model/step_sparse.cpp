@@ -66,7 +66,8 @@ struct alignas(64) ThreadPart {
 
 class SparseEngine final : public StepEngine {
  public:
-  explicit SparseEngine(SparseEngineOptions options) : options_(options) {}
+  explicit SparseEngine(SparseEngineOptions options, LatentShard shard = {})
+      : options_(options), shard_(std::move(shard)) {}
   const char* name() const override { return "sparse"; }
 
   std::vector<std::pair<std::string, double>> last_phase_seconds() const override {
@@ -79,8 +80,14 @@ class SparseEngine final : public StepEngine {
   // ReLU + L1 SAE is not (it has no sparse selection to exploit).
   std::string unsupported(const SaeConfig& cfg) const override {
     if (cfg.arch == Arch::relu_l1) return opt("arch") + " relu_l1 (dense ReLU codes with an L1 penalty)";
+    if (sharded() && !cfg.group_k.empty()) return opt("group_k") + " (per-group selection) across processes";
+    if (sharded() && cfg.reorder_every > 0)
+      return opt("reorder_every") + " (latent reordering moves latents between processes)";
     return {};
   }
+
+  const kernels::SparseCodes* last_codes() const override { return &codes_; }
+  const kernels::SparseCodes* last_aux_codes() const override { return &aux_; }
 
   const StepStats& forward_backward(const SaeConfig& cfg, const float* x, int64_t B, SaeParams& p,
                                     LatentState& state, SaeGrads& grads) override {
@@ -88,6 +95,9 @@ class SparseEngine final : public StepEngine {
       usage_error(opt("engine"), " sparse does not implement ", why, "; use ", opt("engine"), " reference");
     const int64_t d = p.d, D = p.D, G = cfg.num_groups();
     MSAE_ASSERT(G >= 1 && G <= 64, "groups: ", G);
+    comm::Comm* const comm = shard_.comm;
+    MSAE_ASSERT(!comm || (static_cast<int64_t>(shard_.global_ids.size()) == D && cfg.d_sae == shard_.d_sae),
+                "shard of ", shard_.global_ids.size(), " latents for params of ", D);
     MSAE_ASSERT(grads.W_dec.numel() == D * d && grads.W_enc_t.numel() == D * d && grads.b_dec.numel() == d &&
                 grads.b_enc.numel() == D);
     const int64_t N = B * d;
@@ -96,6 +106,9 @@ class SparseEngine final : public StepEngine {
     stats.reset();
     bounds_.resize(static_cast<size_t>(G));  // cfg.boundaries(), into a buffer that is kept
     std::partial_sum(cfg.group_sizes.begin(), cfg.group_sizes.end(), bounds_.begin());
+    if (comm)  // a shard: the local latents below each boundary (its ids ascend)
+      for (int64_t& m : bounds_)
+        m = std::lower_bound(shard_.global_ids.begin(), shard_.global_ids.end(), m) - shard_.global_ids.begin();
     Timer timer;
 
     // ---- encode
@@ -133,17 +146,20 @@ class SparseEngine final : public StepEngine {
       smallest = min_value(codes_);
     } else if (cfg.arch == Arch::topk) {
       kernels::row_topk(pre, B, D, cfg.k, codes_, select_);
-      smallest = min_value(codes_);
+      smallest = comm ? kernels::dist_row_cut(codes_, cfg.k, shard_.global_ids, *comm, dist_) : min_value(codes_);
+    } else if (comm) {
+      // The shard's own top k*B (its hint: the smallest of its last candidates), then the global cut.
+      kernels::batch_topk(pre, B, D, std::min(cfg.k * B, B * D), codes_, select_, last_local_cut_);
+      last_local_cut_ = min_value(codes_);
+      smallest = kernels::dist_batch_cut(codes_, cfg.k * B, shard_.global_ids, shard_.d_sae, *comm, dist_);
     } else {
       const float hint = last_cut_;  // the cut drifts slowly from step to step
       smallest = kernels::batch_topk(pre, B, D, cfg.k * B, codes_, select_, hint);
       last_cut_ = smallest;
     }
     const int64_t nnz = codes_.nnz();
-    stats.l0 = static_cast<double>(nnz) / static_cast<double>(B);
-    // (1 - 0.01f) == 0.99f exactly, so the default is SPEC's 0.99f * t + 0.01f * cut
-    if (nnz > 0 && state.update_threshold)
-      p.threshold = (1.0f - cfg.threshold_rate) * p.threshold + cfg.threshold_rate * smallest;
+    // Counted over every process: the kept entries (then the dead latents, below).
+    int64_t totals[2] = {nnz, 0};
     kernels::csr_to_csc(codes_, csc_);
     state.n_inactive.resize(D, 0);
     dead_.reserve(D);
@@ -153,7 +169,13 @@ class SparseEngine final : public StepEngine {
       n = csc_.col_ptr[i + 1] > csc_.col_ptr[i] ? 0 : n + 1;
       if (n >= cfg.dead_after_batches) dead_.push_back(static_cast<int32_t>(i));
     }
-    stats.n_dead = static_cast<int64_t>(dead_.size());
+    totals[1] = static_cast<int64_t>(dead_.size());
+    if (comm) comm->allreduce_sum(totals, 2);
+    stats.l0 = static_cast<double>(totals[0]) / static_cast<double>(B);
+    stats.n_dead = totals[1];
+    // (1 - 0.01f) == 0.99f exactly, so the default is SPEC's 0.99f * t + 0.01f * cut
+    if (totals[0] > 0 && state.update_threshold)
+      p.threshold = (1.0f - cfg.threshold_rate) * p.threshold + cfg.threshold_rate * smallest;
     if (cfg.reorder_every > 0) {  // latent reordering statistic: batch mean of z^2 per latent
       state.batch_sq_act.assign(D, 0.0);
       for (int64_t e = 0; e < nnz; ++e)
@@ -170,12 +192,15 @@ class SparseEngine final : public StepEngine {
     aux_.rows = B;
     aux_.cols = D;
     if (aux_keep > 0) kernels::aux_topk(pre, B, D, dead_, aux_keep, aux_, aux_select_);
-    const bool aux_candidate = aux_.nnz() > 0;
+    if (aux_keep > 0 && comm) kernels::dist_row_cut(aux_, aux_keep, shard_.global_ids, *comm, dist_);
+    // A shard takes part in the AuxK collectives below whenever some process has AuxK entries.
+    const bool aux_local = aux_.nnz() > 0;
+    const bool aux_candidate = comm ? aux_keep > 0 : aux_local;
     // Dense AuxK (GEMMs over the dead columns) when its entries fill enough of the (B, n_dead) block;
     // only the sparse products need the entries per latent (CSC).
-    aux_dense_ = aux_candidate && static_cast<double>(aux_.nnz()) >=
-                                      options_.aux_dense_min_density * static_cast<double>(B * stats.n_dead);
-    if (aux_candidate && !aux_dense_) kernels::csr_to_csc(aux_, aux_csc_);
+    aux_dense_ = aux_local && static_cast<double>(aux_.nnz()) >=
+                                  options_.aux_dense_min_density * static_cast<double>(B * std::max<int64_t>(1, dead_.size()));
+    if (aux_local && !aux_dense_) kernels::csr_to_csc(aux_, aux_csc_);
     t_aux_ = timer.seconds();
     timer.reset();
 
@@ -199,15 +224,24 @@ class SparseEngine final : public StepEngine {
     bool use_aux = false;
     if (aux_dense_) {
       aux_dense_decode(B, p);
-    } else if (aux_candidate) {
+    } else if (aux_local) {
       kernels::pack_for_codes(aux_, p.W_dec.ptr(), d, aux_W_dec_);
       kernels::csr_times_dense(aux_, aux_W_dec_, q_.data());
+    } else if (aux_candidate) {
+      std::fill(q_.data(), q_.data() + N, 0.0f);  // a shard without AuxK entries adds nothing
+    }
+    if (comm) {
+      // Every process's partial prefix sums (and AuxK decode): one sum over the processes each, after
+      // which the rows are the same on every process.
+      shard_partial_sums(cfg, B, p, nt);
+      comm->allreduce_sum(S_.data(), N * G);
+      if (aux_candidate) comm->allreduce_sum(q_.data(), N);
     }
     if (aux_candidate) use_aux = std::any_of(q_.data(), q_.data() + N, [](float v) { return v != 0.0f; });
     row_pass(cfg, x, B, p, use_aux, rec_scale, aux_scale, nt);
     if (use_aux && aux_dense_)
       aux_dense_backward(B, d, nt);
-    else if (use_aux)
+    else if (use_aux && aux_local)
       kernels::csr_row_dots(aux_, aux_W_dec_, q_.data(), ga_.data());  // grad a_i = <W_dec[i], q>
     stats.aux_active = use_aux;
     double mse_bdec = 0, l_aux = 0;
@@ -234,6 +268,39 @@ class SparseEngine final : public StepEngine {
   }
 
  private:
+  bool sharded() const { return shard_.comm != nullptr; }
+
+  // A shard's part of every prefix reconstruction without b_dec: S[r, g] = sum of z[r, i] W_dec[i] over the
+  // local latents i of groups <= g (snapshots of one running sum, as row_pass takes them on one process).
+  void shard_partial_sums(const SaeConfig& cfg, int64_t B, const SaeParams& p, int nt) {
+    const int64_t d = p.d, G = cfg.num_groups();
+    const float* W_dec = p.W_dec.ptr();
+    const int64_t* bounds = bounds_.data();
+    float* S = S_.data();
+    parallel(
+        [&](int tid, int n) {
+          for (int64_t r = B * tid / n; r < B * (tid + 1) / n; ++r) {
+            float* Sr = S + r * G * d;
+            std::memset(Sr, 0, static_cast<size_t>(d) * sizeof(float));
+            float* run = Sr;  // the running sum lives in the current group's slot
+            int64_t g = 0;
+            for (int64_t e = codes_.row_ptr[r]; e < codes_.row_ptr[r + 1]; ++e) {
+              const int64_t id = codes_.ids[e];
+              while (id >= bounds[g]) {
+                std::memcpy(Sr + (g + 1) * d, run, d * sizeof(float));
+                run = Sr + (++g) * d;
+              }
+              axpy(run, codes_.vals[e], W_dec + id * d, d);
+            }
+            while (g + 1 < G) {
+              std::memcpy(Sr + (g + 1) * d, run, d * sizeof(float));
+              run = Sr + (++g) * d;
+            }
+          }
+        },
+        nt);
+  }
+
   static float min_value(const kernels::SparseCodes& c) {
     float m = 0.0f;
     if (c.nnz() > 0) m = *std::min_element(c.vals.begin(), c.vals.end());
@@ -358,19 +425,25 @@ class SparseEngine final : public StepEngine {
           for (int64_t r = B * tid / n; r < B * (tid + 1) / n; ++r) {
             const float* xr = x + r * d;
             const int64_t e0 = codes_.row_ptr[r], e1 = codes_.row_ptr[r + 1];
-            // prefix reconstructions: snapshots of one running sum (ids ascending)
-            std::memcpy(run, b_dec, d * sizeof(float));
+            float* Sr = S + r * G * d;
             int64_t g = 0;
-            for (int64_t e = e0; e < e1; ++e) {
-              const int64_t id = codes_.ids[e];
-              while (id >= bounds[g]) std::memcpy(snaps + (g++) * d, run, d * sizeof(float));
-              axpy(run, codes_.vals[e], W_dec + id * d, d);
+            if (shard_.comm) {  // S holds the summed prefix sums of every process (shard_partial_sums)
+              for (int64_t h = 0; h < G; ++h)
+#pragma omp simd
+                for (int64_t j = 0; j < d; ++j) snaps[h * d + j] = b_dec[j] + Sr[h * d + j];
+            } else {
+              // prefix reconstructions: snapshots of one running sum (ids ascending)
+              std::memcpy(run, b_dec, d * sizeof(float));
+              for (int64_t e = e0; e < e1; ++e) {
+                const int64_t id = codes_.ids[e];
+                while (id >= bounds[g]) std::memcpy(snaps + (g++) * d, run, d * sizeof(float));
+                axpy(run, codes_.vals[e], W_dec + id * d, d);
+              }
+              while (g < G) std::memcpy(snaps + (g++) * d, run, d * sizeof(float));
             }
-            while (g < G) std::memcpy(snaps + (g++) * d, run, d * sizeof(float));
             mse_bdec += sq_diff(b_dec, xr, d);
             for (int64_t h = 0; h < G; ++h) part.mse_prefix[h] += sq_diff(snaps + h * d, xr, d);
             // e_G (+ AuxK's q), then suffix sums from the last group down: S_g = S_{g+1} + e_g
-            float* Sr = S + r * G * d;
             const float* rG = snaps + (G - 1) * d;
             float* SG = Sr + (G - 1) * d;
             const float scale_G = gscale_[G - 1];
@@ -546,6 +619,26 @@ class SparseEngine final : public StepEngine {
     float* gb_dec = grads.b_dec.ptr();
     double grad_sq = 0.0;
     for (int t = 0; t < nt; ++t) grad_sq += grad_sq_part[t];
+    if (shard_.comm) {
+      // b_dec's gradient has a part from the rows (the same on every process: taken from the root alone,
+      // so a different thread count elsewhere cannot make the copies of b_dec drift apart) and a part from
+      // each shard's latents; the sum of squares of the shard's own gradients is added over processes.
+      const bool root = shard_.comm->rank() == 0;
+      shard_sum_.assign(static_cast<size_t>(d + 1), 0.0);
+      for (int64_t j = 0; j < d; ++j)
+        for (int t = 0; t < nt; ++t)
+          shard_sum_[j] += (root ? gb_dec_part_[static_cast<size_t>(t) * d + j] : 0.0) +
+                           gb_dec_part2_[static_cast<size_t>(t) * d + j];
+      shard_sum_[d] = grad_sq;
+      shard_.comm->allreduce_sum(shard_sum_.data(), d + 1);
+      grad_sq = shard_sum_[d];
+      for (int64_t j = 0; j < d; ++j) {
+        gb_dec[j] = static_cast<float>(shard_sum_[j]);
+        grad_sq += static_cast<double>(gb_dec[j]) * gb_dec[j];
+      }
+      grads.sum_squares = grad_sq;
+      return;
+    }
     for (int64_t j = 0; j < d; ++j) {
       double s = 0.0;
       for (int t = 0; t < nt; ++t)
@@ -571,6 +664,11 @@ class SparseEngine final : public StepEngine {
   std::vector<int32_t> dead_;
   // dense AuxK (aux_dense_decode / aux_dense_backward)
   SparseEngineOptions options_;
+  // A shard of a distributed run (shard_.comm set), else the whole SAE.
+  LatentShard shard_;
+  kernels::DistScratch dist_;
+  std::vector<double> shard_sum_;  // (d + 1) b_dec gradient and sum of squares, summed over processes
+  float last_local_cut_ = 0.0f;    // the smallest of the shard's last BatchTopK candidates (its hint)
   bool aux_dense_ = false;
   std::vector<int32_t> aux_slot_;                   // (D) a dead latent's column in A, -1 otherwise
   FloatBuffer aux_A_, aux_Wd_, aux_gWd_, aux_gWe_;  // (B, n), (n, d), (n, d), (n, d)
@@ -585,6 +683,23 @@ class SparseEngine final : public StepEngine {
 
 std::unique_ptr<StepEngine> make_sparse_engine(SparseEngineOptions options) {
   return std::make_unique<SparseEngine>(options);
+}
+
+std::unique_ptr<StepEngine> make_sparse_shard_engine(SparseEngineOptions options, LatentShard shard) {
+  MSAE_ASSERT(shard.comm != nullptr && !shard.global_ids.empty() && shard.d_sae > 0);
+  return std::make_unique<SparseEngine>(options, std::move(shard));
+}
+
+LatentShard shard_latents(const SaeConfig& cfg, int rank, int ranks) {
+  MSAE_ASSERT(ranks >= 1 && rank >= 0 && rank < ranks && !cfg.group_sizes.empty());
+  LatentShard s;
+  s.d_sae = cfg.d_sae;
+  int64_t start = 0;
+  for (const int64_t size : cfg.group_sizes) {
+    for (int64_t i = start + size * rank / ranks; i < start + size * (rank + 1) / ranks; ++i) s.global_ids.push_back(i);
+    start += size;
+  }
+  return s;
 }
 
 }  // namespace msae

@@ -1,10 +1,12 @@
 // The memory a training run will take, estimated before anything is allocated (msae/run.h), and the
 // memory the process may take (MemAvailable and the cgroup v2 limit).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <string>
 
+#include "msae/comm.h"
 #include "msae/run.h"
 
 namespace msae::run {
@@ -77,12 +79,30 @@ int64_t read_number(const std::string& path) {
 
 }  // namespace
 
-MemoryEstimate estimate_training_bytes(const train::TrainOptions& t, int64_t d_in) {
+MemoryEstimate estimate_training_bytes(const train::TrainOptions& t, int64_t d_in, int processes) {
   const SaeConfig& c = t.sae;
   const double d = static_cast<double>(d_in), D = static_cast<double>(c.d_sae), B = static_cast<double>(t.batch);
   const double threads = std::max(1, num_threads());
   const double P = 2 * D * d + D + d;  // floats of W_enc^T, W_dec, b_enc, b_dec
   MemoryEstimate m;
+  if (processes > 1) {  // the root's shard (groups are split evenly, so about D / processes latents)
+    train::TrainOptions shard = t;
+    shard.sae.d_sae = static_cast<int64_t>(std::ceil(D / processes)) + c.num_groups();
+    const double Ds = static_cast<double>(shard.sae.d_sae);
+    const double Ps = 2 * Ds * d + Ds + d;
+    m.parameters = kFloat * Ps;
+    m.optimizer = kFloat * 2 * Ps;
+    m.gradients = kFloat * Ps;
+    // its step, the BatchTopK candidates (k B from each process, extracted as values and ids) and the AuxK
+    // candidates of every process (8 bytes each)
+    m.step = sparse_step_bytes(shard, d, threads) + (kFloat + kInt32) * processes * static_cast<double>(c.k) * B +
+             (c.aux_k > 0 ? 8.0 * processes * B * std::min(static_cast<double>(c.aux_k), D) : 0.0);
+    m.data = kFloat * 3 * B * d;
+    // the whole parameters and moments gathered for a checkpoint, then the copy written at the end
+    m.output = kFloat * (3 * P + P + D * d);
+    m.evaluation = kFloat * (1024 * D + 1024 * d + 2 * 4096 * d);
+    return m;
+  }
   m.parameters = kFloat * P;
   m.optimizer = kFloat * 2 * P;
   m.gradients = kFloat * P;
@@ -132,8 +152,12 @@ int64_t available_memory_bytes() {
   return best;
 }
 
-std::string check_training_memory(const train::TrainOptions& t, int64_t d, int64_t available) {
-  const MemoryEstimate m = estimate_training_bytes(t, d);
+std::string check_training_memory(const train::TrainOptions& t, int64_t d, int64_t available, int processes) {
+  const MemoryEstimate m = estimate_training_bytes(t, d, processes);
+  if (processes > 1 && available >= 0) {  // this machine's processes share what is available
+    const int here = std::max(1, comm::local_processes());
+    available /= here;
+  }
   if (available < 0 || m.total() <= static_cast<double>(available))
     return cat("memory: about ", fixed(gib(m.total())), " GiB estimated, ",
                available < 0 ? std::string("not compared with the available memory") : cat(fixed(gib(static_cast<double>(available))), " GiB available"));

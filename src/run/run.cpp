@@ -9,6 +9,7 @@
 #include <sstream>
 #include <utility>
 
+#include "msae/comm.h"
 #include "msae/io.h"
 #include "msae/recovery.h"
 #include "msae/run.h"
@@ -163,6 +164,13 @@ uint64_t norm_sample_seed(uint64_t seed) { return seed ^ 0x6e6f726dULL; }
 
 Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   Options o = given;
+  // Under an MPI launch every process runs this function on the same options and data; the latents are
+  // sharded among them (train::make_training_engine) and the root alone writes the output and evaluates
+  // (docs/distributed.md). The others take part in every collective (steps, checkpoint gathers).
+  comm::Comm& world = comm::world();
+  const bool root = world.rank() == 0;
+  if (world.size() > 1 && (in.array != nullptr || in.stream))
+    usage_error("data in memory (an array or a stream) trains in one process; across processes give a path");
   // ---- resume: the run's own options come from its checkpoint
   std::optional<train::Checkpoint> ckpt;
   std::string out = io::without_trailing_slash(o.text("out"));
@@ -173,8 +181,12 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     lock = io::lock_output(dir, o.given("resume") ? "msae train --resume" : "msae train");
     io::report_leftovers(io::clean_leftovers(dir));
   };
-  if (o.given("resume")) take_output(io::without_trailing_slash(o.text("resume")));
-  else if (!out.empty()) take_output(out);
+  if (!root) {
+  } else if (o.given("resume")) {
+    take_output(io::without_trailing_slash(o.text("resume")));
+  } else if (!out.empty()) {
+    take_output(out);
+  }
   if (o.given("resume")) {
     for (const auto& [key, value] : o.given_json().items())
       if (key != "resume" && key != "threads" && key != "no_memory_check")
@@ -352,7 +364,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   o.set("log_every", topt.log_every);
 
   // The memory the run will take, refused with the figure before the parameters are allocated (docs/cli.md).
-  say(cb, check_training_memory(topt, d, o.flag("no_memory_check") ? -1 : available_memory_bytes()));
+  say(cb, check_training_memory(topt, d, o.flag("no_memory_check") ? -1 : available_memory_bytes(), world.size()));
   train::Trainer trainer(topt, init_params ? std::move(*init_params) : SaeParams::init(d, cfg.d_sae, seed));
   int64_t start = 0;
   double seconds_before = 0.0;
@@ -395,11 +407,17 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   // ---- output directory. With checkpoints (or when resuming) the run lives in `out` from the start:
   // checkpoints/ and metrics.jsonl there, the SAE files written at the end (each atomically). Otherwise it
   // is written under a temporary name and renamed into place when complete.
-  const bool writes = !out.empty();
+  // `has_out`: the run has an output (every process gathers the state for its checkpoints); `writes`: this
+  // process writes it (the root).
+  const bool has_out = !out.empty();
+  const bool writes = has_out && root;
   const int64_t checkpoint_every = o.integer("checkpoint_every");
   const int keep = static_cast<int>(o.integer("keep_checkpoints"));
-  const bool live = writes && (ckpt || checkpoint_every > 0);
-  const std::string work_dir = !writes ? "" : live ? out : io::temp_name(out);
+  const bool live = has_out && (ckpt || checkpoint_every > 0);
+  const std::string work_dir = !has_out ? "" : live ? out : io::temp_name(out);
+  // Every process has read what it needs of `out` (the checkpoint, whether it exists) before the root
+  // changes anything there.
+  world.barrier();
   // A run that lives in `out` and replaces an earlier output moves that one aside until the new SAE is
   // written (and puts it back if the run fails before its first checkpoint), so a failure never leaves the
   // user without an SAE they had.
@@ -407,7 +425,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   const bool out_existed = writes && io::path_exists(out);
   if (writes && !live) {
     io::create_directories(work_dir);  // a new, unique name (io::temp_name)
-  } else if (live && !ckpt) {
+  } else if (writes && live && !ckpt) {
     if (io::path_exists(out)) {  // overwrite (checked above)
       replaced = cat(out, ".replaced-", getpid());
       io::remove_all(replaced);
@@ -433,8 +451,12 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
       log_warn(cat("the previous output is kept as ", replaced, " (", e.what(), ")"));
     }
   };
+  // Whether an earlier output was moved aside: the root's decision, known to all (a data fault saves a
+  // checkpoint, a collective, only when none was).
+  int64_t replacing = replaced.empty() ? 0 : 1;
+  world.broadcast(&replacing, sizeof replacing, 0);
   const std::string metrics_path = work_dir + "/metrics.jsonl";
-  if (ckpt) truncate_metrics(metrics_path, start);
+  if (ckpt && writes) truncate_metrics(metrics_path, start);
   io::AppendFile metrics;
   if (writes) metrics.open(metrics_path, !ckpt);
 
@@ -459,7 +481,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     line["tokens_per_s"] = tokens_per_s(done);
     line["n_dead"] = s.n_dead;
     line["dead_fraction"] = static_cast<double>(s.n_dead) / static_cast<double>(cfg.d_sae);
-    line["threshold"] = json_number(std::as_const(trainer).params().threshold);
+    line["threshold"] = json_number(trainer.threshold());
     line["grad_norm"] = trainer.last_grad_norm();
     if (writes) metrics.append(line.dump() + "\n");
     if (cb.log) cb.log(line);
@@ -483,6 +505,12 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   else
     hooks.next_batch = [&](float* x) { return in.stream(x, batch); };
   hooks.stop = cb.stop;
+  if (world.size() > 1)  // a signal reaches the processes at different steps: they stop at the same one
+    hooks.stop = [&] {
+      int64_t stop = cb.stop && cb.stop() ? 1 : 0;
+      world.allreduce_max(&stop, 1);
+      return stop != 0;
+    };
   hooks.log = log_line;
   hooks.progress = [&](int64_t done, const StepStats& s) {
     last = s;
@@ -491,7 +519,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   if (live)
     hooks.checkpoint = [&](int64_t done) {
       const Timer ct;
-      metrics.sync();  // the lines up to this step are on disk before the checkpoint that resumes after them
+      if (writes) metrics.sync();  // the lines up to this step are on disk before the checkpoint that resumes after them
       train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(seconds_before + clock.seconds()), keep);
       checkpoint_seconds += ct.seconds();
     };
@@ -530,7 +558,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   if (data_fault) {
     // The state is saved unless that would displace an earlier output (a live run with --overwrite keeps
     // the earlier output aside and its own periodic checkpoints, see keep_previous).
-    const bool save = writes && source && replaced.empty();
+    const bool save = has_out && source && replacing == 0;
     log_warn(cat(data_fault->what(), "; training stopped after ", done, " of ", steps, " steps",
                  save ? "; saving a checkpoint and the SAE as they are" : ""));
     if (save) train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(train_seconds), keep);
@@ -538,7 +566,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     log_warn(cat("interrupted after ", done, " of ", steps, " steps",
                  writes ? cat("; saving a checkpoint and the SAE as it is (continue with: ", opt("resume"), " ", out, ")")
                         : ""));
-    if (writes && source) train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(train_seconds), keep);
+    if (has_out && source) train::write_checkpoint(work_dir, done, trainer, checkpoint_extra(train_seconds), keep);
   }
   if (dstats.nonfinite_skipped > 0)
     log_warn(cat("skipped ", dstats.nonfinite_skipped, " rows with non-finite values (first: ", dstats.first_skipped, ")"));
@@ -612,9 +640,12 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
   }
   if (data_fault) {
     if (!writes || !train::has_checkpoint(target)) throw *data_fault;
+    MSAE_ASSERT(root);
     runtime_error(data_fault->what(), "; the run's last checkpoint is in ", target, " (", opt("resume"), " ", target,
                   " continues it once the data is whole again)");
   }
+
+  if (!root) return res;  // the root evaluates the whole SAE; the others' res.params hold no latents
 
   // ---- final evaluation (inference encoding at the learned threshold) on raw activations the run did
   // not train on. Skipped for an interrupted run: a signal asks to stop soon (schedulers follow SIGTERM

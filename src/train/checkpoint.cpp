@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "msae/comm.h"
 #include "msae/io.h"
 #include "msae/train.h"
 
@@ -69,6 +70,13 @@ std::string join(const std::vector<std::string>& parts, const std::string& sep) 
 
 std::string write_checkpoint(const std::string& run_dir, int64_t step, const Trainer& trainer, const json& extra,
                              int keep) {
+  // The host views first: with a sharded engine they are gathers that every process makes (collective),
+  // and only the root, which holds the whole state then, writes.
+  const SaeParams& p = trainer.params();
+  const AdamState& opt = trainer.optimizer();
+  const std::vector<int64_t>& n_inactive = trainer.latent_state().n_inactive;
+  if (!comm::is_root()) return {};
+
   const std::string root = run_dir + "/checkpoints";
   io::create_directories(root);
   const std::string name = step_name(step);
@@ -76,8 +84,6 @@ std::string write_checkpoint(const std::string& run_dir, int64_t step, const Tra
   const std::string tmp = io::temp_name(final_dir);
   io::create_directories(tmp);
 
-  const SaeParams& p = trainer.params();
-  const AdamState& opt = trainer.optimizer();
   const SaeGrads zeros = opt.m.W_dec.data.empty() ? SaeGrads::zeros(p.d, p.D) : SaeGrads{};
   const SaeGrads& m = opt.m.W_dec.data.empty() ? zeros : opt.m;
   const SaeGrads& v = opt.v.W_dec.data.empty() ? zeros : opt.v;
@@ -107,7 +113,7 @@ std::string write_checkpoint(const std::string& run_dir, int64_t step, const Tra
                       {"adam_t", opt.t},
                       {"threshold", p.threshold},
                       {"threshold_bits", float_bits(p.threshold)},
-                      {"n_inactive", trainer.latent_state().n_inactive},
+                      {"n_inactive", n_inactive},
                       {"extra", extra}};
   digests["state.json"] = io::write_text_file_atomic(tmp + "/state.json", state.dump() + "\n").to_json();
   // Written last: a checkpoint is verified against it when read (a flipped bit resumes nothing).

@@ -91,6 +91,21 @@ const EngineEntry& find_engine(const std::string& name) {
 
 std::unique_ptr<Engine> make_training_engine(const TrainOptions& options, SaeParams params) {
   const EngineEntry& e = find_engine(options.engine);
+  comm::Comm& world = comm::world();
+  if (world.size() > 1) {
+    if (e.name != "sparse")
+      usage_error("--engine ", e.name, " trains in one process; across the ", world.size(),
+                  " processes of this MPI job only --engine sparse runs (sharded over the latents)");
+    const LatentShard shard = shard_latents(options.sae, world.rank(), world.size());
+    if (shard.global_ids.empty())
+      usage_error(world.size(), " processes leave process ", world.rank(), " no latents (the smallest group has ",
+                  *std::min_element(options.sae.group_sizes.begin(), options.sae.group_sizes.end()),
+                  "); start fewer processes");
+    if (const std::string why = make_sparse_shard_engine(options.sparse_engine, shard)->unsupported(options.sae);
+        !why.empty())
+      usage_error("--engine sparse does not implement ", why, " (start one process for it)");
+    return make_sharded_engine(options, std::move(params), world);
+  }
   if (const std::string why = e.unsupported(options.sae); !why.empty())
     usage_error("--engine ", e.name, " does not implement ", why, "; use --engine reference");
   if (e.make) return e.make(options, std::move(params));

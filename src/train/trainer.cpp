@@ -23,6 +23,7 @@ SaeParams& Trainer::params() { return engine_->mutable_params(); }
 const LatentState& Trainer::latent_state() const { return engine_->latent_state(); }
 const AdamState& Trainer::optimizer() const { return engine_->optimizer(); }
 double Trainer::last_grad_norm() const { return engine_->last_grad_norm(); }
+float Trainer::threshold() const { return engine_->threshold(); }
 const VariantState& Trainer::variant_state() const { return engine_->variant_state(); }
 void Trainer::restore_variants(const nlohmann::json& state) { engine_->restore_variants(state); }
 

@@ -8,7 +8,10 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "commands.h"
+#include "msae/comm.h"
 #include "msae/core.h"
 
 namespace {
@@ -87,6 +90,20 @@ bool explain_parse_error(const CLI::App& app, int argc, char** argv, bool flags)
 // Every command prints its results with stdio. A full disk or a closed pipe shows up only when stdout is
 // flushed (or as its error flag from an earlier write): a command that lost its output fails (exit 1, or
 // its own non-zero code) with the reason instead of exiting 0 with nothing written.
+// An error message. Under an MPI launch the root prints its own at once; another process first waits a
+// moment, because an error that every process meets (a usage error, a data fault) is the root's to report
+// and the root's abort ends this process before it prints a copy; an error of its own (the root still
+// waiting in a collective) is then printed naming the process.
+void report_error(const std::string& message) {
+  const msae::comm::Comm& world = msae::comm::world();
+  if (world.size() > 1 && world.rank() != 0) {
+    sleep(3);
+    std::fprintf(stderr, "msae (process %d of %d): %s\n", world.rank(), world.size(), message.c_str());
+    return;
+  }
+  std::fprintf(stderr, "%s\n", message.c_str());
+}
+
 int finish(int code) {
   errno = 0;
   const bool flush_failed = std::fflush(stdout) != 0;
@@ -129,23 +146,39 @@ int run_command(int argc, char** argv) {
     if (code != 0) explain_parse_error(app, argc, argv, true);
     return code == 0 ? 0 : 2;
   }
-  msae::set_log_level(verbosity);
+  // Under an MPI launch only the root logs and prints results; the others report errors only.
+  msae::set_log_level(msae::comm::is_root() ? verbosity : 0);
   try {
     for (const auto& [name, action] : commands)
       if (app.got_subcommand(name)) return action();
     return 2;
   } catch (const msae::Error& e) {
-    std::fprintf(stderr, "msae: error: %s\n", e.what());
+    report_error(std::string("msae: error: ") + e.what());
     return e.exit_code();
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "msae: error: out of memory (try a smaller --batch or --d-sae)\n");
+    report_error("msae: error: out of memory (try a smaller --batch or --d-sae)");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "msae: error: %s\n", e.what());
+    report_error(std::string("msae: error: ") + e.what());
     return 1;
   }
 }
 
 }  // namespace
 
-int main(int argc, char** argv) { return finish(run_command(argc, argv)); }
+int main(int argc, char** argv) {
+  try {
+    msae::comm::init(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "msae: error: %s\n", e.what());
+    return 1;
+  }
+  msae::comm::Comm& world = msae::comm::world();
+  if (world.size() > 1 && world.rank() != 0 && !std::freopen("/dev/null", "w", stdout))
+    std::fprintf(stderr, "msae (process %d): cannot silence standard output\n", world.rank());
+  const int code = finish(run_command(argc, argv));
+  // A failed process ends the whole job: the others may be waiting for it in a collective.
+  if (code != 0 && world.size() > 1) world.abort(code);
+  msae::comm::finalize();
+  return code;
+}
