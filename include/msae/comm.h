@@ -1,7 +1,7 @@
 // msae comm: the collective operations that training across processes needs (docs/distributed.md), behind
 // one small interface. Three implementations:
 //   - the local communicator (one process: every collective is the identity), what world() is by default;
-//   - MPI (src/comm/mpi_comm.cpp, built when CMake finds MPI: MSAE_MPI), which world() becomes when
+//   - MPI (src/core/comm_mpi.cpp, built when CMake finds MPI: MSAE_MPI), which world() becomes when
 //     comm::init finds the process started by mpirun;
 //   - a GPU engine may bring its own (NCCL) later: the engines see only this interface.
 // Every call is collective: all processes of the communicator make the same calls in the same order.

@@ -11,5 +11,7 @@ std::unique_ptr<Comm> make_mpi_world(int*, char***) {
   return nullptr;
 }
 void finalize_mpi() {}
+void set_max_call_bytes(int64_t) {}
+int64_t max_call_bytes() { return 0; }
 
 }  // namespace msae::comm::detail
