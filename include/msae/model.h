@@ -214,7 +214,7 @@ struct LatentShard {
 };
 // The shard of process `rank` of `ranks` for a finalized config: in each group g of size s_g (starting at
 // m_{g-1}), the latents [m_{g-1} + s_g rank / ranks, m_{g-1} + s_g (rank + 1) / ranks). Every process gets
-// at least one latent when ranks <= the smallest group.
+// at least one latent when ranks <= the smallest group. The caller sets comm.
 LatentShard shard_latents(const SaeConfig& cfg, int rank, int ranks);
 // The sparse engine on one shard: `params` passed to forward_backward hold the shard's latents only
 // (D = D_local; b_dec and the threshold are whole and equal on every process), `cfg` is the whole SAE's.

@@ -262,7 +262,7 @@ class SparseEngine final : public StepEngine {
     timer.reset();
 
     // ---- latents: grad W_dec, grad W_enc^T, grad b_enc, grad b_dec
-    latent_pass(cfg, B, p, grads, use_aux, nt);
+    latent_pass(cfg, B, p, grads, use_aux && aux_local, nt);  // a shard without AuxK entries has no AuxK work
     t_latents_ = timer.seconds();
     return stats;
   }

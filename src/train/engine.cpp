@@ -96,7 +96,8 @@ std::unique_ptr<Engine> make_training_engine(const TrainOptions& options, SaePar
     if (e.name != "sparse")
       usage_error("--engine ", e.name, " trains in one process; across the ", world.size(),
                   " processes of this MPI job only --engine sparse runs (sharded over the latents)");
-    const LatentShard shard = shard_latents(options.sae, world.rank(), world.size());
+    LatentShard shard = shard_latents(options.sae, world.rank(), world.size());
+    shard.comm = &world;
     if (shard.global_ids.empty())
       usage_error(world.size(), " processes leave process ", world.rank(), " no latents (the smallest group has ",
                   *std::min_element(options.sae.group_sizes.begin(), options.sae.group_sizes.end()),

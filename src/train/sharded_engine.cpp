@@ -21,7 +21,9 @@ class ShardedEngine final : public Engine {
     const LatentShard& mine = layouts_[comm_.rank()];
     MSAE_ASSERT(!mine.global_ids.empty(), "process ", comm_.rank(), " has no latents");
     local_ = slice(params);
-    kernel_ = make_sparse_shard_engine(options_.sparse_engine, mine);
+    LatentShard with_comm = mine;
+    with_comm.comm = &comm_;
+    kernel_ = make_sparse_shard_engine(options_.sparse_engine, std::move(with_comm));
     grads_ = SaeGrads::zeros(d_, local_.D);
     latents_.n_inactive.assign(local_.D, 0);
     variants_ = VariantState(options_.sae, options_.seed);
