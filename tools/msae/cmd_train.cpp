@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "msae/comm.h"
 #include "msae/run.h"
 #include "progress.h"
 #include "table_flags.h"
@@ -62,6 +63,8 @@ int run_train(const TableFlags& flags) {
     throw;
   }
   if (progress) progress->finish();
+  // Under mpirun the root reports; the others' result holds no whole SAE.
+  if (!comm::is_root()) return r.completed ? 0 : 130;
 
   const SaeConfig& cfg = r.cfg;
   std::printf("msae train: %s SAE (d=%lld, D=%lld, k=%lld) %s after %lld steps, %lld tokens, %.1f s (%.0f tokens/s)\n",
