@@ -71,8 +71,12 @@ class SparseEngine final : public StepEngine {
   const char* name() const override { return "sparse"; }
 
   std::vector<std::pair<std::string, double>> last_phase_seconds() const override {
-    return {{"encode", t_encode_}, {"select", t_select_}, {"auxk_select", t_aux_}, {"rows", t_rows_},
-            {"latents", t_latents_}};
+    std::vector<std::pair<std::string, double>> p = {{"encode", t_encode_}, {"select", t_select_},
+                                                     {"auxk_select", t_aux_}, {"rows", t_rows_},
+                                                     {"latents", t_latents_}};
+    // A shard: the time inside the cross-process selections and sums (part of the phases above).
+    if (sharded()) p.emplace_back("exchange", t_exchange_);
+    return p;
   }
 
   // Variants: per-prefix loss weights, the b_dec term switch, stop-gradient between groups (S_g = e_g),
@@ -104,6 +108,7 @@ class SparseEngine final : public StepEngine {
     const int nt = std::min(num_threads(), kMaxThreads);
     StepStats& stats = stats_;
     stats.reset();
+    t_exchange_ = 0;
     bounds_.resize(static_cast<size_t>(G));  // cfg.boundaries(), into a buffer that is kept
     std::partial_sum(cfg.group_sizes.begin(), cfg.group_sizes.end(), bounds_.begin());
     if (comm)  // a shard: the local latents below each boundary (its ids ascend)
@@ -146,11 +151,17 @@ class SparseEngine final : public StepEngine {
       smallest = min_value(codes_);
     } else if (cfg.arch == Arch::topk) {
       kernels::row_topk(pre, B, D, cfg.k, codes_, select_);
-      smallest = comm ? kernels::dist_row_cut(codes_, cfg.k, shard_.global_ids, *comm, dist_) : min_value(codes_);
+      if (comm) {
+        const Exchange timed(t_exchange_);
+        smallest = kernels::dist_row_cut(codes_, cfg.k, shard_.global_ids, *comm, dist_);
+      } else {
+        smallest = min_value(codes_);
+      }
     } else if (comm) {
       // The shard's own top k*B (its hint: the smallest of its last candidates), then the global cut.
       kernels::batch_topk(pre, B, D, std::min(cfg.k * B, B * D), codes_, select_, last_local_cut_);
       last_local_cut_ = min_value(codes_);
+      const Exchange timed(t_exchange_);
       smallest = kernels::dist_batch_cut(codes_, cfg.k * B, shard_.global_ids, shard_.d_sae, *comm, dist_);
     } else {
       const float hint = last_cut_;  // the cut drifts slowly from step to step
@@ -170,7 +181,10 @@ class SparseEngine final : public StepEngine {
       if (n >= cfg.dead_after_batches) dead_.push_back(static_cast<int32_t>(i));
     }
     totals[1] = static_cast<int64_t>(dead_.size());
-    if (comm) comm->allreduce_sum(totals, 2);
+    if (comm) {
+      const Exchange timed(t_exchange_);
+      comm->allreduce_sum(totals, 2);
+    }
     stats.l0 = static_cast<double>(totals[0]) / static_cast<double>(B);
     stats.n_dead = totals[1];
     // (1 - 0.01f) == 0.99f exactly, so the default is SPEC's 0.99f * t + 0.01f * cut
@@ -192,7 +206,10 @@ class SparseEngine final : public StepEngine {
     aux_.rows = B;
     aux_.cols = D;
     if (aux_keep > 0) kernels::aux_topk(pre, B, D, dead_, aux_keep, aux_, aux_select_);
-    if (aux_keep > 0 && comm) kernels::dist_row_cut(aux_, aux_keep, shard_.global_ids, *comm, dist_);
+    if (aux_keep > 0 && comm) {
+      const Exchange timed(t_exchange_);
+      kernels::dist_row_cut(aux_, aux_keep, shard_.global_ids, *comm, dist_);
+    }
     // A shard takes part in the AuxK collectives below whenever some process has AuxK entries.
     const bool aux_local = aux_.nnz() > 0;
     const bool aux_candidate = comm ? aux_keep > 0 : aux_local;
@@ -234,6 +251,7 @@ class SparseEngine final : public StepEngine {
       // Every process's partial prefix sums (and AuxK decode): one sum over the processes each, after
       // which the rows are the same on every process.
       shard_partial_sums(cfg, B, p, nt);
+      const Exchange timed(t_exchange_);
       comm->allreduce_sum(S_.data(), N * G);
       if (aux_candidate) comm->allreduce_sum(q_.data(), N);
     }
@@ -630,7 +648,10 @@ class SparseEngine final : public StepEngine {
           shard_sum_[j] += (root ? gb_dec_part_[static_cast<size_t>(t) * d + j] : 0.0) +
                            gb_dec_part2_[static_cast<size_t>(t) * d + j];
       shard_sum_[d] = grad_sq;
-      shard_.comm->allreduce_sum(shard_sum_.data(), d + 1);
+      {
+        const Exchange timed(t_exchange_);
+        shard_.comm->allreduce_sum(shard_sum_.data(), d + 1);
+      }
       grad_sq = shard_sum_[d];
       for (int64_t j = 0; j < d; ++j) {
         gb_dec[j] = static_cast<float>(shard_sum_[j]);
@@ -676,7 +697,14 @@ class SparseEngine final : public StepEngine {
   ThreadPart parts_[kMaxThreads];
   StepStats stats_;
   float last_cut_ = 0.0f;
-  double t_encode_ = 0, t_select_ = 0, t_aux_ = 0, t_rows_ = 0, t_latents_ = 0;
+  double t_encode_ = 0, t_select_ = 0, t_aux_ = 0, t_rows_ = 0, t_latents_ = 0, t_exchange_ = 0;
+  // Adds the seconds of its scope to a phase total.
+  struct Exchange {
+    explicit Exchange(double& total) : total_(total) {}
+    ~Exchange() { total_ += timer_.seconds(); }
+    double& total_;
+    Timer timer_;
+  };
 };
 
 }  // namespace

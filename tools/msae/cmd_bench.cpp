@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "msae/comm.h"
 #include "msae/kernels.h"
 #include "msae/model.h"
 #include "msae/train.h"
@@ -200,6 +201,34 @@ int run_bench(const BenchArgs& a) {
                                  dead_positive_got);
     }
   }
+  // Under mpirun (more than one process): the sharded step of `mpirun msae train` (docs/distributed.md).
+  // Every process makes the same data and the same whole parameters, then keeps its shard of the latents
+  // (with its dead ones); the timings are the root's, whose steps wait for the others' in the collectives.
+  comm::Comm& world = comm::world();
+  const int processes = world.size();
+  int64_t Dl = D;  // this process's latents
+  if (processes > 1) {
+    if (a.engine != "sparse") usage_error("--engine ", a.engine, " runs in one process; under mpirun use --engine sparse");
+    LatentShard shard = shard_latents(cfg, world.rank(), processes);
+    shard.comm = &world;
+    const std::vector<int64_t>& ids = shard.global_ids;
+    Dl = static_cast<int64_t>(ids.size());
+    SaeParams local = SaeParams::zeros(d, Dl);
+    for (int64_t j = 0; j < Dl; ++j) {
+      std::copy_n(params.W_enc_t.ptr() + ids[j] * d, d, local.W_enc_t.ptr() + j * d);
+      std::copy_n(params.W_dec.ptr() + ids[j] * d, d, local.W_dec.ptr() + j * d);
+    }
+    params = std::move(local);
+    std::vector<int32_t> local_dead;
+    for (const int32_t i : dead)
+      if (const auto it = std::lower_bound(ids.begin(), ids.end(), i); it != ids.end() && *it == i)
+        local_dead.push_back(static_cast<int32_t>(it - ids.begin()));
+    std::sort(local_dead.begin(), local_dead.end());
+    dead = std::move(local_dead);
+    engine = make_sparse_shard_engine({a.aux_dense_density}, std::move(shard));
+    grads = SaeGrads::zeros(d, Dl);
+    state.n_inactive.assign(Dl, 0);
+  }
   // The dead latents' encoder rows as set up above, restored before every step (untimed): AuxK's
   // gradient, through Adam, moves them up by ~lr * sum|x| per step and would revive them within ~10
   // steps, so without the restore the scenario drifts during the run.
@@ -210,12 +239,13 @@ int run_bench(const BenchArgs& a) {
     for (size_t j = 0; j < dead.size(); ++j)
       std::copy_n(dead_rows.data() + j * d, d, params.W_enc_t.ptr() + static_cast<int64_t>(dead[j]) * d);
   };
-  std::vector<float> gemm_out(B * D);
+  std::vector<float> gemm_out(B * Dl);
   std::vector<float> x_cent(B * d);
 
   std::map<std::string, std::vector<double>> phases;
   std::vector<double> step_s, gemm_s, fb_s, update_s, noaux_s;
   std::vector<double> step_cpu, gemm_cpu, noaux_cpu;  // process CPU seconds of the same intervals
+  int64_t step_bytes = 0, step_calls = 0;              // sent by this process in the timed steps (collectives)
   const double load_start = load_average();
   StepStats last;
   int64_t aux_steps = 0;
@@ -241,12 +271,17 @@ int run_bench(const BenchArgs& a) {
     restore_dead();
     t.reset();
     const double cpu_step0 = process_cpu_seconds();
+    const int64_t bytes0 = world.bytes_sent(), calls0 = world.calls();
     last = engine->forward_backward(cfg, x.data(), B, params, state, grads);
     const double fb = t.seconds();
     t.reset();
     train::apply_update(cfg, hyper, 1e5f, params, grads, opt);
     const double up = t.seconds();
     const double cpu_step = process_cpu_seconds() - cpu_step0;
+    if (it >= a.warmup) {
+      step_bytes += world.bytes_sent() - bytes0;
+      step_calls += world.calls() - calls0;
+    }
     // The bound: the encoder GEMM alone, same shapes and threads, interleaved with the steps (dead rows
     // restored first, so its output also shows the AuxK entries the scenario gives, counted below).
     restore_dead();
@@ -254,8 +289,8 @@ int run_bench(const BenchArgs& a) {
       for (int64_t j = 0; j < d; ++j) x_cent[r * d + j] = x[r * d + j] - params.b_dec.data[j];
     t.reset();
     const double cpu_gemm0 = process_cpu_seconds();
-    kernels::sgemm(kernels::Trans::no, kernels::Trans::yes, B, D, d, 1.0f, x_cent.data(), d, params.W_enc_t.ptr(), d,
-                   0.0f, gemm_out.data(), D);
+    kernels::sgemm(kernels::Trans::no, kernels::Trans::yes, B, Dl, d, 1.0f, x_cent.data(), d, params.W_enc_t.ptr(), d,
+                   0.0f, gemm_out.data(), Dl);
     const double gemm = t.seconds();
     const double cpu_gemm = process_cpu_seconds() - cpu_gemm0;
     if (it < a.warmup) continue;
@@ -273,18 +308,22 @@ int run_bench(const BenchArgs& a) {
   // AuxK entries per row, counted on the last encoder-GEMM output (the parameters after the last update):
   // min(aux_k, positive pre-activations among the dead latents), averaged over rows.
   double last_aux_per_row = 0.0;
-  if (!dead.empty()) {
+  if (a.dead_fraction > 0.0) {
+    std::vector<int64_t> pos(static_cast<size_t>(B), 0);  // positive dead pre-activations per row, all processes
+    for (int64_t r = 0; r < B; ++r)
+      for (int32_t i : dead) pos[r] += gemm_out[r * Dl + i] > 0.0f;
+    world.allreduce_sum(pos.data(), B);
     int64_t total = 0;
-    for (int64_t r = 0; r < B; ++r) {
-      int64_t pos = 0;
-      for (int32_t i : dead) pos += gemm_out[r * D + i] > 0.0f;
-      total += std::min<int64_t>(pos, cfg.aux_k);
-    }
+    for (int64_t r = 0; r < B; ++r) total += std::min<int64_t>(pos[r], cfg.aux_k);
     last_aux_per_row = static_cast<double>(total) / static_cast<double>(B);
   }
+  // Peak memory of every process (the largest is the root's: it holds the whole data batch like the others
+  // and nothing more in the bench).
+  int64_t rss_max = peak_rss_bytes();
+  world.allreduce_max(&rss_max, 1);
   const double step = median(step_s), gemm = median(gemm_s);
   const double tokens_per_s = static_cast<double>(B) / step;
-  const double gflop = 2.0 * static_cast<double>(B) * static_cast<double>(d) * static_cast<double>(D) / 1e9;
+  const double gflop = 2.0 * static_cast<double>(B) * static_cast<double>(d) * static_cast<double>(Dl) / 1e9;
   json out = {
       {"engine", engine->name()},
       {"arch", arch_name(cfg.arch)},
@@ -313,6 +352,11 @@ int run_bench(const BenchArgs& a) {
       {"step_over_gemm", step / gemm},
       {"tokens_per_s", tokens_per_s},
       {"peak_rss_bytes", peak_rss_bytes()},
+      {"processes", processes},
+      {"latents_per_process", Dl},
+      {"peak_rss_bytes_max_process", rss_max},
+      {"bytes_sent_per_step", static_cast<double>(step_bytes) / static_cast<double>(a.steps)},
+      {"collectives_per_step", static_cast<double>(step_calls) / static_cast<double>(a.steps)},
       {"step_without_auxk_s", noaux_s.empty() ? 0.0 : median(noaux_s)},
       {"auxk_overhead", noaux_s.empty() ? 0.0 : step / median(noaux_s) - 1.0},
       {"step_cpu_s", median(step_cpu)},
@@ -337,6 +381,10 @@ int run_bench(const BenchArgs& a) {
               static_cast<long long>(cfg.k), static_cast<long long>(B), num_threads(), static_cast<long long>(a.steps),
               static_cast<long long>(a.warmup));
   std::printf("BLAS: %s\n", kernels::blas_info().c_str());
+  if (processes > 1)
+    std::printf("processes: %d (%s), %lld latents on the root; per step the root sent %.2f MiB in %.0f collectives\n",
+                processes, world.name().c_str(), static_cast<long long>(Dl),
+                out["bytes_sent_per_step"].get<double>() / (1 << 20), out["collectives_per_step"].get<double>());
   std::printf("load average (1 min): %.2f at start, %.2f at end\n", load_start, out["load_average_end"].get<double>());
   if (a.dead_fraction > 0)
     std::printf("dead latents: %lld (%.1f%%), AuxK active in %lld of %lld timed steps, %.1f AuxK entries per row; "
@@ -358,7 +406,9 @@ int run_bench(const BenchArgs& a) {
                 100.0 * out["auxk_overhead_cpu"].get<double>());
   std::printf("  phases (median ms):");
   for (const auto& [name, v] : phases) std::printf(" %s %.1f |", name.c_str(), 1e3 * median(v));
-  std::printf("\n  %-22s %10.1f MiB\n", "peak RSS", static_cast<double>(peak_rss_bytes()) / (1 << 20));
+  std::printf("\n  %-22s %10.1f MiB", "peak RSS", static_cast<double>(peak_rss_bytes()) / (1 << 20));
+  if (processes > 1) std::printf("  (largest of the processes: %.1f MiB)", static_cast<double>(rss_max) / (1 << 20));
+  std::printf("\n");
   return 0;
 }
 
