@@ -5,6 +5,8 @@
 // call's time is the longest any process spent in it. Rank 0 prints the median and the fastest of the
 // repetitions, and the bytes it sent per call (bytes_sent()). MPI_Allreduce itself (whose order of additions
 // is the library's choice, so not what msae uses for floats) is timed beside it for comparison.
+#include <mpi.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -14,8 +16,6 @@
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <mpi.h>
 
 #include "msae/comm.h"
 #include "msae/core.h"
@@ -62,13 +62,13 @@ int main(int argc, char** argv) {
   const int64_t d_model = 768, d_sae = 4096;
   for (const int64_t n : {d_sae * d_model, 5 * d_sae * d_model}) {
     std::vector<float> grad(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) grad[static_cast<size_t>(i)] = static_cast<float>((i * 7 + w.rank()) % 1000) * 1e-3f;
+    for (int64_t i = 0; i < n; ++i)
+      grad[static_cast<size_t>(i)] = static_cast<float>((i * 7 + w.rank()) % 1000) * 1e-3f;
     // Summed again at each repetition (the values grow by a factor of size() per call, far from overflow).
     run("allreduce_sum(float)", n, reps, [&] { w.allreduce_sum(grad.data(), n); });
     if (msae::comm::mpi_built() && w.size() > 1)
-      run("MPI_Allreduce(float, sum)", n, reps, [&] {
-        MPI_Allreduce(MPI_IN_PLACE, grad.data(), static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-      });
+      run("MPI_Allreduce(float, sum)", n, reps,
+          [&] { MPI_Allreduce(MPI_IN_PLACE, grad.data(), static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); });
   }
   std::vector<float> params(static_cast<size_t>(d_sae * d_model), 1.0f);
   run("broadcast (MPI_Bcast, root 0)", d_sae * d_model, reps,

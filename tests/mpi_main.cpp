@@ -25,7 +25,9 @@ class RankFailurePrinter : public testing::EmptyTestEventListener {
   explicit RankFailurePrinter(int rank) : rank_(rank) {}
   // The test's name is kept here: UnitTest::current_test_info() inside OnTestPartResult would wait for the
   // lock that googletest holds while it reports the result.
-  void OnTestStart(const testing::TestInfo& test) override { test_ = msae::cat(test.test_suite_name(), ".", test.name()); }
+  void OnTestStart(const testing::TestInfo& test) override {
+    test_ = msae::cat(test.test_suite_name(), ".", test.name());
+  }
   void OnTestPartResult(const testing::TestPartResult& result) override {
     if (!result.failed()) return;
     std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, test_.c_str(),
