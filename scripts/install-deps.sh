@@ -10,6 +10,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev
   libgtest-dev
   pybind11-dev python3-dev python3-numpy
+  libopenmpi-dev openmpi-bin
   clang libclang-rt-14-dev libomp-14-dev
 )
 $SUDO apt-get update -qq

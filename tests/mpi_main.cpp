@@ -13,25 +13,31 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <string>
 
 #include "msae/comm.h"
+#include "msae/core.h"
 
 namespace {
 
 class RankFailurePrinter : public testing::EmptyTestEventListener {
  public:
   explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  // The test's name is kept here: UnitTest::current_test_info() inside OnTestPartResult would wait for the
+  // lock that googletest holds while it reports the result.
+  void OnTestStart(const testing::TestInfo& test) override {
+    test_ = msae::cat(test.test_suite_name(), ".", test.name());
+  }
   void OnTestPartResult(const testing::TestPartResult& result) override {
     if (!result.failed()) return;
-    const testing::TestInfo* test = testing::UnitTest::GetInstance()->current_test_info();
-    std::fprintf(stderr, "[rank %d] %s.%s: %s:%d: Failure\n%s\n", rank_, test ? test->test_suite_name() : "?",
-                 test ? test->name() : "?", result.file_name() ? result.file_name() : "?", result.line_number(),
-                 result.message());
+    std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, test_.c_str(),
+                 result.file_name() ? result.file_name() : "?", result.line_number(), result.message());
     std::fflush(stderr);
   }
 
  private:
   int rank_;
+  std::string test_;
 };
 
 class AbortOnFatalFailure : public testing::EmptyTestEventListener {

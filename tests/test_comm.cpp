@@ -1,5 +1,5 @@
 // The communicator (msae/comm.h) on every process count it runs at: alone (the local communicator) and
-// under mpirun with 2, 3 and 4 processes (the MPI communicator; tests/CMakeLists.txt, msae_add_mpi_test).
+// under mpirun with 1, 2, 3 and 4 processes (the MPI communicator; tests/CMakeLists.txt, msae_add_mpi_test).
 // Every process computes locally what every other process contributed (the inputs are functions of rank
 // and index), so each result is checked against a plain loop: float and double sums bit for bit against
 // the rank-order sum (rank 0's value first), everything else exactly. Verdicts are agreed on by all
@@ -130,7 +130,8 @@ TEST(Comm, WorldMatchesTheLauncher) {
     EXPECT_EQ(msae::comm::local_processes(), std::atoi(std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")));
     const std::string name = w().name();
     EXPECT_EQ(name.rfind("mpi (", 0), 0u) << name;
-    EXPECT_NE(name.find(std::to_string(w().size()) + " processes)"), std::string::npos) << name;
+    const std::string processes = w().size() == 1 ? "1 process)" : std::to_string(w().size()) + " processes)";
+    EXPECT_NE(name.find(processes), std::string::npos) << name;
     EXPECT_NE(name.find("MPI"), std::string::npos) << name << " (the library's name)";
   } else {
     EXPECT_EQ(w().size(), 1);
@@ -270,7 +271,8 @@ TEST(Comm, Allgatherv) {
       w().allgatherv(mine.data(), static_cast<int64_t>(mine.size()), out, counts);
     }
     const int64_t sent = w().bytes_sent() - before;
-    EXPECT_TRUE(all_ok(out == concatenation(scale) && counts == sizes(scale))) << "limit " << limit << " scale " << scale;
+    EXPECT_TRUE(all_ok(out == concatenation(scale) && counts == sizes(scale)))
+        << "limit " << limit << " scale " << scale;
     EXPECT_TRUE(all_ok(sent == static_cast<int64_t>(mine.size()) * (p - 1))) << sent;
   }
 }

@@ -6,6 +6,8 @@
 // MPI counts and displacements are int: every call below moves at most max_call_bytes() (2^30 bytes, less
 // than INT_MAX) and larger transfers are made of several calls. Tests lower the limit
 // (detail::set_max_call_bytes) to walk those loops with small data.
+#include "comm_mpi.h"
+
 #include <mpi.h>
 
 #include <algorithm>
@@ -16,7 +18,6 @@
 #include <string>
 #include <vector>
 
-#include "comm_mpi.h"
 #include "msae/core.h"
 
 namespace msae::comm {
@@ -156,8 +157,8 @@ class MpiComm final : public Comm {
     for (int64_t r = 0; r < plan.rounds; ++r) {
       plan.round(r, c_, d_);
       char* buf = plan.direct ? out.data() : staging(plan);
-      check(MPI_Allgatherv(c_[rank_] > 0 ? mine + plan.start(r) : mine, c_[rank_], MPI_BYTE, buf, c_.data(),
-                           d_.data(), MPI_BYTE, comm_),
+      check(MPI_Allgatherv(c_[rank_] > 0 ? mine + plan.start(r) : mine, c_[rank_], MPI_BYTE, buf, c_.data(), d_.data(),
+                           MPI_BYTE, comm_),
             "MPI_Allgatherv");
       if (!plan.direct) unstage(plan, r, out.data());
     }
@@ -245,7 +246,9 @@ class MpiComm final : public Comm {
   }
 
  private:
-  void check_root(int root) const { MSAE_ASSERT(root >= 0 && root < size_, "root ", root, " of ", size_, " processes"); }
+  void check_root(int root) const {
+    MSAE_ASSERT(root >= 0 && root < size_, "root ", root, " of ", size_, " processes");
+  }
 
   // The elements of an n-element reduction that this process sends when done as a reduce-scatter
   // (chunk j to process j) followed by an allgather of the reduced chunks: the (n - own chunk) elements of
@@ -265,8 +268,8 @@ class MpiComm final : public Comm {
   void sum_in_rank_order(T* data, int64_t n, std::vector<T>& scratch) {
     MSAE_ASSERT(n >= 0, "n ", n);
     const MPI_Datatype type = mpi_type<T>();
-    const int64_t piece_max = std::max<int64_t>(static_cast<int64_t>(size_),
-                                                detail::max_call_bytes() / static_cast<int64_t>(sizeof(T)));
+    const int64_t piece_max =
+        std::max<int64_t>(static_cast<int64_t>(size_), detail::max_call_bytes() / static_cast<int64_t>(sizeof(T)));
     int64_t sent = 0;
     lens_.resize(static_cast<size_t>(size_));
     offs_.resize(static_cast<size_t>(size_));
@@ -366,8 +369,8 @@ std::unique_ptr<Comm> make_mpi_world(int* argc, char*** argv) {
   // FUNNELED: msae's worker threads never call MPI, but the thread that does is not necessarily the one
   // MPI considers main under MPI_THREAD_SINGLE.
   if (provided < MPI_THREAD_FUNNELED)
-    runtime_error("the MPI library provides thread level ", provided, ", below MPI_THREAD_FUNNELED (", MPI_THREAD_FUNNELED,
-                  ") that msae needs");
+    runtime_error("the MPI library provides thread level ", provided, ", below MPI_THREAD_FUNNELED (",
+                  MPI_THREAD_FUNNELED, ") that msae needs");
   return std::make_unique<MpiComm>();
 }
 
