@@ -120,14 +120,20 @@ TEST(DistSelect, RowCutEqualsOneProcess) {
     const std::vector<float> pre = tied_matrix(B, D, 11 + B + levels, levels);
     const std::vector<float> local = columns(pre, B, D, shard.global_ids);
     const int64_t Dl = static_cast<int64_t>(shard.global_ids.size());
-    kernels::SparseCodes mine, one;
-    kernels::row_topk(local.data(), B, Dl, k, mine);
-    kernels::DistScratch s;
-    kernels::dist_row_cut(mine, k, shard.global_ids, world(), s);
+    kernels::SparseCodes one;
     kernels::row_topk(pre.data(), B, D, k, one);
-    const std::vector<Entry> got = gather_codes(mine, shard.global_ids);
-    if (root()) {
-      EXPECT_EQ(got, entries(one)) << "B " << B << " D " << D << " levels " << levels;
+    const float smallest = one.nnz() ? *std::min_element(one.vals.begin(), one.vals.end()) : 0.0f;
+    for (const kernels::RowCutMethod method : {kernels::RowCutMethod::candidates, kernels::RowCutMethod::histograms}) {
+      kernels::SparseCodes mine;
+      kernels::row_topk(local.data(), B, Dl, k, mine);
+      kernels::DistScratch s;
+      const float cut = kernels::dist_row_cut(mine, k, shard.global_ids, world(), s, method);
+      const std::vector<Entry> got = gather_codes(mine, shard.global_ids);
+      if (root()) {
+        EXPECT_EQ(got, entries(one)) << "B " << B << " D " << D << " levels " << levels << " method "
+                                     << static_cast<int>(method);
+        EXPECT_EQ(cut, smallest);
+      }
     }
   }
 }

@@ -206,6 +206,7 @@ class Timer {
 int num_threads();                 // threads msae kernels use
 void set_num_threads(int n);       // n <= 0: all hardware threads. Not while a parallel region runs.
 int64_t peak_rss_bytes();          // from /proc/self/status (VmHWM); -1 if unknown
+int64_t rss_bytes();               // the resident size now (VmRSS); -1 if unknown
 
 namespace detail {
 using ParallelFn = void (*)(void* ctx, int tid, int nthreads);

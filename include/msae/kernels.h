@@ -90,20 +90,25 @@ void aux_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, const std::vect
 // over all D_global latents (same entries, same tie rule). Collective: every process calls with the same
 // keep. Allocation-free after the first calls at a shape (scratch in DistScratch).
 struct DistScratch {
-  std::vector<int64_t> hist, ties, counts;
+  std::vector<int64_t> hist, ties, counts, row_need, row_total, row_ties;
+  std::vector<uint32_t> row_prefix;
   std::vector<char> send, bytes;
   std::vector<float> row_cut_val;
   std::vector<int32_t> row_cut_id;
 };
+// How dist_row_cut agrees on each row's cut: by sending every candidate to every process, or by rounds of
+// per-row histograms of the value bits (traffic independent of the number of processes). Both are exact
+// and keep the same entries; `automatic` takes the one that sends less.
+enum class RowCutMethod { automatic, candidates, histograms };
 // BatchTopK: candidates from batch_topk(local pre, keep); keeps the `keep` largest over all processes, ties
 // by lower global flat index r * D_global + id. Returns the cut (the smallest kept value; 0 if none).
 float dist_batch_cut(SparseCodes& codes, int64_t keep, const std::vector<int64_t>& global_ids, int64_t D_global,
                      comm::Comm& comm, DistScratch& scratch);
 // Per row (TopK, AuxK): candidates from row_topk / aux_topk with `keep` per row; keeps each row's `keep`
 // largest over all processes, ties by lower global id. Returns the smallest kept value over all rows of all
-// processes (0 if none). Sends every candidate (8 bytes each) to every process.
+// processes (0 if none).
 float dist_row_cut(SparseCodes& codes, int64_t keep, const std::vector<int64_t>& global_ids, comm::Comm& comm,
-                   DistScratch& scratch);
+                   DistScratch& scratch, RowCutMethod method = RowCutMethod::automatic);
 
 // CSC transpose of CSR codes: for latent i, entries [col_ptr[i], col_ptr[i+1]) in ascending row order;
 // row[e] is the row and src[e] the CSR index of the entry (for its value and its gradient).

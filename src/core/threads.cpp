@@ -162,19 +162,26 @@ namespace detail {
 void parallel_invoke(ParallelFn fn, void* ctx, int nthreads) { pool().run(fn, ctx, nthreads); }
 }  // namespace detail
 
-int64_t peak_rss_bytes() {
+namespace {
+// A "Key:   N kB" line of /proc/self/status in bytes; -1 if unknown.
+int64_t status_bytes(const char* key) {
   std::FILE* f = std::fopen("/proc/self/status", "r");
   if (!f) return -1;
   char line[256];
   int64_t kb = -1;
+  const size_t n = std::strlen(key);
   while (std::fgets(line, sizeof line, f)) {
-    if (std::strncmp(line, "VmHWM:", 6) == 0) {
-      kb = std::strtoll(line + 6, nullptr, 10);
+    if (std::strncmp(line, key, n) == 0) {
+      kb = std::strtoll(line + n, nullptr, 10);
       break;
     }
   }
   std::fclose(f);
   return kb < 0 ? -1 : kb * 1024;
 }
+}  // namespace
+
+int64_t peak_rss_bytes() { return status_bytes("VmHWM:"); }
+int64_t rss_bytes() { return status_bytes("VmRSS:"); }
 
 }  // namespace msae

@@ -106,8 +106,110 @@ float dist_batch_cut(SparseCodes& codes, int64_t keep, const std::vector<int64_t
   return cut;
 }
 
+namespace {
+
+// dist_row_cut by per-row histograms: four rounds over the bytes of the float bits (31..24, ..., 7..0), each
+// one allreduce of (B, 256) counts, fix every row's cut from the top; ties at a row's cut are then settled
+// by their ids, gathered for the rows that have more ties than places (rare). Sends about
+// 4 x 2 x B x 256 x 8 bytes per process whatever the number of processes.
+float row_cut_by_histograms(SparseCodes& codes, int64_t keep, const std::vector<int64_t>& global_ids,
+                            comm::Comm& comm, DistScratch& s) {
+  const int64_t B = codes.rows;
+  constexpr int kBins = 256;
+  s.row_prefix.assign(static_cast<size_t>(B), 0);
+  s.row_need.assign(static_cast<size_t>(B), 0);
+  s.row_total.assign(static_cast<size_t>(B), 0);
+  uint32_t mask = 0;
+  for (int round = 0; round < 4; ++round) {
+    const int shift = 24 - 8 * round;
+    // Round 0 also counts each row's candidates (the last slot of the row).
+    const int64_t width = round == 0 ? kBins + 1 : kBins;
+    s.hist.assign(static_cast<size_t>(B * width), 0);
+    parallel_for(
+        B,
+        [&](int64_t lo, int64_t hi, int) {
+          for (int64_t r = lo; r < hi; ++r) {
+            int64_t* h = s.hist.data() + r * width;
+            for (int64_t e = codes.row_ptr[r]; e < codes.row_ptr[r + 1]; ++e) {
+              const uint32_t bits = std::bit_cast<uint32_t>(codes.vals[e]);
+              if ((bits & mask) == s.row_prefix[r]) ++h[(bits >> shift) & 0xff];
+            }
+            if (round == 0) h[kBins] = codes.row_ptr[r + 1] - codes.row_ptr[r];
+          }
+        },
+        64);
+    comm.allreduce_sum(s.hist.data(), B * width);
+    for (int64_t r = 0; r < B; ++r) {
+      const int64_t* h = s.hist.data() + r * width;
+      if (round == 0) {
+        s.row_total[r] = h[kBins];
+        s.row_need[r] = keep;
+      }
+      if (s.row_total[r] <= keep) continue;  // every candidate of the row is kept
+      int b = kBins - 1;
+      int64_t need = s.row_need[r];
+      for (; b > 0 && h[b] < need; --b) need -= h[b];
+      s.row_need[r] = need;
+      s.row_prefix[r] |= static_cast<uint32_t>(b) << shift;
+    }
+    mask |= 0xffu << shift;
+    if (round == 3) {  // the last histogram's bin of the cut: the ties
+      s.row_ties.assign(static_cast<size_t>(B), 0);
+      for (int64_t r = 0; r < B; ++r)
+        if (s.row_total[r] > keep) s.row_ties[r] = s.hist[r * width + (s.row_prefix[r] & 0xff)];
+    }
+  }
+  // Rows with more ties at the cut than places: every process's tied ids there, to keep the lowest.
+  s.row_cut_id.assign(static_cast<size_t>(B), std::numeric_limits<int32_t>::max());
+  s.ties.clear();
+  for (int64_t r = 0; r < B; ++r) {
+    if (s.row_total[r] <= keep || s.row_need[r] >= s.row_ties[r]) continue;
+    const float cut = std::bit_cast<float>(s.row_prefix[r]);
+    for (int64_t e = codes.row_ptr[r]; e < codes.row_ptr[r + 1]; ++e)
+      if (codes.vals[e] == cut) s.ties.push_back(r * (int64_t{1} << 32) + global_ids[codes.ids[e]]);
+  }
+  int64_t any = s.ties.empty() ? 0 : 1;
+  comm.allreduce_max(&any, 1);
+  if (any) {
+    comm.allgatherv(s.ties.data(), static_cast<int64_t>(s.ties.size() * sizeof(int64_t)), s.bytes, s.counts);
+    std::vector<int64_t>& all = s.ties;
+    all.resize(s.bytes.size() / sizeof(int64_t));
+    if (!all.empty()) std::memcpy(all.data(), s.bytes.data(), s.bytes.size());
+    std::sort(all.begin(), all.end());  // by row, then id
+    for (size_t i = 0; i < all.size();) {
+      const int64_t r = all[i] >> 32;
+      const size_t first = i;
+      while (i < all.size() && (all[i] >> 32) == r) ++i;
+      s.row_cut_id[r] = static_cast<int32_t>(all[first + s.row_need[r] - 1] & 0xffffffff);
+    }
+  }
+  float smallest = std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < B; ++r) {
+    if (s.row_total[r] > keep) {
+      smallest = std::min(smallest, std::bit_cast<float>(s.row_prefix[r]));
+    } else {
+      for (int64_t e = codes.row_ptr[r]; e < codes.row_ptr[r + 1]; ++e) smallest = std::min(smallest, codes.vals[e]);
+    }
+  }
+  filter_codes(codes, [&](int64_t r, int64_t e) {
+    if (s.row_total[r] <= keep) return true;
+    const float v = codes.vals[e], cut = std::bit_cast<float>(s.row_prefix[r]);
+    return v > cut || (v == cut && global_ids[codes.ids[e]] <= s.row_cut_id[r]);
+  });
+  comm.allreduce_min(&smallest, 1);
+  return std::isinf(smallest) ? 0.0f : smallest;
+}
+
+}  // namespace
+
 float dist_row_cut(SparseCodes& codes, int64_t keep, const std::vector<int64_t>& global_ids, comm::Comm& comm,
-                   DistScratch& s) {
+                   DistScratch& s, RowCutMethod method) {
+  // Sending every candidate costs about 8 B keep (P - 1) bytes per process, the histograms about
+  // 4 x 2 (P - 1) / P x B x 256 x 8: the candidates win while keep P < 2048 (TopK's k = 32 up to 64 processes,
+  // AuxK's 512 up to 4).
+  if (method == RowCutMethod::automatic)
+    method = keep * comm.size() < 2048 ? RowCutMethod::candidates : RowCutMethod::histograms;
+  if (method == RowCutMethod::histograms) return row_cut_by_histograms(codes, keep, global_ids, comm, s);
   const int64_t B = codes.rows, n = codes.nnz();
   // Sent: the candidates of every row as (value, global id) pairs, rows in order, after the B per-row
   // counts. Received: every process's, in rank order.

@@ -319,8 +319,9 @@ int run_bench(const BenchArgs& a) {
   }
   // Peak memory of every process (the largest is the root's: it holds the whole data batch like the others
   // and nothing more in the bench).
-  int64_t rss_max = peak_rss_bytes();
+  int64_t rss_max = peak_rss_bytes(), rss_now = rss_bytes();
   world.allreduce_max(&rss_max, 1);
+  world.allreduce_max(&rss_now, 1);  // after the steps: the state and the step buffers, not the set-up's copies
   const double step = median(step_s), gemm = median(gemm_s);
   const double tokens_per_s = static_cast<double>(B) / step;
   const double gflop = 2.0 * static_cast<double>(B) * static_cast<double>(d) * static_cast<double>(Dl) / 1e9;
@@ -355,6 +356,7 @@ int run_bench(const BenchArgs& a) {
       {"processes", processes},
       {"latents_per_process", Dl},
       {"peak_rss_bytes_max_process", rss_max},
+      {"rss_after_steps_bytes_max_process", rss_now},
       {"bytes_sent_per_step", static_cast<double>(step_bytes) / static_cast<double>(a.steps)},
       {"collectives_per_step", static_cast<double>(step_calls) / static_cast<double>(a.steps)},
       {"step_without_auxk_s", noaux_s.empty() ? 0.0 : median(noaux_s)},
@@ -408,6 +410,7 @@ int run_bench(const BenchArgs& a) {
   for (const auto& [name, v] : phases) std::printf(" %s %.1f |", name.c_str(), 1e3 * median(v));
   std::printf("\n  %-22s %10.1f MiB", "peak RSS", static_cast<double>(peak_rss_bytes()) / (1 << 20));
   if (processes > 1) std::printf("  (largest of the processes: %.1f MiB)", static_cast<double>(rss_max) / (1 << 20));
+  std::printf("\n  %-22s %10.1f MiB", "RSS after the steps", static_cast<double>(rss_now) / (1 << 20));
   std::printf("\n");
   return 0;
 }
