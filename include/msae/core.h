@@ -143,7 +143,8 @@ std::string sig_digits(double v, int digits);
 std::string fixed(double v, int decimals);
 
 // ---------------------------------------------------------------------------------------------
-// Logging to stderr. Levels: 0 quiet (errors only), 1 info (default), 2 debug.
+// Logging to stderr. Levels: -1 silent (the processes of an MPI job other than the root), 0 warnings only,
+// 1 info (default), 2 debug. Errors are not logged: the front ends print them.
 // ---------------------------------------------------------------------------------------------
 void set_log_level(int level);
 int log_level();

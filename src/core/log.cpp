@@ -24,6 +24,8 @@ void log_info(const std::string& message) {
 void log_debug(const std::string& message) {
   if (g_level >= 2) emit(" debug", message);
 }
-void log_warn(const std::string& message) { emit(" warning", message); }
+void log_warn(const std::string& message) {
+  if (g_level >= 0) emit(" warning", message);
+}
 
 }  // namespace msae

@@ -146,9 +146,16 @@ int run_command(int argc, char** argv) {
     if (code != 0) explain_parse_error(app, argc, argv, true);
     return code == 0 ? 0 : 2;
   }
-  // Under an MPI launch only the root logs and prints results; the others report errors only.
-  msae::set_log_level(msae::comm::is_root() ? verbosity : 0);
+  // Under an MPI launch only the root logs, warns and prints results; the others report errors only.
+  msae::set_log_level(msae::comm::is_root() ? verbosity : -1);
   try {
+    // Under mpirun the processes share one training run (docs/distributed.md); the other commands would
+    // each do the whole job P times, writing the same files.
+    if (const int P = msae::comm::world().size(); P > 1)
+      for (const auto& [name, action] : commands)
+        if (app.got_subcommand(name) && std::strcmp(name, "train") != 0 && std::strcmp(name, "bench") != 0)
+          msae::usage_error("msae ", name, " runs in one process, not across the ", P,
+                            " processes of an MPI job; start it without mpirun (msae train and msae bench run across processes)");
     for (const auto& [name, action] : commands)
       if (app.got_subcommand(name)) return action();
     return 2;
@@ -177,8 +184,9 @@ int main(int argc, char** argv) {
   if (world.size() > 1 && world.rank() != 0 && !std::freopen("/dev/null", "w", stdout))
     std::fprintf(stderr, "msae (process %d): cannot silence standard output\n", world.rank());
   const int code = finish(run_command(argc, argv));
-  // A failed process ends the whole job: the others may be waiting for it in a collective.
-  if (code != 0 && world.size() > 1) world.abort(code);
+  // A failed process ends the whole job: the others may be waiting for it in a collective. An interrupted
+  // run (130) stopped on every process at the same step (a collective flag) and ends normally.
+  if (code != 0 && code != 130 && world.size() > 1) world.abort(code);
   msae::comm::finalize();
   return code;
 }
