@@ -16,7 +16,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 
+#include "msae/comm.h"
 #include "msae/io.h"
 #include "msae/train.h"
 
@@ -103,7 +105,18 @@ TEST_P(TorchFixture, MatchesPyTorchStepByStep) {
   opt.max_grad_norm = c["max_grad_norm"];
   opt.engine = GetParam().engine;
   const int64_t d = opt.sae.d_in, D = opt.sae.d_sae, B = opt.batch;
-  if (const std::string why = msae::train::make_engine(opt.engine)->unsupported(opt.sae); !why.empty()) {
+  // Under mpirun (tests/CMakeLists.txt: test_torch_fixture_npN) the trainer is the sharded engine
+  // (docs/distributed.md): the same fixtures, every step, across processes.
+  msae::comm::Comm& world = msae::comm::world();
+  const bool root = world.rank() == 0;
+  if (world.size() > 1 && opt.engine != "sparse") GTEST_SKIP() << opt.engine << " trains in one process";
+  std::string why = msae::train::make_engine(opt.engine)->unsupported(opt.sae);
+  if (world.size() > 1) {
+    msae::LatentShard shard = msae::shard_latents(opt.sae, world.rank(), world.size());
+    shard.comm = &world;
+    why = msae::make_sparse_shard_engine({}, shard)->unsupported(opt.sae);
+  }
+  if (!why.empty()) {
     EXPECT_THROW(msae::train::Trainer(opt, msae::SaeParams::init(d, D, 0)), msae::Error) << "must refuse " << why;
     return;  // this engine does not implement the variant and says so
   }
@@ -150,16 +163,22 @@ TEST_P(TorchFixture, MatchesPyTorchStepByStep) {
     EXPECT_EQ(s.aux_active, want["aux_active"].get<bool>()) << at;
     EXPECT_EQ(s.n_dead, want["n_dead"].get<int64_t>()) << at;
     expect_scalar(s.l0, want["l0"], at + " l0");
-    expect_scalar(trainer.params().threshold, want["threshold"], at + " threshold");
+    const msae::SaeParams& p = std::as_const(trainer).params();  // gathered on the root under mpirun
+    expect_scalar(p.threshold, want["threshold"], at + " threshold");
     expect_scalar(trainer.last_grad_norm(), want["grad_norm"], at + " grad_norm");
     aux_steps += s.aux_active;
 
     const std::string prefix = "after_" + std::to_string(t + 1) + "_";
-    expect_close(trainer.params().W_enc_t, transpose(load(dir, prefix + "W_enc")), 5e-6, 1e-5, at + " W_enc");
-    expect_close(trainer.params().W_dec, load(dir, prefix + "W_dec"), 5e-6, 1e-5, at + " W_dec");
-    expect_close(trainer.params().b_dec, load(dir, prefix + "b_dec"), 5e-6, 1e-5, at + " b_dec");
-    expect_close(trainer.params().b_enc, load(dir, prefix + "b_enc"), 5e-6, 1e-5, at + " b_enc");
-    if (HasFailure()) break;  // one diverged step makes every later comparison noise
+    if (root) {
+      expect_close(p.W_enc_t, transpose(load(dir, prefix + "W_enc")), 5e-6, 1e-5, at + " W_enc");
+      expect_close(p.W_dec, load(dir, prefix + "W_dec"), 5e-6, 1e-5, at + " W_dec");
+      expect_close(p.b_dec, load(dir, prefix + "b_dec"), 5e-6, 1e-5, at + " b_dec");
+      expect_close(p.b_enc, load(dir, prefix + "b_enc"), 5e-6, 1e-5, at + " b_enc");
+    }
+    // One diverged step makes every later comparison noise (decided together: the next step is collective).
+    int64_t failed = HasFailure() ? 1 : 0;
+    world.allreduce_max(&failed, 1);
+    if (failed) break;
   }
   if (opt.sae.arch != msae::Arch::relu_l1) {
     EXPECT_GT(aux_steps, 0) << "the fixture is meant to exercise AuxK";
