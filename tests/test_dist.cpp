@@ -143,6 +143,7 @@ TEST(DistSelect, RowCutEqualsOneProcess) {
 struct EngineCase {
   std::string name;
   SaeConfig cfg;
+  bool recipe_options = false;  // the geometric-median b_dec init and an lr warm-up and decay
 };
 
 SaeConfig base_config(Arch arch) {
@@ -164,6 +165,7 @@ std::vector<EngineCase> engine_cases() {
   EngineCase bias{"matryoshka+encoder_bias", base_config(Arch::matryoshka)};
   bias.cfg.encoder_bias = true;
   cases.push_back(bias);
+  cases.push_back({"matryoshka+median+schedule", base_config(Arch::matryoshka), true});
   for (const VariantEntry& v : variant_registry()) {
     if (!v.sparse) continue;
     EngineCase c{std::string("variant ") + v.name, base_config(Arch::matryoshka)};
@@ -179,8 +181,11 @@ std::vector<EngineCase> engine_cases() {
   return cases;
 }
 
-train::TrainOptions options_for(const SaeConfig& cfg) {
+train::TrainOptions options_for(const SaeConfig& cfg, bool recipe_options = false) {
   train::TrainOptions o;
+  o.bdec_geometric_median = recipe_options;
+  o.lr_warmup_steps = recipe_options ? 3 : 0;
+  o.lr_decay_start = recipe_options ? 6 : -1;
   o.sae = cfg;
   o.batch = 32;
   o.steps = 10;
@@ -239,14 +244,18 @@ double rel_err(const Tensor& a, const Tensor& b) {
 TEST(ShardedEngine, SelectsTheOneProcessCodesAtEveryStep) {
   for (const EngineCase& c : engine_cases()) {
     SCOPED_TRACE(c.name);
-    const train::TrainOptions o = options_for(c.cfg);
+    const train::TrainOptions o = options_for(c.cfg, c.recipe_options);
     const int64_t B = o.batch, d = c.cfg.d_in, D = c.cfg.d_sae;
     train::Trainer sharded(o, SaeParams::init(d, D, o.seed));
     const std::vector<int64_t> gids = shard_latents(c.cfg, world().rank(), world().size()).global_ids;
     int aux_steps = 0;
     for (int64_t t = 0; t < o.steps; ++t) {
       const std::vector<float> x = batch_at(t, B, d);
-      const SaeParams before = std::as_const(sharded).params();  // gathered on the root
+      SaeParams before = std::as_const(sharded).params();  // gathered on the root
+      if (t == 0 && o.bdec_geometric_median && root()) {   // the step starts by setting b_dec
+        const std::vector<float> m = geometric_median(x.data(), B, d);
+        std::copy(m.begin(), m.end(), before.b_dec.data.begin());
+      }
       sharded.step(x.data());
       const StepEngine* k = sharded.engine().step_kernel();
       const std::vector<Entry> got = gather_codes(*k->last_codes(), gids);
@@ -278,7 +287,7 @@ TEST(ShardedEngine, SelectsTheOneProcessCodesAtEveryStep) {
 TEST(ShardedEngine, TracksOneProcessOverTenSteps) {
   for (const EngineCase& c : engine_cases()) {
     SCOPED_TRACE(c.name);
-    const train::TrainOptions o = options_for(c.cfg);
+    const train::TrainOptions o = options_for(c.cfg, c.recipe_options);
     const int64_t B = o.batch, d = c.cfg.d_in, D = c.cfg.d_sae;
     train::Trainer sharded(o, SaeParams::init(d, D, o.seed));
     // One process: the host engine around the sparse kernel, as `msae train` without mpirun builds it.

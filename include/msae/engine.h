@@ -97,6 +97,13 @@ class HostEngine final : public Engine {
   VariantState variants_;
 };
 
+// One whole optimizer step of a host engine on `params` (the whole SAE, or a shard of it), as Engine::step
+// describes it. `median`, when set, gives the geometric-median b_dec of the first batch (the sharded engine's
+// is computed on one process and sent). Returns the global gradient norm before clipping.
+double host_step(const TrainOptions& options, StepEngine& kernel, const float* x, SaeParams& params, SaeGrads& grads,
+                 AdamState& opt, LatentState& latents, VariantState& variants, StepStats& stats,
+                 const std::function<std::vector<float>(const float* x)>& median = {});
+
 // ---- The engine registry. `--engine NAME` picks an entry; tests loop over engine_names().
 struct EngineEntry {
   std::string name;

@@ -15,19 +15,25 @@ HostEngine::HostEngine(const TrainOptions& options, SaeParams params, std::uniqu
   variants_ = VariantState(options_.sae, options_.seed);
 }
 
-const StepStats& HostEngine::step(const float* x) {
-  if (opt_.t == 0 && options_.bdec_geometric_median)
-  {
-    const std::vector<float> median = geometric_median(x, options_.batch, params_.d);
-    std::copy(median.begin(), median.end(), params_.b_dec.data.begin());
+double host_step(const TrainOptions& options, StepEngine& kernel, const float* x, SaeParams& params, SaeGrads& grads,
+                 AdamState& opt, LatentState& latents, VariantState& variants, StepStats& stats,
+                 const std::function<std::vector<float>(const float* x)>& median) {
+  if (opt.t == 0 && options.bdec_geometric_median) {
+    const std::vector<float> m = median ? median(x) : geometric_median(x, options.batch, params.d);
+    std::copy(m.begin(), m.end(), params.b_dec.data.begin());
   }
-  const SaeConfig& cfg = variants_.before_step(options_.sae, latents_);
-  stats_ = kernel_->forward_backward(cfg, x, options_.batch, params_, latents_, grads_);
-  kernels::AdamHyper adam = options_.adam;
-  if (options_.lr_warmup_steps > 0 || options_.lr_decay_start >= 0)
-    adam.lr = static_cast<float>(adam.lr * lr_factor(options_, opt_.t));
-  grad_norm_ = apply_update(cfg, adam, options_.max_grad_norm, params_, grads_, opt_);
-  variants_.after_step(options_.sae, stats_, params_, opt_, latents_);
+  const SaeConfig& cfg = variants.before_step(options.sae, latents);
+  stats = kernel.forward_backward(cfg, x, options.batch, params, latents, grads);
+  kernels::AdamHyper adam = options.adam;
+  if (options.lr_warmup_steps > 0 || options.lr_decay_start >= 0)
+    adam.lr = static_cast<float>(adam.lr * lr_factor(options, opt.t));
+  const double grad_norm = apply_update(cfg, adam, options.max_grad_norm, params, grads, opt);
+  variants.after_step(options.sae, stats, params, opt, latents);
+  return grad_norm;
+}
+
+const StepStats& HostEngine::step(const float* x) {
+  grad_norm_ = host_step(options_, *kernel_, x, params_, grads_, opt_, latents_, variants_, stats_);
   return stats_;
 }
 

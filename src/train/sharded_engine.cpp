@@ -33,22 +33,16 @@ class ShardedEngine final : public Engine {
 
   const char* name() const override { return "sparse"; }
 
+  // The host step on the shard: grads_.sum_squares is the sum over every process (the shard kernel adds
+  // it), so the clip is global; the geometric-median b_dec is computed on the root and sent, so that every
+  // process starts from the same bits.
   const StepStats& step(const float* x) override {
-    if (opt_.t == 0 && options_.bdec_geometric_median) {
-      // Computed on the root and sent: every process must start from the same bits.
+    grad_norm_ = host_step(options_, *kernel_, x, local_, grads_, opt_, latents_, variants_, stats_, [&](const float* b) {
       std::vector<float> median(static_cast<size_t>(d_));
-      if (comm_.rank() == 0) median = geometric_median(x, options_.batch, d_);
+      if (comm_.rank() == 0) median = geometric_median(b, options_.batch, d_);
       comm_.broadcast(median.data(), d_ * static_cast<int64_t>(sizeof(float)), 0);
-      std::copy(median.begin(), median.end(), local_.b_dec.data.begin());
-    }
-    const SaeConfig& cfg = variants_.before_step(options_.sae, latents_);
-    stats_ = kernel_->forward_backward(cfg, x, options_.batch, local_, latents_, grads_);
-    kernels::AdamHyper adam = options_.adam;
-    if (options_.lr_warmup_steps > 0 || options_.lr_decay_start >= 0)
-      adam.lr = static_cast<float>(adam.lr * lr_factor(options_, opt_.t));
-    // grads_.sum_squares is the sum over every process (the shard engine added it), so the clip is global.
-    grad_norm_ = apply_update(cfg, adam, options_.max_grad_norm, local_, grads_, opt_);
-    variants_.after_step(options_.sae, stats_, local_, opt_, latents_);
+      return median;
+    });
     return stats_;
   }
 
