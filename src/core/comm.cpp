@@ -65,10 +65,16 @@ void set_world(std::unique_ptr<Comm> c) { world_ptr() = c ? std::move(c) : make_
 bool mpi_built() { return detail::mpi_available(); }
 
 void init(int* argc, char*** argv) {
-  if (g_mpi_started || !detail::mpi_available()) return;
+  if (g_mpi_started) return;
   const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMI_SIZE") != nullptr ||
                         std::getenv("PMIX_RANK") != nullptr;
   if (!launched) return;
+  if (!detail::mpi_available()) {
+    // Each process would train alone (and the output lock would refuse all but one): say why.
+    log_warn("msae was built without MPI (CMake found no MPI, or MSAE_MPI=OFF): this process of the MPI job "
+             "runs alone; install libopenmpi-dev and rebuild to train across processes");
+    return;
+  }
   world_ptr() = detail::make_mpi_world(argc, argv);
   g_mpi_started = true;
 }
