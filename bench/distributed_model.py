@@ -2,15 +2,14 @@
 """Step time and scaling efficiency of latent-sharded training (msae under mpirun) against data parallelism,
 modelled from one measured `mpirun -np 2 msae bench --json` run (docs/distributed.md).
 
-From the measurement (one core per process):
-  c_lat  seconds per latent per step of the work that scales with the shard (encoder GEMM, selection pass,
-         latent pass, update): (step - rows - exchange + (rows - exchange_rows)) spread over D/P latents,
-         taken as (step - rows) / (D/P), the rows phase being mostly the replicated per-row work and the
-         sum of the prefix reconstructions;
-  t_rep  seconds of replicated per-row work (losses, suffix sums, b_dec's gradient over (G, B, d)), taken
-         as the rows phase less the exchange time (an upper bound: it includes the shard's partial sums).
-Both scale with B and d as the model's shapes do (c_lat with B d, t_rep with B d): measured at the shape
-of the run, used at d = 2304, B = 4096.
+From the measurement (one core per process, P0 processes):
+  c_lat   seconds per latent per step of the work that scales with the shard (encoder GEMM, selection
+          pass, latent pass, update): (step - rows) / (D/P0);
+  t_rows  seconds of the per-row work of the whole batch (partial prefix sums, losses, suffix sums,
+          b_dec's gradient, grad z), which the processes divide by rows: (rows - exchange) x P0 (the
+          exchange time is counted in the rows phase; an upper bound);
+  what stays replicated (x - b_dec over (B, d), the cut's decisions) is left out (under 1% at P0 = 2).
+Both scale with B d: measured at the shape of the run, used at d = 2304, B = 4096.
 Communication per step and process (ring-like sums: 2 (P-1)/P of the data sent):
   latent-sharded: the (G, B, d) prefix sums, the (d + 1) b_dec gradient and norm, three histograms of
                   the BatchTopK cut (4097 + 4096 + 256 counts); with AuxK active also the (B, d) AuxK
@@ -41,25 +40,26 @@ def main():
     Dl, d0, B0 = m["latents_per_process"], m["d_in"], m["batch"]
     G = len(m["groups"])
     k = m["k"]
-    t_rep0 = max(ph["rows"] - ph.get("exchange", 0.0), 0.0)
+    P0 = m.get("processes", 1)
+    t_rows0 = max(ph["rows"] - ph.get("exchange", 0.0), 0.0) * P0
     c_lat0 = (m["step_s"] - ph["rows"]) / Dl
     bw = a.bandwidth_gbit * 1e9 / 8
     alpha = a.latency_us * 1e-6
     d, B = 2304, 4096
     scale = (B * d) / (B0 * d0)
-    c_lat, t_rep = c_lat0 * scale, t_rep0 * scale
+    c_lat, t_rows = c_lat0 * scale, t_rows0 * scale
     print(f"measured: {a.measured}: d={d0} D/P={Dl} B={B0}, step {m['step_s']:.3f} s, rows {ph['rows']:.3f} s, "
-          f"exchange {ph.get('exchange', 0):.3f} s -> c_lat {c_lat0 * 1e6:.2f} us/latent, t_rep {t_rep0:.3f} s; "
-          f"model at d={d} B={B}: c_lat {c_lat * 1e6:.2f} us/latent, t_rep {t_rep:.3f} s; network "
+          f"exchange {ph.get('exchange', 0):.3f} s -> c_lat {c_lat0 * 1e6:.2f} us/latent, t_rows {t_rows0:.3f} s; "
+          f"model at d={d} B={B}: c_lat {c_lat * 1e6:.2f} us/latent, t_rows {t_rows:.3f} s; network "
           f"{a.bandwidth_gbit:g} Gb/s, {a.latency_us:g} us per message{', AuxK active' if a.auxk else ''}")
     print()
     print("| D | P | latent-sharded: compute s | comm s (MB sent) | step s | efficiency | "
           "data-parallel: comm s (MB sent) | step s | efficiency |")
     print("|---|---|---|---|---|---|---|---|---|")
     for D in (65536, 262144):
-        t1 = c_lat * D + t_rep
+        t1 = c_lat * D + t_rows
         for P in (8, 32, 128):
-            comp = c_lat * D / P + t_rep
+            comp = (c_lat * D + t_rows) / P
             sums = 4 * (G * B * d + (d + 1) * 2) + 8 * (4097 + 4096 + 256)
             other, calls = 0.0, 6
             if a.auxk:
@@ -76,7 +76,7 @@ def main():
             print(f"| {D} | {P} | {comp:.3f} | {tc:.3f} ({sent / 1e6:.0f}) | {step:.3f} | {t1 / (P * step):.0%} | "
                   f"{dp_tc:.3f} ({dp_sent / 1e6:.0f}) | {dp_step:.3f} | {t1 / (P * dp_step):.0%} |")
     print()
-    print("one process, one core: D=65536 %.2f s, D=262144 %.2f s per step" % (c_lat * 65536 + t_rep, c_lat * 262144 + t_rep))
+    print("one process, one core: D=65536 %.2f s, D=262144 %.2f s per step" % (c_lat * 65536 + t_rows, c_lat * 262144 + t_rows))
 
 
 if __name__ == "__main__":

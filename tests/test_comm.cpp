@@ -121,6 +121,41 @@ void check_sum(int64_t n, T big, int64_t limit = 0) {
   EXPECT_TRUE(all_ok(sent == expected_bytes)) << "n " << n << ": bytes_sent grew by " << sent;
 }
 
+// reduce_scatter_sum then allgather_parts with uneven parts (one empty): after the first, this process's part
+// is the rank-order sum and the rest is untouched; after the second, everything is, on every process.
+void check_parts(int64_t n, int64_t limit) {
+  const int p = w().size(), r = w().rank();
+  std::vector<int64_t> parts(static_cast<size_t>(p) + 1, 0);
+  for (int j = 0; j < p; ++j) parts[j + 1] = j == 1 ? parts[j] : std::min<int64_t>(n, parts[j] + n * (j + 1) * 2 / (p * (p + 1)) + 1);
+  parts[p] = n;
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = input<float>(r, i, 1e8f);
+  MaxCallBytes small(limit);
+  w().reduce_scatter_sum(v.data(), parts);
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool mine = i >= parts[r] && i < parts[r + 1];
+    const float want = mine ? rank_order_sum<float>(i, 1e8f, p) : input<float>(r, i, 1e8f);
+    wrong += std::memcmp(&v[i], &want, sizeof want) != 0;
+  }
+  EXPECT_TRUE(all_ok(wrong == 0)) << "n " << n << ": " << wrong << " elements wrong after reduce_scatter_sum";
+  w().allgather_parts(v.data(), parts);
+  wrong = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float want = rank_order_sum<float>(i, 1e8f, p);
+    wrong += std::memcmp(&v[i], &want, sizeof want) != 0;
+  }
+  EXPECT_TRUE(all_ok(wrong == 0)) << "n " << n << ": " << wrong << " elements wrong after allgather_parts";
+  EXPECT_TRUE(same_bytes_everywhere(v.data(), n * static_cast<int64_t>(sizeof(float)))) << "n " << n;
+}
+
+TEST(Comm, ReduceScatterThenAllgatherParts) {
+  for (const int64_t n : {int64_t{0}, int64_t{3}, int64_t{1001}, int64_t{200000}}) {
+    check_parts(n, 0);
+    check_parts(n, 64);  // many rounds
+  }
+}
+
 TEST(Comm, WorldMatchesTheLauncher) {
   if (launched()) {
     EXPECT_TRUE(msae::comm::mpi_built());

@@ -27,6 +27,13 @@ class Comm {
   virtual void allreduce_sum(float* data, int64_t n) = 0;
   virtual void allreduce_sum(double* data, int64_t n) = 0;
   virtual void allreduce_sum(int64_t* data, int64_t n) = 0;
+  // allreduce_sum(float) in two halves, for work that each process can do on its part in between:
+  // `parts` (size() + 1 ascending offsets from 0 to n) gives process p the elements [parts[p], parts[p+1]).
+  // reduce_scatter_sum leaves this process's part summed over the processes (in rank order, as
+  // allreduce_sum; the other elements are left as they were); allgather_parts then copies every process's
+  // part to every process. Together they send what one allreduce_sum sends.
+  virtual void reduce_scatter_sum(float* data, const std::vector<int64_t>& parts) = 0;
+  virtual void allgather_parts(float* data, const std::vector<int64_t>& parts) = 0;
   virtual void allreduce_max(int64_t* data, int64_t n) = 0;
   virtual void allreduce_min(float* data, int64_t n) = 0;
   // Every process contributes `bytes` bytes (any number, 0 included); `out` receives all contributions

@@ -20,6 +20,8 @@ class LocalComm final : public Comm {
   void allreduce_sum(float*, int64_t) override {}
   void allreduce_sum(double*, int64_t) override {}
   void allreduce_sum(int64_t*, int64_t) override {}
+  void reduce_scatter_sum(float*, const std::vector<int64_t>&) override {}
+  void allgather_parts(float*, const std::vector<int64_t>&) override {}
   void allreduce_max(int64_t*, int64_t) override {}
   void allreduce_min(float*, int64_t) override {}
   void allgatherv(const void* data, int64_t bytes, std::vector<char>& out, std::vector<int64_t>& counts) override {

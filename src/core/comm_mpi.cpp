@@ -140,6 +140,14 @@ class MpiComm final : public Comm {
 
   void allreduce_sum(float* data, int64_t n) override { sum_in_rank_order(data, n, scratch_f_); }
   void allreduce_sum(double* data, int64_t n) override { sum_in_rank_order(data, n, scratch_d_); }
+  void reduce_scatter_sum(float* data, const std::vector<int64_t>& parts) override {
+    check_parts(parts);
+    reduce_parts(data, parts, scratch_f_);
+  }
+  void allgather_parts(float* data, const std::vector<int64_t>& parts) override {
+    check_parts(parts);
+    gather_parts(data, parts);
+  }
   // Integer sums and maxima and float minima are exact whatever order MPI combines them in.
   void allreduce_sum(int64_t* data, int64_t n) override { exact_allreduce(data, n, MPI_SUM, "MPI_Allreduce(sum)"); }
   void allreduce_max(int64_t* data, int64_t n) override { exact_allreduce(data, n, MPI_MAX, "MPI_Allreduce(max)"); }
@@ -305,6 +313,72 @@ class MpiComm final : public Comm {
       sent += reduce_traffic(m);
     }
     count(sent * static_cast<int64_t>(sizeof(T)));
+  }
+
+  void check_parts(const std::vector<int64_t>& parts) const {
+    MSAE_ASSERT(parts.size() == static_cast<size_t>(size_) + 1 && parts.front() == 0, "parts for ", size_, " processes");
+    for (int p = 0; p < size_; ++p) MSAE_ASSERT(parts[p] <= parts[p + 1], "parts not ascending at ", p);
+  }
+  // Round r of a parts exchange moves up to `slice` elements of every part, from offset r * slice of each.
+  template <class T>
+  int64_t parts_slice(const std::vector<int64_t>& parts, int64_t& rounds) const {
+    int64_t largest = 0;
+    for (int p = 0; p < size_; ++p) largest = std::max(largest, parts[p + 1] - parts[p]);
+    const int64_t slice = std::max<int64_t>(
+        1, std::min(largest, detail::max_call_bytes() / static_cast<int64_t>(sizeof(T)) / size_));
+    rounds = largest == 0 ? 0 : (largest + slice - 1) / slice;
+    return slice;
+  }
+  void parts_round(const std::vector<int64_t>& parts, int64_t r, int64_t slice) {
+    lens_.resize(static_cast<size_t>(size_));
+    offs_.resize(static_cast<size_t>(size_));
+    for (int j = 0; j < size_; ++j) {
+      lens_[j] = as_int(std::clamp<int64_t>(parts[j + 1] - parts[j] - r * slice, 0, slice));
+      offs_[j] = as_int(std::min(parts[j] + r * slice, parts[j + 1]));
+    }
+  }
+  // The first half of the rank-order sum with given parts (an MPI_Alltoallv of every process's copy of
+  // each part to its owner, who adds them in rank order). Counted: the elements of the others' parts.
+  template <class T>
+  void reduce_parts(T* data, const std::vector<int64_t>& parts, std::vector<T>& scratch) {
+    int64_t rounds = 0;
+    const int64_t slice = parts_slice<T>(parts, rounds);
+    const MPI_Datatype type = mpi_type<T>();
+    recv_counts_.resize(static_cast<size_t>(size_));
+    recv_offs_.resize(static_cast<size_t>(size_));
+    for (int64_t r = 0; r < rounds && size_ > 1; ++r) {
+      parts_round(parts, r, slice);
+      const int own = lens_[rank_];
+      for (int p = 0; p < size_; ++p) {
+        recv_counts_[p] = own;
+        recv_offs_[p] = p * own;
+      }
+      if (scratch.size() < static_cast<size_t>(own) * size_) scratch.resize(static_cast<size_t>(own) * size_);
+      check(MPI_Alltoallv(data, lens_.data(), offs_.data(), type, scratch.data(), recv_counts_.data(),
+                          recv_offs_.data(), type, comm_),
+            "MPI_Alltoallv");
+      T* out = data + offs_[rank_];
+      for (int i = 0; i < own; ++i) out[i] = scratch[i];
+      for (int p = 1; p < size_; ++p) {
+        const T* next = scratch.data() + static_cast<size_t>(p) * own;
+        for (int i = 0; i < own; ++i) out[i] += next[i];
+      }
+    }
+    const int64_t own = parts[rank_ + 1] - parts[rank_];
+    count((parts.back() - own) * static_cast<int64_t>(sizeof(T)));
+  }
+  // The second half: every part to every process (MPI_Allgatherv in place). Counted: its own part, to each of
+  // the others.
+  void gather_parts(float* data, const std::vector<int64_t>& parts) {
+    int64_t rounds = 0;
+    const int64_t slice = parts_slice<float>(parts, rounds);
+    for (int64_t r = 0; r < rounds && size_ > 1; ++r) {
+      parts_round(parts, r, slice);
+      check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, lens_.data(), offs_.data(), MPI_FLOAT, comm_),
+            "MPI_Allgatherv");
+    }
+    const int64_t own = parts[rank_ + 1] - parts[rank_];
+    count(own * (size_ - 1) * static_cast<int64_t>(sizeof(float)));
   }
 
   // Counted as the rank-order sum would send (MPI chooses its own algorithm, which this does not see).

@@ -247,16 +247,43 @@ class SparseEngine final : public StepEngine {
     } else if (aux_candidate) {
       std::fill(q_.data(), q_.data() + N, 0.0f);  // a shard without AuxK entries adds nothing
     }
+    // The rows this process works on: all of them alone; across processes, its share [r0, r1). Every
+    // process's partial prefix sums (and AuxK decode) are summed onto the owner of each row
+    // (reduce-scatter); the owners do the per-row work; an all-gather then gives every process every
+    // row's suffix sums (and q) for its latents' gradients. The same traffic as one allreduce, and the
+    // per-row work divided among the processes.
+    int64_t r0 = 0, r1 = B;
     if (comm) {
-      // Every process's partial prefix sums (and AuxK decode): one sum over the processes each, after
-      // which the rows are the same on every process.
       shard_partial_sums(cfg, B, p, nt);
+      const int P = comm->size();
+      r0 = B * comm->rank() / P;
+      r1 = B * (comm->rank() + 1) / P;
+      row_parts_.resize(static_cast<size_t>(P) + 1);
+      q_parts_.resize(static_cast<size_t>(P) + 1);
+      for (int j = 0; j <= P; ++j) {
+        row_parts_[j] = B * j / P * G * d;
+        q_parts_[j] = B * j / P * d;
+      }
       const Exchange timed(t_exchange_);
-      comm->allreduce_sum(S_.data(), N * G);
-      if (aux_candidate) comm->allreduce_sum(q_.data(), N);
+      comm->reduce_scatter_sum(S_.data(), row_parts_);
+      if (aux_candidate) {
+        comm->reduce_scatter_sum(q_.data(), q_parts_);
+        int64_t any = std::any_of(q_.data() + r0 * d, q_.data() + r1 * d, [](float v) { return v != 0.0f; }) ? 1 : 0;
+        comm->allreduce_max(&any, 1);
+        use_aux = any != 0;
+      }
+    } else if (aux_candidate) {
+      use_aux = std::any_of(q_.data(), q_.data() + N, [](float v) { return v != 0.0f; });
     }
-    if (aux_candidate) use_aux = std::any_of(q_.data(), q_.data() + N, [](float v) { return v != 0.0f; });
-    row_pass(cfg, x, B, p, use_aux, rec_scale, aux_scale, nt);
+    row_pass(cfg, x, r0, r1, p, use_aux, rec_scale, aux_scale, nt);
+    if (comm) {
+      {
+        const Exchange timed(t_exchange_);
+        comm->allgather_parts(S_.data(), row_parts_);
+        if (use_aux) comm->allgather_parts(q_.data(), q_parts_);
+      }
+      shard_grad_z(cfg, B, p, nt);
+    }
     if (use_aux && aux_dense_)
       aux_dense_backward(B, d, nt);
     else if (use_aux && aux_local)
@@ -269,13 +296,29 @@ class SparseEngine final : public StepEngine {
       l_aux += parts_[t].l_aux;
       for (int64_t g = 0; g < G; ++g) stats.mse_prefix[g] += parts_[t].mse_prefix[g];
     }
+    const double var_x = column_variance(x, r0, r1, B, d, nt);
+    if (comm) {  // the sums over this process's rows, then over every process's (with x's column sums)
+      row_sums_.assign(static_cast<size_t>(2 + G + 2 * d), 0.0);
+      row_sums_[0] = mse_bdec;
+      row_sums_[1] = l_aux;
+      std::copy(stats.mse_prefix.begin(), stats.mse_prefix.end(), row_sums_.begin() + 2);
+      std::copy(col_sums_.begin(), col_sums_.end(), row_sums_.begin() + 2 + G);
+      {
+        const Exchange timed(t_exchange_);
+        comm->allreduce_sum(row_sums_.data(), static_cast<int64_t>(row_sums_.size()));
+      }
+      mse_bdec = row_sums_[0];
+      l_aux = row_sums_[1];
+      std::copy(row_sums_.begin() + 2, row_sums_.begin() + 2 + G, stats.mse_prefix.begin());
+      std::copy(row_sums_.begin() + 2 + G, row_sums_.end(), col_sums_.begin());
+    }
     stats.mse_bdec = mse_bdec / static_cast<double>(N);
     double rec_sum = cfg.bdec_loss_term ? stats.mse_bdec : 0.0;
     for (int64_t g = 0; g < G; ++g) rec_sum += cfg.prefix_weight(g) * (stats.mse_prefix[g] /= static_cast<double>(N));
     stats.l_rec = rec_sum / static_cast<double>(G + t_bdec);
     stats.l_aux = use_aux ? cfg.aux_coef * l_aux / static_cast<double>(N) : 0.0;
     stats.loss = stats.l_rec + stats.l_aux;
-    stats.var_x = column_variance(x, B, d, nt);
+    stats.var_x = comm ? variance_from_sums(B, d) : var_x;
     t_rows_ = timer.seconds();
     timer.reset();
 
@@ -325,14 +368,16 @@ class SparseEngine final : public StepEngine {
     return m;
   }
 
-  double column_variance(const float* x, int64_t B, int64_t d, int nt) {
+  // Mean over columns of the batch variance of x, from rows [r0, r1) of the B; also leaves the column sums
+  // and sums of squares of those rows in col_sums_ (d each), which a shard sums over processes.
+  double column_variance(const float* x, int64_t r0, int64_t r1, int64_t B, int64_t d, int nt) {
     grow(colstat_, static_cast<size_t>(2 * nt * d));
     std::fill(colstat_.begin(), colstat_.begin() + 2 * nt * d, 0.0);
     parallel(
         [&](int tid, int n) {
           double* mean = colstat_.data() + 2 * tid * d;
           double* sq = mean + d;
-          for (int64_t r = B * tid / n; r < B * (tid + 1) / n; ++r)
+          for (int64_t r = r0 + (r1 - r0) * tid / n; r < r0 + (r1 - r0) * (tid + 1) / n; ++r)
             for (int64_t j = 0; j < d; ++j) {
               const double v = x[r * d + j];
               mean[j] += v;
@@ -340,17 +385,43 @@ class SparseEngine final : public StepEngine {
             }
         },
         nt);
+    col_sums_.assign(static_cast<size_t>(2 * d), 0.0);
+    for (int64_t j = 0; j < d; ++j)
+      for (int t = 0; t < nt; ++t) {
+        col_sums_[j] += colstat_[2 * t * d + j];
+        col_sums_[d + j] += colstat_[2 * t * d + d + j];
+      }
+    return variance_from_sums(B, d);
+  }
+  double variance_from_sums(int64_t B, int64_t d) const {
     double total = 0.0;
     for (int64_t j = 0; j < d; ++j) {
-      double mean = 0, sq = 0;
-      for (int t = 0; t < nt; ++t) {
-        mean += colstat_[2 * t * d + j];
-        sq += colstat_[2 * t * d + d + j];
-      }
-      const double m = mean / static_cast<double>(B);
-      total += sq / static_cast<double>(B) - m * m;
+      const double m = col_sums_[j] / static_cast<double>(B);
+      total += col_sums_[d + j] / static_cast<double>(B) - m * m;
     }
     return total / static_cast<double>(d);
+  }
+
+  // A shard's grad z for its kept entries of every row, from the gathered suffix sums (row_pass computes it
+  // in its own loop on one process).
+  void shard_grad_z(const SaeConfig& cfg, int64_t B, const SaeParams& p, int nt) {
+    const int64_t d = p.d, G = cfg.num_groups();
+    const float* W_dec = p.W_dec.ptr();
+    const float* S = S_.data();
+    float* gz = gz_.data();
+    parallel(
+        [&](int tid, int n) {
+          for (int64_t r = B * tid / n; r < B * (tid + 1) / n; ++r) {
+            const float* Sr = S + r * G * d;
+            int64_t g = 0;
+            for (int64_t e = codes_.row_ptr[r]; e < codes_.row_ptr[r + 1]; ++e) {
+              const int64_t id = codes_.ids[e];
+              while (id >= bounds_[g]) ++g;
+              gz[e] = dot(W_dec + id * d, Sr + g * d, d);
+            }
+          }
+        },
+        nt);
   }
 
   // ---- AuxK as dense GEMMs over the dead latents' columns, used when the AuxK entries are dense enough in
@@ -422,8 +493,9 @@ class SparseEngine final : public StepEngine {
     kernels::sgemm(Trans::yes, Trans::no, n, d, B, 1.0f, A, n, x_cent_.data(), d, 0.0f, aux_gWe_.data(), d);
   }
 
-  void row_pass(const SaeConfig& cfg, const float* x, int64_t B, const SaeParams& p, bool use_aux, float rec_scale,
-                float aux_scale, int nt) {
+  // Rows [r0, r1): on one process all B; a shard's own rows, whose S holds the summed prefix sums.
+  void row_pass(const SaeConfig& cfg, const float* x, int64_t r0, int64_t r1, const SaeParams& p, bool use_aux,
+                float rec_scale, float aux_scale, int nt) {
     const int64_t d = p.d, G = cfg.num_groups();
     const float* W_dec = p.W_dec.ptr();
     const float* b_dec = p.b_dec.ptr();
@@ -440,7 +512,7 @@ class SparseEngine final : public StepEngine {
           double* gb = gb_dec_part_.data() + static_cast<size_t>(tid) * static_cast<size_t>(d);
           std::fill(gb, gb + d, 0.0);
           double mse_bdec = 0, l_aux = 0;
-          for (int64_t r = B * tid / n; r < B * (tid + 1) / n; ++r) {
+          for (int64_t r = r0 + (r1 - r0) * tid / n; r < r0 + (r1 - r0) * (tid + 1) / n; ++r) {
             const float* xr = x + r * d;
             const int64_t e0 = codes_.row_ptr[r], e1 = codes_.row_ptr[r + 1];
             float* Sr = S + r * G * d;
@@ -509,7 +581,8 @@ class SparseEngine final : public StepEngine {
                 gb[j] += e_sum + (bdec_term ? rec_scale * (b_dec[j] - xr[j]) : 0.0f);
               }
             }
-            // grad z for the kept entries
+            // grad z for the kept entries (a shard: shard_grad_z, once every row's S is gathered)
+            if (shard_.comm) continue;
             g = 0;
             for (int64_t e = e0; e < e1; ++e) {
               const int64_t id = codes_.ids[e];
@@ -638,15 +711,13 @@ class SparseEngine final : public StepEngine {
     double grad_sq = 0.0;
     for (int t = 0; t < nt; ++t) grad_sq += grad_sq_part[t];
     if (shard_.comm) {
-      // b_dec's gradient has a part from the rows (the same on every process: taken from the root alone,
-      // so a different thread count elsewhere cannot make the copies of b_dec drift apart) and a part from
-      // each shard's latents; the sum of squares of the shard's own gradients is added over processes.
-      const bool root = shard_.comm->rank() == 0;
+      // b_dec's gradient has a part from each process's rows and a part from each shard's latents, summed
+      // over processes in rank order (so every copy of b_dec gets the same bits); so is the sum of squares
+      // of the shard's own gradients.
       shard_sum_.assign(static_cast<size_t>(d + 1), 0.0);
       for (int64_t j = 0; j < d; ++j)
         for (int t = 0; t < nt; ++t)
-          shard_sum_[j] += (root ? gb_dec_part_[static_cast<size_t>(t) * d + j] : 0.0) +
-                           gb_dec_part2_[static_cast<size_t>(t) * d + j];
+          shard_sum_[j] += gb_dec_part_[static_cast<size_t>(t) * d + j] + gb_dec_part2_[static_cast<size_t>(t) * d + j];
       shard_sum_[d] = grad_sq;
       {
         const Exchange timed(t_exchange_);
@@ -689,6 +760,9 @@ class SparseEngine final : public StepEngine {
   LatentShard shard_;
   kernels::DistScratch dist_;
   std::vector<double> shard_sum_;  // (d + 1) b_dec gradient and sum of squares, summed over processes
+  std::vector<double> row_sums_;   // the rows' loss sums and x's column sums, summed over processes
+  std::vector<double> col_sums_;   // (2 d) column sums and sums of squares of x over this process's rows
+  std::vector<int64_t> row_parts_, q_parts_;  // (P + 1) where each process's rows start in S and q
   float last_local_cut_ = 0.0f;    // the smallest of the shard's last BatchTopK candidates (its hint)
   bool aux_dense_ = false;
   std::vector<int32_t> aux_slot_;                   // (D) a dead latent's column in A, -1 otherwise
