@@ -402,24 +402,23 @@ class SparseEngine final : public StepEngine {
     return total / static_cast<double>(d);
   }
 
-  // A shard's grad z for its kept entries of every row, from the gathered suffix sums (row_pass computes it
-  // in its own loop on one process).
+  // grad z of row r's kept entries: <W_dec[i], S_g(i)> with Sr the row's suffix sums (B, G, d).
+  void grad_z_of_row(int64_t r, const float* Sr, const float* W_dec, int64_t d) {
+    int64_t g = 0;
+    for (int64_t e = codes_.row_ptr[r]; e < codes_.row_ptr[r + 1]; ++e) {
+      const int64_t id = codes_.ids[e];
+      while (id >= bounds_[g]) ++g;
+      gz_[e] = dot(W_dec + id * d, Sr + g * d, d);
+    }
+  }
+
+  // A shard's grad z for its kept entries of every row, from the gathered suffix sums (row_pass does it for
+  // its rows on one process).
   void shard_grad_z(const SaeConfig& cfg, int64_t B, const SaeParams& p, int nt) {
     const int64_t d = p.d, G = cfg.num_groups();
-    const float* W_dec = p.W_dec.ptr();
-    const float* S = S_.data();
-    float* gz = gz_.data();
     parallel(
         [&](int tid, int n) {
-          for (int64_t r = B * tid / n; r < B * (tid + 1) / n; ++r) {
-            const float* Sr = S + r * G * d;
-            int64_t g = 0;
-            for (int64_t e = codes_.row_ptr[r]; e < codes_.row_ptr[r + 1]; ++e) {
-              const int64_t id = codes_.ids[e];
-              while (id >= bounds_[g]) ++g;
-              gz[e] = dot(W_dec + id * d, Sr + g * d, d);
-            }
-          }
+          for (int64_t r = B * tid / n; r < B * (tid + 1) / n; ++r) grad_z_of_row(r, S_.data() + r * G * d, p.W_dec.ptr(), d);
         },
         nt);
   }
@@ -501,7 +500,6 @@ class SparseEngine final : public StepEngine {
     const float* b_dec = p.b_dec.ptr();
     const int64_t* bounds = bounds_.data();
     float* S = S_.data();
-    float* gz = gz_.data();
     const bool stop_grad = cfg.stop_gradient_groups, bdec_term = cfg.bdec_loss_term, aux_detach = cfg.aux_detach;
     parallel(
         [&](int tid, int n) {
@@ -582,13 +580,7 @@ class SparseEngine final : public StepEngine {
               }
             }
             // grad z for the kept entries (a shard: shard_grad_z, once every row's S is gathered)
-            if (shard_.comm) continue;
-            g = 0;
-            for (int64_t e = e0; e < e1; ++e) {
-              const int64_t id = codes_.ids[e];
-              while (id >= bounds[g]) ++g;
-              gz[e] = dot(W_dec + id * d, Sr + g * d, d);
-            }
+            if (!shard_.comm) grad_z_of_row(r, Sr, W_dec, d);
           }
           part.mse_bdec = mse_bdec;
           part.l_aux = l_aux;

@@ -181,12 +181,8 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     lock = io::lock_output(dir, o.given("resume") ? "msae train --resume" : "msae train");
     io::report_leftovers(io::clean_leftovers(dir));
   };
-  if (!root) {
-  } else if (o.given("resume")) {
-    take_output(io::without_trailing_slash(o.text("resume")));
-  } else if (!out.empty()) {
-    take_output(out);
-  }
+  if (root && o.given("resume")) take_output(io::without_trailing_slash(o.text("resume")));
+  else if (root && !out.empty()) take_output(out);
   if (o.given("resume")) {
     for (const auto& [key, value] : o.given_json().items())
       if (key != "resume" && key != "threads" && key != "no_memory_check")

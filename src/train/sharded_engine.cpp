@@ -37,6 +37,11 @@ class ShardedEngine final : public Engine {
   // it), so the clip is global; the geometric-median b_dec is computed on the root and sent, so that every
   // process starts from the same bits.
   const StepStats& step(const float* x) override {
+    // The views gathered for the last checkpoint are stale now (valid until the next step, engine.h): their
+    // whole-SAE tensors go, so the root holds them only while a checkpoint or the export needs them.
+    host_.W_enc_t = host_.W_dec = host_.b_enc = Tensor{};
+    host_opt_ = AdamState{};
+    host_latents_ = LatentState{};
     grad_norm_ = host_step(options_, *kernel_, x, local_, grads_, opt_, latents_, variants_, stats_, [&](const float* b) {
       std::vector<float> median(static_cast<size_t>(d_));
       if (comm_.rank() == 0) median = geometric_median(b, options_.batch, d_);
