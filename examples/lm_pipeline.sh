@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end on a language model (docs/lm.md): text -> activations -> Matryoshka and BatchTopK SAEs of the
-# same width and L0 -> downstream CE with the SAE spliced in, first-letter absorption, per prefix.
+# same width and L0 -> downstream CE with the SAE spliced in, first-letter absorption, per prefix -> the
+# feature browser of both SAEs on the harvested rows (OUT/browser/index.html, docs/browser.md).
 #   examples/lm_pipeline.sh [MODEL_DIR] [OUT_DIR]
 # Defaults: the shipped tiny model (models/tiny-gpt2) and out/lm-example. The text is the corpus of
 # scripts/make_tiny_lm.sh (downloaded with npm into out/lm-corpus when absent): the training split is
@@ -32,3 +33,6 @@ done
 $MSAE absorption --sae "$OUT/matryoshka" "$OUT/batchtopk" --model "$MODEL" --layer "$LAYER" --site resid_pre \
   --max-words "$WORDS" > "$OUT/absorption.json"
 /usr/bin/python3 examples/lm_table.py "$OUT"
+$MSAE browse --sae "$OUT/matryoshka" "$OUT/batchtopk" --acts "$OUT/acts" --model "$MODEL" --out "$OUT/browser" \
+  --overwrite > "$OUT/browse.json"
+echo "feature browser: $OUT/browser/index.html"
