@@ -12,6 +12,7 @@ PACKAGES=(
   pybind11-dev python3-dev python3-numpy
   libopenmpi-dev openmpi-bin
   clang libclang-rt-14-dev libomp-14-dev
+  chromium
 )
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
