@@ -355,6 +355,8 @@ TEST_F(Browser, RendersInChromium) {
   const std::string parent = chromium(bin, base + "latent.html?sae=0&id=0", "--dump-dom");
   EXPECT_NE(parent.find("id=\"children\""), std::string::npos) << parent.substr(0, 3000);
   const std::string tree = chromium(bin, base + "tree.html?sae=0", "--dump-dom");
+  for (const std::string* dom : {&index, &page, &parent, &tree})
+    EXPECT_EQ(dom->find("[object "), std::string::npos) << "an element printed as text";
   EXPECT_NE(tree.find("data-latent=\"0\""), std::string::npos) << tree.substr(0, 3000);
   EXPECT_NE(tree.find("data-latent=\"1\""), std::string::npos) << "the open root shows its child";
 

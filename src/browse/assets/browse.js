@@ -23,7 +23,7 @@ function el(tag, attrs, ...kids) {
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v);
   }
-  for (const k of kids.flat()) if (k !== null && k !== undefined) e.append(k instanceof Node ? k : String(k));
+  for (const k of kids.flat(Infinity)) if (k !== null && k !== undefined) e.append(k instanceof Node ? k : String(k));
   return e;
 }
 function fail(msg) {
@@ -62,6 +62,11 @@ function groupOf(sae, j) {
   let g = 0;
   while (g < b.length && j >= b[g]) g++;
   return g;
+}
+// P(parent | child) over the parent's own firing density: 1 when the child tells nothing about the parent.
+function lift(idx, c) {
+  const p = idx.parent[c];
+  return p >= 0 && idx.fired[p] > 0 ? idx.parent_p[c] / (idx.fired[p] / MSAE.site.rows) : 0;
 }
 function latentLink(s, j, label) {
   return el('a', {href: `latent.html?sae=${s}&id=${j}`}, label === undefined ? '#' + j : label);
@@ -302,10 +307,10 @@ async function latentPage() {
     kids.sort((a, b) => (idx.parent_p[a] - idx.parent_p[b]) || a - b);
     main.append(el('h2', {}, `Children (${kids.length}): later-group latents whose parent is this one`),
       el('p', {class: 'muted small'}, 'Sorted by how often the child fires while this latent stays silent: a child that fires without its parent on the parent\'s own tokens is the absorption pattern.'),
-      el('table', {id: 'children'}, el('tr', {}, ['child', 'group', 'density', 'fires without this latent', 'decoder cos', 'fires on'].map(h => el('th', {}, h))),
+      el('table', {id: 'children'}, el('tr', {}, ['child', 'group', 'density', 'fires without this latent', 'lift', 'decoder cos', 'fires on'].map(h => el('th', {}, h))),
         kids.slice(0, 50).map(c => el('tr', {}, el('td', {}, latentLink(s, c)), el('td', {class: 'num'}, groupOf(sae, c) + 1),
           el('td', {class: 'num'}, fmt(idx.fired[c] / rows)), el('td', {class: 'num'}, pct(1 - idx.parent_p[c])),
-          el('td', {class: 'num'}, fmt(idx.parent_cos[c], 3)), el('td', {}, chips(idx.tokens[c].slice(0, 3)))))));
+          el('td', {class: 'num'}, fmt(lift(idx, c), 3)), el('td', {class: 'num'}, fmt(idx.parent_cos[c], 3)), el('td', {}, chips(idx.tokens[c].slice(0, 3)))))));
   }
   if (!fired) return;
   // Histogram of the activations (log2 bins).
@@ -352,7 +357,7 @@ async function treePage() {
     for (const k of kids) k.sort((a, b) => idx.fired[b] - idx.fired[a] || a - b);
     const label = c => {
       const bits = [latentLink(s, c), ` g${groupOf(sae, c) + 1} · density ${fmt(idx.fired[c] / rows)} · `, chips(idx.tokens[c].slice(0, 3))];
-      if (idx.parent[c] >= 0) bits.push(el('span', {class: 'muted small'}, ` · with parent ${pct(idx.parent_p[c])}, without ${pct(1 - idx.parent_p[c])} · cos ${fmt(idx.parent_cos[c], 2)}`));
+      if (idx.parent[c] >= 0) bits.push(el('span', {class: 'muted small'}, ` · with parent ${pct(idx.parent_p[c])}, without ${pct(1 - idx.parent_p[c])} · lift ${fmt(lift(idx, c), 2)} · cos ${fmt(idx.parent_cos[c], 2)}`));
       if (kids[c].length) bits.push(el('span', {class: 'muted small'}, ` · ${kids[c].length} children`));
       return bits;
     };
