@@ -1,6 +1,6 @@
 // The feature browser's statistics (msae/browse.h) on a planted harvest whose answers are known: a child
 // latent that fires only on one token, its parent in the first group that fires on that token and one
-// other, a latent of other tokens, and a dead one. Then msae browse end to end: the site's files, and the
+// other, a dense first-group latent that fires on every row, a latent of other tokens, and a dead one. Then msae browse end to end: the site's files, and the
 // no-clobber rules of --out.
 #include <gtest/gtest.h>
 
@@ -17,7 +17,7 @@ using namespace msae;
 
 namespace {
 
-constexpr int64_t kD = 4, kLatents = 4, kCtx = 8, kContexts = 60, kRows = kCtx * kContexts;
+constexpr int64_t kD = 4, kLatents = 5, kCtx = 8, kContexts = 60, kRows = kCtx * kContexts;
 constexpr int32_t kT = 1000, kU = 2000;  // " T"-like tokens: the planted ones
 
 int32_t token_of(int64_t r) {
@@ -27,7 +27,7 @@ int32_t token_of(int64_t r) {
 }
 float amp_of(int64_t r) { return 1.0f + 0.1f * static_cast<float>((r * 7) % 13); }  // varies, with ties
 
-// x: T rows -> amp * e0, U rows -> 1.5 * e1, others -> 0.5 * e2.
+// x: T rows -> amp * e0, U rows -> 1.5 * e1, others -> 0.5 * e2; every row + 0.25 * e3.
 std::vector<float> planted_rows() {
   std::vector<float> x(kRows * kD, 0.0f);
   for (int64_t r = 0; r < kRows; ++r) {
@@ -35,6 +35,7 @@ std::vector<float> planted_rows() {
     if (t == kT) x[r * kD + 0] = amp_of(r);
     else if (t == kU) x[r * kD + 1] = 1.5f;
     else x[r * kD + 2] = 0.5f;
+    x[r * kD + 3] = 0.25f;
   }
   return x;
 }
@@ -49,26 +50,27 @@ void write_harvest(const fs::path& dir) {
   io::write_text_file_atomic((dir / "harvest.json").string(), R"({"format": "msae-harvest", "hook_name": "blocks.0.hook_resid_pre"})");
 }
 
-// Latent 0 (group 1): e0 + e1 (parent: T and U). Group 2: latent 1 = e0 (child: T only), latent 2 = e2
-// (the other tokens), latent 3 = -e3 (never fires).
+// Group 1: latent 0 = e3 (dense: every row), latent 1 = e0 + e1 (parent: T and U). Group 2: latent 2 = e0
+// (child: T only), latent 3 = e2 (the other tokens), latent 4 = -e3 (never fires).
 void write_sae(const fs::path& dir) {
   SaeConfig cfg;
   cfg.d_in = kD;
   cfg.d_sae = kLatents;
   cfg.k = 2;
-  cfg.group_sizes = {1, 3};
+  cfg.group_sizes = {2, 3};
   cfg.finalize();
   SaeParams p = SaeParams::zeros(kD, kLatents);
   auto enc = [&](int64_t j, int64_t i, float v) { p.W_enc_t.data[j * kD + i] = v; };
-  enc(0, 0, 1.0f), enc(0, 1, 1.0f), enc(1, 0, 1.0f), enc(2, 2, 1.0f), enc(3, 3, -1.0f);
+  enc(0, 3, 1.0f), enc(1, 0, 1.0f), enc(1, 1, 1.0f), enc(2, 0, 1.0f), enc(3, 2, 1.0f), enc(4, 3, -1.0f);
   const float s = 1.0f / std::sqrt(2.0f);
-  p.W_dec.data[0 * kD + 0] = s, p.W_dec.data[0 * kD + 1] = s;
-  p.W_dec.data[1 * kD + 0] = 1.0f, p.W_dec.data[2 * kD + 2] = 1.0f, p.W_dec.data[3 * kD + 3] = 1.0f;
+  p.W_dec.data[0 * kD + 3] = 1.0f;
+  p.W_dec.data[1 * kD + 0] = s, p.W_dec.data[1 * kD + 1] = s;
+  p.W_dec.data[2 * kD + 0] = 1.0f, p.W_dec.data[3 * kD + 2] = 1.0f, p.W_dec.data[4 * kD + 1] = 1.0f;
   p.threshold = 0.0f;
   fs::create_directories(dir);
   saedir::write_sae_files(dir.string(), cfg, p,
                           nlohmann::json{{"format", "msae-sae"}, {"config", {{"arch", "matryoshka"}, {"d_in", kD}, {"d_sae", kLatents},
-                                                                             {"k", 2}, {"group_sizes", {1, 3}}}}});
+                                                                             {"k", 2}, {"group_sizes", {2, 3}}}}});
 }
 
 struct Planted : ::testing::Test {
@@ -125,15 +127,19 @@ TEST_F(Planted, ExactStatistics) {
     if (token_of(r) == kT) t_rows.push_back(r), sum += amp_of(r);
     n_u += token_of(r) == kU;
   }
-  const browse::LatentStats& child = st.latents[1];
-  EXPECT_EQ(child.fired, static_cast<int64_t>(t_rows.size()));
+  const browse::LatentStats& child = st.latents[2];
+  const browse::LatentStats& parent = st.latents[1];
+  const int64_t n_t = static_cast<int64_t>(t_rows.size()), n_other = kRows - n_t - n_u;
+  EXPECT_EQ(child.fired, n_t);
   EXPECT_NEAR(child.sum, sum, 1e-4);
   EXPECT_FLOAT_EQ(child.max, 2.2f);
-  EXPECT_EQ(st.latents[0].fired, static_cast<int64_t>(t_rows.size()) + n_u);
-  EXPECT_EQ(st.latents[2].fired, kRows - static_cast<int64_t>(t_rows.size()) - n_u);
-  EXPECT_EQ(st.latents[3].fired, 0);
-  EXPECT_NEAR(st.l0, static_cast<double>(2 * t_rows.size() + n_u + (kRows - t_rows.size() - n_u)) / kRows, 1e-12);
-  EXPECT_EQ(st.group_active[0], static_cast<double>(t_rows.size() + n_u));
+  EXPECT_EQ(st.latents[0].fired, kRows);
+  EXPECT_FLOAT_EQ(st.latents[0].max, 0.25f);
+  EXPECT_EQ(parent.fired, n_t + n_u);
+  EXPECT_EQ(st.latents[3].fired, n_other);
+  EXPECT_EQ(st.latents[4].fired, 0);
+  EXPECT_NEAR(st.l0, static_cast<double>(kRows + 2 * n_t + n_u + n_other) / kRows, 1e-12);
+  EXPECT_EQ(st.group_active[0], static_cast<double>(kRows + n_t + n_u));
 
   // Top examples: the T rows by descending amplitude, ties by lower row; windows clipped to the context.
   std::vector<int64_t> order = t_rows;
@@ -164,28 +170,37 @@ TEST_F(Planted, ExactStatistics) {
       EXPECT_LT(e.value, std::ldexp(1.0f, child.top_octave - static_cast<int>(b) + 1));
     }
   }
-  EXPECT_EQ(seen, static_cast<int64_t>(t_rows.size()));
+  EXPECT_EQ(seen, n_t);
 
-  // The tree: the child's parent is latent 0, which fires every time the child does.
-  EXPECT_EQ(child.parent, 0);
-  EXPECT_DOUBLE_EQ(child.parent_p, 1.0);
-  EXPECT_NEAR(child.parent_cos, 1.0 / std::sqrt(2.0), 1e-6);
-  EXPECT_EQ(st.latents[0].parent, -1);  // group 1 has no parent
-  EXPECT_EQ(st.latents[2].parent, -1);  // never fires with latent 0
-  ASSERT_EQ(child.cofire.size(), 1u);
+  // The tree. Both first-group latents fire every time the child does: the co-firing rule takes the lower
+  // id, the dense latent; the excess rule takes the parent (1 - its density > 0 = 1 - 1 for the dense one).
+  EXPECT_EQ(child.parent.id, 0);
+  EXPECT_DOUBLE_EQ(child.parent.p, 1.0);
+  EXPECT_NEAR(child.parent.cos, 0.0, 1e-6);
+  EXPECT_EQ(child.excess_parent.id, 1);
+  EXPECT_DOUBLE_EQ(child.excess_parent.p, 1.0);
+  EXPECT_NEAR(child.excess_parent.cos, 1.0 / std::sqrt(2.0), 1e-6);
+  EXPECT_EQ(st.latents[0].parent.id, -1);  // group 1 has no parent
+  EXPECT_EQ(parent.parent.id, -1);
+  EXPECT_EQ(st.latents[3].parent.id, 0);         // fires with the dense latent only
+  EXPECT_EQ(st.latents[3].excess_parent.id, -1);  // which is no more likely with it than without
+  ASSERT_EQ(child.cofire.size(), 2u);
   EXPECT_EQ(child.cofire[0].id, 0);
   EXPECT_DOUBLE_EQ(child.cofire[0].value, 1.0);
-  // The parent fires with the child on T rows only.
-  ASSERT_EQ(st.latents[0].cofire.size(), 1u);
-  EXPECT_EQ(st.latents[0].cofire[0].id, 1);
-  EXPECT_NEAR(st.latents[0].cofire[0].value, static_cast<double>(t_rows.size()) / (t_rows.size() + n_u), 1e-12);
+  EXPECT_EQ(child.cofire[1].id, 1);
+  EXPECT_DOUBLE_EQ(child.cofire[1].value, 1.0);
+  // The parent fires with the dense latent always and with the child on T rows only.
+  ASSERT_EQ(parent.cofire.size(), 2u);
+  EXPECT_EQ(parent.cofire[0].id, 0);
+  EXPECT_EQ(parent.cofire[1].id, 2);
+  EXPECT_NEAR(parent.cofire[1].value, static_cast<double>(n_t) / (n_t + n_u), 1e-12);
   ASSERT_EQ(child.tokens.size(), 1u);
   EXPECT_EQ(child.tokens[0].first, kT);
-  EXPECT_EQ(child.tokens[0].second, static_cast<int64_t>(t_rows.size()));
-  ASSERT_EQ(st.latents[0].tokens.size(), 2u);
-  EXPECT_EQ(st.latents[0].tokens[0].first, (t_rows.size() >= static_cast<size_t>(n_u)) ? kT : kU);
+  EXPECT_EQ(child.tokens[0].second, n_t);
+  ASSERT_EQ(parent.tokens.size(), 2u);
+  EXPECT_EQ(parent.tokens[0].first, n_t >= n_u ? kT : kU);
   // Decoder geometry: the child's nearest latent is its parent.
-  EXPECT_EQ(child.nearest[0].id, 0);
+  EXPECT_EQ(child.nearest[0].id, 1);
   EXPECT_NEAR(child.nearest[0].value, 1.0 / std::sqrt(2.0), 1e-6);
 }
 
@@ -224,8 +239,8 @@ TEST_F(Planted, SideBySideAndCofireCap) {
   EXPECT_EQ(c.cofire_rows, 40);
   int64_t t_in_cap = 0;
   for (int64_t r = 0; r < 40; ++r) t_in_cap += token_of(r) == kT;
-  EXPECT_EQ(c.saes[0].latents[1].cofire_fired, t_in_cap);
-  for (int64_t j = 0; j < 3; ++j) {  // the same SAE twice: each alive latent's nearest twin is itself
+  EXPECT_EQ(c.saes[0].latents[2].cofire_fired, t_in_cap);
+  for (int64_t j = 0; j < 4; ++j) {  // the same SAE twice: each alive latent's nearest twin is itself
     ASSERT_EQ(c.saes[1].latents[j].nearest_other.size(), 2u);
     EXPECT_EQ(c.saes[1].latents[j].nearest_other[0][0].id, j);
     EXPECT_NEAR(c.saes[1].latents[j].nearest_other[0][0].value, 1.0, 1e-6);
@@ -265,7 +280,7 @@ TEST_F(Planted, Command) {
   const nlohmann::json j = nlohmann::json::parse(r.output);
   EXPECT_EQ(j["rows"], kRows);
   EXPECT_EQ(j["saes"].size(), 2u);
-  EXPECT_EQ(j["saes"][0]["dead"], 1);
+  EXPECT_EQ(j["saes"][0]["dead"], 1);  // latent 4
   EXPECT_NE(j["saes"][0]["name"], j["saes"][1]["name"]);
   for (const char* f : {"index.html", "latent.html", "tree.html", "assets/browse.js", "assets/browse.css", "data/site.js",
                         "data/vocab.js", "data/s0/index.js", "data/s0/c00000.js", "data/s1/c00000.js"})
@@ -331,11 +346,11 @@ TEST_F(Browser, RendersInChromium) {
   EXPECT_NE(index.find("data-ready=\"1\""), std::string::npos) << index.substr(0, 2000);
   EXPECT_EQ(index.find("id=\"error\""), std::string::npos) << index.substr(0, 2000);
   EXPECT_NE(index.find("id=\"latent-table\""), std::string::npos);
-  EXPECT_NE(index.find("latent.html?sae=0&amp;id=1"), std::string::npos);
-  EXPECT_EQ(index.find("latent.html?sae=0&amp;id=3\""), std::string::npos) << "the dead latent is hidden by default";
+  EXPECT_NE(index.find("latent.html?sae=0&amp;id=2"), std::string::npos);
+  EXPECT_EQ(index.find("latent.html?sae=0&amp;id=4\""), std::string::npos) << "the dead latent is hidden by default";
 
   // The child latent's page: its five top contexts with the planted token shaded, its parent, the histogram.
-  const std::string page = chromium(bin, base + "latent.html?sae=0&id=1", "--dump-dom");
+  const std::string page = chromium(bin, base + "latent.html?sae=0&id=2&rule=excess", "--dump-dom");
   EXPECT_NE(page.find("data-ready=\"1\""), std::string::npos) << page.substr(0, 2000);
   EXPECT_EQ(page.find("id=\"error\""), std::string::npos) << page.substr(0, 3000);
   size_t contexts = 0;
@@ -348,21 +363,31 @@ TEST_F(Browser, RendersInChromium) {
   EXPECT_NE(page.find("class=\"tok peak\"", top), std::string::npos);
   EXPECT_NE(page.find(t_text), std::string::npos) << t_text;
   EXPECT_NE(page.find("id=\"parent\""), std::string::npos);
-  EXPECT_NE(page.find("latent.html?sae=0&amp;id=0"), std::string::npos);
+  const size_t par = page.find("id=\"parent\"");
+  EXPECT_NE(page.find("latent.html?sae=0&amp;id=1&amp;rule=excess", par), std::string::npos) << "the excess rule's parent";
   EXPECT_NE(page.find("<svg"), std::string::npos);
 
-  // The parent's page lists its child (the absorption view), the tree shows the child under its root.
-  const std::string parent = chromium(bin, base + "latent.html?sae=0&id=0", "--dump-dom");
-  EXPECT_NE(parent.find("id=\"children\""), std::string::npos) << parent.substr(0, 3000);
-  const std::string tree = chromium(bin, base + "tree.html?sae=0", "--dump-dom");
-  for (const std::string* dom : {&index, &page, &parent, &tree})
+  // The parent's page lists its child (the absorption view), the tree shows the child under its root; under
+  // the co-firing rule the child hangs under the dense latent instead.
+  const std::string parent = chromium(bin, base + "latent.html?sae=0&id=1&rule=excess", "--dump-dom");
+  const size_t kids = parent.find("id=\"children\"");
+  ASSERT_NE(kids, std::string::npos) << parent.substr(0, 3000);
+  EXPECT_NE(parent.find("latent.html?sae=0&amp;id=2&amp;rule=excess", kids), std::string::npos);
+  const std::string tree = chromium(bin, base + "tree.html?sae=0&rule=excess", "--dump-dom");
+  const size_t root1 = tree.find("data-latent=\"1\"");
+  ASSERT_NE(root1, std::string::npos) << tree.substr(0, 3000);
+  EXPECT_NE(tree.find("data-latent=\"2\"", root1), std::string::npos) << "the open root shows its child";
+  const std::string dense = chromium(bin, base + "latent.html?sae=0&id=0", "--dump-dom");
+  const size_t dense_kids = dense.find("id=\"children\"");
+  ASSERT_NE(dense_kids, std::string::npos) << dense.substr(0, 3000);
+  EXPECT_NE(dense.find("latent.html?sae=0&amp;id=2\"", dense_kids), std::string::npos);
+  for (const std::string* dom : {&index, &page, &parent, &tree, &dense})
     EXPECT_EQ(dom->find("[object "), std::string::npos) << "an element printed as text";
-  EXPECT_NE(tree.find("data-latent=\"0\""), std::string::npos) << tree.substr(0, 3000);
-  EXPECT_NE(tree.find("data-latent=\"1\""), std::string::npos) << "the open root shows its child";
 
   // Screenshots, kept as test artifacts.
   for (const auto& [name, url] : std::vector<std::pair<std::string, std::string>>{
-           {"index.png", base + "index.html"}, {"latent.png", base + "latent.html?sae=0&id=1"}, {"tree.png", base + "tree.html?sae=0"}}) {
+           {"index.png", base + "index.html"}, {"latent.png", base + "latent.html?sae=0&id=2&rule=excess"},
+           {"tree.png", base + "tree.html?sae=0&rule=excess"}}) {
     const fs::path png = art / name;
     fs::remove(png);
     chromium(bin, url, "--window-size=1280,900 --screenshot=" + png.string());

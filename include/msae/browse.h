@@ -75,9 +75,16 @@ struct LatentStats {
   int64_t cofire_fired = 0;        // its firings among them
   std::vector<Neighbour> cofire;   // the latents firing with it most often, P(j | this), descending
   std::vector<std::pair<int32_t, int64_t>> tokens;  // the tokens it fires on most often (id, count)
-  int64_t parent = -1;             // Matryoshka: the earlier-group latent that fires with it most often
-  double parent_p = 0;             // P(parent fires | this fires)
-  double parent_cos = 0;           // decoder cosine with the parent
+  // Matryoshka parents, by two rules over the latents of earlier groups (ties: lower id):
+  //   cofire: the one that fires with it most often, the largest P(parent | this);
+  //   excess: the largest excess over its own density, P(parent | this) - P(parent), when positive
+  //           (a dense latent that fires with everything is no one's excess parent).
+  struct Parent {
+    int64_t id = -1;
+    double p = 0;    // P(parent fires | this fires)
+    double cos = 0;  // decoder cosine with the parent
+  };
+  Parent parent, excess_parent;
   // Decoder geometry:
   std::vector<Neighbour> nearest;  // by decoder cosine, descending
   std::vector<std::vector<Neighbour>> nearest_other;  // per SAE (empty for itself): nearest latent there

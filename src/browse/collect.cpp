@@ -170,6 +170,8 @@ void cofire_stats(SaeStats& s, const IdRows& rows, const Harvest& h, const Optio
   for (int64_t r = 0; r < R; ++r)
     for (int64_t e = rows.row_ptr[r]; e < rows.row_ptr[r + 1]; ++e) col_rows[fill[rows.ids[e]]++] = static_cast<int32_t>(r);
   const std::vector<int64_t>& bounds = s.bounds;
+  std::vector<double> density(D);  // P(latent fires) over these rows
+  for (int64_t j = 0; j < D; ++j) density[j] = R > 0 ? static_cast<double>(col_ptr[j + 1] - col_ptr[j]) / R : 0.0;
   parallel_for(D, [&](int64_t begin, int64_t end, int) {
     std::vector<uint32_t> count(D, 0);
     std::vector<int32_t> touched, toks;
@@ -195,15 +197,20 @@ void cofire_stats(SaeStats& s, const IdRows& rows, const Harvest& h, const Optio
       std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(keep), order.end(),
                         [&](int32_t a, int32_t b) { return count[a] > count[b] || (count[a] == count[b] && a < b); });
       for (size_t q = 0; q < keep; ++q) L.cofire.push_back({order[q], static_cast<double>(count[order[q]]) / n});
-      // Parent: the latent of an earlier group firing with it most often (ties: lower id).
+      // Parents among the latents of earlier groups (ties: lower id; touched is ascending, so the first of
+      // equal scores wins).
       const int64_t g = std::upper_bound(bounds.begin(), bounds.end(), j) - bounds.begin();
       if (g > 0) {
         uint32_t best = 0;
-        for (int32_t i : touched) {  // ascending: the first of equal counts is the lower id
+        double best_excess = 0;
+        for (int32_t i : touched) {
           if (i >= bounds[g - 1]) break;
-          if (count[i] > best) best = count[i], L.parent = i;
+          if (count[i] > best) best = count[i], L.parent.id = i;
+          const double excess = static_cast<double>(count[i]) / n - density[i];
+          if (excess > best_excess) best_excess = excess, L.excess_parent.id = i;
         }
-        if (L.parent >= 0) L.parent_p = static_cast<double>(best) / n;
+        if (L.parent.id >= 0) L.parent.p = static_cast<double>(best) / n;
+        if (L.excess_parent.id >= 0) L.excess_parent.p = static_cast<double>(count[L.excess_parent.id]) / n;
       }
       for (int32_t i : touched) count[i] = 0;
       // The tokens it fires on most often (ties: lower id).
@@ -422,12 +429,15 @@ Collected collect(const Harvest& h, const std::vector<const saedir::SaeDirectory
                          for (const auto& [j, v] : hi) st.latents[i].nearest_other[t].push_back({j, v});
                        }, false);
     }
+    auto cosine = [&](int64_t a, int64_t b) {
+      double dot = 0;
+      for (int64_t q = 0; q < h.d; ++q) dot += static_cast<double>(unit[s][a * h.d + q]) * unit[s][b * h.d + q];
+      return dot;
+    };
     for (int64_t j = 0; j < D; ++j) {
       LatentStats& L = st.latents[j];
-      if (L.parent < 0) continue;
-      double dot = 0;
-      for (int64_t q = 0; q < h.d; ++q) dot += static_cast<double>(unit[s][j * h.d + q]) * unit[s][L.parent * h.d + q];
-      L.parent_cos = dot;
+      for (LatentStats::Parent* P : {&L.parent, &L.excess_parent})
+        if (P->id >= 0) P->cos = cosine(j, P->id);
     }
     if (unembed && opt.logit_tokens > 0) {
       // Logit effect of each decoder row through the unembedding, in the activations' units.

@@ -124,6 +124,7 @@ nlohmann::json index_json(const SaeStats& st, const Harvest& h, const Options& o
   nlohmann::json fired = nlohmann::json::array(), mean = nlohmann::json::array(), mx = nlohmann::json::array(),
                  toks = nlohmann::json::array(), ctx = nlohmann::json::array(), parent = nlohmann::json::array(),
                  parent_p = nlohmann::json::array(), parent_cos = nlohmann::json::array(),
+                 xparent = nlohmann::json::array(), xparent_p = nlohmann::json::array(), xparent_cos = nlohmann::json::array(),
                  cofire_fired = nlohmann::json::array(), other = nlohmann::json::array();
   for (const LatentStats& L : st.latents) {
     fired.push_back(L.fired);
@@ -149,9 +150,12 @@ nlohmann::json index_json(const SaeStats& st, const Harvest& h, const Options& o
       c = nlohmann::json::array({ids, at - lo});
     }
     ctx.push_back(c);
-    parent.push_back(L.parent);
-    parent_p.push_back(r4(L.parent_p));
-    parent_cos.push_back(r4(L.parent_cos));
+    parent.push_back(L.parent.id);
+    parent_p.push_back(r4(L.parent.p));
+    parent_cos.push_back(r4(L.parent.cos));
+    xparent.push_back(L.excess_parent.id);
+    xparent_p.push_back(r4(L.excess_parent.p));
+    xparent_cos.push_back(r4(L.excess_parent.cos));
     cofire_fired.push_back(L.cofire_fired);
     nlohmann::json o = nlohmann::json::object();
     for (size_t t = 0; t < L.nearest_other.size(); ++t)
@@ -161,7 +165,8 @@ nlohmann::json index_json(const SaeStats& st, const Harvest& h, const Options& o
   }
   (void)opt;
   return {{"fired", fired}, {"mean", mean}, {"max", mx}, {"tokens", toks}, {"context", ctx}, {"parent", parent},
-          {"parent_p", parent_p}, {"parent_cos", parent_cos}, {"cofire_fired", cofire_fired}, {"other", other}};
+          {"parent_p", parent_p}, {"parent_cos", parent_cos}, {"xparent", xparent}, {"xparent_p", xparent_p},
+          {"xparent_cos", xparent_cos}, {"cofire_fired", cofire_fired}, {"other", other}};
 }
 
 nlohmann::json sae_json(const SaeStats& st, int64_t rows) {

@@ -63,13 +63,29 @@ function groupOf(sae, j) {
   while (g < b.length && j >= b[g]) g++;
   return g;
 }
+// The parent rule of the pages (?rule=excess, else cofire; docs/browser.md) and its index columns.
+function rule() { return param('rule', 'cofire') === 'excess' ? 'excess' : 'cofire'; }
+function parents(idx) {
+  return rule() === 'excess' ? {id: idx.xparent, p: idx.xparent_p, cos: idx.xparent_cos}
+                             : {id: idx.parent, p: idx.parent_p, cos: idx.parent_cos};
+}
+function ruleSwitch() {
+  const link = (r, label) => {
+    const q = new URLSearchParams(location.search);
+    q.set('rule', r);
+    return r === rule() ? el('b', {}, label) : el('a', {href: '?' + q.toString(), class: 'rule-' + r}, label);
+  };
+  return el('p', {class: 'small', id: 'rule'}, 'Parent rule: ', link('cofire', 'fires with it most often'), ' | ',
+            link('excess', 'most above its own density'), ' (docs/browser.md)');
+}
 // P(parent | child) over the parent's own firing density: 1 when the child tells nothing about the parent.
 function lift(idx, c) {
-  const p = idx.parent[c];
-  return p >= 0 && idx.fired[p] > 0 ? idx.parent_p[c] / (idx.fired[p] / MSAE.site.rows) : 0;
+  const P = parents(idx), p = P.id[c];
+  return p >= 0 && idx.fired[p] > 0 ? P.p[c] / (idx.fired[p] / MSAE.site.rows) : 0;
 }
 function latentLink(s, j, label) {
-  return el('a', {href: `latent.html?sae=${s}&id=${j}`}, label === undefined ? '#' + j : label);
+  const r = rule() === 'excess' ? '&rule=excess' : '';
+  return el('a', {href: `latent.html?sae=${s}&id=${j}${r}`}, label === undefined ? '#' + j : label);
 }
 async function loadIndex(s) {
   if (!MSAE.index[s]) await loadScript(`data/s${s}/index.js`);
@@ -207,7 +223,7 @@ async function indexPage() {
 
 function latentTable(holder, s, rerender) {
   const sae = MSAE.site.saes[s], idx = MSAE.index[s], rows = MSAE.site.rows;
-  const D = sae.d_sae;
+  const D = sae.d_sae, P = parents(idx);
   const others = MSAE.site.saes.map((o, t) => t).filter(t => t !== s);
   const state = {sort: 'density', desc: true, group: 'all', text: '', hideDead: true, shown: 100};
   const cols = [
@@ -220,7 +236,7 @@ function latentTable(holder, s, rerender) {
   const more = el('button', {onclick: () => { state.shown += 200; draw(); }}, 'show more');
   const key = {
     id: j => j, group: j => groupOf(sae, j), density: j => idx.fired[j], mean: j => idx.mean[j], max: j => idx.max[j],
-    parent_p: j => idx.parent[j] >= 0 ? idx.parent_p[j] : -1,
+    parent_p: j => P.id[j] >= 0 ? P.p[j] : -1,
     other: j => { const o = idx.other[j][others[0]]; return o ? o[1] : -2; },
   };
   const search = j => (idx.tokens[j].map(([t]) => tokText(t)).join('\u0001') + '\u0001' + summaryText(idx.context[j])).toLowerCase();
@@ -238,14 +254,14 @@ function latentTable(holder, s, rerender) {
     count.textContent = `${list.length.toLocaleString()} latents match` + (list.length > state.shown ? `, the first ${state.shown} shown` : '');
     more.style.display = list.length > state.shown ? '' : 'none';
     body.replaceChildren(...list.slice(0, state.shown).map(j => {
-      const p = idx.parent[j];
+      const p = P.id[j];
       const o = others.length ? idx.other[j][others[0]] : null;
       return el('tr', {},
         el('td', {}, latentLink(s, j)), el('td', {class: 'num'}, groupOf(sae, j) + 1),
         el('td', {class: 'num'}, fmt(idx.fired[j] / rows)), el('td', {class: 'num'}, fmt(idx.mean[j])),
         el('td', {class: 'num'}, fmt(idx.max[j])), el('td', {}, chips(idx.tokens[j].slice(0, 3))),
         el('td', {class: 'tok'}, summaryText(idx.context[j])),
-        el('td', {}, p >= 0 ? [latentLink(s, p), ` (${fmt(idx.parent_p[j], 2)}, ${fmt(idx.parent_cos[j], 2)})`] : ''),
+        el('td', {}, p >= 0 ? [latentLink(s, p), ` (${fmt(P.p[j], 2)}, ${fmt(P.cos[j], 2)})`] : ''),
         others.length ? el('td', {}, o ? [latentLink(others[0], o[0], `${MSAE.site.saes[others[0]].name} #${o[0]}`), ` (${fmt(o[1], 2)})`] : '') : null);
     }));
   }
@@ -295,22 +311,23 @@ async function latentPage() {
      ['fires on', chips(idx.tokens[j])]].map(([k, v]) => el('tr', {}, el('th', {}, k), el('td', {}, v))));
   main.append(stats);
   // Parent and children: the Matryoshka tree around this latent, and the absorption view.
-  const p = idx.parent[j];
+  const P = parents(idx), p = P.id[j];
+  main.append(ruleSwitch());
   if (p >= 0) {
-    main.append(el('p', {id: 'parent'}, 'Parent (the earlier-group latent that fires with it most often): ', latentLink(s, p),
-      ` in group ${groupOf(sae, p) + 1}: fires on ${pct(idx.parent_p[j])} of its firings; decoder cosine ${fmt(idx.parent_cos[j], 3)}; `,
+    main.append(el('p', {id: 'parent'}, 'Parent: ', latentLink(s, p),
+      ` in group ${groupOf(sae, p) + 1}: fires on ${pct(P.p[j])} of its firings (lift ${fmt(lift(idx, j), 3)}); decoder cosine ${fmt(P.cos[j], 3)}; `,
       chips(idx.tokens[p].slice(0, 3))));
   }
   const kids = [];
-  for (let c = 0; c < sae.d_sae; c++) if (idx.parent[c] === j) kids.push(c);
+  for (let c = 0; c < sae.d_sae; c++) if (P.id[c] === j) kids.push(c);
   if (kids.length) {
-    kids.sort((a, b) => (idx.parent_p[a] - idx.parent_p[b]) || a - b);
+    kids.sort((a, b) => (P.p[a] - P.p[b]) || a - b);
     main.append(el('h2', {}, `Children (${kids.length}): later-group latents whose parent is this one`),
       el('p', {class: 'muted small'}, 'Sorted by how often the child fires while this latent stays silent: a child that fires without its parent on the parent\'s own tokens is the absorption pattern.'),
       el('table', {id: 'children'}, el('tr', {}, ['child', 'group', 'density', 'fires without this latent', 'lift', 'decoder cos', 'fires on'].map(h => el('th', {}, h))),
         kids.slice(0, 50).map(c => el('tr', {}, el('td', {}, latentLink(s, c)), el('td', {class: 'num'}, groupOf(sae, c) + 1),
-          el('td', {class: 'num'}, fmt(idx.fired[c] / rows)), el('td', {class: 'num'}, pct(1 - idx.parent_p[c])),
-          el('td', {class: 'num'}, fmt(lift(idx, c), 3)), el('td', {class: 'num'}, fmt(idx.parent_cos[c], 3)), el('td', {}, chips(idx.tokens[c].slice(0, 3)))))));
+          el('td', {class: 'num'}, fmt(idx.fired[c] / rows)), el('td', {class: 'num'}, pct(1 - P.p[c])),
+          el('td', {class: 'num'}, fmt(lift(idx, c), 3)), el('td', {class: 'num'}, fmt(P.cos[c], 3)), el('td', {}, chips(idx.tokens[c].slice(0, 3)))))));
   }
   if (!fired) return;
   // Histogram of the activations (log2 bins).
@@ -346,18 +363,18 @@ async function treePage() {
   let s = Number(param('sae', 0)) || 0;
   const main = document.getElementById('main');
   const draw = async () => {
-    const sae = MSAE.site.saes[s], idx = await loadIndex(s), rows = MSAE.site.rows;
+    const sae = MSAE.site.saes[s], idx = await loadIndex(s), rows = MSAE.site.rows, P = parents(idx);
     const kids = Array.from({length: sae.d_sae}, () => []);
     const orphans = [];
     for (let c = 0; c < sae.d_sae; c++) {
       if (idx.fired[c] === 0) continue;
-      if (idx.parent[c] >= 0) kids[idx.parent[c]].push(c);
+      if (P.id[c] >= 0) kids[P.id[c]].push(c);
       else if (groupOf(sae, c) > 0) orphans.push(c);
     }
     for (const k of kids) k.sort((a, b) => idx.fired[b] - idx.fired[a] || a - b);
     const label = c => {
       const bits = [latentLink(s, c), ` g${groupOf(sae, c) + 1} · density ${fmt(idx.fired[c] / rows)} · `, chips(idx.tokens[c].slice(0, 3))];
-      if (idx.parent[c] >= 0) bits.push(el('span', {class: 'muted small'}, ` · with parent ${pct(idx.parent_p[c])}, without ${pct(1 - idx.parent_p[c])} · lift ${fmt(lift(idx, c), 2)} · cos ${fmt(idx.parent_cos[c], 2)}`));
+      if (P.id[c] >= 0) bits.push(el('span', {class: 'muted small'}, ` · with parent ${pct(P.p[c])}, without ${pct(1 - P.p[c])} · lift ${fmt(lift(idx, c), 2)} · cos ${fmt(P.cos[c], 2)}`));
       if (kids[c].length) bits.push(el('span', {class: 'muted small'}, ` · ${kids[c].length} children`));
       return bits;
     };
@@ -377,8 +394,10 @@ async function treePage() {
     main.replaceChildren(el('h1', {}, `Matryoshka tree of ${sae.name}`), aboutLine(), saeChoice(s, t => { s = t; draw(); }) || '',
       el('p', {class: 'muted'}, sae.bounds.length < 2
         ? 'This SAE has one group, so no latent has a parent in an earlier group.'
-        : `Each latent of a later group hangs under its parent: the latent of an earlier group that fires with it most often (given that it fires). ` +
+        : `Each latent of a later group hangs under its parent: the latent of an earlier group that fires with it most often given that it fires ` +
+          `(rule "fires with it most often"), or whose P(fires | child fires) is most above its own firing density (rule "most above its own density"). ` +
           `The first group's ${sae.bounds[0]} latents are the roots, those with the most children first. "without" is the share of the child's firings where the parent stays silent (absorption).`),
+      ruleSwitch(),
       el('div', {class: 'controls'}, el('button', {id: 'expand', onclick: () => {
         for (const d of tree.querySelectorAll(':scope > details')) if (d.classList.contains('node') && !d.classList.contains('leaf')) d.open = true;
       }}, 'expand the first level')),
@@ -387,7 +406,7 @@ async function treePage() {
     for (const d of Array.from(tree.children).slice(0, 3)) if (!d.classList.contains('leaf')) d.open = true;
     if (orphans.length) {
       orphans.sort((a, b) => idx.fired[b] - idx.fired[a] || a - b);
-      main.append(el('h2', {}, `Latents of later groups with no co-firing earlier latent (${orphans.length})`),
+      main.append(el('h2', {}, `Latents of later groups without a parent under this rule (${orphans.length})`),
                   el('div', {}, orphans.slice(0, 200).map(c => el('div', {}, label(c)))));
     }
   };
