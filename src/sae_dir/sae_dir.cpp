@@ -783,9 +783,10 @@ std::string why_not_exact(const SaeDirectory& s, Layout to) {
   if (to != Layout::sparsify) return "";  // SAELens's jumprelu / standard / topk hold everything msae reads
   const char* remedy = "; --to saelens holds it exactly";
   if (s.format == "msae")
-    return cat("an SAE msae trained encodes with a JumpReLU threshold (", s.sae.group_sizes.size() > 1 ?
-               "and has Matryoshka groups, " : "", "SAELens jumprelu); sparsify encodes only with per-row TopK or ",
-               "GroupMax (SparseCoder.encode), so its codes would differ", remedy);
+    return cat("an SAE msae trained encodes with a JumpReLU threshold (SAELens jumprelu)",
+               s.sae.group_sizes.size() > 1 ? " and has Matryoshka groups" : "",
+               "; sparsify encodes only with per-row TopK or GroupMax (SparseCoder.encode), so its codes would differ",
+               remedy);
   if (!is_topk(s))
     return cat("a ", s.format, " SAE encodes with ", s.format == "saelens-standard" ? "ReLU" : "per-latent JumpReLU thresholds",
                "; sparsify encodes only with per-row TopK or GroupMax (SparseCoder.encode)", remedy);
