@@ -145,6 +145,15 @@ struct Sae {
   SaeConfig cfg;
   SaeParams params;
   json info;  // msae.json ({} for an SAE from another trainer)
+  std::string format = "msae";       // saedir::SaeDirectory::format: msae, saelens-jumprelu, ..., sparsify-topk
+  json source_cfg = json::object();  // cfg.json as read (Sae.save of an imported SAE carries its metadata)
+
+  // The architecture: msae's training one, or the imported SAE's inference one (jumprelu, standard, topk).
+  std::string arch() const {
+    if (format == "msae") return arch_name(cfg.arch);
+    const size_t dash = format.find('-');
+    return dash == std::string::npos ? format : format.substr(dash + 1);
+  }
 
   int64_t limit_of(const std::optional<int64_t>& prefix) const {
     if (!prefix) return params.D;
@@ -198,9 +207,18 @@ py::array_t<float> decode(const Sae& s, py::handle zobj, std::optional<int64_t> 
     py::gil_scoped_release nogil;
     PoolUse use;
     for (int64_t row = 0; row < z.rows; ++row) std::copy(s.params.b_dec.ptr(), s.params.b_dec.ptr() + d, r + row * d);
+    // SAELens rescale_acts_by_decoder_norm: the codes divided by the decoder row norms first.
+    std::vector<float> scaled;
+    const float* zd = z.data;
+    if (!s.params.rule.decoder_norm.empty() && z.rows > 0) {
+      scaled.resize(static_cast<size_t>(z.rows * D));
+      for (int64_t row = 0; row < z.rows; ++row)
+        for (int64_t i = 0; i < D; ++i) scaled[row * D + i] = s.params.rule.decode_value(i, z.data[row * D + i]);
+      zd = scaled.data();
+    }
     // r += z[:, :limit] @ W_dec[:limit]  (z[:, limit:] is treated as 0)
     if (z.rows > 0 && limit > 0)
-      kernels::sgemm(kernels::Trans::no, kernels::Trans::no, z.rows, d, limit, 1.0f, z.data, D, s.params.W_dec.ptr(), d,
+      kernels::sgemm(kernels::Trans::no, kernels::Trans::no, z.rows, d, limit, 1.0f, zd, D, s.params.W_dec.ptr(), d,
                      1.0f, r, d);
   }
   return out;
@@ -296,7 +314,16 @@ void save(const Sae& s, py::handle dir_obj, bool overwrite) {
   const io::OutputLock lock = io::lock_output(dir, "msae Python Sae.save");
   io::report_leftovers(io::clean_leftovers(dir));
   io::PendingOutput pending(dir);
-  saedir::write_sae_files(pending.dir(), s.cfg, s.params, info);
+  if (s.format == "msae") {
+    saedir::write_sae_files(pending.dir(), s.cfg, s.params, info);
+  } else {  // an imported SAE keeps its own architecture (msae convert --to msae writes the same)
+    saedir::SaeDirectory d;
+    d.sae = s.cfg;
+    d.params = s.params;
+    d.format = s.format;
+    d.source_cfg = s.source_cfg;
+    saedir::write_sae_as(pending.dir(), d, saedir::Layout::msae);
+  }
   pending.commit(overwrite);
 }
 
@@ -309,6 +336,8 @@ std::shared_ptr<Sae> load(py::handle dir_obj) {
     s->cfg = std::move(loaded.sae);
     s->params = std::move(loaded.params);
     s->info = std::move(loaded.msae_json);
+    s->format = std::move(loaded.format);
+    s->source_cfg = std::move(loaded.source_cfg);
   }
   return s;
 }
@@ -650,14 +679,17 @@ Inference is SAELens's JumpReLU (docs/formats.md):
     h = (x - b_dec) @ W_enc + b_enc,  z = h * (h > threshold),  x_hat = z @ W_dec + b_dec
 (b_enc is zero unless the SAE was trained with an encoder bias). A Matryoshka prefix of width m
 (the sub-SAE of the first m latents) is the same computation with z[:, m:] = 0; the widths of
-the trained nested groups are group_boundaries.
+the trained nested groups are group_boundaries. An SAE loaded from SAELens or sparsify encodes
+with its trainer's rule instead (per-latent thresholds, ReLU or per-row TopK; docs/interop.md).
 
 Create one with Sae.load(dir) or msae.train(...).)doc";
 
 constexpr const char* kLoadDoc = R"doc(Load an SAE directory: sae_weights.safetensors (W_enc, W_dec, b_enc, b_dec, threshold) with
 optional cfg.json and msae.json, as written by `msae train`, msae.train or Sae.save; also SAELens
-jumprelu (per-latent thresholds, applied exactly), standard and topk directories, and EleutherAI
-sparsify directories (cfg.json + sae.safetensors), with their own encoding rule (docs/interop.md).
+jumprelu (its per-latent thresholds are loaded and applied exactly, as SAELens's JumpReLUSAE does),
+standard and topk (with rescale_acts_by_decoder_norm) directories, and EleutherAI sparsify directories
+(cfg.json + sae.safetensors), each with its own encoding rule (docs/interop.md); arch and format say
+which.
 
 Loading is strict, through the reader msae eval uses: raises RuntimeError naming the file and the
 tensor or key when the directory is missing or malformed, when a tensor the encoding needs is missing
@@ -687,6 +719,8 @@ constexpr const char* kDecodeDoc = R"doc(Decode latent codes: x_hat = z[:, :m] @
 z: C-contiguous float32 array (N, d_sae), read in place.
 prefix: None (m = d_sae) or a number of latents m in [0, d_sae]; columns m and above of z are
     ignored.
+With an imported SAELens TopK SAE that has rescale_acts_by_decoder_norm, z is divided by the
+decoder row norms first, as SAELens's TopKSAE.decode does.
 Returns a new float32 array (N, d_in).)doc";
 
 constexpr const char* kForwardDoc = R"doc(Reconstruct activations: decode(encode(x, prefix), prefix), computed sparsely.
@@ -812,8 +846,13 @@ PYBIND11_MODULE(msae, m) {
       .def("save", &save, py::arg("dir"), py::arg("overwrite") = false, kSaveDoc)
       .def_property_readonly("d_in", [](const Sae& s) { return s.params.d; }, "Input width d.")
       .def_property_readonly("d_sae", [](const Sae& s) { return s.params.D; }, "Number of latents D.")
-      .def_property_readonly("arch", [](const Sae& s) { return std::string(ms::arch_name(s.cfg.arch)); },
-                             "Training architecture: matryoshka, batchtopk or topk.")
+      .def_property_readonly("arch", [](const Sae& s) { return s.arch(); },
+                             "Architecture: for an SAE msae trained, its training architecture (matryoshka, batchtopk, "
+                             "topk or relu_l1); for one imported from SAELens or sparsify, its inference architecture "
+                             "(jumprelu, standard or topk; format says which trainer).")
+      .def_property_readonly("format", [](const Sae& s) { return s.format; },
+                             "Where the SAE came from (docs/interop.md): msae, saelens-jumprelu, saelens-standard, "
+                             "saelens-topk or sparsify-topk.")
       .def_property_readonly("k", [](const Sae& s) { return s.cfg.k; }, "Mean active latents per row in training.")
       .def_property_readonly("group_sizes", [](const Sae& s) { return s.cfg.group_sizes; },
                              "Matryoshka group sizes (one group for batchtopk / topk).")
@@ -849,7 +888,7 @@ PYBIND11_MODULE(msae, m) {
       .def_property_readonly("info", [](const Sae& s) { return to_python(s.info); },
                              "msae.json as a dict: config, training summary, final metrics ({} if absent).")
       .def("__repr__", [](const Sae& s) {
-        return ms::cat("msae.Sae(arch='", ms::arch_name(s.cfg.arch), "', d_in=", s.params.d, ", d_sae=", s.params.D,
+        return ms::cat("msae.Sae(arch='", s.arch(), "', d_in=", s.params.d, ", d_sae=", s.params.D,
                        ", k=", s.cfg.k, ", group_boundaries=", json(s.cfg.boundaries()).dump(), ")");
       });
 

@@ -15,6 +15,7 @@ Forward pass (float64 throughout):
   pre  = (u - b_dec * center) @ W_enc + b_enc * bias
   z    = jumprelu: relu(pre) * (pre > threshold_i)     (msae: one global threshold; SAELens standard: 0)
          topk:     the k largest positive entries of each row of pre
+                   (SAELens rescale_acts_by_decoder_norm: of pre * |W_dec[i]|, and z / |W_dec[i]| is decoded)
   r    = (z @ W_dec + b_dec) / s        Matryoshka prefix g uses the latents with id < m_g only
 """
 import argparse
@@ -128,6 +129,8 @@ def load_sae(d):
             elif arch == "topk" or (arch == "standard" and act == "topk"):
                 k = cfg.get("k", kw_k) if arch == "topk" else kw_k
                 sae.update(rule="topk", k=min(int(k), D), format="saelens-topk")
+                if cfg.get("rescale_acts_by_decoder_norm"):  # SAELens TopKSAE (sae_lens/saes/topk_sae.py)
+                    sae["dec_norm"] = np.linalg.norm(t["W_dec"].astype(np.float64), axis=1)
             else:
                 fail(f"architecture {arch} / activation {act} is not supported")
             groups = [D]
@@ -152,6 +155,8 @@ def encode(sae, x):
         pre = pre + sae["b_enc"]
     if sae["rule"] == "jumprelu":
         return np.where((pre > 0) & (pre > sae["thresholds"][None, :]), pre, 0.0)
+    if "dec_norm" in sae:
+        pre = pre * sae["dec_norm"][None, :]
     k = sae["k"]
     z = np.zeros_like(pre)
     # Ties at the cut: the lower latent id is kept (msae's documented tie policy; stable sort).
@@ -176,6 +181,8 @@ def evaluate(sae, x, chunk=4096):
         for g, m in enumerate(bounds):
             zg = z.copy()
             zg[:, m:] = 0.0
+            if "dec_norm" in sae:
+                zg = zg / sae["dec_norm"][None, :]
             r = (zg @ sae["W_dec"] + sae["b_dec"]) / sae["scale"]
             sq[g] += ((r - xb) ** 2).sum()
             active[g] += (z[:, lo:m] > 0).sum()

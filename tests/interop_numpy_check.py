@@ -90,6 +90,9 @@ def main():
                                  {"threshold": thr}, "F32"),
             "saelens-standard": ({**base, "architecture": "standard", "apply_b_dec_to_input": True}, {}, "F32"),
             "saelens-topk": ({**base, "architecture": "topk", "apply_b_dec_to_input": True, "k": 8}, {}, "BF16"),
+            # SAELens 6 TopKSAE with rescale_acts_by_decoder_norm (W_dec rows of random norms around 1).
+            "saelens-topk-rescale": ({**base, "architecture": "topk", "apply_b_dec_to_input": True, "k": 8,
+                                      "rescale_acts_by_decoder_norm": True}, {}, "F32"),
             "saelens5-topk": ({**base, "architecture": "standard", "apply_b_dec_to_input": True,
                                "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 6}}, {}, "F32"),
         }

@@ -91,7 +91,8 @@ void write_saelens(const TempDir& dir, const Tiny& t, const json& cfg, bool with
   write_text(dir.path / "cfg.json", cfg.dump());
 }
 
-// cfg.json as SAELens 6 writes it (SAEConfig.to_dict(): fields, "meta", "architecture").
+// cfg.json as SAELens 6 writes it (SAELens 6.18.0 sae_lens/saes/sae.py SAEConfig.to_dict(): the dataclass
+// fields, "metadata" (SAEMetadata.to_dict(), sae_lens_version first), "architecture").
 json saelens_cfg(const std::string& arch, bool apply_b_dec) {
   return {{"d_in", Tiny::d},
           {"d_sae", Tiny::D},
@@ -100,8 +101,20 @@ json saelens_cfg(const std::string& arch, bool apply_b_dec) {
           {"apply_b_dec_to_input", apply_b_dec},
           {"normalize_activations", "none"},
           {"reshape_activations", "none"},
-          {"meta", {{"model_name", "gpt2"}, {"hook_name", "blocks.0.hook_resid_pre"}, {"sae_lens_version", "6.5.1"}}},
+          {"metadata", {{"sae_lens_version", "6.18.0"}, {"sae_lens_training_version", "6.18.0"}, {"model_name", "gpt2"},
+                        {"hook_name", "blocks.0.hook_resid_pre"}}},
           {"architecture", arch}};
+}
+
+// cfg.json as SAELens 5 wrote it (a flat config: hook_point, activation_fn_str, no metadata).
+json saelens5_cfg(const std::string& activation, int64_t k) {
+  json c = {{"architecture", "standard"}, {"d_in", Tiny::d}, {"d_sae", Tiny::D}, {"dtype", "float32"},
+            {"device", "cpu"}, {"apply_b_dec_to_input", true}, {"normalize_activations", false},
+            {"model_name", "gpt2"}, {"hook_point", "blocks.0.hook_resid_pre"}, {"hook_point_layer", 0},
+            {"context_size", 128}, {"prepend_bos", true}, {"sae_lens_training_version", "5.3.0"},
+            {"activation_fn_str", activation}};
+  if (k > 0) c["activation_fn_kwargs"] = {{"k", k}};
+  return c;
 }
 
 TEST(Import, SaelensStandardIsReluWithCentering) {
@@ -152,9 +165,7 @@ TEST(Import, SaelensTopKBothConfigGenerations) {
   json v6 = saelens_cfg("topk", true);
   v6["k"] = 2;
   // SAELens 5: architecture "standard", activation_fn_str "topk", activation_fn_kwargs {"k": 2}.
-  json v5 = saelens_cfg("standard", true);
-  v5["activation_fn_str"] = "topk";
-  v5["activation_fn_kwargs"] = {{"k", 2}};
+  const json v5 = saelens5_cfg("topk", 2);
   for (const json& cfg : {v6, v5}) {
     TempDir dir("topk");
     write_saelens(dir, t, cfg, false);
@@ -411,6 +422,396 @@ TEST(FuzzRegression, JsonExcerptIsShortAndFlat) {
   EXPECT_EQ(io::json_excerpt(json::parse("[1, 2]")), "[1,2]");
   EXPECT_EQ(io::json_excerpt(json::parse("[[1], 2]")), "an array of 2 elements (nested)");
   EXPECT_EQ(io::json_excerpt(json(std::string(500, 'a'))).size(), 203u);
+}
+
+}  // namespace
+}  // namespace msae
+
+// ---------------------------------------------------------------------------------------------
+// Issue 27: SAELens 6 metadata, rescale_acts_by_decoder_norm, and msae convert.
+// ---------------------------------------------------------------------------------------------
+namespace msae {
+namespace {
+
+// An SAE msae trained, on Tiny's weights: Matryoshka groups {2, 2}, k 2, one threshold (0.5).
+saedir::SaeDirectory tiny_msae(const Tiny& t) {
+  saedir::SaeDirectory s;
+  s.sae.arch = Arch::matryoshka;
+  s.sae.d_in = Tiny::d;
+  s.sae.d_sae = Tiny::D;
+  s.sae.k = 2;
+  s.sae.group_sizes = {2, 2};
+  s.sae.encoder_bias = true;
+  s.sae.reorder_every = 7;  // a variant, so that the round trips show the variants survive
+  s.sae.finalize();
+  s.params = SaeParams::zeros(Tiny::d, Tiny::D);
+  for (int64_t i = 0; i < Tiny::D; ++i)
+    for (int64_t j = 0; j < Tiny::d; ++j) s.params.W_enc_t.data[i * Tiny::d + j] = t.W_enc[j * Tiny::D + i];
+  s.params.W_dec.data.assign(t.W_dec.begin(), t.W_dec.end());
+  s.params.b_enc.data.assign(t.b_enc.begin(), t.b_enc.end());
+  s.params.b_dec.data.assign(t.b_dec.begin(), t.b_dec.end());
+  s.params.threshold = 0.5f;
+  s.msae_json = {{"format", "msae-sae"}, {"format_version", 1}, {"config", saedir::config_json(s.sae)}};
+  return s;
+}
+
+// Codes of `s` on rows x (n, d), as (ids, vals) per row.
+kernels::SparseCodes codes_of(const saedir::SaeDirectory& s, const std::vector<float>& x) {
+  return encode_inference(s.sae, s.params, x.data(), static_cast<int64_t>(x.size()) / s.params.d, s.params.D);
+}
+
+void expect_same_codes(const kernels::SparseCodes& a, const kernels::SparseCodes& b, const std::string& what) {
+  EXPECT_EQ(a.row_ptr, b.row_ptr) << what;
+  EXPECT_EQ(a.ids, b.ids) << what;
+  EXPECT_EQ(a.vals, b.vals) << what;  // bitwise: the same float32 weights through the same rule
+  EXPECT_GT(a.nnz(), 0) << what << ": nothing fired; the comparison would be vacuous";
+}
+
+std::vector<float> random_rows(int64_t n, int64_t d, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> x(static_cast<size_t>(n * d));
+  for (float& v : x) v = static_cast<float>(rng.normal() * 1.5);
+  return x;
+}
+
+// SAELens 6.18.0's SAE.load_from_disk followed by save_model, on cfg.json (the weights are copied as they
+// are: JumpReLUSAE / TopKSAE state_dict = W_enc, W_dec, b_enc, b_dec (+ threshold)). Follows
+//  - sae_lens/loading/pretrained_sae_loaders.py handle_config_defaulting: sae_lens_version from the top
+//    level or "metadata"; missing or < 6.0.0-rc.0 -> handle_pre_6_0_config, which keeps only the
+//    dataclass fields and rebuilds "metadata" from the top-level LLM_METADATA_KEYS (model_name, hook_name,
+//    context_size, prepend_bos, ..., sae_lens_version): the old metadata object is dropped;
+//  - sae_lens/saes/sae.py SAEConfig.from_dict (filter_valid_dataclass_fields; metadata =
+//    SAEMetadata(**metadata), which adds sae_lens_version / sae_lens_training_version = __version__ when
+//    missing) and SAEConfig.to_dict (fields, metadata, architecture).
+json saelens_load_and_save(json cfg) {
+  std::string version;
+  if (cfg.contains("sae_lens_version")) version = cfg["sae_lens_version"].get<std::string>();
+  if (version.empty() && cfg.contains("metadata") && cfg["metadata"].contains("sae_lens_version"))
+    version = cfg["metadata"]["sae_lens_version"].get<std::string>();
+  const bool v6 = !version.empty() && version[0] >= '6' && version[0] <= '9';
+  const std::string arch = cfg.value("architecture", std::string("standard"));
+  std::vector<std::string> fields = {"d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
+                                     "normalize_activations", "reshape_activations"};
+  if (arch == "topk") fields.insert(fields.end(), {"k", "rescale_acts_by_decoder_norm"});
+  json meta = json::object();
+  if (v6) {
+    meta = cfg.value("metadata", json::object());
+  } else {
+    for (const char* key : {"model_name", "hook_name", "model_class_name", "hook_head_index",
+                            "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens", "neuronpedia_id",
+                            "context_size", "seqpos_slice", "dataset_path", "sae_lens_version",
+                            "sae_lens_training_version", "hook_name_out", "hook_head_index_out"})
+      if (cfg.contains(key)) meta[key] = cfg[key];
+    if (!meta.contains("sae_lens_training_version")) meta["sae_lens_training_version"] = nullptr;  // setdefault
+  }
+  if (!meta.contains("sae_lens_version")) meta["sae_lens_version"] = "6.18.0";
+  if (!meta.contains("sae_lens_training_version")) meta["sae_lens_training_version"] = "6.18.0";
+  json out = json::object();
+  for (const std::string& f : fields)
+    if (cfg.contains(f)) out[f] = cfg[f];
+  out["metadata"] = meta;
+  out["architecture"] = arch;
+  return out;
+}
+
+TEST(Export, CfgJsonIsSaelens6WithTheHookAndMsaeFields) {
+  TempDir dir("export_cfg");
+  const Tiny t;
+  saedir::SaeDirectory s = tiny_msae(t);
+  json m = s.msae_json;
+  m["hook"] = {{"model_name", "gpt2"}, {"hook_name", "blocks.1.hook_resid_pre"}, {"context_size", 64},
+               {"prepend_bos", true}, {"skip_bos", true}};
+  saedir::write_sae_files(dir.str(), s.sae, s.params, m);
+  const json cfg = json::parse(io::read_text_file(dir.str() + "/cfg.json"));
+  const json& meta = cfg["metadata"];
+  EXPECT_EQ(meta["sae_lens_version"], "6.18.0");
+  EXPECT_TRUE(meta["sae_lens_training_version"].is_null());  // not trained by SAELens
+  EXPECT_EQ(meta["model_name"], "gpt2");
+  EXPECT_EQ(meta["hook_name"], "blocks.1.hook_resid_pre");
+  EXPECT_EQ(meta["context_size"], 64);
+  EXPECT_EQ(meta["prepend_bos"], true);
+  EXPECT_EQ(meta["seqpos_slice"], json::parse("[1, null]"));  // --skip-bos: positions 1.. of each context
+  EXPECT_TRUE(meta.contains("hook_head_index"));
+  EXPECT_EQ(meta["matryoshka_group_sizes"], json::parse("[2, 2]"));
+  EXPECT_EQ(meta["msae_arch"], "matryoshka");
+  // Without a hook the SAELens fields are there, null.
+  TempDir plain("export_cfg_plain");
+  saedir::write_sae_files(plain.str(), s.sae, s.params, s.msae_json);
+  const json meta2 = json::parse(io::read_text_file(plain.str() + "/cfg.json"))["metadata"];
+  for (const char* key : {"model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos", "seqpos_slice"})
+    EXPECT_TRUE(meta2.contains(key) && meta2[key].is_null()) << key;
+}
+
+// Issue 27 item 1: after SAELens's load + save_model msae still sees its groups, arch, k and variants.
+// With the cfg.json msae wrote before (no sae_lens_version), the same load + save lost them: the check
+// can fail.
+TEST(Export, MsaeMetadataSurvivesSaelensLoadAndSave) {
+  const Tiny t;
+  const saedir::SaeDirectory s = tiny_msae(t);
+  for (const bool with_version : {true, false}) {
+    TempDir dir(with_version ? "sl_roundtrip" : "sl_roundtrip_old");
+    saedir::write_sae_files(dir.str(), s.sae, s.params, s.msae_json);
+    fs::remove(dir.path / "msae.json");  // SAELens's save_model writes cfg.json and the weights only
+    json cfg = json::parse(io::read_text_file(dir.str() + "/cfg.json"));
+    if (!with_version) {  // the layout before issue 27
+      cfg["metadata"].erase("sae_lens_version");
+      cfg["metadata"].erase("sae_lens_training_version");
+    }
+    write_text(dir.path / "cfg.json", saelens_load_and_save(cfg).dump());
+    const saedir::SaeDirectory back = saedir::read_sae_dir(dir.str());
+    if (with_version) {
+      EXPECT_EQ(back.format, "msae");
+      EXPECT_EQ(back.sae.arch, Arch::matryoshka);
+      EXPECT_EQ(back.sae.group_sizes, s.sae.group_sizes);
+      EXPECT_EQ(back.sae.k, 2);
+      EXPECT_EQ(back.sae.reorder_every, 7);
+    } else {
+      EXPECT_EQ(back.format, "saelens-jumprelu");  // SAELens's pre-6 path dropped msae's metadata
+      EXPECT_EQ(back.sae.group_sizes.size(), 1u);
+    }
+  }
+}
+
+TEST(Import, RescaleActsByDecoderNormIsSaelensTopK) {
+  // SAELens 6.18.0 sae_lens/saes/topk_sae.py TopKSAE:
+  //   encode: hidden_pre = (sae_in @ W_enc + b_enc) * W_dec.norm(dim=-1); acts = relu(topk(hidden_pre))
+  //   decode: (acts / W_dec.norm(dim=-1)) @ W_dec + b_dec
+  Tiny t;
+  t.W_dec = {2, 0, 0, 0, 0.5f, 0, 0, 0, 4, 0.75f, 1, 0};  // row norms 2, 0.5, 4, 1.25 (exact in float32)
+  const std::vector<double> norm = {2, 0.5, 4, 1.25};
+  json cfg = saelens_cfg("topk", true);
+  cfg["k"] = 2;
+  cfg["rescale_acts_by_decoder_norm"] = true;
+  TempDir dir("rescale");
+  write_saelens(dir, t, cfg, false);
+  const saedir::SaeDirectory s = saedir::read_sae_dir(dir.str());
+  ASSERT_EQ(s.params.rule.decoder_norm.size(), 4u);
+  const std::vector<double> pre = ref_pre(t, true);
+  std::vector<float> want(8, 0.0f);
+  std::vector<double> rec(6, 0.0);
+  for (int r = 0; r < 2; ++r) {
+    std::vector<double> h(4);
+    for (int i = 0; i < 4; ++i) h[i] = pre[r * 4 + i] * norm[i];
+    std::vector<int> order = {0, 1, 2, 3};
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return h[a] > h[b]; });
+    for (int q = 0; q < 2; ++q) want[r * 4 + order[q]] = static_cast<float>(std::max(0.0, h[order[q]]));
+    for (int j = 0; j < 3; ++j) {
+      rec[r * 3 + j] = t.b_dec[j];
+      for (int i = 0; i < 4; ++i) rec[r * 3 + j] += want[r * 4 + i] / norm[i] * t.W_dec[i * 3 + j];
+    }
+  }
+  EXPECT_EQ(dense_codes(s, Tiny::D), want);
+  const kernels::SparseCodes z = encode_inference(s.sae, s.params, kX.data(), 2, Tiny::D);
+  std::vector<float> r(6);
+  decode(s.params, z, r.data());
+  for (int e = 0; e < 6; ++e) EXPECT_NEAR(r[e], rec[e], 1e-6) << e;
+  // Without the rescaling the codes differ (the check can fail).
+  cfg["rescale_acts_by_decoder_norm"] = false;
+  write_text(dir.path / "cfg.json", cfg.dump());
+  EXPECT_NE(dense_codes(saedir::read_sae_dir(dir.str()), Tiny::D), want);
+  // SAELens drops the field for other architectures (not a JumpReLUSAEConfig field): so does msae.
+  json jr = saelens_cfg("jumprelu", true);
+  jr["rescale_acts_by_decoder_norm"] = true;
+  write_text(dir.path / "cfg.json", jr.dump());
+  write_saelens(dir, t, jr, true);
+  EXPECT_TRUE(saedir::read_sae_dir(dir.str()).params.rule.decoder_norm.empty());
+}
+
+TEST(Import, Saelens5ConfigAsSaelens6ReadsIt) {
+  Tiny t;
+  TempDir dir("saelens5");
+  write_saelens(dir, t, saelens5_cfg("relu", 0), false);  // normalize_activations false, hook_point
+  const saedir::SaeDirectory s = saedir::read_sae_dir(dir.str());
+  EXPECT_EQ(s.format, "saelens-standard");
+  EXPECT_EQ(s.hook_name, "blocks.0.hook_resid_pre");
+  json norm_true = saelens5_cfg("relu", 0);
+  norm_true["normalize_activations"] = true;  // expected_average_only_in: the identity at inference
+  write_text(dir.path / "cfg.json", norm_true.dump());
+  EXPECT_EQ(saedir::read_sae_dir(dir.str()).format, "saelens-standard");
+}
+
+TEST(Import, RefusalsOfferARemedy) {
+  Tiny t;
+  auto message = [&](const json& cfg, const std::vector<float>* scaling) -> std::string {
+    TempDir dir("remedy");
+    write_saelens(dir, t, cfg, false);
+    if (scaling) {
+      std::vector<io::TensorRef> ts = {{"W_enc", {Tiny::d, Tiny::D}, t.W_enc.data()},
+                                       {"W_dec", {Tiny::D, Tiny::d}, t.W_dec.data()},
+                                       {"b_enc", {Tiny::D}, t.b_enc.data()},
+                                       {"b_dec", {Tiny::d}, t.b_dec.data()},
+                                       {"scaling_factor", {Tiny::D}, scaling->data()}};
+      io::write_safetensors(dir.str() + "/sae_weights.safetensors", ts);
+    }
+    try {
+      saedir::read_sae_dir(dir.str());
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  // SAELens 6 ignores activation_fn: "standard" + "topk" is contradictory.
+  json c = saelens_cfg("standard", true);
+  c["activation_fn"] = "topk";
+  c["activation_fn_kwargs"] = {{"k", 2}};
+  EXPECT_NE(message(c, nullptr).find("\"architecture\": \"topk\""), std::string::npos) << message(c, nullptr);
+  json ln = saelens_cfg("standard", true);
+  ln["normalize_activations"] = "constant_norm_rescale";
+  EXPECT_NE(message(ln, nullptr).find("normalize the activation rows"), std::string::npos) << message(ln, nullptr);
+  const std::vector<float> ones(Tiny::D, 1.0f), half(Tiny::D, 0.5f);
+  EXPECT_EQ(message(saelens_cfg("standard", true), &ones), "");  // all ones: dropped, as SAELens does
+  EXPECT_NE(message(saelens_cfg("standard", true), &half).find("Multiply each decoder row"), std::string::npos);
+}
+
+TEST(Convert, MsaeToSaelensToMsaeKeepsEverything) {
+  const Tiny t;
+  saedir::SaeDirectory s = tiny_msae(t);
+  TempDir root("conv_msae");
+  const std::string src = root.str() + "/src", sl = root.str() + "/sl", back = root.str() + "/back";
+  fs::create_directories(src);
+  json m = s.msae_json;
+  m["hook"] = {{"model_name", "gpt2"}, {"hook_name", "blocks.1.hook_resid_pre"}};
+  saedir::write_sae_files(src, s.sae, s.params, m);
+  saedir::convert_sae_dir(src, saedir::Layout::saelens, sl, false);
+  EXPECT_FALSE(fs::exists(sl + "/msae.json"));  // the SAELens layout: cfg.json + sae_weights.safetensors
+  // SAELens loads and saves it (emulated as above), then it comes back to msae's layout.
+  write_text(sl + "/cfg.json", saelens_load_and_save(json::parse(io::read_text_file(sl + "/cfg.json"))).dump());
+  saedir::convert_sae_dir(sl, saedir::Layout::msae, back, false);
+  const saedir::SaeDirectory a = saedir::read_sae_dir(src), b = saedir::read_sae_dir(back);
+  EXPECT_EQ(b.format, "msae");
+  EXPECT_EQ(b.sae.arch, a.sae.arch);
+  EXPECT_EQ(b.sae.group_sizes, a.sae.group_sizes);
+  EXPECT_EQ(b.sae.k, a.sae.k);
+  EXPECT_EQ(b.sae.reorder_every, 7);
+  EXPECT_EQ(b.hook_name, "blocks.1.hook_resid_pre");
+  EXPECT_EQ(b.model_name, "gpt2");
+  EXPECT_TRUE(b.msae_json.contains("config"));  // rebuilt from cfg.json's metadata
+  EXPECT_EQ(b.msae_json["converted_from"]["format"], "msae");
+  const std::vector<float> x = random_rows(200, Tiny::d, 3);
+  expect_same_codes(codes_of(a, x), codes_of(b, x), "msae -> saelens -> msae");
+  for (int64_t m_ : {2, 4}) {  // and every Matryoshka prefix
+    const auto za = encode_inference(a.sae, a.params, x.data(), 200, m_), zb = encode_inference(b.sae, b.params, x.data(), 200, m_);
+    EXPECT_EQ(za.ids, zb.ids);
+  }
+}
+
+TEST(Convert, PerLatentThresholdsAreWrittenPerLatent) {
+  Tiny t;
+  TempDir root("conv_thr");
+  const std::string src = root.str() + "/src", out = root.str() + "/out";
+  fs::create_directories(src);
+  saedir::SaeDirectory s = tiny_msae(t);
+  s.params.rule.thresholds = t.threshold;  // an msae directory whose threshold entries differ
+  saedir::write_sae_files(src, s.sae, s.params, s.msae_json);
+  EXPECT_EQ(saedir::read_sae_dir(src).params.rule.thresholds, t.threshold);
+  saedir::convert_sae_dir(src, saedir::Layout::saelens, out, false);
+  EXPECT_EQ(saedir::read_sae_dir(out).params.rule.thresholds, t.threshold);
+}
+
+TEST(Convert, SparsifyToMsaeToSaelensKeepsTheCodes) {
+  Tiny t;
+  TempDir root("conv_sparsify");
+  const std::string sp = root.str() + "/layers.3", ms = root.str() + "/ms", sl = root.str() + "/sl";
+  write_sparsify(sp, t, sparsify_cfg(Tiny::d, Tiny::D, 2));
+  saedir::convert_sae_dir(sp, saedir::Layout::msae, ms, false);
+  saedir::convert_sae_dir(ms, saedir::Layout::saelens, sl, false);
+  const saedir::SaeDirectory a = saedir::read_sae_dir(sp), b = saedir::read_sae_dir(ms), c = saedir::read_sae_dir(sl);
+  EXPECT_EQ(b.format, "saelens-topk");
+  EXPECT_EQ(c.format, "saelens-topk");
+  EXPECT_EQ(c.params.rule.k, 2);
+  const std::vector<float> x = random_rows(300, Tiny::d, 5);
+  expect_same_codes(codes_of(a, x), codes_of(b, x), "sparsify -> msae");
+  expect_same_codes(codes_of(a, x), codes_of(c, x), "sparsify -> msae -> saelens");
+  // The SAELens layout as TopKSAE reads it: TopKSAEConfig fields and the four tensors in SAELens's shapes.
+  const json cfg = json::parse(io::read_text_file(sl + "/cfg.json"));
+  EXPECT_EQ(cfg["architecture"], "topk");
+  EXPECT_EQ(cfg["k"], 2);
+  EXPECT_EQ(cfg["rescale_acts_by_decoder_norm"], false);
+  EXPECT_EQ(cfg["apply_b_dec_to_input"], true);
+  EXPECT_EQ(cfg["metadata"]["sae_lens_version"], "6.18.0");
+  const io::SafetensorsFile f = io::read_safetensors(sl + "/sae_weights.safetensors");
+  EXPECT_EQ(f.tensors.at("W_enc").shape, (std::vector<int64_t>{Tiny::d, Tiny::D}));
+  EXPECT_EQ(f.tensors.at("W_dec").shape, (std::vector<int64_t>{Tiny::D, Tiny::d}));
+  EXPECT_EQ(f.tensors.count("threshold"), 0u);
+  // And back to sparsify: sparsify's own field names and shapes.
+  const std::string sp2 = root.str() + "/sp2";
+  saedir::convert_sae_dir(sl, saedir::Layout::sparsify, sp2, false);
+  const io::SafetensorsFile g = io::read_safetensors(sp2 + "/sae.safetensors");
+  EXPECT_EQ(g.tensors.at("encoder.weight").shape, (std::vector<int64_t>{Tiny::D, Tiny::d}));
+  EXPECT_EQ(g.tensors.at("encoder.bias").shape, (std::vector<int64_t>{Tiny::D}));
+  const json scfg = json::parse(io::read_text_file(sp2 + "/cfg.json"));
+  EXPECT_EQ(scfg["activation"], "topk");
+  EXPECT_EQ(scfg["num_latents"], Tiny::D);
+  EXPECT_EQ(scfg["d_in"], Tiny::d);
+  expect_same_codes(codes_of(a, x), codes_of(saedir::read_sae_dir(sp2), x), "... -> sparsify");
+}
+
+TEST(Convert, RefusesWhatTheLayoutCannotHoldAndNeverClobbers) {
+  Tiny t;
+  TempDir root("conv_refuse");
+  const std::string own = root.str() + "/own", out = root.str() + "/out";
+  fs::create_directories(own);
+  const saedir::SaeDirectory s = tiny_msae(t);
+  saedir::write_sae_files(own, s.sae, s.params, s.msae_json);
+  auto refused = [&](const std::string& from, saedir::Layout to, const std::string& needle, ErrorKind kind,
+                     bool overwrite = false) {
+    try {
+      saedir::convert_sae_dir(from, to, out, overwrite);
+      ADD_FAILURE() << from << " was converted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), kind) << e.what();
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  refused(own, saedir::Layout::sparsify, "JumpReLU threshold", ErrorKind::runtime);
+  EXPECT_FALSE(fs::exists(out));
+  auto saelens_dir = [&](const std::string& name, const json& cfg, bool thr) {
+    const std::string d = root.str() + "/" + name;
+    fs::create_directories(d);
+    std::vector<io::TensorRef> ts = {{"W_enc", {Tiny::d, Tiny::D}, t.W_enc.data()},
+                                     {"W_dec", {Tiny::D, Tiny::d}, t.W_dec.data()},
+                                     {"b_enc", {Tiny::D}, t.b_enc.data()},
+                                     {"b_dec", {Tiny::d}, t.b_dec.data()}};
+    if (thr) ts.push_back({"threshold", {Tiny::D}, t.threshold.data()});
+    io::write_safetensors(d + "/sae_weights.safetensors", ts);
+    write_text(fs::path(d) / "cfg.json", cfg.dump());
+    return d;
+  };
+  refused(saelens_dir("std", saelens_cfg("standard", true), false), saedir::Layout::sparsify, "ReLU", ErrorKind::runtime);
+  refused(saelens_dir("jr", saelens_cfg("jumprelu", true), true), saedir::Layout::sparsify, "JumpReLU", ErrorKind::runtime);
+  json uncentred = saelens_cfg("topk", false);
+  uncentred["k"] = 2;
+  refused(saelens_dir("unc", uncentred, false), saedir::Layout::sparsify, "apply_b_dec_to_input", ErrorKind::runtime);
+  json rescaled = saelens_cfg("topk", true);
+  rescaled["k"] = 2;
+  rescaled["rescale_acts_by_decoder_norm"] = true;
+  const std::string rs = saelens_dir("rs", rescaled, false);
+  refused(rs, saedir::Layout::sparsify, "rescale_acts_by_decoder_norm", ErrorKind::runtime);
+  EXPECT_FALSE(fs::exists(out));
+  // ... while SAELens's layout holds it, flag and all.
+  saedir::convert_sae_dir(rs, saedir::Layout::saelens, out, false);
+  EXPECT_EQ(json::parse(io::read_text_file(out + "/cfg.json"))["rescale_acts_by_decoder_norm"], true);
+  const std::vector<float> x = random_rows(100, Tiny::d, 9);
+  expect_same_codes(codes_of(saedir::read_sae_dir(rs), x), codes_of(saedir::read_sae_dir(out), x), "rescaled topk");
+
+  // No clobbering: an existing --out stays as it is without --overwrite, and when the conversion is refused.
+  write_text(fs::path(out) / "mine.txt", "keep me");
+  refused(own, saedir::Layout::saelens, "--overwrite", ErrorKind::usage);
+  refused(own, saedir::Layout::sparsify, "JumpReLU threshold", ErrorKind::runtime, /*overwrite=*/true);
+  EXPECT_EQ(io::read_text_file(out + "/mine.txt"), "keep me");
+  // With --overwrite a conversion that succeeds replaces it, whole.
+  saedir::convert_sae_dir(own, saedir::Layout::saelens, out, true);
+  EXPECT_FALSE(fs::exists(out + "/mine.txt"));
+  EXPECT_EQ(saedir::read_sae_dir(out).format, "msae");
+  // --out = --from is refused before anything is read or written.
+  try {
+    saedir::convert_sae_dir(own + "/", saedir::Layout::msae, own, true);
+    ADD_FAILURE() << "converted onto itself";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::usage);
+    EXPECT_NE(std::string(e.what()).find("is the --from directory"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(saedir::parse_layout("safetensors"), Error);
 }
 
 }  // namespace

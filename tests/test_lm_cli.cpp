@@ -219,6 +219,11 @@ TEST_F(LmCli, HarvestHookTravelsAndIsChecked) {
   const auto cfg = nlohmann::json::parse(io::read_text_file(p("hook_sae/cfg.json")));
   EXPECT_EQ(cfg["metadata"]["hook_name"], "blocks.1.hook_resid_pre");
   EXPECT_EQ(cfg["metadata"]["model_name"], "model");
+  // ... with the SAELens 6 fields SAELens's trainer records (issue 27): the harvest's context and BOS.
+  EXPECT_EQ(cfg["metadata"]["context_size"], 32);
+  EXPECT_EQ(cfg["metadata"]["prepend_bos"], true);
+  EXPECT_EQ(cfg["metadata"]["seqpos_slice"], nlohmann::json::parse("[null]"));
+  EXPECT_EQ(cfg["metadata"]["sae_lens_version"], "6.18.0");
   const auto m = nlohmann::json::parse(io::read_text_file(p("hook_sae/msae.json")));
   EXPECT_EQ(m["hook"]["layer"], 1);
   EXPECT_EQ(m["hook"]["site"], "resid_pre");

@@ -101,7 +101,17 @@ struct EncodeRule {
   std::vector<float> thresholds;
   int64_t k = 0;              // topk: the k largest positive pre-activations of each row are kept
   bool center_input = true;   // subtract b_dec from x before the encoder (SAELens apply_b_dec_to_input)
-  bool is_default() const { return kind == Kind::jumprelu && thresholds.empty() && center_input; }
+  // SAELens TopKSAE rescale_acts_by_decoder_norm (sae_lens/saes/topk_sae.py, 6.18): the pre-activations are
+  // multiplied by the decoder row norms n_i before the selection (the codes are those products), and the
+  // codes are divided by n_i before decoding. Empty: no rescaling. Otherwise D norms, all > 0.
+  std::vector<float> decoder_norm;
+  bool is_default() const {
+    return kind == Kind::jumprelu && thresholds.empty() && center_input && decoder_norm.empty();
+  }
+  // The coefficient latent i's code multiplies its decoder row with: v, or v / n_i when rescaling.
+  float decode_value(int64_t i, float v) const {
+    return decoder_norm.empty() ? v : v / decoder_norm[static_cast<size_t>(i)];
+  }
 };
 
 // All parameters, float32. W_enc is stored transposed, (D, d), so every per-latent quantity (encoder
@@ -231,7 +241,7 @@ std::unique_ptr<StepEngine> make_sparse_shard_engine(SparseEngineOptions options
 // Processes x (B, d) in chunks internally; returns CSR codes.
 kernels::SparseCodes encode_inference(const SaeConfig& cfg, const SaeParams& params, const float* x, int64_t B,
                                       int64_t limit);
-// r = b_dec + z @ W_dec, r (B, d).
+// r = b_dec + z @ W_dec, r (B, d) (each code through params.rule.decode_value).
 void decode(const SaeParams& params, const kernels::SparseCodes& z, float* r);
 
 // ---- Variant building blocks (src/model/variants.cpp), shared by both engines and the trainer.

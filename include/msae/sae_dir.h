@@ -45,6 +45,8 @@ struct SaeDirectory {
   std::string model_name;
   // The tensors the SAE uses that hold NaN/Inf, in file order (empty unless read with allow_nonfinite).
   std::vector<NonFinite> nonfinite;
+  // cfg.json as read ({} when absent): a conversion carries its metadata over (docs/interop.md).
+  nlohmann::json source_cfg = nlohmann::json::object();
 };
 
 // "W_dec (32, 8): 3 non-finite values, the first at [4, 1] (flat index 33)"
@@ -78,6 +80,29 @@ nlohmann::json write_sae_files(const std::string& dir, const SaeConfig& cfg, con
 // tensor or key (for non-finite values: the tensor, how many, and the first index). allow_nonfinite = true
 // (msae inspect) loads non-finite values and lists them in SaeDirectory::nonfinite instead.
 SaeDirectory read_sae_dir(const std::string& dir, bool allow_nonfinite = false);
+
+// The layouts msae writes (msae convert, docs/interop.md): msae's own (SAELens layout + msae.json), SAELens
+// 6 (cfg.json + sae_weights.safetensors), EleutherAI sparsify (cfg.json + sae.safetensors).
+enum class Layout { msae, saelens, sparsify };
+Layout parse_layout(const std::string& name);  // "msae" / "saelens" / "sparsify"; usage error otherwise
+const char* layout_name(Layout layout);
+// "" when `sae` can be written in `to` so that that trainer's inference code computes the same codes (the
+// same function, float32 values copied exactly); otherwise why not, with the layout that can hold it.
+// SAELens's layout holds everything msae reads; sparsify's only centred per-row TopK without rescaling.
+std::string why_not_exact(const SaeDirectory& sae, Layout to);
+// Writes `sae` in `to` into the existing directory `dir`, each file atomically (F32 tensors). An SAE msae
+// trained keeps its metadata and msae.json (rebuilt from cfg.json's metadata when it has none); an imported
+// one is written in its own SAELens architecture (jumprelu, standard, topk with k and
+// rescale_acts_by_decoder_norm), its source metadata kept, and for Layout::msae an msae.json without
+// "config" (format, versions, source_format, `converted_from` when not null, files). Runtime error when
+// why_not_exact says it cannot.
+void write_sae_as(const std::string& dir, const SaeDirectory& sae, Layout to,
+                  const nlohmann::json& converted_from = nullptr);
+// msae convert: reads `from` (strictly, as read_sae_dir), refuses what `to` cannot hold exactly (runtime
+// error naming the reason), and writes `out` through io::PendingOutput under its output lock: `out` is
+// either untouched or the complete conversion. An existing `out` without `overwrite`, or `out` = `from`, is
+// a usage error, raised before anything is read. Returns a summary (from, from_format, to, out, files, ...).
+nlohmann::json convert_sae_dir(const std::string& from, Layout to, const std::string& out, bool overwrite);
 
 // Loads initial parameters for --init: the tensors of `dir`, checked against d and D (usage errors); an
 // imported SAE's encoding rule is dropped (the run trains an msae SAE).

@@ -30,7 +30,7 @@ EvalReport evaluate(const SaeConfig& cfg, const SaeParams& p, data::ActivationSo
       int64_t e = z.row_ptr[r];
       for (int64_t g = 0; g < G; ++g) {
         for (; e < z.row_ptr[r + 1] && z.ids[e] < bounds[g]; ++e) {
-          const float v = z.vals[e];
+          const float v = p.rule.decode_value(z.ids[e], z.vals[e]);
           const float* w = p.W_dec.ptr() + static_cast<int64_t>(z.ids[e]) * d;
           for (int64_t j = 0; j < d; ++j) running[j] += v * w[j];
           fired[z.ids[e]] += 1;

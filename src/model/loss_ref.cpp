@@ -303,6 +303,8 @@ kernels::SparseCodes encode_inference(const SaeConfig& cfg, const SaeParams& p, 
   out.row_ptr.assign(1, 0);
   std::vector<float> x_cent(kChunk * d), pre(kChunk * D);
   kernels::SparseCodes part;
+  MSAE_ASSERT(p.rule.decoder_norm.empty() || static_cast<int64_t>(p.rule.decoder_norm.size()) == D,
+              "EncodeRule: decoder_norm must have D entries");
   for (int64_t r0 = 0; r0 < B; r0 += kChunk) {
     const int64_t rows = std::min(kChunk, B - r0);
     for (int64_t r = 0; r < rows; ++r)
@@ -312,6 +314,9 @@ kernels::SparseCodes encode_inference(const SaeConfig& cfg, const SaeParams& p, 
     if (cfg.encoder_bias)
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t i = 0; i < D; ++i) pre[r * D + i] += p.b_enc.data[i];
+    if (!p.rule.decoder_norm.empty())  // SAELens: hidden_pre = (sae_in @ W_enc + b_enc) * W_dec.norm(dim=-1)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < D; ++i) pre[r * D + i] *= p.rule.decoder_norm[i];
     select_inference(p, pre.data(), rows, limit, part);
     const int64_t base = out.row_ptr.back();
     for (int64_t r = 1; r <= rows; ++r) out.row_ptr.push_back(base + part.row_ptr[r]);
@@ -328,7 +333,7 @@ void decode(const SaeParams& p, const kernels::SparseCodes& z, float* r) {
     float* out = r + row * d;
     std::copy(p.b_dec.ptr(), p.b_dec.ptr() + d, out);
     for (int64_t j = z.row_ptr[row]; j < z.row_ptr[row + 1]; ++j) {
-      const float v = z.vals[j];
+      const float v = p.rule.decode_value(z.ids[j], z.vals[j]);
       const float* w = p.W_dec.ptr() + static_cast<int64_t>(z.ids[j]) * d;
       for (int64_t c = 0; c < d; ++c) out[c] += v * w[c];
     }

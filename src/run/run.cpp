@@ -67,7 +67,8 @@ void say(const Callbacks& cb, const std::string& line) {
     log_info(line);
 }
 
-// The hook of a harvest directory (msae harvest's harvest.json: model, layer, site, hook_name), as msae.json
+// The hook of a harvest directory (msae harvest's harvest.json: model, layer, site, hook_name, ctx,
+// prepend_bos, skip_bos), as msae.json
 // records it ("hook") and cfg.json's SAELens fields take it (saedir::write_sae_files); null for other data.
 json harvest_hook(const std::string& data) {
   const std::string manifest = io::without_trailing_slash(data) + "/harvest.json";
@@ -77,7 +78,8 @@ json harvest_hook(const std::string& data) {
   const std::string model = h.value("model", "");
   return {{"model_name", std::filesystem::path(io::without_trailing_slash(model)).filename().string()}, {"model", model},
           {"hook_name", h["hook_name"]}, {"layer", h.value("layer", -1)}, {"site", h.value("site", "")},
-          {"harvest", data}};
+          {"context_size", h.value("ctx", json())}, {"prepend_bos", h.value("prepend_bos", json())},
+          {"skip_bos", h.value("skip_bos", json())}, {"harvest", data}};
 }
 
 }  // namespace

@@ -45,6 +45,7 @@ int run_inspect(const InspectArgs& a) {
                          {"decoder_row_norm_max", max_norm},
                          {"msae", sae.msae_json.is_object() && !sae.msae_json.empty()},
                          {"format", sae.format},
+                         {"rescale_acts_by_decoder_norm", !p.rule.decoder_norm.empty()},
                          {"hook_name", sae.hook_name.empty() ? nlohmann::json() : nlohmann::json(sae.hook_name)},
                          {"model_name", sae.model_name.empty() ? nlohmann::json() : nlohmann::json(sae.model_name)}};
   nlohmann::json nonfinite = nlohmann::json::array();
@@ -60,7 +61,8 @@ int run_inspect(const InspectArgs& a) {
   std::printf("%s\n", a.dir.c_str());
   // What the directory is: an msae SAE (written in SAELens' jumprelu layout), or the trainer it came from.
   std::string arch = cat(arch_name(c.arch), " (exported as SAELens jumprelu)");
-  if (sae.format.rfind("saelens-", 0) == 0) arch = sae.format.substr(8) + " (SAELens)";
+  if (sae.format.rfind("saelens-", 0) == 0)
+    arch = sae.format.substr(8) + " (SAELens" + (p.rule.decoder_norm.empty() ? "" : ", rescale_acts_by_decoder_norm") + ")";
   if (sae.format.rfind("sparsify-", 0) == 0) arch = sae.format.substr(9) + " (EleutherAI sparsify)";
   std::printf("  architecture   %s\n", arch.c_str());
   if (!sae.hook_name.empty())

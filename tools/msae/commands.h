@@ -19,5 +19,6 @@ Action add_synth_bench_command(CLI::App& root);
 Action add_harvest_command(CLI::App& root);
 Action add_absorption_command(CLI::App& root);
 Action add_browse_command(CLI::App& root);
+Action add_convert_command(CLI::App& root);
 
 }  // namespace msae::cli

@@ -133,6 +133,7 @@ int run_command(int argc, char** argv) {
       {"harvest", msae::cli::add_harvest_command(app)},
       {"absorption", msae::cli::add_absorption_command(app)},
       {"browse", msae::cli::add_browse_command(app)},
+      {"convert", msae::cli::add_convert_command(app)},
   };
 
   // --log-level also after the subcommand (msae train --log-level 2 ...), and in each one's --help.
