@@ -4,6 +4,10 @@
 
 #include <algorithm>
 
+#if MSAE_HAVE_CUDA
+#include "msae/cuda.h"
+#endif
+
 namespace msae::train {
 
 HostEngine::HostEngine(const TrainOptions& options, SaeParams params, std::unique_ptr<StepEngine> kernel)
@@ -47,7 +51,11 @@ void HostEngine::restore(SaeParams params, AdamState opt, LatentState latents) {
 
 namespace {
 
+#if MSAE_HAVE_CUDA
+constexpr size_t kBuiltinEngines = 3;
+#else
 constexpr size_t kBuiltinEngines = 2;
+#endif
 
 std::vector<EngineEntry>& registry() {
   static std::vector<EngineEntry> entries = [] {
@@ -58,6 +66,14 @@ std::vector<EngineEntry>& registry() {
     e.push_back({"sparse", "the fast default: one dense GEMM, everything else sparse (no --arch relu_l1)",
                  [](const SparseEngineOptions& o) { return make_sparse_engine(o); }, nullptr,
                  [](const SaeConfig& cfg) { return make_sparse_engine()->unsupported(cfg); }});
+#if MSAE_HAVE_CUDA
+    // Built with -DMSAE_CUDA=ON (docs/cuda.md). Without a usable GPU its unsupported() says so for every
+    // config: the tests that loop over the registry skip it, and --engine cuda is a usage error naming why.
+    e.push_back({"cuda", "the whole step on one NVIDIA GPU (sm_90), state on the device (matryoshka, batchtopk)",
+                 [](const SparseEngineOptions&) { return make_cuda_step(); },
+                 [](const TrainOptions& o, SaeParams p) { return make_cuda_engine(o, std::move(p)); },
+                 [](const SaeConfig& cfg) { return cuda_engine_unsupported(cfg); }});
+#endif
     MSAE_ASSERT(e.size() == kBuiltinEngines);
     return e;
   }();
