@@ -14,7 +14,8 @@
 namespace msae {
 namespace {
 
-// pre (B, D): a share of entries at a handful of values (many exact ties), the others continuous; about a
+// pre (B, D): half the entries at a handful of values from 1 up (many exact ties at the cut), a fifth continuous
+// in [0, 2), about a
 // third negative or zero.
 std::vector<float> make_pre(int64_t B, int64_t D, uint64_t seed, int levels) {
   Rng rng(seed);
@@ -22,7 +23,7 @@ std::vector<float> make_pre(int64_t B, int64_t D, uint64_t seed, int levels) {
   for (float& v : pre) {
     const double u = rng.uniform();
     if (u < 0.3) v = u < 0.05 ? 0.0f : -static_cast<float>(rng.uniform());
-    else if (levels > 0 && u < 0.8) v = 0.25f * static_cast<float>(1 + rng.below(static_cast<uint64_t>(levels)));
+    else if (levels > 0 && u < 0.8) v = 1.0f + 0.5f * static_cast<float>(rng.below(static_cast<uint64_t>(levels)));
     else v = static_cast<float>(rng.uniform() * 2.0);
   }
   return pre;

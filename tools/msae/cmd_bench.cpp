@@ -13,6 +13,9 @@
 
 #include "commands.h"
 #include "msae/comm.h"
+#if MSAE_HAVE_CUDA
+#include "msae/cuda.h"
+#endif
 #include "msae/kernels.h"
 #include "msae/model.h"
 #include "msae/train.h"
@@ -144,6 +147,44 @@ double calibrate_dead(const std::vector<float>& x, int64_t rows, int64_t d, SaeP
   return hi;
 }
 
+#if MSAE_HAVE_CUDA
+// --engine cuda (docs/cuda.md): whole optimizer steps of the cuda engine (state on the device) on the bench's
+// batches, and the cuBLAS encoder GEMM alone on the same device buffers (CUDA events).
+int run_bench_cuda(const BenchArgs& a, const SaeConfig& cfg, SaeParams params, const std::vector<std::vector<float>>& data) {
+  if (a.dead_fraction > 0.0) usage_error("--dead-fraction is not implemented for --engine cuda");
+  train::TrainOptions opt;
+  opt.sae = cfg;
+  opt.batch = a.batch;
+  opt.engine = "cuda";
+  const train::CudaBenchResult r = train::bench_cuda(opt, std::move(params), data, static_cast<int>(a.warmup),
+                                                     static_cast<int>(a.steps));
+  const double gflop = 2.0 * static_cast<double>(a.batch) * static_cast<double>(cfg.d_in) * static_cast<double>(cfg.d_sae) * 1e-9;
+  json phases = json::object();
+  for (const auto& [name, sec] : r.phases) phases[name] = sec;
+  const json out = {{"engine", "cuda"}, {"device", r.device}, {"arch", arch_name(cfg.arch)}, {"d_in", cfg.d_in},
+                    {"d_sae", cfg.d_sae}, {"k", cfg.k}, {"batch", a.batch}, {"precision", "fp32"},
+                    {"steps", a.steps}, {"warmup", a.warmup}, {"step_s", r.step_s}, {"step_samples_s", r.step_samples},
+                    {"encoder_gemm_s", r.gemm_s}, {"encoder_gemm_gflops", gflop / r.gemm_s},
+                    {"step_over_gemm", r.step_s / r.gemm_s}, {"phases_s", phases}, {"loss", r.last.loss},
+                    {"l0", r.last.l0}, {"n_dead", r.last.n_dead}};
+  if (a.json_out) {
+    std::printf("%s\n", out.dump().c_str());
+    return 0;
+  }
+  std::printf("msae bench: cuda engine on %s, %s SAE d=%lld D=%lld k=%lld B=%lld fp32, %lld steps after %lld warm-up\n",
+              r.device.c_str(), arch_name(cfg.arch), static_cast<long long>(cfg.d_in), static_cast<long long>(cfg.d_sae),
+              static_cast<long long>(cfg.k), static_cast<long long>(a.batch), static_cast<long long>(a.steps),
+              static_cast<long long>(a.warmup));
+  std::printf("  %-22s %10.3f ms\n", "step (median)", 1e3 * r.step_s);
+  std::printf("  %-22s %10.3f ms  (%.1f GFLOP/s)\n", "encoder GEMM alone", 1e3 * r.gemm_s, gflop / r.gemm_s);
+  std::printf("  %-22s %10.2f x\n", "step / encoder GEMM", r.step_s / r.gemm_s);
+  std::printf("  phases of the last step (ms):");
+  for (const auto& [name, sec] : r.phases) std::printf(" %s %.3f |", name.c_str(), 1e3 * sec);
+  std::printf("\n  last step: loss %.6g, l0 %.2f, dead %lld\n", r.last.loss, r.last.l0, static_cast<long long>(r.last.n_dead));
+  return 0;
+}
+#endif
+
 int run_bench(const BenchArgs& a) {
   set_num_threads(a.threads);
   kernels::set_blas_threads(num_threads());
@@ -176,6 +217,9 @@ int run_bench(const BenchArgs& a) {
   constexpr int kBatches = 3;
   std::vector<std::vector<float>> data(kBatches, std::vector<float>(B * d));
   for (auto& x : data) fill_batch(x, B, d, rng, basis, dirs);
+#if MSAE_HAVE_CUDA
+  if (a.engine == "cuda") return run_bench_cuda(a, cfg, std::move(params), data);
+#endif
 
   // Dead latents: counters far past the limit, every step, and encoder rows that keep them below the
   // BatchTopK cut. Default ("trained"): w_i - beta u, u the unit mean direction of the data, with one
