@@ -21,7 +21,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <tuple>
+
 #include <cub/cub.cuh>
 
 #include "cuda/radix_select.h"
@@ -202,6 +205,8 @@ __global__ void k_compact(const float* __restrict__ pre, int D, const RadixState
     const int i = c0 + threadIdx.x;
     const float v = i < D ? row[i] : 0.0f;
     const uint32_t u = radix_key(v);
+    // Most chunks hold nothing at or above the cut (k of D per row): no kept entry and no tie to count.
+    if (!__syncthreads_or(u != 0u && u >= s.cut)) continue;
     const int is_tie = (u != 0u && u == s.cut) ? 1 : 0;
     int tie_rank = 0, tie_total = 0;
     BlockScan(tmp).ExclusiveSum(is_tie, tie_rank, tie_total);
@@ -322,6 +327,7 @@ __global__ void k_aux_select(const float* __restrict__ pre, int D, const int* __
     const int k = c0 + threadIdx.x;
     const float v = k < n ? row[dead[k]] : 0.0f;
     const uint32_t u = radix_key(v);
+    if (!__syncthreads_or(u != 0u && u >= s.cut)) continue;
     const int is_tie = (u != 0u && u == s.cut) ? 1 : 0;
     int tie_rank = 0, tie_total = 0;
     BlockScan(tmp).ExclusiveSum(is_tie, tie_rank, tie_total);
@@ -728,7 +734,9 @@ struct DeviceStep::Impl {
     if (const std::string why = unavailable(); !why.empty()) runtime_error("--engine cuda: ", why);
     if (D >= (1LL << 30) || B * d >= (1LL << 40)) usage_error("--engine cuda: shape too large");
     MSAE_CUDA_CHECK(cudaSetDevice(0));
-    MSAE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    // A blocking stream: it waits for the legacy default stream's work, so the uploads below (cudaMemcpy and
+    // cudaMemset, which may return before their transfer completes) are ordered before the step's kernels.
+    MSAE_CUDA_CHECK(cudaStreamCreate(&stream));
     check(cublasCreate(&blas), "cublasCreate");
     check(cublasSetStream(blas, stream), "cublasSetStream");
     check(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");  // fp32, no TF32
@@ -768,6 +776,7 @@ struct DeviceStep::Impl {
     zero_moments();
     MSAE_CUDA_CHECK(cudaMemset(n_inactive.p, 0, static_cast<size_t>(D) * sizeof(long long)));
     MSAE_CUDA_CHECK(cudaMemset(gb_enc.p, 0, static_cast<size_t>(D) * f));
+    MSAE_CUDA_CHECK(cudaDeviceSynchronize());
   }
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
@@ -1061,6 +1070,7 @@ void DeviceStep::upload_params(const SaeParams& p) {
   else MSAE_CUDA_CHECK(cudaMemset(m.b_enc.p, 0, static_cast<size_t>(m.D) * sizeof(float)));
   m.copy_to_device(m.b_dec, p.b_dec.ptr(), m.d);
   m.copy_to_device(m.thr, &p.threshold, 1);
+  MSAE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 void DeviceStep::download_params(SaeParams& p) const {
@@ -1077,6 +1087,7 @@ void DeviceStep::download_params(SaeParams& p) const {
 void DeviceStep::set_b_dec(const float* b_dec) {
   MSAE_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
   impl_->copy_to_device(impl_->b_dec, b_dec, impl_->d);
+  MSAE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 void DeviceStep::upload_moments(const SaeGrads* m, const SaeGrads* v) {
@@ -1084,6 +1095,7 @@ void DeviceStep::upload_moments(const SaeGrads* m, const SaeGrads* v) {
   MSAE_CUDA_CHECK(cudaStreamSynchronize(s.stream));
   if (!m || !v) {
     s.zero_moments();
+    MSAE_CUDA_CHECK(cudaDeviceSynchronize());
     return;
   }
   for (auto [src, W_enc_t, b_enc, W_dec, b_dec] :
@@ -1093,6 +1105,7 @@ void DeviceStep::upload_moments(const SaeGrads* m, const SaeGrads* v) {
     s.copy_to_device(*b_enc, src->b_enc.ptr(), s.D);
     s.copy_to_device(*b_dec, src->b_dec.ptr(), s.d);
   }
+  MSAE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 void DeviceStep::download_moments(SaeGrads& m, SaeGrads& v) const {
@@ -1113,6 +1126,7 @@ void DeviceStep::upload_counters(const std::vector<int64_t>& n_inactive) {
   MSAE_CUDA_CHECK(cudaStreamSynchronize(s.stream));
   MSAE_CUDA_CHECK(cudaMemcpy(s.n_inactive.p, n_inactive.data(), static_cast<size_t>(s.D) * sizeof(int64_t),
                              cudaMemcpyHostToDevice));
+  MSAE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 void DeviceStep::download_counters(std::vector<int64_t>& n_inactive) const {
