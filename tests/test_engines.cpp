@@ -173,7 +173,7 @@ void check_engine_case(const Case& c, const SaeConfig& cfg, std::unique_ptr<Step
     // The clipping norm an engine may accumulate on the fly (the update then skips its own pass; the
     // sparse engine does); the reference engine leaves it unknown.
     const double sq = grad_sum_squares(g_fast);
-    if (std::string(fast->name()) == "sparse") {
+    if (std::string(fast->name()) != "reference") {  // the sparse engines
       EXPECT_GE(g_fast.sum_squares, 0.0);
     }
     if (g_fast.sum_squares >= 0.0) {

@@ -47,7 +47,7 @@ void HostEngine::restore(SaeParams params, AdamState opt, LatentState latents) {
 
 namespace {
 
-constexpr size_t kBuiltinEngines = 2;
+constexpr size_t kBuiltinEngines = 3;
 
 std::vector<EngineEntry>& registry() {
   static std::vector<EngineEntry> entries = [] {
@@ -58,6 +58,15 @@ std::vector<EngineEntry>& registry() {
     e.push_back({"sparse", "the fast default: one dense GEMM, everything else sparse (no --arch relu_l1)",
                  [](const SparseEngineOptions& o) { return make_sparse_engine(o); }, nullptr,
                  [](const SaeConfig& cfg) { return make_sparse_engine()->unsupported(cfg); }});
+    e.push_back({"screened",
+                 "the sparse engine with the BatchTopK selection screened by an int8 GEMM with a proven error bound, "
+                 "the candidates computed exactly (docs/performance.md)",
+                 [](const SparseEngineOptions& o) {
+                   SparseEngineOptions s = o;
+                   s.screen = true;
+                   return make_sparse_engine(s);
+                 },
+                 nullptr, [](const SaeConfig& cfg) { return make_sparse_engine()->unsupported(cfg); }});
     MSAE_ASSERT(e.size() == kBuiltinEngines);
     return e;
   }();
