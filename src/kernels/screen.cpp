@@ -15,22 +15,32 @@
 #include <limits>
 
 #include <dnnl.hpp>
+#include <omp.h>
 
 #include "msae/kernels.h"
 
 namespace msae::kernels {
 
+// Eight products at a time in two vectors of four doubles (GCC's vector extensions: packed AVX2 code under
+// -march=native, plain SSE2 or scalar code otherwise, the same sums either way: the order is fixed here).
 float exact_dot(const float* x, const float* w, int64_t d, float b) {
-  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  typedef double d4 __attribute__((vector_size(32)));
+  typedef float f4 __attribute__((vector_size(16)));
+  d4 s0 = {0, 0, 0, 0}, s1 = {0, 0, 0, 0};
   int64_t k = 0;
-  for (; k + 4 <= d; k += 4) {
-    s0 += static_cast<double>(x[k]) * w[k];
-    s1 += static_cast<double>(x[k + 1]) * w[k + 1];
-    s2 += static_cast<double>(x[k + 2]) * w[k + 2];
-    s3 += static_cast<double>(x[k + 3]) * w[k + 3];
+  for (; k + 8 <= d; k += 8) {
+    f4 xa, xb, wa, wb;
+    std::memcpy(&xa, x + k, 16);
+    std::memcpy(&xb, x + k + 4, 16);
+    std::memcpy(&wa, w + k, 16);
+    std::memcpy(&wb, w + k + 4, 16);
+    s0 += __builtin_convertvector(xa, d4) * __builtin_convertvector(wa, d4);
+    s1 += __builtin_convertvector(xb, d4) * __builtin_convertvector(wb, d4);
   }
-  for (; k < d; ++k) s0 += static_cast<double>(x[k]) * w[k];
-  return static_cast<float>(((s0 + s1) + (s2 + s3)) + static_cast<double>(b));
+  double t = 0;
+  for (; k < d; ++k) t += static_cast<double>(x[k]) * w[k];
+  const d4 s = s0 + s1;
+  return static_cast<float>((((s[0] + s[1]) + (s[2] + s[3])) + t) + static_cast<double>(b));
 }
 
 namespace {
@@ -68,11 +78,14 @@ void quantize_rows(const float* a, int64_t n, int64_t d, float levels, int8_t* q
 
 }  // namespace
 
+// oneDNN runs on OpenMP, whose idle threads spin: next to msae's pool that slowed a step 3x on two cores
+// (docs/performance.md, "Threads"). So the int8 GEMM is split over msae's pool like kernels::sgemm: each
+// thread runs one single-threaded oneDNN matmul on its block of rows.
 struct Screener::Impl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
-  dnnl::stream strm{eng};
+  std::vector<dnnl::stream> streams;       // one per thread
+  std::vector<std::pair<int64_t, std::unique_ptr<dnnl::matmul>>> mms;  // by block rows
   int64_t B = 0, d = 0, D = 0;
-  std::unique_ptr<dnnl::matmul> mm;
   std::string impl_name;
   std::vector<int8_t> qx, qw;
   std::vector<float> sx, xh, xr, xa, sw, wh, wr, wa;
@@ -81,23 +94,55 @@ struct Screener::Impl {
   std::vector<std::pair<float, int64_t>> vals;
   SelectScratch sel;
   SparseCodes tmp;
-  std::vector<int64_t> offset;
+  std::vector<int64_t> offset, fill;
+  std::vector<std::vector<uint8_t>> flags;  // per thread: one row's candidate flags
+  std::vector<float> fa, fc, fe, fp, fq, fs, ft;  // the bound's factors (collect)
 
-  void prepare(int64_t B_, int64_t d_, int64_t D_) {
-    if (mm && B_ == B && d_ == d && D_ == D) return;
-    B = B_, d = d_, D = D_;
+  dnnl::matmul& matmul_for(int64_t rows) {
+    for (auto& [r, m] : mms)
+      if (r == rows) return *m;
     using dt = dnnl::memory::data_type;
     using tag = dnnl::memory::format_tag;
-    const dnnl::memory::desc a({B, d}, dt::s8, tag::ab), w({d, D}, dt::s8, tag::ba), c({B, D}, dt::s32, tag::ab);
-    const dnnl::matmul::desc md(a, w, c);
-    const dnnl::matmul::primitive_desc pd(md, eng);
+    const dnnl::memory::desc a({rows, d}, dt::s8, tag::ab), w({d, D}, dt::s8, tag::ba), c({rows, D}, dt::s32, tag::ab);
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, w, c), eng);
     impl_name = pd.impl_info_str();
-    mm = std::make_unique<dnnl::matmul>(pd);
+    mms.emplace_back(rows, std::make_unique<dnnl::matmul>(pd));
+    return *mms.back().second;
+  }
+
+  void prepare(int64_t B_, int64_t d_, int64_t D_) {
+    if (B_ == B && d_ == d && D_ == D) return;
+    B = B_, d = d_, D = D_;
+    mms.clear();
     qx.resize(static_cast<size_t>(B * d));
     qw.resize(static_cast<size_t>(D * d));
     acc.resize(static_cast<size_t>(B * D));
     for (auto* v : {&sx, &xh, &xr, &xa}) v->resize(static_cast<size_t>(B));
     for (auto* v : {&sw, &wh, &wr, &wa}) v->resize(static_cast<size_t>(D));
+  }
+
+  // acc = qx @ qw^T, the rows split over msae's pool.
+  void gemm() {
+    const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, B / 64)));
+    while (static_cast<int>(streams.size()) < nt) streams.emplace_back(eng);
+    // Create the primitives on this thread (creation is not timed per step after the first).
+    for (int t = 0; t < nt; ++t) matmul_for(B * (t + 1) / nt - B * t / nt);
+    parallel(
+        [&](int t, int n) {
+          const int64_t lo = B * t / n, hi = B * (t + 1) / n;
+          if (lo >= hi) return;
+          omp_set_num_threads(1);
+          using dt = dnnl::memory::data_type;
+          using tag = dnnl::memory::format_tag;
+          dnnl::matmul* mm = nullptr;
+          for (auto& [r, m] : mms)
+            if (r == hi - lo) mm = m.get();
+          dnnl::memory am({{hi - lo, d}, dt::s8, tag::ab}, eng, qx.data() + lo * d),
+              wm({{d, D}, dt::s8, tag::ba}, eng, qw.data()), cm({{hi - lo, D}, dt::s32, tag::ab}, eng, acc.data() + lo * D);
+          mm->execute(streams[t], {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, cm}});
+          streams[t].wait();
+        },
+        nt);
   }
 };
 
@@ -123,14 +168,7 @@ float Screener::batch_topk(const float* x, int64_t B, int64_t d, const float* W,
   quantize_rows(W, D, d, 63.0f, m.qw.data(), m.sw.data(), m.wh.data(), m.wr.data(), m.wa.data());
   stats_.seconds_quantize = t.seconds();
   t.reset();
-  {
-    using dt = dnnl::memory::data_type;
-    using tag = dnnl::memory::format_tag;
-    dnnl::memory am({{B, d}, dt::s8, tag::ab}, m.eng, m.qx.data()), wm({{d, D}, dt::s8, tag::ba}, m.eng, m.qw.data()),
-        cm({{B, D}, dt::s32, tag::ab}, m.eng, m.acc.data());
-    m.mm->execute(m.strm, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, cm}});
-    m.strm.wait();
-  }
+  m.gemm();
   stats_.seconds_gemm = t.seconds();
   t.reset();
 
@@ -162,23 +200,47 @@ float Screener::batch_topk(const float* x, int64_t B, int64_t d, const float* W,
   // Candidates: upper bound >= L.
   const int nt = num_threads();
   m.cand.resize(static_cast<size_t>(nt));
-  auto collect = [&](auto&& gap) {
-    for (auto& c : m.cand) c.clear();
+  m.flags.resize(static_cast<size_t>(nt));
+  // Candidates: lower bound + gap >= L, gap(r, i) = a_r p_i + c_r q_i + e_r s_i + t_i (twice the bound), one
+  // vectorized pass per row into flags, then the rare set flags read 8 at a time.
+  auto collect = [&](const float* a, const float* c, const float* e, const float* p, const float* q, const float* sv,
+                     const float* tv) {
+    for (auto& cd : m.cand) cd.clear();
     parallel_for(B, [&](int64_t lo, int64_t hi, int tid) {
-      auto& c = m.cand[tid];
+      auto& cd = m.cand[tid];
+      std::vector<uint8_t>& flag = m.flags[tid];
+      flag.resize(static_cast<size_t>((D + 7) / 8 * 8));
       for (int64_t r = lo; r < hi; ++r) {
         const float* o = work + r * D;
-        for (int64_t i = 0; i < D; ++i)
-          if (o[i] + gap(r, i) >= L) c.push_back(r * D + i);
+        const float ar = a[r], cr = c[r], er = e[r];
+        uint8_t* f = flag.data();
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) f[i] = o[i] + (ar * p[i] + cr * q[i] + er * sv[i] + tv[i]) >= L;
+        for (int64_t i = D; i < static_cast<int64_t>(flag.size()); ++i) f[i] = 0;
+        for (int64_t i0 = 0; i0 < D; i0 += 8) {
+          uint64_t word;
+          std::memcpy(&word, f + i0, 8);
+          if (!word) continue;
+          for (int64_t i = i0; i < std::min<int64_t>(i0 + 8, D); ++i)
+            if (f[i]) cd.push_back(r * D + i);
+        }
       }
     }, 8);
     int64_t n = 0;
-    for (auto& c : m.cand) n += static_cast<int64_t>(c.size());
+    for (auto& cd : m.cand) n += static_cast<int64_t>(cd.size());
     return n;
   };
+  // The per-row and per-latent factors of the two bounds.
+  const float M = static_cast<float>(kMargin);
+  m.fa.resize(static_cast<size_t>(B)), m.fc.resize(static_cast<size_t>(B)), m.fe.resize(static_cast<size_t>(B));
+  m.fp.resize(static_cast<size_t>(D)), m.fq.resize(static_cast<size_t>(D)), m.fs.resize(static_cast<size_t>(D)),
+      m.ft.resize(static_cast<size_t>(D));
+  for (int64_t r = 0; r < B; ++r) m.fa[r] = 2 * m.xh[r], m.fc[r] = 2 * m.xr[r], m.fe[r] = 2 * M * (m.xa[r] + m.xr[r]);
+  for (int64_t i = 0; i < D; ++i)
+    m.fp[i] = m.wr[i], m.fq[i] = m.wa[i], m.fs[i] = m.wa[i] + m.wr[i], m.ft[i] = 2 * M * (b ? std::fabs(b[i]) : 0.0f);
   int64_t n_cand = 0;
   if (usable) {
-    n_cand = collect([&](int64_t r, int64_t i) { return 2.0f * bound(r, i); });
+    n_cand = collect(m.fa.data(), m.fc.data(), m.fe.data(), m.fp.data(), m.fq.data(), m.fs.data(), m.ft.data());
     usable = n_cand <= B * D / 4;
   }
   if (!usable) {
@@ -198,7 +260,9 @@ float Screener::batch_topk(const float* x, int64_t B, int64_t d, const float* W,
     }, 8);
     L = kernels::batch_topk(work, B, D, keep, tmp, sel, 0.0f);
     if (tmp.nnz() < keep) L = std::numeric_limits<float>::min();  // fewer positive lower bounds than keep
-    n_cand = collect([&](int64_t r, int64_t i) { return 2.0f * fbound(r, i); });
+    for (int64_t r = 0; r < B; ++r) m.fa[r] = 2 * gamma * m.xa[r], m.fc[r] = 0, m.fe[r] = 0;
+    for (int64_t i = 0; i < D; ++i) m.fp[i] = m.wa[i], m.ft[i] = 2 * gamma * (b ? std::fabs(b[i]) : 0.0f);
+    n_cand = collect(m.fa.data(), m.fc.data(), m.fe.data(), m.fp.data(), m.fq.data(), m.fs.data(), m.ft.data());
     stats_.seconds_gemm += t.seconds();
     t.reset();
   }
@@ -207,18 +271,25 @@ float Screener::batch_topk(const float* x, int64_t B, int64_t d, const float* W,
   stats_.seconds_candidates = t.seconds();
   t.reset();
 
-  // Exact values of the candidates, then the selection among them (value desc, flat index asc).
+  // Exact values of the candidates, grouped by latent so that each encoder row is read once (the rows of
+  // x, B * d floats, stay in cache); then the selection among them (value desc, flat index asc).
   m.vals.resize(static_cast<size_t>(n_cand));
   std::vector<int64_t>& offset = m.offset;
-  offset.assign(m.cand.size() + 1, 0);
-  for (size_t q = 0; q < m.cand.size(); ++q) offset[q + 1] = offset[q] + static_cast<int64_t>(m.cand[q].size());
-  parallel_for(static_cast<int64_t>(m.cand.size()), [&](int64_t lo, int64_t hi, int) {
-    for (int64_t q = lo; q < hi; ++q)
-      for (size_t e = 0; e < m.cand[q].size(); ++e) {
-        const int64_t f = m.cand[q][e], r = f / D, i = f % D;
-        m.vals[offset[q] + e] = {exact_dot(x + r * d, W + i * d, d, b ? b[i] : 0.0f), f};
-      }
-  }, 1);
+  offset.assign(static_cast<size_t>(D + 1), 0);
+  for (const auto& cd : m.cand)
+    for (int64_t f : cd) offset[f % D + 1] += 1;
+  for (int64_t i = 0; i < D; ++i) offset[i + 1] += offset[i];
+  m.fill.assign(offset.begin(), offset.end() - 1);
+  for (const auto& cd : m.cand)  // thread blocks of rows in order: each latent's rows ascend
+    for (int64_t f : cd) m.vals[m.fill[f % D]++].second = f;
+  parallel_for(D, [&](int64_t lo, int64_t hi, int) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const float* w = W + i * d;
+      const float bi = b ? b[i] : 0.0f;
+      for (int64_t e = offset[i]; e < offset[i + 1]; ++e)
+        m.vals[e].first = exact_dot(x + (m.vals[e].second / D) * d, w, d, bi);
+    }
+  }, 64);
   auto first = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& c) {
     return a.first > c.first || (a.first == c.first && a.second < c.second);
   };
