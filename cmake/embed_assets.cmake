@@ -1,6 +1,7 @@
 # Writes a C++ file holding the browser's static files (src/browse/assets.h's assets()).
 #   cmake -DOUT=file.cpp -DBASE=dir -DFILES="a;b;c" -P embed_assets.cmake
-# Each file NAME under BASE becomes the site path NAME (*.html at the site's root, the rest under assets/).
+# Each file NAME under BASE becomes the site path NAME (*.html at the site's root: templates that
+# src/browse/site.cpp fills; the rest under assets/).
 string(REPLACE "," ";" FILES "${FILES}")
 set(body "")
 set(table "")

@@ -799,7 +799,7 @@ constexpr const char* kFeatureStreamDoc = R"doc(A ground-truth activation stream
 (docs/synth-bench.md) and its sampler.
 
 FeatureStream(preset, seed=0, stream_seed=None)
-    preset: "synth-lite", "synth-16k", "tree" or "absorption"; seed: the feature model's seed;
+    preset: "synth-lite", "synth-16k", "synthsaebench-16k", "tree" or "absorption"; seed: the feature model's seed;
     stream_seed: the stream's seed. The default, 2 * seed + 1, is the stream `msae synth-bench
     --seeds seed` trains on, so a model trained here on sample() sees the same rows.
 

@@ -7,6 +7,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(
   build-essential cmake git
   libopenblas-dev libopenblas-pthread-dev
+  libdnnl-dev
   nlohmann-json3-dev libcli11-dev
   libgtest-dev
   pybind11-dev python3-dev python3-numpy

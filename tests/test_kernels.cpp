@@ -297,3 +297,106 @@ TEST(Kernels, ThreadPoolRegions) {
 
 }  // namespace
 }  // namespace msae::kernels
+
+// ---- Screened BatchTopK (kernels::Screener): the selection equals the oracle's (every pre-activation by
+// exact_dot, then batch_topk) bit for bit, on cases built to break a loose or wrong bound.
+namespace {
+
+struct ScreenCase {
+  const char* name;
+  int64_t B, d, D, keep;
+  int kind;  // 0 random, 1 outliers in x, 2 columns of very different norms, 3 ties at the cut, 4 bias, 5 few positive
+};
+
+void fill_screen_case(const ScreenCase& c, std::vector<float>& x, std::vector<float>& W, std::vector<float>& b,
+                      uint64_t seed) {
+  msae::Rng rng(seed);
+  x.resize(static_cast<size_t>(c.B * c.d));
+  W.resize(static_cast<size_t>(c.D * c.d));
+  b.assign(static_cast<size_t>(c.D), 0.0f);
+  for (float& v : x) v = static_cast<float>(rng.normal());
+  for (float& v : W) v = static_cast<float>(rng.normal()) / std::sqrt(static_cast<float>(c.d));
+  if (c.kind == 1)  // one huge coordinate per row: the per-row int8 scale crushes the others to 0
+    for (int64_t r = 0; r < c.B; ++r) x[r * c.d + r % c.d] = 300.0f * (r % 2 ? 1.0f : -1.0f);
+  if (c.kind == 2)  // column norms over 6 decades
+    for (int64_t i = 0; i < c.D; ++i)
+      for (int64_t k = 0; k < c.d; ++k) W[i * c.d + k] *= std::pow(10.0f, static_cast<float>(i % 7) - 3.0f);
+  if (c.kind == 3) {  // duplicated columns and rows: many exactly equal values at the cut
+    for (int64_t i = 1; i < c.D; i += 2) std::copy_n(&W[(i - 1) * c.d], c.d, &W[i * c.d]);
+    for (int64_t r = 1; r < c.B; r += 3) std::copy_n(&x[(r - 1) * c.d], c.d, &x[r * c.d]);
+  }
+  if (c.kind == 4)
+    for (float& v : b) v = static_cast<float>(rng.normal()) * 0.5f;
+  if (c.kind == 5)  // almost everything negative: fewer positive entries than keep
+    for (float& v : b) v = -20.0f;
+}
+
+}  // namespace
+
+TEST(Kernels, ScreenedBatchTopKEqualsExactSelection) {
+  const ScreenCase cases[] = {{"random", 64, 96, 512, 64 * 8, 0},   {"outliers in x", 64, 96, 512, 64 * 8, 1},
+                              {"column norms", 64, 96, 512, 64 * 8, 2}, {"ties at the cut", 60, 64, 256, 60 * 5, 3},
+                              {"encoder bias", 48, 80, 300, 48 * 6, 4}, {"few positive", 32, 64, 256, 32 * 4, 5},
+                              {"keep everything", 8, 16, 32, 8 * 32, 0}, {"wide d", 32, 1200, 256, 32 * 4, 0}};
+  msae::kernels::Screener screener;
+  for (const ScreenCase& c : cases) {
+    for (uint64_t seed : {1u, 2u}) {
+      std::vector<float> x, W, b, work(static_cast<size_t>(c.B * c.D));
+      fill_screen_case(c, x, W, b, seed);
+      const bool bias = c.kind == 4 || c.kind == 5;
+      msae::kernels::SparseCodes want, got;
+      msae::kernels::ref::screened_batch_topk(x.data(), c.B, c.d, W.data(), bias ? b.data() : nullptr, c.D, c.keep, want);
+      const float cut = screener.batch_topk(x.data(), c.B, c.d, W.data(), bias ? b.data() : nullptr, c.D, c.keep,
+                                            work.data(), got);
+      EXPECT_EQ(got.row_ptr, want.row_ptr) << c.name;
+      EXPECT_EQ(got.ids, want.ids) << c.name;
+      ASSERT_EQ(got.vals.size(), want.vals.size()) << c.name;
+      for (size_t e = 0; e < got.vals.size(); ++e) ASSERT_EQ(got.vals[e], want.vals[e]) << c.name << " entry " << e;
+      if (!want.vals.empty()) {
+        EXPECT_EQ(cut, *std::min_element(want.vals.begin(), want.vals.end())) << c.name;
+      }
+      EXPECT_GE(screener.stats().candidates, static_cast<int64_t>(want.vals.size())) << c.name;
+    }
+  }
+}
+
+// The bound itself: |exact - int8 approximation| <= the bound on every entry, for the adversarial inputs.
+TEST(Kernels, ScreenBoundHoldsEverywhere) {
+  // Re-derived here independently of screen.cpp: quantize per row, dot in int64, compare.
+  const ScreenCase cases[] = {{"random", 32, 96, 128, 0, 0}, {"outliers", 32, 96, 128, 0, 1}, {"norms", 32, 96, 128, 0, 2}};
+  for (const ScreenCase& c : cases) {
+    std::vector<float> x, W, b;
+    fill_screen_case(c, x, W, b, 7);
+    auto quant = [&](const float* a, int64_t d, std::vector<int>& q, double& s, double& nh, double& nr, double& na) {
+      float m = 0;
+      for (int64_t k = 0; k < d; ++k) m = std::max(m, std::fabs(a[k]));
+      s = m / 127.0;
+      q.resize(static_cast<size_t>(d));
+      nh = nr = na = 0;
+      for (int64_t k = 0; k < d; ++k) {
+        q[k] = m > 0 ? static_cast<int>(std::nearbyint(a[k] * (127.0f / m))) : 0;
+        const double hat = static_cast<float>(s) * q[k];
+        nh += hat * hat, nr += (a[k] - hat) * (a[k] - hat), na += static_cast<double>(a[k]) * a[k];
+      }
+      nh = std::sqrt(nh), nr = std::sqrt(nr), na = std::sqrt(na);
+    };
+    double worst = 0;
+    for (int64_t r = 0; r < c.B; ++r) {
+      std::vector<int> qx, qw;
+      double sx, xh, xr, xa;
+      quant(&x[r * c.d], c.d, qx, sx, xh, xr, xa);
+      for (int64_t i = 0; i < c.D; ++i) {
+        double sw, wh, wr, wa;
+        quant(&W[i * c.d], c.d, qw, sw, wh, wr, wa);
+        int64_t dot = 0;
+        for (int64_t k = 0; k < c.d; ++k) dot += static_cast<int64_t>(qx[k]) * qw[k];
+        const double approx = static_cast<double>(static_cast<float>(sx)) * static_cast<float>(sw) * dot;
+        const double exact = msae::kernels::exact_dot(&x[r * c.d], &W[i * c.d], c.d, 0.0f);
+        const double bound = xh * wr + xr * wa;
+        EXPECT_LE(std::fabs(exact - approx), bound * (1 + 1e-6) + 1e-6 * xa * wa) << c.name << " r " << r << " i " << i;
+        worst = std::max(worst, std::fabs(exact - approx) / bound);
+      }
+    }
+    EXPECT_GT(worst, 0.0) << c.name;  // the check compared something
+  }
+}

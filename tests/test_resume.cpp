@@ -418,6 +418,9 @@ TEST_F(Resume, ResumedSynthBenchEqualsAnUninterruptedOne) {
       EXPECT_EQ(b["runs"][i]["eval"], a["runs"][i]["eval"]);
       EXPECT_EQ(b["runs"][i]["meta_sae"], a["runs"][i]["meta_sae"]);
       EXPECT_EQ(b["runs"][i]["train"]["curve_fvu"], a["runs"][i]["train"]["curve_fvu"]);
+      EXPECT_EQ(b["runs"][i]["train"]["curve_dead"], a["runs"][i]["train"]["curve_dead"]);
+      EXPECT_EQ(b["runs"][i]["train"]["curve_silent"], a["runs"][i]["train"]["curve_silent"]);
+      EXPECT_EQ(b["runs"][i]["train"]["curve_silent"].size(), b["runs"][i]["train"]["curve_step"].size());
       EXPECT_EQ(b["runs"][i]["train"]["steps"], 300);
     }
   }

@@ -815,5 +815,49 @@ TEST(Report, FrontierPlot) {
   EXPECT_GE(tick_labels(svg, "middle").size(), 4u) << svg;
 }
 
+// The dead-latent curves of a preset run (PresetRun::curve_dead, curve_silent): one point per logging
+// point; "silent" counts latents with no firing in the interval since the previous point, "dead" those
+// with none in the AuxK window. Equal when both are one batch; nested when one window holds the other.
+TEST(PresetRun, DeadLatentCurves) {
+  const FeatureModel m = synth::make_preset("tree", 0);
+  const run::PresetEvalRows held_out = run::preset_eval_rows(m, 0, 512);
+  auto train = [&](int64_t steps, int64_t dead_after) {
+    run::Options o;
+    o.set("arch", "batchtopk");
+    o.set("dead_after_batches", dead_after);
+    const train::TrainOptions opt = run::make_train_options(o, m.d, {64, 1, 64, steps});
+    return run::train_on_preset(m, opt, held_out, run::PresetRunOptions{});
+  };
+  const run::PresetRun one = train(40, 1);  // log every step
+  ASSERT_EQ(one.curve_step.size(), 40u);
+  ASSERT_EQ(one.curve_dead.size(), 40u);
+  ASSERT_EQ(one.curve_silent.size(), 40u);
+  EXPECT_EQ(one.curve_dead, one.curve_silent);
+  double most = 0;
+  for (double v : one.curve_dead) {
+    EXPECT_GE(v, 0.0);
+    EXPECT_LE(v, 1.0);
+    most = std::max(most, v);
+    EXPECT_EQ(std::round(v * 64), v * 64);  // a count of the 64 latents
+  }
+  EXPECT_GT(most, 0.1);  // 64 latents, one kept per row on average: many silent in a batch of 64 rows
+  for (const int64_t dead_after : {2, 5}) {  // logging every 3 steps (300 / 100)
+    SCOPED_TRACE(dead_after);
+    const run::PresetRun r = train(300, dead_after);
+    ASSERT_EQ(r.curve_dead.size(), 100u);
+    ASSERT_EQ(r.curve_silent.size(), 100u);
+    for (size_t i = 0; i < 100; ++i) {
+      if (dead_after < 3) {
+        EXPECT_LE(r.curve_silent[i], r.curve_dead[i]) << i;
+      } else {
+        EXPECT_LE(r.curve_dead[i], r.curve_silent[i]) << i;
+      }
+    }
+    const nlohmann::json j = run::preset_run_json(r, run::make_train_options(run::Options{}, m.d, {64, 1, 64, 300}), false);
+    EXPECT_EQ(j.at("train").at("curve_silent").size(), 100u);
+    EXPECT_EQ(j.at("train").at("curve_dead").size(), 100u);
+  }
+}
+
 }  // namespace
 }  // namespace msae

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <string>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "msae/comm.h"
@@ -76,6 +78,45 @@ float batch_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, int64_t keep
                  SelectScratch& scratch, float hint);
 // TopK per row (row_topk) on msae's pool without allocation.
 void row_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, int64_t k, SparseCodes& out, SelectScratch& scratch);
+
+// ---- Screened BatchTopK (src/kernels/screen.cpp; docs/performance.md, "Screened selection"). The same
+// selection as batch_topk over the exact pre-activations pre[r, i] = exact_dot(x_r, W_i, d) + b[i], without
+// computing most of them exactly: an int8 GEMM (oneDNN; x and W quantized per row) gives approximations with
+// a proven error bound (per entry, from the quantization residuals' norms: |exact - approx| <=
+// |x^_r| |dW_i| + |dx_r| |W_i| plus a margin for float rounding); the keep-th largest lower bound L is a
+// lower bound of the true cut, so every entry of the selection has an upper bound >= L; only those
+// candidates are computed exactly, and the selection is made among them with batch_topk's tie rule. When
+// the bound is too loose (L <= 0, or candidates over a quarter of B*D) the approximations come from the
+// fp32 GEMM instead, with its rounding bound (same result, fp32 speed).
+// exact_dot: sum_k x[k] * w[k] accumulated in double in a fixed order, rounded once to float. The
+// selection's reference (kernels_ref.h) computes every entry with it.
+float exact_dot(const float* x, const float* w, int64_t d, float b);
+struct ScreenStats {
+  int64_t candidates = 0;    // entries computed exactly
+  int64_t keep = 0;
+  bool fp32_fallback = false;  // the approximations came from the fp32 GEMM
+  double seconds_quantize = 0, seconds_gemm = 0, seconds_bound = 0, seconds_candidates = 0, seconds_select = 0;
+};
+class Screener {
+ public:
+  Screener();
+  ~Screener();
+  Screener(const Screener&) = delete;
+  Screener& operator=(const Screener&) = delete;
+  // x (B, d), W (D, d) row-major, b (D) or nullptr. Out: CSR codes (ids ascending, values > 0) of the keep
+  // largest positive exact pre-activations, ties by lower flat index. Returns the cut (smallest kept; 0 if
+  // none). `work` must hold B * D floats (the engine's pre-activation buffer); its contents are scratch.
+  float batch_topk(const float* x, int64_t B, int64_t d, const float* W, const float* b, int64_t D, int64_t keep,
+                   float* work, SparseCodes& out);
+  const ScreenStats& stats() const { return stats_; }
+  // The kernel in use, for msae.json and msae bench ("oneDNN <version> int8 matmul (<impl>)").
+  std::string kernel() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  ScreenStats stats_;
+};
 
 // AuxK selection: for each row r, the top `keep` values of relu(pre[r, i]) over the latents i in `dead`
 // (ascending ids), positive values only (zeros carry nothing), ties broken by lower latent id; CSR out

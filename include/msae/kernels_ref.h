@@ -11,6 +11,9 @@ void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float 
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 void batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCodes& out);
+// Screener::batch_topk's oracle: every pre-activation with exact_dot, then batch_topk.
+void screened_batch_topk(const float* x, int64_t B, int64_t d, const float* W, const float* b, int64_t D, int64_t keep,
+                         SparseCodes& out);
 void row_topk(const float* pre, int64_t B, int64_t D, int64_t k, SparseCodes& out);
 void threshold_select(const float* pre, int64_t B, int64_t D, float threshold, int64_t limit, SparseCodes& out);
 void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& h, int64_t t);

@@ -190,6 +190,10 @@ class StepEngine {
                                             LatentState& state, SaeGrads& grads) = 0;
   // Seconds spent in each phase of the last forward_backward, for `msae bench` (empty if not measured).
   virtual std::vector<std::pair<std::string, double>> last_phase_seconds() const { return {}; }
+  // Counts of the last forward_backward for `msae bench` (e.g. the screened selection's candidates), and
+  // the kernels in use beyond BLAS ("" if none).
+  virtual std::vector<std::pair<std::string, double>> last_counters() const { return {}; }
+  virtual std::string kernel_info() const { return {}; }
   // Empty when this engine implements every option of cfg; otherwise the options it does not implement
   // (the trainer turns that into a usage error naming the engine).
   virtual std::string unsupported(const SaeConfig& cfg) const {
@@ -212,6 +216,11 @@ struct SparseEngineOptions {
   // +35%), and session 5 had the two level at 17% on Zen 3 with slower sparse kernels; at 31% the dense
   // path won on Zen 3 (session 5), the sparse one still on Zen 1 (+31% against +39%).
   double aux_dense_min_density = 0.2;
+  // Screened BatchTopK (kernels::Screener, the "screened" engine): the global batch selection from an int8
+  // GEMM with a proven error bound and an exact recompute of the candidates, instead of the fp32 GEMM of
+  // every pre-activation. Selected values are kernels::exact_dot's. Per-group selection, TopK and
+  // sharded runs use the fp32 path.
+  bool screen = false;
 };
 std::unique_ptr<StepEngine> make_sparse_engine(SparseEngineOptions options = {});
 

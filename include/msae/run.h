@@ -225,6 +225,11 @@ struct PresetRun {
   eval::GtReport gt;         // eval::score_ground_truth on the same rows
   nlohmann::json meta_sae;   // {width, k, steps, explained_variance}, or null when not run
   std::vector<double> curve_step, curve_fvu;  // about 100 points of the training-batch FVU
+  // Dead latents at the same points, as shares of D: curve_dead by the run's AuxK definition (no firing in
+  // the last dead_after_batches batches, metrics.jsonl's dead_fraction), curve_silent by the logging
+  // interval (no firing in any batch since the previous point), which does not depend on the AuxK window.
+  // NaN where a resumed checkpoint predates them.
+  std::vector<double> curve_dead, curve_silent;
   double generation_seconds = 0, step_seconds = 0;
   SaeParams params;          // the trained SAE, when keep_sae (else empty)
   nlohmann::json msae_json;  // its msae.json (train::run_record; data "preset:NAME seed S"), when keep_sae

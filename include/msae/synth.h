@@ -129,7 +129,16 @@ struct FeatureModel {
   std::vector<double> marginal;     // (N) P(fire) without correlation (product down the tree)
   std::vector<float> mag_mean, mag_std;  // (N) firing magnitude distribution
   Tensor loadings;                  // (N, r) unit rows for base features (zero rows elsewhere); empty when r = 0
+                                    // (copula: the factor rows, below)
   double corr_scale = 0.0;          // s
+  // Gaussian copula instead of the factor above (SynthSAEBench's correlation, make_hierarchical with
+  // Correlation::copula): loadings holds a low-rank factor L (rows of squared norm < 1), and base feature f
+  // fires when L_f . z + sqrt(1 - |L_f|^2) eta_f > Phi^-1(1 - cond_prob[f]), z ~ N(0, I_r) per row,
+  // eta_f ~ N(0, 1) per feature: marginal cond_prob[f] exactly, correlation L_f . L_g between the normals.
+  bool copula = false;
+  // A child's magnitude is multiplied by its parent's (final) magnitude over the parent's mag_mean
+  // (SAELens's scale_children_by_parent), so that child values cascade down the tree.
+  bool scale_children_by_parent = false;
   float noise_std = 0.0f;
   uint64_t seed = 0;                // the seed the model was built from
   int64_t n_features() const { return static_cast<int64_t>(parent.size()); }
@@ -152,13 +161,43 @@ struct HierarchicalConfig {
   float mag_std_mean = 0.5f, mag_std_std = 0.5f;  // per-feature std ~ |N(mean, std)| (folded normal)
   float bias_norm = 1.0f, noise_std = 0.0f;
   uint64_t seed = 0;
+  // SynthSAEBench's generator as SAELens's code defines it (synthsaebench_16k_config, docs/synth-bench.md):
+  //  - siblings: capped (above) or random_winner: every feature is drawn with its Zipf probability, a
+  //    child's compensated to z_c / z_p * (1 + (z_siblings - z_c) / z_p) (clamped to 1); a child is kept
+  //    only if its parent fired, and of several siblings drawn one, chosen uniformly, is kept. The model
+  //    stores the result: cond_prob[c] = P(c is kept | parent fired) (me_win_probabilities).
+  //  - correlation: factor (above) or copula (FeatureModel::copula; factor entries N(0, corr_scale^2),
+  //    scaled down if a row's squared norm exceeds 0.99), over the parentless features.
+  //  - scale_children_by_parent (FeatureModel).
+  //  - ortho_steps > 0: the directions are orthogonalized (orthogonalize_directions) before rounding.
+  enum class Siblings { capped, random_winner };
+  enum class Correlation { factor, copula };
+  Siblings siblings = Siblings::capped;
+  Correlation correlation = Correlation::factor;
+  bool scale_children_by_parent = false;
+  int64_t ortho_steps = 0;
+  double ortho_lr = 3e-4;
 };
+// The synthsaebench-16k preset's configuration (SynthSAEBench-16k's create_synth_bench_16k_model.py).
+HierarchicalConfig synthsaebench_16k_config(uint64_t seed);
+
+// Given that their parent fired, siblings are drawn independently with probabilities q and one drawn
+// sibling, chosen uniformly, is kept: P(sibling i is kept) = q_i E[1 / (1 + K_i)], K_i the number of the
+// others drawn (a Poisson-binomial count). Exact; O(n^3) for n siblings.
+std::vector<double> me_win_probabilities(const std::vector<double>& q);
+// Phi^-1(p), the standard normal quantile (relative error ~1e-15 after two Newton steps); +-inf at 0, 1.
+double normal_quantile(double p);
+// SAELens's orthogonalize_embeddings on the (N, d) rows of E, in place: rows normalized, `steps` Adam
+// steps (lr, betas 0.9 / 0.999, eps 1e-8) on sum_{i != j} (e_i . e_j)^2 + N sum_i (|e_i|^2 - 1)^2,
+// rows normalized again. Costs about 4 N d^2 flops per step (two GEMMs through the d x d Gram matrix).
+void orthogonalize_directions(float* E, int64_t N, int64_t d, int64_t steps, double lr);
 // A child's conditional probability is its Zipf marginal divided by the parent's marginal; when the
 // siblings' conditional probabilities sum to more than 0.9 they are scaled down to sum to 0.9 (their
 // actual marginal is then lower; `marginal` records the true values). Throws usage errors on bad fields.
 FeatureModel make_hierarchical(const HierarchicalConfig& cfg);
 
-// Presets: "synth-16k" (the SynthSAEBench-16k parameters above), "synth-lite" (d=256, N=512, p 0.4 to
+// Presets: "synth-16k" (the SynthSAEBench-16k parameters above, msae's own generator), "synthsaebench-16k"
+// (the same parameters with SynthSAEBench's generator: synthsaebench_16k_config), "synth-lite" (d=256, N=512, p 0.4 to
 // 2e-3, 32 roots, branching 3, depth 2, correlation rank 8: trains in about a minute here), "tree"
 // (Nabeshima's nested toy: 20 orthogonal features in 20-d; 3 parents p=0.15 with 3 mutually exclusive
 // children 0.2 each; 8 independent p=0.05),
@@ -189,10 +228,10 @@ struct FiredFeatures {
 // direction times its magnitude, summed 64 coordinates at a time in registers.
 struct SamplerOptions {
   double dense_min_prob = 1.0 / 64;  // base features at or above this probability take the dense test
-  // Small models (no correlation, no rare features, no noise, <= 32 dense base features, <= 64 features,
-  // d <= 64: the toys) take a shorter loop: the dense features' joint outcome eight at a time from
-  // alias tables, then the same children, magnitudes and sum. Same distribution, other rows than the
-  // general loop, which false forces.
+  // Small models (no correlation, no rare features, no noise, no scale_children_by_parent, <= 32 dense
+  // base features, <= 64 features, d <= 64: the toys) take a shorter loop: the dense features' joint
+  // outcome eight at a time from alias tables, then the same children, magnitudes and sum. Same
+  // distribution, other rows than the general loop, which false forces.
   bool small_path = true;
   // Stream the directions from a binary16 copy when every coordinate is a binary16 value (the
   // hierarchical models round them so): half the bytes per row, the same rows. false forces the float
@@ -236,6 +275,14 @@ class FeatureSampler {
   std::vector<float> dense_logp_;      // (padded) log p_f - s^2 / 2: p_f(z) = exp(logp + s * L_f . z)
   std::vector<float> dense_p_;         // (padded) p_f (used when there is no correlation)
   std::vector<float> dense_load_t_;    // (r, padded) the dense features' loadings, transposed
+  // Copula models (FeatureModel::copula): every base feature takes this path instead of dense / sparse.
+  static constexpr int64_t kCopulaBlock = 64;
+  bool copula_ = false;
+  std::vector<int32_t> base_ids_;      // base feature ids
+  int64_t base_padded_ = 0;            // their count rounded up to kCopulaBlock
+  std::vector<float> base_thr_;        // (padded) t_f = Phi^-1(1 - p_f); +inf in the padding
+  std::vector<float> base_inv_sigma_;  // (padded) 1 / sqrt(1 - |L_f|^2)
+  std::vector<float> base_load_t_;     // (r, padded) their loadings, transposed
   // Sparse (rare) base features, in segments.
   std::vector<int32_t> sparse_ids_;    // feature ids
   std::vector<double> sparse_p_;       // their cond_prob

@@ -8,7 +8,7 @@
 namespace msae::browse {
 
 struct Asset {
-  const char* name;  // path in the site ("index.html", "assets/browse.js", ...)
+  const char* name;  // path in the site ("page.html", the pages' template; "assets/browse.js", ...)
   const unsigned char* data;
   size_t size;
 };

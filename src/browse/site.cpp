@@ -195,7 +195,23 @@ nlohmann::json sae_json(const SaeStats& st, int64_t rows) {
 int64_t write_site(const std::string& dir, const Collected& c, const Harvest& h, const lm::Tokenizer& tok,
                    const Options& opt, const nlohmann::json& about) {
   Writer w{dir};
-  for (const Asset& a : assets()) w.put(a.name, std::string(reinterpret_cast<const char*>(a.data), a.size));
+  // The pages are one template (page.html) with their title and name filled in; the rest is copied.
+  for (const Asset& a : assets()) {
+    const std::string text(reinterpret_cast<const char*>(a.data), a.size);
+    if (std::string(a.name) != "page.html") {
+      w.put(a.name, text);
+      continue;
+    }
+    for (const auto& [page, title] : {std::pair<std::string, std::string>{"index", "msae browser"},
+                                      {"latent", "latent · msae browser"},
+                                      {"tree", "Matryoshka tree · msae browser"}}) {
+      std::string html = text;
+      for (const auto& [key, value] : {std::pair<std::string, std::string>{"{{TITLE}}", title}, {"{{PAGE}}", page}})
+        for (size_t at = html.find(key); at != std::string::npos; at = html.find(key, at + value.size()))
+          html.replace(at, key.size(), value);
+      w.put(page + ".html", html);
+    }
+  }
   std::set<int32_t> used;
   nlohmann::json saes = nlohmann::json::array();
   for (size_t s = 0; s < c.saes.size(); ++s) {

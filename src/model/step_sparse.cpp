@@ -68,7 +68,15 @@ class SparseEngine final : public StepEngine {
  public:
   explicit SparseEngine(SparseEngineOptions options, LatentShard shard = {})
       : options_(options), shard_(std::move(shard)) {}
-  const char* name() const override { return "sparse"; }
+  const char* name() const override { return options_.screen ? "screened" : "sparse"; }
+  std::vector<std::pair<std::string, double>> last_counters() const override {
+    if (!screened_) return {};
+    const kernels::ScreenStats& st = screener_.stats();
+    return {{"screen_candidates", static_cast<double>(st.candidates)},
+            {"screen_candidates_per_kept", st.keep > 0 ? static_cast<double>(st.candidates) / st.keep : 0.0},
+            {"screen_fp32_fallback", st.fp32_fallback ? 1.0 : 0.0}};
+  }
+  std::string kernel_info() const override { return options_.screen ? screener_.kernel() : std::string(); }
 
   std::vector<std::pair<std::string, double>> last_phase_seconds() const override {
     std::vector<std::pair<std::string, double>> p = {{"encode", t_encode_}, {"select", t_select_},
@@ -76,6 +84,12 @@ class SparseEngine final : public StepEngine {
                                                      {"latents", t_latents_}};
     // A shard: the time inside the cross-process selections and sums (part of the phases above).
     if (sharded()) p.emplace_back("exchange", t_exchange_);
+    if (screened_) {  // parts of encode (quantize, gemm) and select (the rest)
+      const kernels::ScreenStats& st = screener_.stats();
+      p.insert(p.end(), {{"screen_quantize", st.seconds_quantize}, {"screen_gemm", st.seconds_gemm},
+                         {"screen_bound", st.seconds_bound}, {"screen_candidates", st.seconds_candidates},
+                         {"screen_select", st.seconds_select}});
+    }
     return p;
   }
 
@@ -133,20 +147,28 @@ class SparseEngine final : public StepEngine {
     // pre = x_cent @ W_enc (+ b_enc). With the bias, pre is first filled with b_enc rows and the GEMM
     // accumulates onto it (beta = 1): that fill replaces the zeroing OpenBLAS does for beta = 0, so the
     // bias costs no extra pass over the (B, D) matrix (a read and a write of 256 MiB at the bench shape).
-    if (cfg.encoder_bias) {
+    screened_ = options_.screen && !comm && cfg.group_k.empty() && cfg.arch != Arch::topk;
+    if (screened_) {
+      // The whole selection happens here (kernels::Screener); pre_ is its scratch, not pre-activations.
+      last_cut_ = screener_.batch_topk(x_cent, B, d, p.W_enc_t.ptr(), cfg.encoder_bias ? p.b_enc.ptr() : nullptr, D,
+                                       std::min(cfg.k * B, B * D), pre, codes_);
+    } else if (cfg.encoder_bias) {
       const float* b_enc = p.b_enc.ptr();
       parallel_for(
           B, [&](int64_t lo, int64_t hi, int) { for (int64_t r = lo; r < hi; ++r) std::memcpy(pre + r * D, b_enc, D * sizeof(float)); },
           16);
     }
-    kernels::sgemm(Trans::no, Trans::yes, B, D, d, 1.0f, x_cent, d, p.W_enc_t.ptr(), d, cfg.encoder_bias ? 1.0f : 0.0f,
-                   pre, D);
+    if (!screened_)
+      kernels::sgemm(Trans::no, Trans::yes, B, D, d, 1.0f, x_cent, d, p.W_enc_t.ptr(), d, cfg.encoder_bias ? 1.0f : 0.0f,
+                     pre, D);
     t_encode_ = timer.seconds();
     timer.reset();
 
     // ---- select, threshold EMA, CSC, dead counters
     float smallest = 0.0f;
-    if (!cfg.group_k.empty()) {
+    if (screened_) {
+      smallest = last_cut_;
+    } else if (!cfg.group_k.empty()) {
       select_per_group(pre, B, D, bounds_, cfg.group_k, cfg.arch == Arch::topk, codes_);
       smallest = min_value(codes_);
     } else if (cfg.arch == Arch::topk) {
@@ -205,7 +227,27 @@ class SparseEngine final : public StepEngine {
     aux_.vals.clear();
     aux_.rows = B;
     aux_.cols = D;
-    if (aux_keep > 0) kernels::aux_topk(pre, B, D, dead_, aux_keep, aux_, aux_select_);
+    if (aux_keep > 0 && screened_) {
+      // No pre-activations were formed: the dead latents' columns by one GEMM over their encoder rows
+      // (the fp32 engine's values of those columns, to round-off), then the ids mapped back.
+      const int64_t n = static_cast<int64_t>(dead_.size());
+      grow(aux_W_, static_cast<size_t>(n * d));
+      aux_ident_.resize(static_cast<size_t>(n));
+      for (int64_t s = 0; s < n; ++s) {
+        std::memcpy(aux_W_.data() + s * d, p.W_enc_t.ptr() + static_cast<int64_t>(dead_[s]) * d, d * sizeof(float));
+        aux_ident_[s] = static_cast<int32_t>(s);
+      }
+      if (cfg.encoder_bias)
+        for (int64_t r = 0; r < B; ++r)
+          for (int64_t s = 0; s < n; ++s) pre[r * n + s] = p.b_enc.ptr()[dead_[s]];
+      kernels::sgemm(Trans::no, Trans::yes, B, n, d, 1.0f, x_cent, d, aux_W_.data(), d, cfg.encoder_bias ? 1.0f : 0.0f,
+                     pre, n);
+      kernels::aux_topk(pre, B, n, aux_ident_, aux_keep, aux_, aux_select_);
+      aux_.cols = D;
+      for (int32_t& id : aux_.ids) id = dead_[id];
+    } else if (aux_keep > 0) {
+      kernels::aux_topk(pre, B, D, dead_, aux_keep, aux_, aux_select_);
+    }
     if (aux_keep > 0 && comm) {
       const Exchange timed(t_exchange_);
       kernels::dist_row_cut(aux_, aux_keep, shard_.global_ids, *comm, dist_);
@@ -763,6 +805,11 @@ class SparseEngine final : public StepEngine {
   ThreadPart parts_[kMaxThreads];
   StepStats stats_;
   float last_cut_ = 0.0f;
+  // The screened selection (options_.screen): its kernel, and the AuxK columns' encoder rows and ids.
+  kernels::Screener screener_;
+  bool screened_ = false;
+  FloatBuffer aux_W_;
+  std::vector<int32_t> aux_ident_;
   double t_encode_ = 0, t_select_ = 0, t_aux_ = 0, t_rows_ = 0, t_latents_ = 0, t_exchange_ = 0;
   // Adds the seconds of its scope to a phase total.
   struct Exchange {

@@ -11,7 +11,7 @@
 namespace msae::run {
 
 PresetDefaults preset_defaults(const std::string& p) {
-  if (p == "synth-16k") return {4096, 25, 1024, 50000, 65536, 2000};
+  if (p == "synth-16k" || p == "synthsaebench-16k") return {4096, 25, 1024, 50000, 65536, 2000};
   if (p == "synth-lite") return {128, 8, 1024, 2000, 32768, 1000};
   if (p == "tree") return {20, 1, 256, 4000, 32768, 0};
   if (p == "absorption") return {16, 1, 256, 4000, 32768, 0};
@@ -28,6 +28,16 @@ PresetEvalRows preset_eval_rows(const synth::FeatureModel& model, uint64_t seed,
 }
 
 namespace {
+// The share of latents that fired in none of the last `steps` batches (their consecutive silent batches
+// reach it): the dead-latent curve's point for a logging interval of that many steps, whatever the AuxK
+// window. 0 before any step.
+double silent_share(const train::Trainer& trainer, int64_t steps) {
+  const std::vector<int64_t>& n_inactive = trainer.latent_state().n_inactive;
+  if (steps <= 0 || n_inactive.empty()) return 0.0;
+  const auto silent = std::count_if(n_inactive.begin(), n_inactive.end(), [&](int64_t n) { return n >= steps; });
+  return static_cast<double>(silent) / static_cast<double>(n_inactive.size());
+}
+
 // A checkpoint's run identity against this run's. Floats compare as float32: msae before json_number
 // (core.h) wrote 0.95f as 0.949999988079071, now 0.95; both are the same float.
 bool same_identity(const nlohmann::json& a, const nlohmann::json& b) {
@@ -70,6 +80,8 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
                                   {"variant_state", trainer.variant_state().state_json()},
                                   {"curve_step", run.curve_step},
                                   {"curve_fvu", run.curve_fvu},
+                                  {"curve_dead", run.curve_dead},
+                                  {"curve_silent", run.curve_silent},
                                   {"interval", interval.state_json()},
                                   {"generation_seconds", run.generation_seconds},
                                   {"step_seconds", run.step_seconds}};
@@ -100,6 +112,12 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     stream.seek(io::json_int(e.at("stream_row"), where + " stream_row", 0));
     run.curve_step = io::json_double_vector(e.at("curve_step"), where + " curve_step");
     run.curve_fvu = io::json_double_vector(e.at("curve_fvu"), where + " curve_fvu");
+    // (checkpoints written before the dead-latent curves: those points are unknown, NaN, null in results.json)
+    for (auto [key, curve] : {std::pair{"curve_dead", &run.curve_dead}, std::pair{"curve_silent", &run.curve_silent}}) {
+      *curve = e.contains(key) ? io::json_double_vector(e.at(key), where + " " + key) : std::vector<double>{};
+      if (curve->size() > run.curve_step.size()) runtime_error(where, ": ", key, " is longer than curve_step");
+      curve->insert(curve->begin(), run.curve_step.size() - curve->size(), std::nan(""));
+    }
     interval = train::MetricsInterval::from_state_json(e.at("interval"), where + " interval");
     run.generation_seconds = io::json_double(e.at("generation_seconds"), where + " generation_seconds");
     run.step_seconds = io::json_double(e.at("step_seconds"), where + " step_seconds");
@@ -115,9 +133,11 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
     return true;
   };
   if (ro.stop) hooks.stop = [&] { return ro.stop->load(); };
-  hooks.log = [&](int64_t done, const train::MetricsInterval& iv, const StepStats&) {
+  hooks.log = [&](int64_t done, const train::MetricsInterval& iv, const StepStats& last) {
     run.curve_step.push_back(static_cast<double>(done));
     run.curve_fvu.push_back(iv.to_json().at("fvu").get<double>());
+    run.curve_dead.push_back(static_cast<double>(last.n_dead) / static_cast<double>(D));
+    run.curve_silent.push_back(silent_share(trainer, iv.steps));
   };
   hooks.progress = [&](int64_t done, const StepStats& st) {
     run.steps_done = done;
@@ -149,6 +169,11 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
   if (run.interrupted && interval.steps > 0) {  // the last, partial logging interval
     run.curve_step.push_back(static_cast<double>(run.steps_done));
     run.curve_fvu.push_back(interval.to_json().at("fvu").get<double>());
+    const std::vector<int64_t>& n_inactive = trainer.latent_state().n_inactive;
+    run.curve_dead.push_back(static_cast<double>(std::count_if(n_inactive.begin(), n_inactive.end(), [&](int64_t n) {
+                               return n >= opt.sae.dead_after_batches;
+                             })) / static_cast<double>(D));
+    run.curve_silent.push_back(silent_share(trainer, interval.steps));
   }
   if (ro.keep_sae) {
     train::RunFacts facts;
@@ -192,7 +217,9 @@ nlohmann::json preset_run_json(const PresetRun& run, const train::TrainOptions& 
                         {"step_seconds", run.step_seconds},
                         {"resumed_at", run.resumed_at >= 0 ? nlohmann::json(run.resumed_at) : nlohmann::json(nullptr)},
                         {"curve_step", run.curve_step},
-                        {"curve_fvu", run.curve_fvu}}},
+                        {"curve_fvu", run.curve_fvu},
+                        {"curve_dead", run.curve_dead},
+                        {"curve_silent", run.curve_silent}}},
                       {"eval", eval::to_json(run.ev)},
                       {"ground_truth", eval::to_json(run.gt, per_feature)},
                       {"meta_sae", run.meta_sae}};

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #endif
 
+#include "msae/kernels.h"
 #include "msae/synth.h"
 #include "core/fast_exp.h"
 #include "core/half.h"
@@ -87,7 +88,115 @@ void make_loadings(FeatureModel& m, Rng& rng, int64_t rank, double scale) {
 
 bool is_prob(double p) { return p > 0.0 && p <= 1.0; }
 
+// Phi(x), the standard normal CDF.
+inline double normal_cdf(double x) { return 0.5 * std::erfc(-x * 0.70710678118654752440); }
+
 }  // namespace
+
+std::vector<double> me_win_probabilities(const std::vector<double>& q) {
+  const size_t n = q.size();
+  std::vector<double> win(n, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    MSAE_ASSERT(q[i] >= 0.0 && q[i] <= 1.0, "draw probability ", q[i], " outside [0, 1]");
+    // The number K of other siblings drawn (a Poisson-binomial distribution), then E[1 / (1 + K)].
+    std::vector<double> dist(n, 0.0);
+    dist[0] = 1.0;
+    size_t m = 0;  // siblings counted so far
+    for (size_t j = 0; j < n; ++j) {
+      if (j == i) continue;
+      ++m;
+      for (size_t k = m; k > 0; --k) dist[k] = dist[k] * (1.0 - q[j]) + dist[k - 1] * q[j];
+      dist[0] *= 1.0 - q[j];
+    }
+    double e = 0.0;
+    for (size_t k = 0; k <= m; ++k) e += dist[k] / static_cast<double>(k + 1);
+    win[i] = q[i] * e;
+  }
+  return win;
+}
+
+double normal_quantile(double p) {
+  if (!(p > 0.0 && p < 1.0)) {
+    if (p == 0.0) return -std::numeric_limits<double>::infinity();
+    if (p == 1.0) return std::numeric_limits<double>::infinity();
+    usage_error("normal_quantile: p must be in [0, 1], got ", p);
+  }
+  // Acklam's rational approximation (relative error < 1.2e-9), then two Newton steps on Phi.
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+                             1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
+  static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                             6.680131188771972e+01,  -1.328068155288572e+01};
+  static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                             -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
+  static const double dd[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                              3.754408661907416e+00};
+  double x;
+  if (p < 0.02425) {
+    const double t = std::sqrt(-2.0 * std::log(p));
+    x = (((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) /
+        ((((dd[0] * t + dd[1]) * t + dd[2]) * t + dd[3]) * t + 1.0);
+  } else if (p > 1.0 - 0.02425) {
+    const double t = std::sqrt(-2.0 * std::log1p(-p));
+    x = -(((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) /
+        ((((dd[0] * t + dd[1]) * t + dd[2]) * t + dd[3]) * t + 1.0);
+  } else {
+    const double t = p - 0.5, r = t * t;
+    x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * t /
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0);
+  }
+  for (int it = 0; it < 2; ++it) {
+    const double density = std::exp(-0.5 * x * x) * 0.39894228040143267794;
+    if (!(density > 0.0)) break;
+    x -= (normal_cdf(x) - p) / density;
+  }
+  return x;
+}
+
+void orthogonalize_directions(float* E, int64_t N, int64_t d, int64_t steps, double lr) {
+  MSAE_ASSERT(N > 0 && d > 0 && steps >= 0);
+  auto normalize_rows = [&] {
+    for (int64_t i = 0; i < N; ++i) {
+      float* e = E + i * d;
+      double n2 = 0.0;
+      for (int64_t j = 0; j < d; ++j) n2 += static_cast<double>(e[j]) * e[j];
+      const double inv = 1.0 / std::max(std::sqrt(n2), 1e-8);
+      for (int64_t j = 0; j < d; ++j) e[j] = static_cast<float>(e[j] * inv);
+    }
+  };
+  normalize_rows();
+  if (steps == 0) return;
+  // Adam (torch's defaults: betas 0.9, 0.999, eps 1e-8, bias-corrected) on
+  //   L = sum_{i != j} (e_i . e_j)^2 + N sum_i (|e_i|^2 - 1)^2,
+  // whose gradient is 4 (E E^T E)_i - 4 |e_i|^2 e_i + 4 N (|e_i|^2 - 1) e_i: E E^T E as E (E^T E), two
+  // GEMMs through the (d, d) Gram matrix instead of the (N, N) one.
+  const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  std::vector<float> gram(static_cast<size_t>(d * d)), grad(static_cast<size_t>(N * d));
+  std::vector<float> m1(static_cast<size_t>(N * d), 0.0f), m2(static_cast<size_t>(N * d), 0.0f);
+  const double Nd = static_cast<double>(N);
+  for (int64_t t = 1; t <= steps; ++t) {
+    kernels::sgemm(kernels::Trans::yes, kernels::Trans::no, d, d, N, 1.0f, E, d, E, d, 0.0f, gram.data(), d);
+    kernels::sgemm(kernels::Trans::no, kernels::Trans::no, N, d, d, 4.0f, E, d, gram.data(), d, 0.0f, grad.data(), d);
+    const double c1 = 1.0 - std::pow(b1, static_cast<double>(t)), c2 = 1.0 - std::pow(b2, static_cast<double>(t));
+    parallel_for(N, [&](int64_t begin, int64_t end, int) {
+      for (int64_t i = begin; i < end; ++i) {
+        float* e = E + i * d;
+        float* g = grad.data() + i * d;
+        double n2 = 0.0;
+        for (int64_t j = 0; j < d; ++j) n2 += static_cast<double>(e[j]) * e[j];
+        const double self = -4.0 * n2 + 4.0 * Nd * (n2 - 1.0);
+        for (int64_t j = 0; j < d; ++j) {
+          const double gj = g[j] + self * e[j];
+          float& a = m1[static_cast<size_t>(i * d + j)];
+          float& v = m2[static_cast<size_t>(i * d + j)];
+          a = static_cast<float>(b1 * a + (1.0 - b1) * gj);
+          v = static_cast<float>(b2 * v + (1.0 - b2) * gj * gj);
+          e[j] = static_cast<float>(e[j] - lr * (a / c1) / (std::sqrt(v / c2) + eps));
+        }
+      }
+    }, 256);
+  }
+  normalize_rows();
+}
 
 double FeatureModel::expected_l0() const { return std::accumulate(marginal.begin(), marginal.end(), 0.0); }
 
@@ -117,6 +226,9 @@ FeatureModel make_hierarchical(const HierarchicalConfig& c) {
   if (!(c.mag_first > 0.0f && c.mag_last > 0.0f && c.mag_std_mean >= 0.0f && c.mag_std_std >= 0.0f))
     usage_error("hierarchical model: magnitudes must be positive and their std non-negative");
   if (!(c.bias_norm >= 0.0f && c.noise_std >= 0.0f)) usage_error("hierarchical model: bias_norm, noise_std >= 0");
+  if (c.ortho_steps < 0 || !(c.ortho_lr > 0.0)) usage_error("hierarchical model: ortho_steps >= 0 and ortho_lr > 0");
+  if (c.correlation == HierarchicalConfig::Correlation::copula && !(c.corr_scale <= 1.0))
+    usage_error("hierarchical model: a copula's corr_scale must be in [0, 1]");
 
   const int64_t N = c.n_features, d = c.d;
   FeatureModel m;
@@ -146,9 +258,32 @@ FeatureModel make_hierarchical(const HierarchicalConfig& c) {
     level_begin = level_end;
     level_end = next;
   }
-  // Conditional probabilities: child marginal / parent marginal, sibling mass capped.
+  // Conditional probabilities.
   std::vector<double> marg(N);
-  for (int64_t f = 0; f < N; ++f) {
+  if (c.siblings == HierarchicalConfig::Siblings::random_winner) {
+    // SAELens (compensate_probabilities, mutually exclusive children): every feature is drawn with its
+    // Zipf probability, a child's times 1 / z_parent * (1 + (sum of its siblings' z - its z) / z_parent)
+    // (clamped to 1); a child drawn while its parent is not is dropped, and of several siblings drawn one,
+    // uniformly chosen, is kept. Given the parent fired, child c therefore fires with its win probability.
+    for (int64_t f = 0; f < N; ++f)
+      if (m.parent[f] < 0) m.cond_prob[f] = zipf[f];
+    for (int64_t f = 0; f < N;) {
+      const int32_t p = m.parent[f];
+      if (p < 0) {
+        ++f;
+        continue;
+      }
+      int64_t e = f;
+      double mass = 0.0;
+      while (e < N && m.parent[e] == p) mass += zipf[e++];
+      std::vector<double> q;
+      for (int64_t s = f; s < e; ++s) q.push_back(std::min(1.0, zipf[s] / zipf[p] * (1.0 + (mass - zipf[s]) / zipf[p])));
+      const std::vector<double> w = me_win_probabilities(q);
+      for (int64_t s = f; s < e; ++s) m.cond_prob[s] = w[static_cast<size_t>(s - f)];
+      f = e;
+    }
+  }
+  for (int64_t f = 0; f < N && c.siblings == HierarchicalConfig::Siblings::capped; ++f) {
     const int32_t p = m.parent[f];
     m.cond_prob[f] = p < 0 ? zipf[f] : std::min(1.0, zipf[f] / marg[p]);
     marg[f] = zipf[f];
@@ -166,6 +301,7 @@ FeatureModel make_hierarchical(const HierarchicalConfig& c) {
 
   m.directions = Tensor({N, d});
   for (int64_t f = 0; f < N; ++f) random_unit(dir_rng, m.directions.ptr() + f * d, d);
+  if (c.ortho_steps > 0) orthogonalize_directions(m.directions.ptr(), N, d, c.ortho_steps, c.ortho_lr);
   // Rounded to binary16 values (relative error <= 2^-11 per coordinate, norms 1 within ~1e-4), so that the
   // sampler streams them at half the bytes and converts each back to exactly this float.
   for (float& v : m.directions.data) v = msae::detail::round_to_half(v);
@@ -181,7 +317,34 @@ FeatureModel make_hierarchical(const HierarchicalConfig& c) {
     m.mag_mean[f] = static_cast<float>(c.mag_first + (c.mag_last - c.mag_first) * t);
     m.mag_std[f] = static_cast<float>(std::fabs(c.mag_std_mean + c.mag_std_std * mag_rng.normal()));
   }
-  make_loadings(m, corr_rng, c.corr_rank, c.corr_scale);
+  if (c.correlation == HierarchicalConfig::Correlation::copula) {
+    if (c.corr_rank > 0) {
+      // SAELens's low-rank correlation: factor entries N(0, scale^2) for every feature; when a row's
+      // squared norm would leave a diagonal term below 0.01, the whole factor is scaled down so that the
+      // largest leaves exactly 0.01.
+      const int64_t r = c.corr_rank;
+      m.loadings = Tensor({N, r});
+      double max_n2 = 0.0;
+      for (int64_t f = 0; f < N; ++f) {
+        double n2 = 0.0;
+        for (int64_t k = 0; k < r; ++k) {
+          const double v = c.corr_scale * corr_rng.normal();
+          m.loadings.ptr()[f * r + k] = static_cast<float>(v);
+          n2 += v * v;
+        }
+        max_n2 = std::max(max_n2, n2);
+      }
+      if (1.0 - max_n2 < 0.01) {
+        const float shrink = static_cast<float>(std::sqrt(0.99 / max_n2));
+        for (float& v : m.loadings.data) v *= shrink;
+      }
+      m.corr_scale = c.corr_scale;
+      m.copula = true;
+    }
+  } else {
+    make_loadings(m, corr_rng, c.corr_rank, c.corr_scale);
+  }
+  m.scale_children_by_parent = c.scale_children_by_parent;
   finish_model(m);
   return m;
 }
@@ -212,13 +375,32 @@ FeatureModel make_toy(const std::string& name, int64_t d, const std::vector<int3
 
 }  // namespace
 
-std::vector<std::string> preset_names() { return {"synth-lite", "synth-16k", "tree", "absorption"}; }
+std::vector<std::string> preset_names() { return {"synth-lite", "synth-16k", "synthsaebench-16k", "tree", "absorption"}; }
+
+HierarchicalConfig synthsaebench_16k_config(uint64_t seed) {
+  HierarchicalConfig c;  // N, d, Zipf firing, the forest and the magnitudes are the defaults
+  c.siblings = HierarchicalConfig::Siblings::random_winner;
+  c.correlation = HierarchicalConfig::Correlation::copula;
+  c.corr_rank = 25;
+  c.corr_scale = 0.1;
+  c.scale_children_by_parent = true;
+  c.ortho_steps = 100;
+  c.ortho_lr = 3e-4;
+  c.bias_norm = 0.5f;
+  c.seed = seed;
+  return c;
+}
 
 FeatureModel make_preset(const std::string& name, uint64_t seed) {
   if (name == "synth-16k") {
     HierarchicalConfig c;  // the defaults are the SynthSAEBench-16k parameters
     c.seed = seed;
     FeatureModel m = make_hierarchical(c);
+    m.name = name;
+    return m;
+  }
+  if (name == "synthsaebench-16k") {
+    FeatureModel m = make_hierarchical(synthsaebench_16k_config(seed));
     m.name = name;
     return m;
   }
@@ -406,7 +588,31 @@ FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed, const S
   const int64_t N = m_.n_features(), r = m_.corr_rank();
   MSAE_ASSERT(N > 0 && m_.directions.numel() == N * m_.d && m_.bias.numel() == m_.d);
   if (!(options.dense_min_prob >= 0.0)) usage_error("sampler: dense_min_prob must be >= 0");
-  for (int64_t f = 0; f < N; ++f) {
+  copula_ = m_.copula && r > 0;
+  if (copula_) {
+    // Gaussian copula: base feature f fires when L_f . z + sqrt(1 - |L_f|^2) eta_f > t_f = Phi^-1(1 - p_f),
+    // so given the row's z with probability Phi((L_f . z - t_f) / sigma_f). Blocks of 64, loadings transposed.
+    for (int64_t f = 0; f < N; ++f)
+      if (m_.parent[f] < 0 && m_.cond_prob[f] > 0.0) base_ids_.push_back(static_cast<int32_t>(f));
+    const int64_t nb = static_cast<int64_t>(base_ids_.size());
+    base_padded_ = (nb + kCopulaBlock - 1) / kCopulaBlock * kCopulaBlock;
+    base_thr_.assign(static_cast<size_t>(base_padded_), std::numeric_limits<float>::infinity());
+    base_inv_sigma_.assign(static_cast<size_t>(base_padded_), 1.0f);
+    base_load_t_.assign(static_cast<size_t>(r * base_padded_), 0.0f);
+    for (int64_t i = 0; i < nb; ++i) {
+      const int32_t f = base_ids_[i];
+      const float* l = m_.loadings.ptr() + static_cast<int64_t>(f) * r;
+      double n2 = 0.0;
+      for (int64_t k = 0; k < r; ++k) {
+        base_load_t_[k * base_padded_ + i] = l[k];
+        n2 += static_cast<double>(l[k]) * l[k];
+      }
+      if (!(n2 < 1.0)) usage_error("sampler: copula loading row of feature ", f, " has squared norm ", n2, " >= 1");
+      base_thr_[i] = static_cast<float>(normal_quantile(1.0 - std::min(1.0, m_.cond_prob[f])));
+      base_inv_sigma_[i] = static_cast<float>(1.0 / std::sqrt(1.0 - n2));
+    }
+  }
+  for (int64_t f = 0; f < N && !copula_; ++f) {
     if (m_.parent[f] >= 0 || !(m_.cond_prob[f] > 0.0)) continue;
     const double p = std::min(1.0, m_.cond_prob[f]);
     if (p >= options.dense_min_prob) {
@@ -483,7 +689,7 @@ FeatureSampler::FeatureSampler(const FeatureModel& model, uint64_t seed, const S
     for (int64_t i = 0; i < N * stride_; ++i) dirs_half_[i] = msae::detail::float_to_half(dir_src[i]);
   }
   small_ = options.small_path && r == 0 && segments_.empty() && m_.noise_std == 0.0f && nd <= 32 &&
-           N <= kSmallMaxFeatures && d <= 64;
+           N <= kSmallMaxFeatures && d <= 64 && !m_.scale_children_by_parent;
   if (small_) {
     // Without correlation the dense features fire independently, so the joint outcome of eight of them
     // (a byte, bit j = feature 8c + j) has probability prod p_j^b_j (1 - p_j)^(1 - b_j): one alias
@@ -578,7 +784,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
   // that has children, one 24-bit uniform against their cumulative conditional probabilities (up to
   // four compared at once), and at most one child appended, without a branch on the outcome. `list` has
   // room for every feature once plus one scratch entry. Returns the new length.
-  auto add_children = [&](WyRowRng& rng, int32_t* list, int64_t len) {
+  auto add_children = [&](WyRowRng& rng, int32_t* list, int64_t len, int32_t* ppos) {
     for (int64_t t = 0; t < len; ++t) {
       const int32_t f = list[t], nc = n_children[f];
       if (nc == 0) continue;
@@ -593,6 +799,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
         while (c < nc && u >= cm[c]) ++c;
       }
       list[len] = first_child[f] + c;
+      if (ppos) ppos[len] = static_cast<int32_t>(t);  // where the parent is listed (scale_children_by_parent)
       len += c < nc;
     }
     return len;
@@ -629,7 +836,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
       }
       int64_t len = 0;
       for (; mask != 0; mask &= mask - 1) lst[len++] = ids_dense[std::countr_zero(mask)];
-      len = add_children(rng, lst, len);
+      len = add_children(rng, lst, len, nullptr);
       if (len > 0) normals_block(rng, zt, nz, len);  // the row's last draws: none needed when nothing fired
       for (int64_t t = 0; t < len; ++t) {
         const int32_t f = lst[t];
@@ -639,6 +846,48 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
       add_block<NB>(vp, mg, len, 0, bias, out + i * d, last_lanes);
       record_fired(i, lst, len);
     }
+  };
+
+  const bool scale_children = m_.scale_children_by_parent;
+  // Copula base features of a row (z: its r normals): arg_f = (L_f . z - t_f) / sigma_f for all of them,
+  // sixteen at a time, then per block of 64 geometric skipping at the block's largest Phi(arg_f) and
+  // thinning to each candidate's own. Appends the fired ids to list; returns their count.
+  auto copula_base = [&](WyRowRng& rng, const float* z, float* arg, int32_t* list) {
+    const int64_t nbp = base_padded_, nb = static_cast<int64_t>(base_ids_.size());
+    const float* lt = base_load_t_.data();
+    for (int64_t f0 = 0; f0 < nbp; f0 += 16) {
+      Float8 acc0 = splat8(0.0f), acc1 = splat8(0.0f);
+      const float* l = lt + f0;
+      for (int64_t k = 0; k < r; ++k, l += nbp) {
+        const Float8 zk = splat8(z[k]);
+        acc0 = fma8(load8(l), zk, acc0);
+        acc1 = fma8(load8(l + 8), zk, acc1);
+      }
+      acc0 = (acc0 - load8(base_thr_.data() + f0)) * load8(base_inv_sigma_.data() + f0);
+      acc1 = (acc1 - load8(base_thr_.data() + f0 + 8)) * load8(base_inv_sigma_.data() + f0 + 8);
+      store8(arg + f0, acc0);
+      store8(arg + f0 + 8, acc1);
+    }
+    int64_t len = 0;
+    for (int64_t b0 = 0; b0 < nb; b0 += kCopulaBlock) {
+      const int64_t b1 = std::min(nb, b0 + kCopulaBlock);
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t b = b0; b < b1; ++b) top = std::max(top, arg[b]);
+      const double rate = normal_cdf(top);
+      if (!(rate > 0.0)) continue;
+      const double inv_log1m = rate < 1.0 ? 1.0 / std::log1p(-rate) : 0.0;
+      for (int64_t b = b0;; ++b) {
+        if (inv_log1m != 0.0) {
+          const double skip = std::floor(std::log(1.0 - rng.uniform()) * inv_log1m);
+          if (skip >= static_cast<double>(b1 - b)) break;
+          b += static_cast<int64_t>(skip);
+        } else if (b >= b1) {
+          break;
+        }
+        if (rng.uniform() * rate < normal_cdf(arg[b])) list[len++] = base_ids_[b];
+      }
+    }
+    return len;
   };
 
   parallel_for(
@@ -667,6 +916,9 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
         // Fired features of the row, list[0, len): base ones, then children. N + 1 long (a feature is listed
         // at most once; the entry past len is scratch), so appends need no branch on the outcome or size.
         std::vector<int32_t> list(static_cast<size_t>(m_.n_features() + 1));
+        std::vector<int32_t> ppos(scale_children ? list.size() : 0);  // list position of each child's parent
+        std::vector<float> amag;                                        // (list) magnitudes, scalar
+        std::vector<float> carg(static_cast<size_t>(copula_ ? base_padded_ : 0));  // copula: arguments of Phi
         // The row's sum runs one row late: its output row is prefetched for writing when the row's features
         // are known, and written after the next row is drawn. Slot i % 2 holds row i. (Prefetching each row's
         // directions too cost 15% more instructions and showed no gain next to training; the one pass over
@@ -707,11 +959,12 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
             }
             log_bound = s * std::sqrt(n2) - 0.5 * s * s;
           }
+          int64_t len = 0;
+          if (copula_) len = copula_base(rng, z.data(), carg.data(), list.data());
           const double level_real = std::ceil(log_bound * levels_per_nat);
           const int level = level_real <= 0.0 ? 0 : static_cast<int>(std::min<double>(level_real, kBoundLevels));
           // Dense base features: p_f(z) for all of them and one 24-bit uniform each; the hits are appended
           // in id order.
-          int64_t len = 0;
           if (n_dense > 0) {
             const float* pr = dense_p_.data();
             if (r > 0) {
@@ -776,7 +1029,7 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
               }
             }
           }
-          len = add_children(rng, list.data(), len);
+          len = add_children(rng, list.data(), len, scale_children ? ppos.data() : nullptr);
           // Magnitudes: N(mean_f, std_f^2) clipped to >= kMinMagnitude.
           const int64_t nl = len;
           Pending& row = slots[i & 1];
@@ -794,7 +1047,18 @@ void FeatureSampler::sample(int64_t n, float* out, FiredFeatures* fired) {
             normals_block(rng, zt, normals, mb);
             for (int64_t t = 0; t < mb; ++t) {
               const int32_t f = list[t0 + t];
-              mags[t0 + t] = magnitude(f, normals[t]);
+              if (scale_children) {
+                // SAELens's scale_children_by_parent: a child's value times its parent's (final) value over the
+                // parent's mean magnitude. Parents are listed before their children, so theirs is known.
+                if (amag.size() < static_cast<size_t>(nl)) amag.resize(static_cast<size_t>(nl));
+                float a = std::max(mag_mean[f] + mag_std[f] * normals[t], kMinMagnitude);
+                const int32_t p = m_.parent[f];
+                if (p >= 0) a *= amag[static_cast<size_t>(ppos[t0 + t])] / mag_mean[p];
+                amag[static_cast<size_t>(t0 + t)] = a;
+                mags[t0 + t] = splat8(a);
+              } else {
+                mags[t0 + t] = magnitude(f, normals[t]);
+              }
               if (half_) {
                 hptr[t0 + t] = dirs_half_.data() + static_cast<int64_t>(f) * stride;
               } else {

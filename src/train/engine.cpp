@@ -52,9 +52,9 @@ void HostEngine::restore(SaeParams params, AdamState opt, LatentState latents) {
 namespace {
 
 #if MSAE_HAVE_CUDA
-constexpr size_t kBuiltinEngines = 3;
+constexpr size_t kBuiltinEngines = 4;
 #else
-constexpr size_t kBuiltinEngines = 2;
+constexpr size_t kBuiltinEngines = 3;
 #endif
 
 std::vector<EngineEntry>& registry() {
@@ -66,6 +66,15 @@ std::vector<EngineEntry>& registry() {
     e.push_back({"sparse", "the fast default: one dense GEMM, everything else sparse (no --arch relu_l1)",
                  [](const SparseEngineOptions& o) { return make_sparse_engine(o); }, nullptr,
                  [](const SaeConfig& cfg) { return make_sparse_engine()->unsupported(cfg); }});
+    e.push_back({"screened",
+                 "the sparse engine with the BatchTopK selection screened by an int8 GEMM with a proven error bound, "
+                 "the candidates computed exactly (docs/performance.md)",
+                 [](const SparseEngineOptions& o) {
+                   SparseEngineOptions s = o;
+                   s.screen = true;
+                   return make_sparse_engine(s);
+                 },
+                 nullptr, [](const SaeConfig& cfg) { return make_sparse_engine()->unsupported(cfg); }});
 #if MSAE_HAVE_CUDA
     // Built with -DMSAE_CUDA=ON (docs/cuda.md). Without a usable GPU its unsupported() says so for every
     // config: the tests that loop over the registry skip it, and --engine cuda is a usage error naming why.

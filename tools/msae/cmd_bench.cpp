@@ -286,7 +286,7 @@ int run_bench(const BenchArgs& a) {
   std::vector<float> gemm_out(B * Dl);
   std::vector<float> x_cent(B * d);
 
-  std::map<std::string, std::vector<double>> phases;
+  std::map<std::string, std::vector<double>> phases, counters;
   std::vector<double> step_s, gemm_s, fb_s, update_s, noaux_s;
   std::vector<double> step_cpu, gemm_cpu, noaux_cpu;  // process CPU seconds of the same intervals
   int64_t step_bytes = 0, step_calls = 0;              // sent by this process in the timed steps (collectives)
@@ -347,6 +347,7 @@ int run_bench(const BenchArgs& a) {
     gemm_cpu.push_back(cpu_gemm);
     for (const auto& [name, sec] : engine->last_phase_seconds()) phases[name].push_back(sec);
     phases["update"].push_back(up);
+    for (const auto& [name, n] : engine->last_counters()) counters[name].push_back(n);
   }
 
   // AuxK entries per row, counted on the last encoder-GEMM output (the parameters after the last update):
@@ -417,6 +418,10 @@ int run_bench(const BenchArgs& a) {
   json ph = json::object();
   for (const auto& [name, v] : phases) ph[name] = median(v);
   out["phases_s"] = ph;
+  json cn = json::object();
+  for (const auto& [name, v] : counters) cn[name] = median(v);
+  out["counters"] = cn;
+  out["kernel"] = engine->kernel_info();
 
   if (a.json_out) {
     std::printf("%s\n", out.dump(2).c_str());
@@ -427,6 +432,7 @@ int run_bench(const BenchArgs& a) {
               static_cast<long long>(cfg.k), static_cast<long long>(B), num_threads(), static_cast<long long>(a.steps),
               static_cast<long long>(a.warmup));
   std::printf("BLAS: %s\n", kernels::blas_info().c_str());
+  if (!engine->kernel_info().empty()) std::printf("kernel: %s\n", engine->kernel_info().c_str());
   if (processes > 1)
     std::printf("processes: %d (%s), %lld latents on the root; per step the root sent %.2f MiB in %.0f collectives\n",
                 processes, world.name().c_str(), static_cast<long long>(Dl),
@@ -452,6 +458,10 @@ int run_bench(const BenchArgs& a) {
                 100.0 * out["auxk_overhead_cpu"].get<double>());
   std::printf("  phases (median ms):");
   for (const auto& [name, v] : phases) std::printf(" %s %.1f |", name.c_str(), 1e3 * median(v));
+  if (!counters.empty()) {
+    std::printf("\n  counters (median):");
+    for (const auto& [name, v] : counters) std::printf(" %s %.4g |", name.c_str(), median(v));
+  }
   std::printf("\n  %-22s %10.1f MiB", "peak RSS", static_cast<double>(peak_rss_bytes()) / (1 << 20));
   if (processes > 1) std::printf("  (largest of the processes: %.1f MiB)", static_cast<double>(rss_max) / (1 << 20));
   std::printf("\n  %-22s %10.1f MiB", "RSS after the steps", static_cast<double>(rss_now) / (1 << 20));

@@ -56,7 +56,7 @@ struct BenchArgs {
 
 bool synth_bench_row(const run::OptionDef& row) {
   static const std::vector<std::string> keys = {"d_sae", "k", "batch", "steps", "group_sizes", "eval_rows",
-                                                "lr", "engine", "threads"};
+                                                "lr", "engine", "threads", "dead_after_batches", "aux_k", "aux_coef"};
   return row.group == run::OptGroup::variant || std::find(keys.begin(), keys.end(), row.key) != keys.end();
 }
 
@@ -104,7 +104,7 @@ struct Run {
   json result;
   eval::EvalReport ev;
   eval::GtReport gt;
-  std::vector<double> curve_step, curve_fvu;
+  std::vector<double> curve_step, curve_fvu, curve_dead, curve_silent;
 };
 
 double mean_of(const std::vector<double>& v) {
@@ -203,6 +203,19 @@ void write_report(const std::string& path, const std::string& preset, const synt
   report::LinePlot curve{"Training curve", "step", "FVU (training batch)", {}, false, true, false};
   for (const Run* r : first) curve.series.push_back({r->arch, r->curve_step, r->curve_fvu});
   page.raw(fvu_svg + report::line_svg(curve));
+  report::LinePlot dead{"Dead latents during training", "step", "% of latents", {}, false, false, false};
+  for (const Run* r : first) {
+    std::vector<double> silent, auxk;
+    for (double v : r->curve_silent) silent.push_back(100 * v);
+    for (double v : r->curve_dead) auxk.push_back(100 * v);
+    dead.series.push_back({cat(r->arch, ": silent through the interval"), r->curve_step, silent});
+    dead.series.push_back({cat(r->arch, ": dead by the AuxK window (", r->cfg.dead_after_batches, " batches)"),
+                           r->curve_step, auxk});
+  }
+  page.paragraph("Dead latents during training (first seed of each arch), at each logging point: the share of latents "
+                 "that fired in none of the training batches since the previous point, and the share that AuxK counts "
+                 "as dead (no firing in its window of batches). results.json: train.curve_silent, train.curve_dead.");
+  page.raw(report::line_svg(dead));
 
   page.heading("Activation frequency");
   // Share of activations in each Matryoshka group's latent range (the Matryoshka boundaries for every arch).
@@ -317,11 +330,16 @@ int run_synth_bench(BenchArgs& a) {
   int64_t checkpoint_every = a.checkpoint_every;
   if (resumable) {
     // Everything that changes the results; a resumed command must repeat it.
-    const json args = {{"preset", a.preset}, {"archs", archs}, {"seeds", seeds}, {"d_sae", d_sae}, {"k", k},
+    json args = {{"preset", a.preset}, {"archs", archs}, {"seeds", seeds}, {"d_sae", d_sae}, {"k", k},
                        {"batch", batch}, {"steps", steps}, {"eval_rows", eval_rows}, {"meta_steps", meta_steps},
                        {"group_sizes", matryoshka_groups}, {"lr", lr}, {"engine", engine},
                        {"threads", num_threads()}, {"save_saes", a.save_saes},
                        {"variants", variant_options.to_json()}};
+    // The AuxK settings, recorded only when given (args.json of the runs before they were options stays valid).
+    json auxk = json::object();
+    for (const char* key : {"dead_after_batches", "aux_k", "aux_coef"})
+      if (opts.given(key)) auxk[key] = opts.given_json().at(key);
+    if (!auxk.empty()) args["auxk"] = auxk;
     const std::string args_path = tmp + "/args.json";
     if (a.resume) {
       if (!io::path_exists(args_path))
@@ -449,6 +467,8 @@ int run_synth_bench(BenchArgs& a) {
         run.gt = std::move(pr.gt);
         run.curve_step = pr.curve_step;
         run.curve_fvu = pr.curve_fvu;
+        run.curve_dead = pr.curve_dead;
+        run.curve_silent = pr.curve_silent;
         const double gen_s = pr.generation_seconds, step_s = pr.step_seconds;
         run.result = {{"arch", arch},
                       {"seed", seed},
@@ -567,11 +587,11 @@ int run_synth_bench(BenchArgs& a) {
 Action add_synth_bench_command(CLI::App& root) {
   auto a = std::make_shared<BenchArgs>();
   CLI::App* app = root.add_subcommand("synth-bench", "Train architectures on a synthetic feature model with known features and score them");
-  app->add_option("--preset", a->preset, "synth-lite | synth-16k | tree | absorption")->capture_default_str();
+  app->add_option("--preset", a->preset, "synth-lite | synth-16k | synthsaebench-16k | tree | absorption")->capture_default_str();
   app->add_option("--archs", a->archs, "Comma-separated architectures, each trained on the same stream")->capture_default_str();
   app->add_option("--seeds", a->seeds, "Comma-separated seeds: each seeds the feature model, the stream and the init")
       ->capture_default_str();
-  app->add_option("--meta-steps", a->meta_steps, "Meta-SAE training steps (0 = skip; default 1000, 2000 for synth-16k, 0 for the toys)");
+  app->add_option("--meta-steps", a->meta_steps, "Meta-SAE training steps (0 = skip; default 1000, 2000 for the 16k presets, 0 for the toys)");
   app->add_option("--out", a->out, "Output directory (results.json, report.html, truth.safetensors)")->required();
   app->add_flag("--overwrite", a->overwrite, "Replace an existing output directory");
   app->add_option("--checkpoint-every", a->checkpoint_every,

@@ -61,6 +61,14 @@ void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float 
     }
 }
 
+void screened_batch_topk(const float* x, int64_t B, int64_t d, const float* W, const float* b, int64_t D, int64_t keep,
+                         SparseCodes& out) {
+  std::vector<float> pre(static_cast<size_t>(B * D));
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t i = 0; i < D; ++i) pre[r * D + i] = exact_dot(x + r * d, W + i * d, d, b ? b[i] : 0.0f);
+  ref::batch_topk(pre.data(), B, D, keep, out);
+}
+
 void batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCodes& out) {
   const int64_t n = B * D;
   keep = std::clamp<int64_t>(keep, 0, n);
