@@ -30,6 +30,22 @@ FiredFeatures sample_fired(const FeatureModel& m, int64_t rows, uint64_t seed, s
   return fired;
 }
 
+// How often each of three features fired, and features 0 and 1, 0 and 2 together.
+struct FiringCounts {
+  int64_t n[3] = {0, 0, 0}, n01 = 0, n02 = 0;
+};
+FiringCounts count_firings(const FiredFeatures& fired) {
+  FiringCounts c;
+  for (int64_t r = 0; r < fired.rows(); ++r) {
+    bool on[3] = {false, false, false};
+    for (int64_t e = fired.offsets[r]; e < fired.offsets[r + 1]; ++e) on[fired.ids[e]] = true;
+    for (int f = 0; f < 3; ++f) c.n[f] += on[f];
+    c.n01 += on[0] && on[1];
+    c.n02 += on[0] && on[2];
+  }
+  return c;
+}
+
 double within(double p, int64_t rows) { return 5 * std::sqrt(p * (1 - p) / static_cast<double>(rows)); }
 
 TEST(SynthSaeBench, WinProbabilitiesByHand) {
@@ -91,14 +107,9 @@ TEST(SynthSaeBench, CopulaGivesTheOrthantProbabilities) {
   const FeatureModel m = three_features(0.5, static_cast<float>(std::sqrt(0.5)));
   const int64_t rows = 200000;
   const FiredFeatures fired = sample_fired(m, rows, 5);
-  int64_t n[3] = {0, 0, 0}, n01 = 0, n02 = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    bool on[3] = {false, false, false};
-    for (int64_t e = fired.offsets[r]; e < fired.offsets[r + 1]; ++e) on[fired.ids[e]] = true;
-    for (int f = 0; f < 3; ++f) n[f] += on[f];
-    n01 += on[0] && on[1];
-    n02 += on[0] && on[2];
-  }
+  const FiringCounts c = count_firings(fired);
+  const int64_t* n = c.n;
+  const int64_t n01 = c.n01, n02 = c.n02;
   for (int f = 0; f < 3; ++f) EXPECT_NEAR(static_cast<double>(n[f]) / rows, 0.5, within(0.5, rows));
   EXPECT_NEAR(static_cast<double>(n01) / rows, 1.0 / 3, within(1.0 / 3, rows));
   EXPECT_NEAR(static_cast<double>(n02) / rows, 1.0 / 6, within(1.0 / 6, rows));
@@ -120,14 +131,9 @@ TEST(SynthSaeBench, CopulaKeepsRareMarginalsAndTheirTailDependence) {
   const FeatureModel m = three_features(p, static_cast<float>(std::sqrt(rho)));
   const int64_t rows = 400000;
   const FiredFeatures fired = sample_fired(m, rows, 9);
-  int64_t n[3] = {0, 0, 0}, n01 = 0, n02 = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    bool on[3] = {false, false, false};
-    for (int64_t e = fired.offsets[r]; e < fired.offsets[r + 1]; ++e) on[fired.ids[e]] = true;
-    for (int f = 0; f < 3; ++f) n[f] += on[f];
-    n01 += on[0] && on[1];
-    n02 += on[0] && on[2];
-  }
+  const FiringCounts c = count_firings(fired);
+  const int64_t* n = c.n;
+  const int64_t n01 = c.n01, n02 = c.n02;
   for (int f = 0; f < 3; ++f) EXPECT_NEAR(static_cast<double>(n[f]) / rows, p, within(p, rows));
   EXPECT_NEAR(static_cast<double>(n01) / rows, both, within(both, rows));
   EXPECT_LT(static_cast<double>(n02) / rows, 2e-5);  // rho = -1/2: both beyond 2.3 sd almost never

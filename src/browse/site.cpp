@@ -120,7 +120,7 @@ nlohmann::json latent_json(const LatentStats& L, const Harvest& h, std::set<int3
 }
 
 // The index columns of one SAE (one entry per latent in each).
-nlohmann::json index_json(const SaeStats& st, const Harvest& h, const Options& opt, std::set<int32_t>& used) {
+nlohmann::json index_json(const SaeStats& st, const Harvest& h, std::set<int32_t>& used) {
   nlohmann::json fired = nlohmann::json::array(), mean = nlohmann::json::array(), mx = nlohmann::json::array(),
                  toks = nlohmann::json::array(), ctx = nlohmann::json::array(), parent = nlohmann::json::array(),
                  parent_p = nlohmann::json::array(), parent_cos = nlohmann::json::array(),
@@ -163,7 +163,6 @@ nlohmann::json index_json(const SaeStats& st, const Harvest& h, const Options& o
         o[std::to_string(t)] = nlohmann::json::array({L.nearest_other[t][0].id, r4(L.nearest_other[t][0].value)});
     other.push_back(o);
   }
-  (void)opt;
   return {{"fired", fired}, {"mean", mean}, {"max", mx}, {"tokens", toks}, {"context", ctx}, {"parent", parent},
           {"parent_p", parent_p}, {"parent_cos", parent_cos}, {"xparent", xparent}, {"xparent_p", xparent_p},
           {"xparent_cos", xparent_cos}, {"cofire_fired", cofire_fired}, {"other", other}};
@@ -217,7 +216,7 @@ int64_t write_site(const std::string& dir, const Collected& c, const Harvest& h,
   for (size_t s = 0; s < c.saes.size(); ++s) {
     const SaeStats& st = c.saes[s];
     saes.push_back(sae_json(st, c.rows));
-    w.put(cat("data/s", s, "/index.js"), js(cat("MSAE.index[", s, "]"), index_json(st, h, opt, used)));
+    w.put(cat("data/s", s, "/index.js"), js(cat("MSAE.index[", s, "]"), index_json(st, h, used)));
     const int64_t D = static_cast<int64_t>(st.latents.size());
     for (int64_t c0 = 0; c0 < D; c0 += kChunkLatents) {
       nlohmann::json list = nlohmann::json::array();
