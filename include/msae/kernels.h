@@ -92,9 +92,14 @@ void row_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, int64_t k, Spar
 // selection's reference (kernels_ref.h) computes every entry with it.
 float exact_dot(const float* x, const float* w, int64_t d, float b);
 struct ScreenStats {
-  int64_t candidates = 0;    // entries computed exactly
+  int64_t candidates = 0;    // entries whose upper bound reaches the proven cut L
+  int64_t exact = 0;         // entries computed exactly (candidates left after the second cut)
   int64_t keep = 0;
-  bool fp32_fallback = false;  // the approximations came from the fp32 GEMM
+  // How the candidates were found: 0 int8, threshold from a sample of rows; 1 int8, from all rows;
+  // 3, 4 the same from the fp32 GEMM (the int8 bound was too loose); 5 fp32, fewer than keep positive
+  // lower bounds (every entry that may be positive is a candidate).
+  int path = 0;
+  bool fp32_fallback = false;  // the approximations came from the fp32 GEMM (path >= 3)
   double seconds_quantize = 0, seconds_gemm = 0, seconds_bound = 0, seconds_candidates = 0, seconds_select = 0;
 };
 class Screener {
@@ -114,6 +119,7 @@ class Screener {
 
  private:
   struct Impl;
+  struct Pass;
   std::unique_ptr<Impl> impl_;
   ScreenStats stats_;
 };

@@ -74,6 +74,8 @@ class SparseEngine final : public StepEngine {
     const kernels::ScreenStats& st = screener_.stats();
     return {{"screen_candidates", static_cast<double>(st.candidates)},
             {"screen_candidates_per_kept", st.keep > 0 ? static_cast<double>(st.candidates) / st.keep : 0.0},
+            {"screen_exact_per_kept", st.keep > 0 ? static_cast<double>(st.exact) / st.keep : 0.0},
+            {"screen_path", static_cast<double>(st.path)},
             {"screen_fp32_fallback", st.fp32_fallback ? 1.0 : 0.0}};
   }
   std::string kernel_info() const override { return options_.screen ? screener_.kernel() : std::string(); }
