@@ -157,6 +157,12 @@ struct RunFacts {
 // "data_normalization" and the "training" record every way of training writes (msae train, the Python
 // module). Callers add their own fields to "training" and "final_metrics".
 nlohmann::json run_record(const Trainer& trainer, const RunFacts& facts);
+// The step kernel's own report, where its engine has one (host and sharded engines): the kernel it runs
+// beside the BLAS (the screened engine: "oneDNN <version> int8 matmul (<impl>)"; else empty), and the
+// counters of its last step (the screened engine: screen_candidates_per_kept, ...). In msae.json
+// (training.engine_kernel) and metrics.jsonl (engine_counters).
+std::string engine_kernel(const Trainer& trainer);
+std::vector<std::pair<std::string, double>> engine_counters(const Trainer& trainer);
 
 // Means over one logging interval of the step statistics written to metrics.jsonl (docs/formats.md).
 struct MetricsInterval {

@@ -481,6 +481,11 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
     line["dead_fraction"] = static_cast<double>(s.n_dead) / static_cast<double>(cfg.d_sae);
     line["threshold"] = json_number(trainer.threshold());
     line["grad_norm"] = trainer.last_grad_norm();
+    if (const auto counters = train::engine_counters(trainer); !counters.empty()) {
+      json c = json::object();
+      for (const auto& [name, v] : counters) c[name] = v;
+      line["engine_counters"] = c;
+    }
     if (writes) metrics.append(line.dump() + "\n");
     if (cb.log) cb.log(line);
   };

@@ -31,6 +31,16 @@ void Trainer::restore(SaeParams params, AdamState opt, LatentState latents) {
   engine_->restore(std::move(params), std::move(opt), std::move(latents));
 }
 
+std::string engine_kernel(const Trainer& trainer) {
+  const StepEngine* k = trainer.engine().step_kernel();
+  return k ? k->kernel_info() : std::string();
+}
+
+std::vector<std::pair<std::string, double>> engine_counters(const Trainer& trainer) {
+  const StepEngine* k = trainer.engine().step_kernel();
+  return k ? k->last_counters() : std::vector<std::pair<std::string, double>>{};
+}
+
 nlohmann::json run_record(const Trainer& trainer, const RunFacts& f) {
   const SaeConfig& cfg = trainer.options().sae;
   const TrainOptions& opt = trainer.options();
@@ -61,6 +71,8 @@ nlohmann::json run_record(const Trainer& trainer, const RunFacts& f) {
             {"nonfinite_rows_skipped", f.nonfinite_rows_skipped},
             {"init", f.init},
             {"engine", opt.engine},
+            {"engine_kernel", engine_kernel(trainer)},
+            {"blas", kernels::blas_info()},
             {"threads", num_threads()},
             {"seconds", f.seconds},
             {"tokens_per_s", f.tokens_per_s},

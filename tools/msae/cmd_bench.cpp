@@ -17,7 +17,9 @@
 #include "msae/cuda.h"
 #endif
 #include "msae/kernels.h"
+#include "msae/engine.h"
 #include "msae/model.h"
+#include "msae/synth.h"
 #include "msae/train.h"
 
 namespace msae::cli {
@@ -44,6 +46,9 @@ struct BenchArgs {
   float dead_scale = 0.3f;
   uint64_t seed = 0;
   bool json_out = false;
+  std::string preset;        // rows from a synth-bench preset's generator (d from the preset)
+  bool d_in_given = false;
+  int64_t train_steps = 0;   // steps trained (fresh rows each) before the warm-up
 };
 
 // CPU seconds of the whole process (all threads). On a machine shared with other jobs, wall time counts
@@ -190,14 +195,26 @@ int run_bench(const BenchArgs& a) {
   kernels::set_blas_threads(num_threads());
   if (a.steps <= 0 || a.warmup < 0) usage_error("--steps must be positive and --warmup >= 0");
   if (!(a.dead_fraction >= 0.0 && a.dead_fraction < 1.0)) usage_error("--dead-fraction must be in [0, 1)");
+  if (a.train_steps < 0) usage_error("--train-steps must be >= 0");
+  if (a.train_steps > 0 && a.dead_fraction > 0.0)
+    usage_error("--train-steps and --dead-fraction are two scenarios: give one (trained latents die on their own)");
+  // Rows: a synth-bench preset's generator, or the activation-like default below.
+  std::unique_ptr<synth::FeatureSampler> sampler;
+  int64_t d_in = a.d_in;
+  if (!a.preset.empty()) {
+    sampler = std::make_unique<synth::FeatureSampler>(synth::make_preset(a.preset, a.seed), synth::synth_bench_train_stream(a.seed));
+    if (a.d_in_given && a.d_in != sampler->model().d)
+      usage_error("--d-in ", a.d_in, " differs from preset ", a.preset, "'s width ", sampler->model().d, " (omit --d-in)");
+    d_in = sampler->model().d;
+  }
   SaeConfig cfg;
   cfg.arch = parse_arch(a.arch);
-  cfg.d_in = a.d_in;
+  cfg.d_in = d_in;
   cfg.d_sae = a.d_sae;
   cfg.k = a.k;
   if (!a.group_sizes.empty()) cfg.group_sizes = parse_sizes(a.group_sizes);
   cfg.finalize();
-  const int64_t B = a.batch, d = a.d_in, D = a.d_sae;
+  const int64_t B = a.batch, d = d_in, D = a.d_sae;
   if (B <= 0) usage_error("--batch must be positive");
 
   if (!(a.aux_dense_density >= 0.0)) usage_error("--aux-dense-density must be >= 0");
@@ -214,9 +231,37 @@ int run_bench(const BenchArgs& a) {
   const int64_t dirs = 4 * d;
   std::vector<float> basis(dirs * d);
   for (float& v : basis) v = static_cast<float>(rng.normal() / std::sqrt(static_cast<double>(d)) * 4.0);
+  auto next_rows = [&](std::vector<float>& x) {
+    if (sampler)
+      sampler->sample(B, x.data());
+    else
+      fill_batch(x, B, d, rng, basis, dirs);
+  };
+  // --train-steps: the engine trains on fresh rows first (SPEC's Adam, no lr schedule), so that the timed
+  // steps see trained parameters; the loss, L0, dead latents and the engine's counters along the way.
+  json train_curve = json::array();
+  Timer train_timer;
+  if (a.train_steps > 0) {
+    const train::TrainOptions defaults;
+    std::vector<float> x(B * d);
+    int64_t next_mark = 1;
+    for (int64_t s = 1; s <= a.train_steps; ++s) {
+      next_rows(x);
+      const StepStats st = engine->forward_backward(cfg, x.data(), B, params, state, grads);
+      train::apply_update(cfg, defaults.adam, defaults.max_grad_norm, params, grads, opt);
+      if (s == next_mark || s == a.train_steps) {
+        json c = json::object();
+        for (const auto& [name, v] : engine->last_counters()) c[name] = v;
+        train_curve.push_back({{"step", s}, {"loss", st.loss}, {"fvu", st.var_x > 0 ? st.mse_prefix.back() / st.var_x : 0.0},
+                               {"l0", st.l0}, {"n_dead", st.n_dead}, {"counters", c}});
+        while (next_mark <= s) next_mark = next_mark < 10 ? next_mark * 2 : next_mark * 3 / 2 + 1;
+      }
+    }
+  }
+  const double train_seconds = train_timer.seconds();
   constexpr int kBatches = 3;
   std::vector<std::vector<float>> data(kBatches, std::vector<float>(B * d));
-  for (auto& x : data) fill_batch(x, B, d, rng, basis, dirs);
+  for (auto& x : data) next_rows(x);
 #if MSAE_HAVE_CUDA
   if (a.engine == "cuda") return run_bench_cuda(a, cfg, std::move(params), data);
 #endif
@@ -414,6 +459,10 @@ int run_bench(const BenchArgs& a) {
       {"load_average_end", load_average()},
       {"loss_last_step", last.loss},
       {"l0_last_step", last.l0},
+      {"rows", a.preset.empty() ? std::string("activation-like (sparse mix of 4d random directions)") : "preset " + a.preset},
+      {"train_steps", a.train_steps},
+      {"train_seconds", train_seconds},
+      {"train_curve", train_curve},
   };
   json ph = json::object();
   for (const auto& [name, v] : phases) ph[name] = median(v);
@@ -438,6 +487,17 @@ int run_bench(const BenchArgs& a) {
                 processes, world.name().c_str(), static_cast<long long>(Dl),
                 out["bytes_sent_per_step"].get<double>() / (1 << 20), out["collectives_per_step"].get<double>());
   std::printf("load average (1 min): %.2f at start, %.2f at end\n", load_start, out["load_average_end"].get<double>());
+  std::printf("rows: %s\n", out["rows"].get<std::string>().c_str());
+  if (a.train_steps > 0) {
+    std::printf("trained %lld steps first (%.1f s):\n", static_cast<long long>(a.train_steps), train_seconds);
+    for (const json& p : train_curve) {
+      std::printf("  step %6lld  loss %.5g  fvu %.4f  l0 %.2f  dead %lld", static_cast<long long>(p["step"].get<int64_t>()),
+                  p["loss"].get<double>(), p["fvu"].get<double>(), p["l0"].get<double>(),
+                  static_cast<long long>(p["n_dead"].get<int64_t>()));
+      for (const auto& [name, v] : p["counters"].items()) std::printf("  %s %.4g", name.c_str(), v.get<double>());
+      std::printf("\n");
+    }
+  }
   if (a.dead_fraction > 0)
     std::printf("dead latents: %lld (%.1f%%), AuxK active in %lld of %lld timed steps, %.1f AuxK entries per row; "
                 "scenario: %s\n",
@@ -474,7 +534,7 @@ int run_bench(const BenchArgs& a) {
 Action add_bench_command(CLI::App& root) {
   auto a = std::make_shared<BenchArgs>();
   CLI::App* app = root.add_subcommand("bench", "Time the training step and its phases against the encoder GEMM");
-  app->add_option("--d-in", a->d_in, "Input width d")->capture_default_str();
+  CLI::Option* d_in = app->add_option("--d-in", a->d_in, "Input width d (default: the preset's with --preset)")->capture_default_str();
   app->add_option("--d-sae", a->d_sae, "Latents D")->capture_default_str();
   app->add_option("--k", a->k, "Mean active latents per row")->capture_default_str();
   app->add_option("--batch", a->batch, "Rows per batch B")->capture_default_str();
@@ -483,7 +543,19 @@ Action add_bench_command(CLI::App& root) {
   app->add_option("--steps", a->steps, "Timed steps")->capture_default_str();
   app->add_option("--warmup", a->warmup, "Untimed warm-up steps")->capture_default_str();
   app->add_option("--threads", a->threads, "Threads (default: all cores)");
-  app->add_option("--engine", a->engine, "sparse | reference")->capture_default_str();
+  std::string engines;
+  for (const train::EngineEntry& e : train::engine_registry()) engines += (engines.empty() ? "" : " | ") + e.name;
+  app->add_option("--engine", a->engine, "Training-step engine: " + engines + " (docs/cli.md)")->capture_default_str();
+  app->add_option("--preset", a->preset,
+                  "Rows from a synth-bench preset's generator (" + [] {
+                    std::string n;
+                    for (const std::string& p : synth::preset_names()) n += (n.empty() ? "" : " | ") + p;
+                    return n;
+                  }() + "; d from the preset) instead of the activation-like default");
+  app->add_option("--train-steps", a->train_steps,
+                  "Train this many steps first (the engine's own, fresh rows each, SPEC's Adam): the timed steps "
+                  "then see trained parameters; the loss, L0, dead latents and the engine's counters along the way are reported")
+      ->capture_default_str();
   app->add_option("--dead-fraction", a->dead_fraction, "Share of latents kept dead so AuxK runs (e.g. 0.1)")
       ->capture_default_str();
   app->add_option("--aux-dense-density", a->aux_dense_density,
@@ -498,7 +570,10 @@ Action add_bench_command(CLI::App& root) {
       ->capture_default_str();
   app->add_option("--seed", a->seed, "Seed")->capture_default_str();
   app->add_flag("--json", a->json_out, "Print one JSON object instead of the table");
-  return [a]() { return run_bench(*a); };
+  return [a, d_in]() {
+    a->d_in_given = d_in->count() > 0;
+    return run_bench(*a);
+  };
 }
 
 }  // namespace msae::cli
