@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "msae/kernels_ref.h"
 
@@ -305,7 +308,11 @@ namespace {
 struct ScreenCase {
   const char* name;
   int64_t B, d, D, keep;
-  int kind;  // 0 random, 1 outliers in x, 2 columns of very different norms, 3 ties at the cut, 4 bias, 5 few positive
+  // 0 random, 1 outliers in x, 2 columns of very different norms, 3 ties at the cut, 4 bias, 5 few positive,
+  // 6 the sampled rows (every B/64-th) scaled down (the guessed threshold lets through too many), 7 scaled up
+  // (too few pass it), 8 a huge coordinate of x that no encoder row reads (the int8 bound is too loose)
+  int kind;
+  int path = -1;  // ScreenStats::path the case must take (-1: any)
 };
 
 void fill_screen_case(const ScreenCase& c, std::vector<float>& x, std::vector<float>& W, std::vector<float>& b,
@@ -329,6 +336,13 @@ void fill_screen_case(const ScreenCase& c, std::vector<float>& x, std::vector<fl
     for (float& v : b) v = static_cast<float>(rng.normal()) * 0.5f;
   if (c.kind == 5)  // almost everything negative: fewer positive entries than keep
     for (float& v : b) v = -20.0f;
+  if (c.kind == 6 || c.kind == 7)
+    for (int64_t r = 0; r < c.B; r += std::max<int64_t>(1, c.B / 64))
+      for (int64_t k = 0; k < c.d; ++k) x[r * c.d + k] *= c.kind == 6 ? 1e-3f : 1e3f;
+  if (c.kind == 8) {  // x^ keeps only the huge coordinate, which no latent reads: every lower bound < 0
+    for (int64_t r = 0; r < c.B; ++r) x[r * c.d] = 1e4f;
+    for (int64_t i = 0; i < c.D; ++i) W[i * c.d] = 0.0f;
+  }
 }
 
 }  // namespace
@@ -337,8 +351,17 @@ TEST(Kernels, ScreenedBatchTopKEqualsExactSelection) {
   const ScreenCase cases[] = {{"random", 64, 96, 512, 64 * 8, 0},   {"outliers in x", 64, 96, 512, 64 * 8, 1},
                               {"column norms", 64, 96, 512, 64 * 8, 2}, {"ties at the cut", 60, 64, 256, 60 * 5, 3},
                               {"encoder bias", 48, 80, 300, 48 * 6, 4}, {"few positive", 32, 64, 256, 32 * 4, 5},
-                              {"keep everything", 8, 16, 32, 8 * 32, 0}, {"wide d", 32, 1200, 256, 32 * 4, 0}};
+                              {"keep everything", 8, 16, 32, 8 * 32, 0}, {"wide d", 32, 1200, 256, 32 * 4, 0},
+                              // B >= 128: the threshold is first guessed on 64 rows
+                              {"sampled threshold", 256, 64, 512, 256 * 8, 0, 0},
+                              {"sampled threshold, bias", 192, 40, 300, 192 * 6, 4, 0},
+                              {"sample too low", 256, 64, 512, 256 * 8, 6, 1},
+                              {"sample too high", 256, 64, 512, 256 * 8, 7, 1},
+                              {"int8 too loose", 64, 48, 256, 64 * 4, 8, 4},
+                              {"int8 too loose, sampled", 256, 48, 256, 256 * 4, 8, 3},
+                              {"few positive, sampled", 256, 64, 256, 256 * 4, 5, 5}};
   msae::kernels::Screener screener;
+  std::set<int> paths;
   for (const ScreenCase& c : cases) {
     for (uint64_t seed : {1u, 2u}) {
       std::vector<float> x, W, b, work(static_cast<size_t>(c.B * c.D));
@@ -356,8 +379,96 @@ TEST(Kernels, ScreenedBatchTopKEqualsExactSelection) {
         EXPECT_EQ(cut, *std::min_element(want.vals.begin(), want.vals.end())) << c.name;
       }
       EXPECT_GE(screener.stats().candidates, static_cast<int64_t>(want.vals.size())) << c.name;
+      EXPECT_GE(screener.stats().exact, static_cast<int64_t>(want.vals.size())) << c.name;
+      EXPECT_LE(screener.stats().exact, screener.stats().candidates) << c.name;
+      if (c.path >= 0) {
+        EXPECT_EQ(screener.stats().path, c.path) << c.name << " seed " << seed;
+      }
+      paths.insert(screener.stats().path);
     }
   }
+  EXPECT_EQ(paths, (std::set<int>{0, 1, 3, 4, 5}));  // every way to the candidates was taken
+}
+
+// A case where the bound is tight and the selection depends on all of it: a test that a smaller bound (a
+// wrong factor, a missing term) fails. Latent 0 reads only x's first half, where the even rows hold only
+// quantization residuals (below half a step, so x^ is 0 there) laid along latent 0's encoder row: its
+// int8 approximation is 0 while its exact value V (about the same in every even row) equals the bound's
+// |dx| |w| term. 48 "runner-up" latents, each parallel to the second half of one odd row (whose first
+// half is 0, so their values are known to 1.5%), take values 0.90 V to 0.95 V. With keep = 48 the
+// selection is the 32 even rows' latent-0 entries and the 16 best runner-ups, and the proven cut L is
+// about 0.89 V: latent 0's entries stay candidates only because approx + bound = V >= L.
+TEST(Kernels, ScreenedSelectionNeedsTheWholeBound) {
+  const int64_t B = 64, d = 64, h = 32, D = 49, keep = 48;
+  msae::Rng rng(3);
+  std::vector<float> x(B * d, 0.0f), W(D * d, 0.0f);
+  std::vector<int> qt(h);
+  for (int64_t k = 0; k < h; ++k) qt[k] = k == 0 ? 63 : static_cast<int>(rng.below(127)) - 63;
+  for (int64_t k = 0; k < h; ++k) W[k] = static_cast<float>(qt[k]) / 64.0f;  // on latent 0's 7-bit grid
+  double sq = 0;
+  for (int q : qt) sq += q * q;
+  const double V = 0.49 / 128.0 * sq / (63.0 * 64.0);  // latent 0's exact value at rho = 1
+  for (int64_t r = 0; r < B; ++r) {
+    float* xr = &x[r * d];
+    xr[h] = 127.0f / 128.0f;  // the row's largest coordinate: x's scale is exactly 2^-7
+    for (int64_t k = h + 1; k < d; ++k) xr[k] = static_cast<float>(static_cast<int>(rng.below(255)) - 127) / 128.0f;
+    if (r % 2 == 0) {
+      const double rho = 0.97 + 0.03 * rng.uniform();
+      for (int64_t k = 0; k < h; ++k) xr[k] = static_cast<float>(0.49 / 128.0 * qt[k] / 63.0 * rho);
+    }
+  }
+  for (int64_t j = 1; j < D; ++j) {
+    const float* xr = &x[(2 * ((j - 1) % 32) + 1) * d];  // an odd row
+    double n2 = 0;
+    for (int64_t k = h; k < d; ++k) n2 += static_cast<double>(xr[k]) * xr[k];
+    const double alpha = V * (0.90 + 0.05 * rng.uniform()) / n2;
+    for (int64_t k = h; k < d; ++k) W[j * d + k] = static_cast<float>(alpha * xr[k]);
+  }
+  msae::kernels::SparseCodes want, got;
+  msae::kernels::ref::screened_batch_topk(x.data(), B, d, W.data(), nullptr, D, keep, want);
+  int64_t latent0 = 0;
+  for (int32_t id : want.ids) latent0 += id == 0;
+  ASSERT_EQ(latent0, 32);  // the case is what it claims: every even row's latent 0 is selected
+  std::vector<float> work(B * D);
+  msae::kernels::Screener screener;
+  screener.batch_topk(x.data(), B, d, W.data(), nullptr, D, keep, work.data(), got);
+  EXPECT_EQ(screener.stats().path, 1);  // the int8 path (B < 128: no sampled threshold)
+  EXPECT_EQ(got.row_ptr, want.row_ptr);
+  EXPECT_EQ(got.ids, want.ids);
+  EXPECT_EQ(got.vals, want.vals);
+}
+
+// kernels::exact_dot (AVX2 code where built for it) sums in the order ref::exact_dot spells out, bit for
+// bit, and is within one float rounding (plus the double sums' own error) of the true value.
+TEST(Kernels, ExactDotEqualsReferenceOrder) {
+  msae::Rng rng(5);
+  int compared = 0;
+  for (int64_t d : {1, 2, 3, 4, 5, 7, 8, 12, 15, 16, 17, 20, 31, 32, 33, 47, 48, 63, 64, 100, 767, 768, 769, 1200, 2304}) {
+    for (int rep = 0; rep < 12; ++rep) {
+      std::vector<float> x(static_cast<size_t>(d)), w(static_cast<size_t>(d));
+      const float sx = rep % 4 == 0 ? 1e-20f : rep % 4 == 1 ? 1e20f : 1.0f, sw = rep % 3 == 0 ? 1e-3f : 1.0f;
+      for (float& v : x) v = static_cast<float>(rng.normal()) * sx;
+      for (float& v : w) v = static_cast<float>(rng.normal()) * sw;
+      if (rep % 5 == 4)  // cancellation: the second half undoes the first
+        for (int64_t k = d / 2; k < d; ++k) x[k] = -x[k - d / 2], w[k] = w[k - d / 2];
+      const float b = rep % 2 ? static_cast<float>(rng.normal()) * sx * sw : 0.0f;
+      const float got = msae::kernels::exact_dot(x.data(), w.data(), d, b);
+      const float want = msae::kernels::ref::exact_dot(x.data(), w.data(), d, b);
+      ASSERT_EQ(std::memcmp(&got, &want, 4), 0) << "d " << d << " rep " << rep << ": " << got << " vs " << want;
+      __float128 exact = b;
+      double mag = std::fabs(static_cast<double>(b));
+      for (int64_t k = 0; k < d; ++k) {
+        const double p = static_cast<double>(x[k]) * w[k];  // exact
+        exact += p;
+        mag += std::fabs(p);
+      }
+      const double err = std::fabs(static_cast<double>(static_cast<__float128>(got) - exact));
+      const double ulp = std::fabs(static_cast<double>(std::nextafter(got, INFINITY)) - got);
+      EXPECT_LE(err, 0.5 * ulp + static_cast<double>(d + 4) * std::ldexp(mag, -53)) << "d " << d << " rep " << rep;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 25 * 12);
 }
 
 // The bound itself: |exact - int8 approximation| <= the bound on every entry, for the adversarial inputs.

@@ -91,6 +91,12 @@ void row_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, int64_t k, Spar
 // exact_dot: sum_k x[k] * w[k] accumulated in double in a fixed order, rounded once to float. The
 // selection's reference (kernels_ref.h) computes every entry with it.
 float exact_dot(const float* x, const float* w, int64_t d, float b);
+// Whether the screened selection is expected to pay for a batch-wide selection of B rows over D latents of
+// width d on this build: an AVX2 build (oneDNN's int8 GEMM then runs at about twice fp32) with d >= 768 and
+// B * D >= 2^24. Measured on Zen 3 (docs/performance.md, "Screened selection"): 0.75x to 0.85x the sparse
+// step above it, 1.0x at the edge, up to 3.8x slower on small shapes (its per-step costs). The default
+// engine (`--engine auto`) uses it.
+bool screen_pays(int64_t B, int64_t D, int64_t d);
 struct ScreenStats {
   int64_t candidates = 0;    // entries whose upper bound reaches the proven cut L
   int64_t exact = 0;         // entries computed exactly (candidates left after the second cut)

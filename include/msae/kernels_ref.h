@@ -11,6 +11,11 @@ void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float 
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 void batch_topk(const float* pre, int64_t B, int64_t D, int64_t keep, SparseCodes& out);
+// kernels::exact_dot's order spelled out: the products (exact in double) summed in four interleaved
+// columns of four lanes (element k of each block of 16 goes to column (k / 4) % 4, lane k % 4), the
+// remaining blocks of four in columns 0, 1, 2, the last < 4 products in a scalar, then the columns, the
+// lanes, the scalar and b added in a fixed tree; one rounding to float. exact_dot must equal it bit for bit.
+float exact_dot(const float* x, const float* w, int64_t d, float b);
 // Screener::batch_topk's oracle: every pre-activation with exact_dot, then batch_topk.
 void screened_batch_topk(const float* x, int64_t B, int64_t d, const float* W, const float* b, int64_t D, int64_t keep,
                          SparseCodes& out);

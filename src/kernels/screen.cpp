@@ -74,6 +74,15 @@ float exact_dot_t(const float* x, const W* w, int64_t d, float b) {
 
 float exact_dot(const float* x, const float* w, int64_t d, float b) { return exact_dot_t(x, w, d, b); }
 
+bool screen_pays(int64_t B, int64_t D, int64_t d) {
+#if defined(__AVX2__)
+  return d >= 768 && B * D >= (int64_t{1} << 24);
+#else
+  (void)B, (void)D, (void)d;
+  return false;
+#endif
+}
+
 namespace {
 
 constexpr double kMargin = 1.0 / 65536;

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <limits>
 
+#include "msae/comm.h"
 #include "msae/run.h"
 
 namespace msae::run {
@@ -106,9 +107,16 @@ train::TrainOptions make_train_options(const Options& o, int64_t d, const DataDe
   if (given("bdec_median")) t.bdec_geometric_median = o.flag("bdec_median");
   if (!(t.adam.beta2 > 0.0f && t.adam.beta2 < 1.0f)) usage_error(opt("beta2"), " must be in (0, 1), got ", t.adam.beta2);
   cfg.recipe = recipe;
-  // The sparse engine has no ReLU + L1 path: without an explicit engine, relu_l1 trains on the reference.
-  if (cfg.arch == Arch::relu_l1 && !given("engine")) t.engine = "reference";
   cfg.finalize();
+  // --engine auto (the default): the sparse engine has no ReLU + L1 path, so relu_l1 trains on the
+  // reference; large batch-wide BatchTopK runs in one process take the screened engine, faster there
+  // (kernels::screen_pays; docs/performance.md); everything else the sparse engine.
+  if (t.engine == "auto") {
+    const bool batch_wide = (cfg.arch == Arch::batchtopk || cfg.arch == Arch::matryoshka) && cfg.group_k.empty();
+    t.engine = cfg.arch == Arch::relu_l1 ? "reference"
+               : batch_wide && comm::world().size() == 1 && kernels::screen_pays(t.batch, cfg.d_sae, d) ? "screened"
+                                                                                                   : "sparse";
+  }
   return t;
 }
 

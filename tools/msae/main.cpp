@@ -105,10 +105,18 @@ void report_error(const std::string& message) {
 }
 
 int finish(int code) {
+  const bool had_error = std::ferror(stdout) != 0;
   errno = 0;
   const bool flush_failed = std::fflush(stdout) != 0;
-  const int err = errno;
-  if (flush_failed || std::ferror(stdout)) {
+  int err = flush_failed ? errno : 0;
+  if (!flush_failed && had_error) {
+    // An earlier write failed (output longer than stdio's buffer) and its errno is gone: one more byte to
+    // the broken output gives the reason again.
+    std::clearerr(stdout);
+    errno = 0;
+    if (std::fputc('\n', stdout) == EOF || std::fflush(stdout) != 0) err = errno;
+  }
+  if (flush_failed || had_error) {
     std::fprintf(stderr, "msae: error: cannot write to standard output: %s\n", err ? std::strerror(err) : "write error");
     return code == 0 ? 1 : code;
   }

@@ -61,6 +61,20 @@ void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float 
     }
 }
 
+float exact_dot(const float* x, const float* w, int64_t d, float b) {
+  double col[4][4] = {};
+  int64_t k = 0;
+  for (; k + 16 <= d; k += 16)
+    for (int j = 0; j < 16; ++j) col[j / 4][j % 4] += static_cast<double>(x[k + j]) * static_cast<double>(w[k + j]);
+  for (int c = 0; k + 4 <= d; k += 4, ++c)
+    for (int l = 0; l < 4; ++l) col[c][l] += static_cast<double>(x[k + l]) * static_cast<double>(w[k + l]);
+  double tail = 0;
+  for (; k < d; ++k) tail += static_cast<double>(x[k]) * static_cast<double>(w[k]);
+  double lane[4];
+  for (int l = 0; l < 4; ++l) lane[l] = (col[0][l] + col[1][l]) + (col[2][l] + col[3][l]);
+  return static_cast<float>((((lane[0] + lane[1]) + (lane[2] + lane[3])) + tail) + static_cast<double>(b));
+}
+
 void screened_batch_topk(const float* x, int64_t B, int64_t d, const float* W, const float* b, int64_t D, int64_t keep,
                          SparseCodes& out) {
   std::vector<float> pre(static_cast<size_t>(B * D));
