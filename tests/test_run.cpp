@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli_run.h"
+#include "msae/kernels.h"
 #include "msae/io.h"
 #include "msae/run.h"
 
@@ -134,6 +135,26 @@ TEST(Options, LegacyArgsKeepTheirMeaning) {
   EXPECT_TRUE(t.sae.encoder_bias) << "saelens recipe";
   EXPECT_EQ(t.sae.dead_after_batches, 1000);
   EXPECT_EQ(t.sae.aux_k, 16);
+}
+
+// --engine auto (the default) is resolved by the shape: the screened engine where it measured faster.
+TEST(Options, AutoEngineFollowsTheShape) {
+  auto engine_for = [](const json& j, int64_t d) {
+    return run::make_train_options(run::Options::from_json(j, "test"), d, {}).engine;
+  };
+  const std::string big = kernels::screen_pays(4096, 16384, 768) ? "screened" : "sparse";
+#if defined(__AVX2__)
+  EXPECT_EQ(big, "screened");
+#endif
+  EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}}, 768), big);
+  EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}, {"arch", "batchtopk"}}, 2304), big);
+  EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 1024}}, 768), big);  // B * D = 2^24: the edge
+  EXPECT_EQ(engine_for({{"d_sae", 4096}, {"batch", 1024}}, 768), "sparse");  // B * D < 2^24
+  EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}}, 512), "sparse");  // d < 768
+  EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}, {"arch", "topk"}}, 768), "sparse");
+  EXPECT_EQ(engine_for({{"arch", "relu_l1"}, {"d_sae", 16384}, {"batch", 4096}}, 768), "reference");
+  EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}, {"engine", "sparse"}}, 768), "sparse");  // given: kept
+  EXPECT_EQ(engine_for({{"d_sae", 512}, {"batch", 1024}}, 64), "sparse");  // the embedded data's runs
 }
 
 // ---------------------------------------------------------------------------------------------
