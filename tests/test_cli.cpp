@@ -117,6 +117,39 @@ TEST_F(Cli, TrainInspectEvalOnNpy) {
   EXPECT_EQ(ev["threshold"], msae_json["training"]["threshold"]);
 }
 
+// The default engine (--engine auto) at a shape where the screened selection pays (d = 768, B * D = 2^24
+// on an AVX2 build): msae.json names the engine that ran and its kernel, and metrics.jsonl carries its
+// candidate counts; a small run takes the sparse engine, with neither.
+TEST_F(Cli, AutoEngineRecordsWhatRan) {
+  const std::string data = make_data("wide.npy", 4200, 768);
+  Result r = run("train --data " + data + " --d-sae 4096 --batch 4096 --steps 2 --log-every 1 --holdout-rows 100 --out " + path("big"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto big = nlohmann::json::parse(slurp(dir_ / "big" / "msae.json"))["training"];
+  EXPECT_NE(big["blas"].get<std::string>().find("BLAS"), std::string::npos) << big["blas"];
+  const std::string metrics = slurp(dir_ / "big" / "metrics.jsonl");
+  const bool avx2 =
+#if defined(__AVX2__)
+      true;  // kernels::screen_pays (test_run checks its rule)
+#else
+      false;
+#endif
+  if (avx2) {
+    EXPECT_EQ(big["engine"], "screened");
+    EXPECT_EQ(big["engine_kernel"].get<std::string>().rfind("oneDNN ", 0), 0u) << big["engine_kernel"];
+    const auto line = nlohmann::json::parse(metrics.substr(0, metrics.find('\n')));
+    EXPECT_GE(line["engine_counters"]["screen_candidates_per_kept"].get<double>(), 1.0) << line;
+    EXPECT_GE(line["engine_counters"]["screen_exact_per_kept"].get<double>(), 1.0) << line;
+  } else {
+    EXPECT_EQ(big["engine"], "sparse");
+  }
+  r = run("train --data " + make_data("x.npy", 200, 8) + kSmall + "--out " + path("small"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto small = nlohmann::json::parse(slurp(dir_ / "small" / "msae.json"))["training"];
+  EXPECT_EQ(small["engine"], "sparse");
+  EXPECT_EQ(small["engine_kernel"], "");
+  EXPECT_EQ(slurp(dir_ / "small" / "metrics.jsonl").find("engine_counters"), std::string::npos);
+}
+
 // The printed final evaluation is on rows training did not read, and says which: the data's last tenth, or
 // --eval-data; its figures are msae eval's on those rows.
 TEST_F(Cli, FinalEvaluationIsOnHeldOutRows) {
