@@ -147,9 +147,9 @@ struct Screener::Impl {
   std::vector<int64_t> counts;                 // per thread: lower bounds >= the threshold
   std::vector<char> overflow;                  // per thread: the candidate cap was reached
   std::vector<Cand> all;                       // the candidates, rows ascending
-  std::vector<float> lbs;
+  std::vector<float> lbs;                      // scratch: lower bounds, sums, exact values to rank
   std::vector<std::pair<float, int64_t>> vals;  // exact value, flat index
-  std::vector<int64_t> offset, fill, order;
+  std::vector<int64_t> offset, fill;
   std::vector<std::vector<double>> wrow;       // per thread: one encoder row in double
 
   dnnl::matmul& matmul_for(int64_t rows) {
