@@ -95,7 +95,8 @@ do_device() {
         line=$(timeout 100 "$pack/msae" bench --engine cuda --cuda-precision "$prec" --d-in "$1" --d-sae "$2" \
           --k 32 --batch 4096 --steps 10 --warmup 3 --json 2>&1)
         echo "$line" >> "$out/bench.jsonl"
-        echo "$prec d=$1 D=$2: $(echo "$line" | grep -oE '"(step_s|encoder_gemm_s|step_over_gemm)":[^,]*' | tr '\n' ' ')"
+        summary=$(echo "$line" | grep -oE '"(step_s|encoder_gemm_s|step_over_gemm)":[^,]*' | tr '\n' ' ')
+        echo "$prec d=$1 D=$2: ${summary:-$(echo "$line" | tail -1 | cut -c1-300)}"
       done
     done
     echo "phases and the rest: bench.jsonl ($SECONDS s used)"
