@@ -7,7 +7,9 @@
 #                                 device image lacks (OpenBLAS, gfortran, ...), xz-compressed. Prints its size.
 #   scripts/gpu_check.sh device   on the device machine, from the repository root, with build-cuda/gpu carried:
 #                                 nvidia-smi, the gpu tests, then `msae bench --engine cuda` at d=768/D=16384 and
-#                                 d=2304/D=36864 (k=32, B=4096, fp32); everything under $OUT (at most 8 files).
+#                                 d=2304/D=36864 (k=32, B=4096) in fp32, bf16 and tf32, then the PyTorch
+#                                 baseline; everything under $OUT (6 files: env.txt, tests.log, bench.txt,
+#                                 bench.jsonl, torch_baseline.txt, the torch baseline only with torch there).
 #
 # The device call (one command; see docs/cuda.md):
 #   run(command="bash scripts/gpu_check.sh device", carry=["build-cuda/gpu"], timeout_s=480)
@@ -81,17 +83,30 @@ do_device() {
   } > "$out/tests.log" 2>&1
   grep -E "^\[ (engine|device|cuda vs)|FAILED|PASSED|Failure|error|SKIPPED|^== " "$out/tests.log" | head -80
 
+  # msae bench --engine cuda at both shapes, fp32 then bf16 then tf32 (the encoder GEMM alone in the same
+  # precision beside the step): one JSON line per run into bench.jsonl, a summary line each into bench.txt.
+  # About 10-20 s a run; tf32 is skipped when the script has used more than 330 s (of the call's 480).
+  : > "$out/bench.jsonl"
   {
-    for shape in "768 16384" "2304 36864"; do
-      set -- $shape
-      timeout 150 "$pack/msae" bench --engine cuda --d-in "$1" --d-sae "$2" --k 32 --batch 4096 --steps 10 --warmup 3
-      timeout 150 "$pack/msae" bench --engine cuda --d-in "$1" --d-sae "$2" --k 32 --batch 4096 --steps 10 --warmup 3 \
-        --json > "$out/bench_d$1.json"
+    for prec in fp32 bf16 tf32; do
+      for shape in "768 16384" "2304 36864"; do
+        set -- $shape
+        if [ "$prec" = tf32 ] && [ "$SECONDS" -gt 330 ]; then echo "skipped: tf32 d=$1 ($SECONDS s used)"; continue; fi
+        line=$(timeout 100 "$pack/msae" bench --engine cuda --cuda-precision "$prec" --d-in "$1" --d-sae "$2" \
+          --k 32 --batch 4096 --steps 10 --warmup 3 --json 2>&1)
+        echo "$line" >> "$out/bench.jsonl"
+        summary=$(echo "$line" | grep -oE '"(step_s|encoder_gemm_s|step_over_gemm)":[^,]*' | tr '\n' ' ')
+        echo "$prec d=$1 D=$2: ${summary:-$(echo "$line" | tail -1 | cut -c1-300)}"
+      done
     done
+    echo "phases and the rest: bench.jsonl ($SECONDS s used)"
   } > "$out/bench.txt" 2>&1
   cat "$out/bench.txt"
   # the PyTorch baseline of the same GPU, when the device has torch (bench/torch_gpu_baseline.py, if present)
-  if [ -f bench/torch_gpu_baseline.py ] && python3 -c 'import torch' 2>/dev/null; then
+  # (skipped past 400 s: the call has 480)
+  if [ "$SECONDS" -gt 400 ]; then
+    echo "torch baseline skipped: $SECONDS s used" > "$out/torch_baseline.txt"
+  elif [ -f bench/torch_gpu_baseline.py ] && python3 -c 'import torch' 2>/dev/null; then
     timeout 120 python3 bench/torch_gpu_baseline.py > "$out/torch_baseline.txt" 2>&1
     cat "$out/torch_baseline.txt"
   fi

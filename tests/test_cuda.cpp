@@ -5,7 +5,9 @@
 //   - the same selected codes (and AuxK codes) as the CPU sparse engine on one forward/backward;
 //   - a whole short training run (dead latents, AuxK, the threshold EMA) against the CPU sparse engine;
 //   - bit-identical reruns on the GPU (parameters, moments, counters, statistics);
-//   - the host views (checkpoint restore, mutable params) round-trip through the device.
+//   - the host views (checkpoint restore, mutable params) round-trip through the device;
+//   - the tf32 and bf16 encoder GEMMs (--cuda-precision): the selection of one step against fp32's, a short
+//     run's losses against the fp32 run's, bit-identical reruns in each precision.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -224,6 +226,157 @@ TEST(CudaEngine, HostViewsAndResume) {
     for (float v : x) t += (0.5 - v) * (0.5 - v);
     return t / static_cast<double>(B * d);
   }(), 1e-6);
+}
+
+// ---- --cuda-precision tf32 | bf16 (docs/cuda.md, "Precision")
+
+// One step from the same state in fp32 and in `p`: the selected (row, latent) pairs. The lower-precision
+// pre-activations differ from fp32's by about u |x_cent| |w| (u = 2^-11 for TF32, 2^-9 for bf16: the inputs'
+// rounding; fp32 accumulation), a few thousandths of the spread of the pre-activations at most, so only
+// entries that close to the BatchTopK cut change sides: expected well under 1% of the kept pairs, asserted
+// >= 95% equal; the loss within 1%.
+void expect_selection_close(cuda::GemmPrecision p, double min_overlap) {
+  const int64_t d = 128, D = 2048, k = 16, B = 256;
+  train::TrainOptions opt = make_options("cuda", d, D, k, B);
+  const SaeParams params = SaeParams::init(d, D, 11);
+  const std::vector<float> x = make_batch(B, d, 17);
+  kernels::SparseCodes codes[2], aux[2];
+  StepStats stats[2];
+  for (int i = 0; i < 2; ++i) {
+    cuda::DeviceStep dev(d, D, B, i == 0 ? cuda::GemmPrecision::fp32 : p);
+    ASSERT_EQ(dev.precision(), i == 0 ? cuda::GemmPrecision::fp32 : p);
+    dev.upload_params(params);
+    dev.upload_moments(nullptr, nullptr);
+    dev.upload_counters(std::vector<int64_t>(static_cast<size_t>(D), 0));
+    stats[i] = dev.forward_backward(opt.sae, x.data(), true);
+    dev.download_codes(codes[i], aux[i]);
+  }
+  const kernels::SparseCodes &a = codes[0], &b = codes[1];
+  ASSERT_EQ(a.nnz(), b.nnz());  // BatchTopK keeps k B entries (no ties at the cut on this data)
+  int64_t same = 0, same_value = 0;
+  for (int64_t r = 0; r < B; ++r) {
+    const int* ai = a.ids.data() + a.row_ptr[r];
+    const int* bi = b.ids.data() + b.row_ptr[r];
+    const int64_t na = a.row_ptr[r + 1] - a.row_ptr[r], nb = b.row_ptr[r + 1] - b.row_ptr[r];
+    // both id lists ascend: count the common ones
+    for (int64_t i = 0, j = 0; i < na && j < nb;) {
+      if (ai[i] < bi[j]) {
+        ++i;
+      } else if (bi[j] < ai[i]) {
+        ++j;
+      } else {
+        ++same;
+        same_value += a.vals[a.row_ptr[r] + i] == b.vals[b.row_ptr[r] + j];
+        ++i;
+        ++j;
+      }
+    }
+  }
+  const double overlap = static_cast<double>(same) / static_cast<double>(a.nnz());
+  std::cout << "[ precision " << cuda::precision_name(p) << " ] step 1: " << same << " of " << a.nnz()
+            << " selected pairs as fp32 (" << 100.0 * overlap << "%), " << same_value
+            << " with the same value; loss " << stats[1].loss << " vs fp32 " << stats[0].loss << "\n";
+  EXPECT_GE(overlap, min_overlap);
+  // bf16 rounds the inputs itself, so some value must differ; TF32 is cuBLAS's choice of kernel (FAST_TF32
+  // allows, not forces, tensor cores), so there it is only reported.
+  if (p == cuda::GemmPrecision::bf16)
+    EXPECT_LT(same_value, same) << "every selected value equals fp32's: was the precision applied?";
+  else if (same_value == same)
+    std::cout << "[ precision tf32 ] note: every selected value equals fp32's (cuBLAS chose an fp32 kernel?)\n";
+  EXPECT_NEAR(stats[1].loss, stats[0].loss, 1e-2 * stats[0].loss);
+}
+
+TEST(CudaPrecision, Tf32SelectionOverlapsFp32) {
+  MSAE_SKIP_WITHOUT_GPU();
+  expect_selection_close(cuda::GemmPrecision::tf32, 0.95);
+}
+
+TEST(CudaPrecision, Bf16SelectionOverlapsFp32) {
+  MSAE_SKIP_WITHOUT_GPU();
+  expect_selection_close(cuda::GemmPrecision::bf16, 0.95);
+}
+
+// A short run (30 steps, dead latents and AuxK, warm-up) in `precision` against the fp32 cuda run from the
+// same init on the same batches. The trajectories separate (other selections near the cut, then other
+// parameters), but the losses stay close: per step within `tol` relative. Tolerances: TF32 2%, bf16 5%; the
+// step-1 differences are ~1e-3 (the inputs' rounding), and 30 steps at lr 1e-3 do not amplify them beyond
+// a few times that on this data; a wrong GEMM (layout, leading dimension, stale bf16 weights) gives losses
+// off by far more.
+void expect_run_close(const char* precision, double tol) {
+  const int64_t d = 64, D = 1024, k = 16, B = 256;
+  train::TrainOptions opt = make_options("cuda", d, D, k, B);
+  opt.lr_warmup_steps = 5;
+  train::Trainer ref(opt, SaeParams::init(d, D, 5));
+  opt.cuda_precision = precision;
+  train::Trainer low(opt, SaeParams::init(d, D, 5));
+  double worst = 0;
+  int aux_steps = 0;
+  for (int step = 0; step < 30; ++step) {
+    const std::vector<float> x = make_batch(B, d, 500 + step);
+    const StepStats a = ref.step(x.data());
+    const StepStats b = low.step(x.data());
+    SCOPED_TRACE(std::string(precision) + " step " + std::to_string(step + 1));
+    worst = std::max(worst, std::abs(b.loss - a.loss) / a.loss);
+    EXPECT_NEAR(b.loss, a.loss, tol * a.loss);
+    EXPECT_EQ(b.l0, a.l0);  // BatchTopK keeps k B in both
+    aux_steps += b.aux_active;
+  }
+  std::cout << "[ precision " << precision << " ] 30 steps vs fp32: worst relative loss difference " << worst
+            << ", AuxK active on " << aux_steps << " steps\n";
+  EXPECT_GT(aux_steps, 0) << "the run should exercise AuxK";
+  EXPECT_NEAR(low.params().threshold, ref.params().threshold, 5 * tol * ref.params().threshold);
+}
+
+TEST(CudaPrecision, Tf32RunTracksFp32) {
+  MSAE_SKIP_WITHOUT_GPU();
+  expect_run_close("tf32", 0.02);
+}
+
+TEST(CudaPrecision, Bf16RunTracksFp32) {
+  MSAE_SKIP_WITHOUT_GPU();
+  expect_run_close("bf16", 0.05);
+}
+
+// Two engines per precision, same init and data: the same bits after every step (cuBLAS's tensor-core GEMMs
+// are deterministic on one GPU too; the bf16 copies are elementwise).
+TEST(CudaPrecision, RerunsAreBitIdenticalInEachPrecision) {
+  MSAE_SKIP_WITHOUT_GPU();
+  const int64_t d = 96, D = 2048, k = 16, B = 512;
+  for (const char* precision : {"tf32", "bf16"}) {
+    SCOPED_TRACE(precision);
+    train::TrainOptions opt = make_options("cuda", d, D, k, B);
+    opt.sae.dead_after_batches = 1;
+    opt.sae.encoder_bias = true;
+    opt.cuda_precision = precision;
+    train::Trainer a(opt, SaeParams::init(d, D, 9));
+    train::Trainer b(opt, SaeParams::init(d, D, 9));
+    for (int step = 0; step < 6; ++step) {
+      const std::vector<float> x = make_batch(B, d, 300 + step);
+      const StepStats sa = a.step(x.data());
+      const StepStats sb = b.step(x.data());
+      EXPECT_EQ(sa.loss, sb.loss) << "step " << step + 1;
+      EXPECT_EQ(a.last_grad_norm(), b.last_grad_norm());
+    }
+    const SaeParams& pa = a.params();
+    const SaeParams& pb = b.params();
+    EXPECT_EQ(std::memcmp(pa.W_enc_t.ptr(), pb.W_enc_t.ptr(), static_cast<size_t>(D * d) * sizeof(float)), 0);
+    EXPECT_EQ(std::memcmp(pa.W_dec.ptr(), pb.W_dec.ptr(), static_cast<size_t>(D * d) * sizeof(float)), 0);
+    EXPECT_EQ(pa.threshold, pb.threshold);
+    EXPECT_EQ(a.latent_state().n_inactive, b.latent_state().n_inactive);
+  }
+}
+
+// An unknown precision is a usage error naming the option (the run layer checks the table's choices first).
+TEST(CudaPrecision, UnknownPrecisionIsAUsageError) {
+  try {
+    cuda::parse_precision("fp16");
+    ADD_FAILURE() << "expected a usage error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.exit_code(), 2);
+    EXPECT_NE(std::string(e.what()).find("--cuda-precision"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(cuda::parse_precision("bf16"), cuda::GemmPrecision::bf16);
+  EXPECT_STREQ(cuda::precision_name(cuda::GemmPrecision::tf32), "tf32");
 }
 
 }  // namespace

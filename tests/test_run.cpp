@@ -157,6 +157,27 @@ TEST(Options, AutoEngineFollowsTheShape) {
   EXPECT_EQ(engine_for({{"d_sae", 512}, {"batch", 1024}}, 64), "sparse");  // the embedded data's runs
 }
 
+// --cuda-precision is the cuda engine's: fp32 (the default) passes with every engine, another value only
+// with --engine cuda (auto never picks cuda); the error names the fix.
+TEST(Options, CudaPrecisionOnlyWithTheCudaEngine) {
+  auto options = [](json j) {
+    j["d_sae"] = 512;
+    j["batch"] = 64;
+    return run::make_train_options(run::Options::from_json(j, "test"), 64, {});
+  };
+  EXPECT_EQ(options({{"engine", "sparse"}}).cuda_precision, "fp32");
+  EXPECT_EQ(options({{"engine", "reference"}, {"cuda_precision", "fp32"}}).cuda_precision, "fp32");
+  EXPECT_EQ(options({{"engine", "cuda"}, {"cuda_precision", "bf16"}}).cuda_precision, "bf16");
+  EXPECT_EQ(options({{"engine", "cuda"}, {"cuda_precision", "tf32"}}).cuda_precision, "tf32");
+  for (const char* engine : {"sparse", "screened", "reference", "auto"}) {
+    const std::string msg = usage_message([&] { options({{"engine", engine}, {"cuda_precision", "bf16"}}); });
+    EXPECT_NE(msg.find("--cuda-precision bf16 applies to --engine cuda only"), std::string::npos) << engine << ": " << msg;
+    EXPECT_NE(msg.find("give --engine cuda, or drop --cuda-precision"), std::string::npos) << msg;
+  }
+  const std::string bad = usage_message([&] { options({{"engine", "cuda"}, {"cuda_precision", "fp16"}}); });
+  EXPECT_NE(bad.find("expected one of fp32, tf32, bf16"), std::string::npos) << bad;
+}
+
 // ---------------------------------------------------------------------------------------------
 // run::train in the library
 // ---------------------------------------------------------------------------------------------

@@ -34,11 +34,23 @@ std::string device_info();
 // prefixes, latent reordering).
 std::string unsupported(const SaeConfig& cfg);
 
-// The device state and step of one SAE of width (d, D) trained on batches of B rows. Allocates all device
-// memory in the constructor (the (B, G, d) prefix sums grow with the number of groups). Not thread-safe.
+// The encoder GEMM's input precision (--cuda-precision; docs/cuda.md). Accumulation and everything after the
+// GEMM are fp32 in all three.
+//   fp32  cublasSgemm without tensor cores (CUBLAS_DEFAULT_MATH): SPEC's step
+//   tf32  the same fp32 buffers, CUBLAS_COMPUTE_32F_FAST_TF32: the tensor cores round the inputs to TF32
+//   bf16  x - b_dec and W_enc converted to bfloat16 copies on the device (W_enc once after each change),
+//         cublasGemmEx with CUDA_R_16BF inputs, a CUDA_R_32F output and CUBLAS_COMPUTE_32F
+enum class GemmPrecision { fp32, tf32, bf16 };
+// "fp32" | "tf32" | "bf16"; anything else is a usage error naming --cuda-precision.
+GemmPrecision parse_precision(const std::string& name);
+const char* precision_name(GemmPrecision p);
+
+// The device state and step of one SAE of width (d, D) trained on batches of B rows, its encoder GEMM in
+// `precision`. Allocates all device memory in the constructor (the (B, G, d) prefix sums grow with the
+// number of groups). Not thread-safe.
 class DeviceStep {
  public:
-  DeviceStep(int64_t d, int64_t D, int64_t B);
+  DeviceStep(int64_t d, int64_t D, int64_t B, GemmPrecision precision = GemmPrecision::fp32);
   ~DeviceStep();
   DeviceStep(const DeviceStep&) = delete;
   DeviceStep& operator=(const DeviceStep&) = delete;
@@ -46,6 +58,7 @@ class DeviceStep {
   int64_t d() const;
   int64_t D() const;
   int64_t B() const;
+  GemmPrecision precision() const;
 
   // Parameters (W_enc_t, b_enc, W_dec, b_dec, threshold) to and from the device.
   void upload_params(const SaeParams& p);
@@ -74,8 +87,9 @@ class DeviceStep {
   double update(const SaeConfig& cfg, const kernels::AdamHyper& adam, float max_grad_norm, int64_t t);
   float threshold() const;
 
-  // The encoder GEMM alone (the same cuBLAS call the step makes, on the step's buffers), timed with CUDA
-  // events: the median seconds of `reps` calls after one warm-up.
+  // The encoder GEMM alone (the same cuBLAS call the step makes, in the same precision, on the step's
+  // buffers; bf16: on the bf16 copies, the conversions not included), timed with CUDA events: the median
+  // seconds of `reps` calls after one warm-up.
   double time_encoder_gemm(int reps);
   // Seconds of the last forward_backward + update per phase (CUDA events): encode, select, auxk_select,
   // rows, latents, update.
@@ -103,9 +117,10 @@ std::unique_ptr<StepEngine> make_cuda_step();
 std::string cuda_engine_unsupported(const SaeConfig& cfg);
 
 // `msae bench --engine cuda`: whole optimizer steps of the cuda engine on the given batches (cycled), and
-// the cuBLAS encoder GEMM alone on the same device buffers.
+// the cuBLAS encoder GEMM alone on the same device buffers, both in options.cuda_precision.
 struct CudaBenchResult {
   std::string device;
+  std::string precision;  // "fp32" | "tf32" | "bf16"
   double step_s = 0, gemm_s = 0;  // medians
   std::vector<double> step_samples;
   std::vector<std::pair<std::string, double>> phases;  // the last timed step's

@@ -28,6 +28,9 @@ struct TrainOptions {
   uint64_t seed = 0;             // parameter init and data shuffling
   std::string engine = "reference";
   SparseEngineOptions sparse_engine;  // --engine sparse only: when AuxK runs as dense GEMMs
+  // --engine cuda only: the encoder GEMM's input precision, "fp32" | "tf32" | "bf16" (docs/cuda.md); the
+  // run layer refuses another value with another engine.
+  std::string cuda_precision = "fp32";
   int64_t log_every = 0;         // metrics.jsonl interval in steps; 0 = automatic (about 100 lines a run)
   // Recipe options (docs/variants.md); the defaults are SPEC's (no schedule, b_dec starts at 0).
   bool bdec_geometric_median = false;  // set b_dec to the geometric median of the first batch before step 1

@@ -1,6 +1,8 @@
 // The CUDA training step (msae/cuda.h, docs/cuda.md): SPEC.md's default path on one GPU, the device twin of
 // the sparse engine (src/model/step_sparse.cpp), phase by phase:
-//   encode    x_cent = x - b_dec; pre = x_cent @ W_enc (+ b_enc)          cuBLAS sgemm (fp32), (B, D)
+//   encode    x_cent = x - b_dec; pre = x_cent @ W_enc (+ b_enc)          cuBLAS, (B, D), fp32 output; the inputs
+//             fp32 (sgemm, no tensor cores), tf32 (CUBLAS_COMPUTE_32F_FAST_TF32) or bf16 (bf16 copies of
+//             x_cent and W_enc, the latter refreshed after each change; cublasGemmEx, CUBLAS_COMPUTE_32F)
 //   select    BatchTopK over the batch: radix select over the float bits (radix_select.h), 4 histogram
 //             passes over pre, per-row counts (ties ranked in flat order), an ordered compaction per row into
 //             CSR (ids ascending); the threshold EMA; the dead counters and the dead list; a stable radix sort
@@ -16,6 +18,7 @@
 // (per-thread strided loops, fixed shared-memory trees, serial loops over fixed chunks), cub's scans and
 // radix sort are deterministic, and cuBLAS gives the same bits on the same GPU and toolkit. So two runs on
 // the same GPU give bit-identical results.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
 
@@ -108,11 +111,22 @@ __device__ inline float warp_sum(float v) {
 }
 
 // ---- encode
+// x_cent = x - b_dec; with bf16 GEMM inputs also its bf16 copy (round to nearest even), else xc16 is nullptr.
 __global__ void k_center(const float* __restrict__ x, const float* __restrict__ b_dec, float* __restrict__ xc,
-                         long long n, int d) {
+                         __nv_bfloat16* __restrict__ xc16, long long n, int d) {
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const float v = x[i] - b_dec[i % d];
+    xc[i] = v;
+    if (xc16) xc16[i] = __float2bfloat16_rn(v);
+  }
+}
+
+// The bf16 copy of an fp32 buffer (round to nearest even).
+__global__ void k_to_bf16(const float* __restrict__ a, __nv_bfloat16* __restrict__ out, long long n) {
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<long long>(gridDim.x) * blockDim.x)
-    xc[i] = x[i] - b_dec[i % d];
+    out[i] = __float2bfloat16_rn(a[i]);
 }
 
 __global__ void k_fill_rows(float* __restrict__ pre, const float* __restrict__ b_enc, long long n, int D) {
@@ -691,6 +705,22 @@ std::string device_info() {
   return line;
 }
 
+GemmPrecision parse_precision(const std::string& name) {
+  if (name == "fp32") return GemmPrecision::fp32;
+  if (name == "tf32") return GemmPrecision::tf32;
+  if (name == "bf16") return GemmPrecision::bf16;
+  usage_error(opt("cuda_precision"), ": unknown value '", name, "'; expected one of fp32, tf32, bf16");
+}
+
+const char* precision_name(GemmPrecision p) {
+  switch (p) {
+    case GemmPrecision::fp32: return "fp32";
+    case GemmPrecision::tf32: return "tf32";
+    case GemmPrecision::bf16: return "bf16";
+  }
+  return "";
+}
+
 std::string unsupported(const SaeConfig& cfg) {
   if (cfg.arch == Arch::topk) return opt("arch") + " topk (per-row TopK)";
   if (cfg.arch == Arch::relu_l1) return opt("arch") + " relu_l1 (dense ReLU codes with an L1 penalty)";
@@ -705,6 +735,7 @@ std::string unsupported(const SaeConfig& cfg) {
 
 struct DeviceStep::Impl {
   int64_t d, D, B;
+  GemmPrecision prec;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   cudaEvent_t ev[8] = {};
@@ -721,6 +752,10 @@ struct DeviceStep::Impl {
   DevBuf aux_ids, aux_vals, aux_cnt, ga, aux_keys_in, aux_keys, aux_iota, aux_src, aux_col_ptr, any;
   DevBuf row_loss, row_part, lat_part, col_var, col_sq, sum_gz, sq_part, stats;
   DevBuf cub_tmp;
+  // bf16 GEMM inputs (precision bf16 only): x_cent's copy, written with x_cent each step, and W_enc_t's,
+  // refreshed before a GEMM when W_enc_t changed since (w16_stale: an upload, an update).
+  DevBuf x16, w16;
+  bool w16_stale = true;
   // pinned host memory
   float* h_x = nullptr;
   void* h_small = nullptr;  // DevStats + counts
@@ -729,7 +764,7 @@ struct DeviceStep::Impl {
   int64_t nnz = 0, aux_keep = 0;
   bool timed_update = false;
 
-  Impl(int64_t d_, int64_t D_, int64_t B_) : d(d_), D(D_), B(B_) {
+  Impl(int64_t d_, int64_t D_, int64_t B_, GemmPrecision p) : d(d_), D(D_), B(B_), prec(p) {
     MSAE_ASSERT(d > 0 && D > 0 && B > 0);
     if (const std::string why = unavailable(); !why.empty()) runtime_error("--engine cuda: ", why);
     if (D >= (1LL << 30) || B * d >= (1LL << 40)) usage_error("--engine cuda: shape too large");
@@ -739,7 +774,8 @@ struct DeviceStep::Impl {
     MSAE_CUDA_CHECK(cudaStreamCreate(&stream));
     check(cublasCreate(&blas), "cublasCreate");
     check(cublasSetStream(blas, stream), "cublasSetStream");
-    check(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");  // fp32, no TF32
+    // No TF32 unless asked: the tf32 and bf16 GEMMs name their compute type in cublasGemmEx.
+    check(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
     for (cudaEvent_t& e : ev) MSAE_CUDA_CHECK(cudaEventCreate(&e));
     const size_t f = sizeof(float);
     for (DevBuf* b : {&W_enc_t, &W_dec, &gW_enc_t, &gW_dec, &mW_enc_t, &mW_dec, &vW_enc_t, &vW_dec})
@@ -753,6 +789,10 @@ struct DeviceStep::Impl {
     x_cent.ensure(static_cast<size_t>(B * d) * f);
     q.ensure(static_cast<size_t>(B * d) * f);
     pre.ensure(static_cast<size_t>(B * D) * f);
+    if (prec == GemmPrecision::bf16) {
+      x16.ensure(static_cast<size_t>(B * d) * sizeof(__nv_bfloat16));
+      w16.ensure(static_cast<size_t>(D * d) * sizeof(__nv_bfloat16));
+    }
     radix.ensure(sizeof(RadixState));
     hist.ensure(kRadixBins * sizeof(unsigned long long));
     for (DevBuf* b : {&above, &ties, &ties_before}) b->ensure(static_cast<size_t>(B) * sizeof(long long));
@@ -776,6 +816,7 @@ struct DeviceStep::Impl {
     zero_moments();
     MSAE_CUDA_CHECK(cudaMemset(n_inactive.p, 0, static_cast<size_t>(D) * sizeof(long long)));
     MSAE_CUDA_CHECK(cudaMemset(gb_enc.p, 0, static_cast<size_t>(D) * f));
+    MSAE_CUDA_CHECK(cudaMemset(x_cent.p, 0, static_cast<size_t>(B * d) * f));  // time_encoder_gemm before a step
     MSAE_CUDA_CHECK(cudaDeviceSynchronize());
   }
   ~Impl() {
@@ -802,15 +843,40 @@ struct DeviceStep::Impl {
     check(f(cub_tmp.p, bytes), "cub");
   }
 
+  // bf16: W_enc_t's bf16 copy, when W_enc_t changed since the last one (on the stream, before the GEMM).
+  void refresh_w16() {
+    if (prec != GemmPrecision::bf16 || !w16_stale) return;
+    k_to_bf16<<<grid_for(D * d), kThreads, 0, stream>>>(W_enc_t.as<float>(), w16.as<__nv_bfloat16>(), D * d);
+    MSAE_LAUNCH_CHECK("k_to_bf16 (W_enc)");
+    w16_stale = false;
+  }
+
+  // pre (+)= x_cent W_enc in the step's precision (bf16: on the copies, refresh_w16 and k_center having run).
   void encoder_gemm(bool encoder_bias) {
     const float one = 1.0f, zero = 0.0f;
-    // Row-major pre (B, D) = x_cent (B, d) W_enc_t^T is column-major pre^T (D, B) = W_enc_t^T... in cuBLAS's
-    // column-major terms: C (D x B) = op(A) (D x d) * B' (d x B), A = W_enc_t stored as a (d x D) column-major
-    // matrix (transposed), B' = x_cent stored as (d x B) column-major.
-    check(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(D), static_cast<int>(B), static_cast<int>(d),
-                      &one, W_enc_t.as<float>(), static_cast<int>(d), x_cent.as<float>(), static_cast<int>(d),
-                      encoder_bias ? &one : &zero, pre.as<float>(), static_cast<int>(D)),
-          "cublasSgemm (encoder)");
+    const float* beta = encoder_bias ? &one : &zero;
+    const int Di = static_cast<int>(D), Bi = static_cast<int>(B), di = static_cast<int>(d);
+    // Row-major pre (B, D) = x_cent (B, d) W_enc_t^T is, in cuBLAS's column-major terms, C (D x B) =
+    // op(A) (D x d) * B' (d x B): A = W_enc_t stored as a (d x D) column-major matrix (transposed), B' =
+    // x_cent stored as (d x B) column-major. Accumulation fp32 in all three precisions.
+    switch (prec) {
+      case GemmPrecision::fp32:
+        check(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, Di, Bi, di, &one, W_enc_t.as<float>(), di,
+                          x_cent.as<float>(), di, beta, pre.as<float>(), Di),
+              "cublasSgemm (encoder)");
+        break;
+      case GemmPrecision::tf32:
+        check(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, Di, Bi, di, &one, W_enc_t.p, CUDA_R_32F, di, x_cent.p,
+                           CUDA_R_32F, di, beta, pre.p, CUDA_R_32F, Di, CUBLAS_COMPUTE_32F_FAST_TF32,
+                           CUBLAS_GEMM_DEFAULT),
+              "cublasGemmEx (encoder, tf32)");
+        break;
+      case GemmPrecision::bf16:
+        check(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, Di, Bi, di, &one, w16.p, CUDA_R_16BF, di, x16.p,
+                           CUDA_R_16BF, di, beta, pre.p, CUDA_R_32F, Di, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "cublasGemmEx (encoder, bf16)");
+        break;
+    }
   }
 
   const StepStats& forward_backward(const SaeConfig& cfg, const float* x_host, bool update_threshold) {
@@ -844,8 +910,11 @@ struct DeviceStep::Impl {
     MSAE_CUDA_CHECK(cudaEventRecord(ev[0], stream));
     std::memcpy(h_x, x_host, static_cast<size_t>(N) * f);
     MSAE_CUDA_CHECK(cudaMemcpyAsync(x.p, h_x, static_cast<size_t>(N) * f, cudaMemcpyHostToDevice, stream));
-    k_center<<<grid_for(N), kThreads, 0, stream>>>(x.as<float>(), b_dec.as<float>(), x_cent.as<float>(), N, di);
+    k_center<<<grid_for(N), kThreads, 0, stream>>>(x.as<float>(), b_dec.as<float>(), x_cent.as<float>(),
+                                                   prec == GemmPrecision::bf16 ? x16.as<__nv_bfloat16>() : nullptr,
+                                                   N, di);
     MSAE_LAUNCH_CHECK("k_center");
+    refresh_w16();
     if (cfg.encoder_bias) {
       k_fill_rows<<<grid_for(B * D), kThreads, 0, stream>>>(pre.as<float>(), b_enc.as<float>(), B * D, Di);
       MSAE_LAUNCH_CHECK("k_fill_rows");
@@ -1028,6 +1097,7 @@ struct DeviceStep::Impl {
     k_adam<<<grid_for(D * d), kThreads, 0, stream>>>(W_enc_t.as<float>(), gW_enc_t.as<float>(), mW_enc_t.as<float>(),
                                                      vW_enc_t.as<float>(), D * d, c, scale);
     MSAE_LAUNCH_CHECK("k_adam (W_enc)");
+    w16_stale = true;  // bf16: the next GEMM converts the new W_enc
     k_adam<<<grid_for(d), kThreads, 0, stream>>>(b_dec.as<float>(), gb_dec.as<float>(), mb_dec.as<float>(),
                                                  vb_dec.as<float>(), d, c, scale);
     MSAE_LAUNCH_CHECK("k_adam (b_dec)");
@@ -1054,11 +1124,13 @@ struct DeviceStep::Impl {
   }
 };
 
-DeviceStep::DeviceStep(int64_t d, int64_t D, int64_t B) : impl_(std::make_unique<Impl>(d, D, B)) {}
+DeviceStep::DeviceStep(int64_t d, int64_t D, int64_t B, GemmPrecision precision)
+    : impl_(std::make_unique<Impl>(d, D, B, precision)) {}
 DeviceStep::~DeviceStep() = default;
 int64_t DeviceStep::d() const { return impl_->d; }
 int64_t DeviceStep::D() const { return impl_->D; }
 int64_t DeviceStep::B() const { return impl_->B; }
+GemmPrecision DeviceStep::precision() const { return impl_->prec; }
 
 void DeviceStep::upload_params(const SaeParams& p) {
   Impl& m = *impl_;
@@ -1070,6 +1142,7 @@ void DeviceStep::upload_params(const SaeParams& p) {
   else MSAE_CUDA_CHECK(cudaMemset(m.b_enc.p, 0, static_cast<size_t>(m.D) * sizeof(float)));
   m.copy_to_device(m.b_dec, p.b_dec.ptr(), m.d);
   m.copy_to_device(m.thr, &p.threshold, 1);
+  m.w16_stale = true;
   MSAE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
@@ -1197,6 +1270,12 @@ float DeviceStep::threshold() const {
 double DeviceStep::time_encoder_gemm(int reps) {
   Impl& s = *impl_;
   MSAE_ASSERT(reps >= 1);
+  if (s.prec == GemmPrecision::bf16) {  // the GEMM's bf16 inputs, from the current x_cent and W_enc (untimed)
+    k_to_bf16<<<grid_for(s.B * s.d), kThreads, 0, s.stream>>>(s.x_cent.as<float>(), s.x16.as<__nv_bfloat16>(),
+                                                                s.B * s.d);
+    MSAE_LAUNCH_CHECK("k_to_bf16 (x_cent)");
+    s.refresh_w16();
+  }
   s.encoder_gemm(false);  // warm-up
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {

@@ -134,7 +134,12 @@ const std::vector<OptionDef>& option_table() {
       {"lr", T::real, 3e-4, "Adam learning rate", G::run, kAll, NAN, 0},
       {"max_grad_norm", T::real, 1e5, "Global gradient-norm clip", G::run, kAll, NAN, 0},
       {"seed", T::integer, 0, "Seed for initialization and shuffling", G::run, kAll, 0},
-      {"engine", T::text, "auto", "Training-step engine: sparse (fast) | screened (sparse, BatchTopK screened by an int8 GEMM with a proven bound: faster at large shapes) | reference (dense oracle) | auto (screened for batch-wide BatchTopK with d >= 768 and batch x d_sae >= 2^24 on an AVX2 build in one process, reference for relu_l1, else sparse)", G::run},
+      {"engine", T::text, "auto", "Training-step engine: sparse (fast) | screened (sparse, BatchTopK screened by an int8 GEMM with a proven bound: faster at large shapes) | reference (dense oracle) | cuda (one NVIDIA GPU; only in builds configured with -DMSAE_CUDA=ON, docs/cuda.md) | auto (screened for batch-wide BatchTopK with d >= 768 and batch x d_sae >= 2^24 on an AVX2 build in one process, reference for relu_l1, else sparse; never cuda)", G::run},
+      {"cuda_precision", T::text, "fp32",
+       "--engine cuda only: the encoder GEMM's inputs: fp32 | tf32 (tensor cores, inputs rounded to a 10-bit "
+       "mantissa) | bf16 (x - b_dec and W_enc rounded to bfloat16); fp32 accumulation, everything after the GEMM "
+       "in fp32 (docs/cuda.md)",
+       G::run, kAll, NAN, NAN, {"fp32", "tf32", "bf16"}},
       {"aux_dense_density", T::real, 0.2,
        "Sparse engine: AuxK runs as dense GEMMs over the dead latents when its entries fill at least this share of "
        "them, as sparse products below (0: always dense; > 1: never)",

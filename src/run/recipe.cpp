@@ -117,6 +117,11 @@ train::TrainOptions make_train_options(const Options& o, int64_t d, const DataDe
                : batch_wide && comm::world().size() == 1 && kernels::screen_pays(t.batch, cfg.d_sae, d) ? "screened"
                                                                                                    : "sparse";
   }
+  // --cuda-precision is the cuda engine's encoder GEMM (docs/cuda.md); no other engine has a choice to make.
+  t.cuda_precision = o.text("cuda_precision");
+  if (t.cuda_precision != "fp32" && t.engine != "cuda")
+    usage_error(opt("cuda_precision"), " ", t.cuda_precision, " applies to ", opt("engine"), " cuda only, and this run uses ",
+                opt("engine"), " ", t.engine, ": give ", opt("engine"), " cuda, or drop ", opt("cuda_precision"));
   return t;
 }
 

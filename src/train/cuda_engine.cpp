@@ -15,7 +15,10 @@ namespace {
 class CudaEngine final : public Engine {
  public:
   CudaEngine(const TrainOptions& options, SaeParams params)
-      : options_(options), dev_(params.d, params.D, options.batch), d_(params.d), D_(params.D) {
+      : options_(options),
+        dev_(params.d, params.D, options.batch, cuda::parse_precision(options.cuda_precision)),
+        d_(params.d),
+        D_(params.D) {
     MSAE_ASSERT(params.d == options_.sae.d_in && params.D == options_.sae.d_sae);
     rule_ = params.rule;
     dev_.upload_params(params);
@@ -171,6 +174,7 @@ CudaBenchResult bench_cuda(const TrainOptions& options, SaeParams params, const 
     usage_error("--engine cuda does not implement ", why);
   CudaBenchResult out;
   out.device = cuda::device_info();
+  out.precision = cuda::precision_name(cuda::parse_precision(options.cuda_precision));
   CudaEngine engine(options, std::move(params));
   size_t next = 0;
   for (int i = 0; i < warmup; ++i) engine.step(batches[next++ % batches.size()].data());

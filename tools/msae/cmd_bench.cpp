@@ -40,6 +40,7 @@ struct BenchArgs {
   int64_t steps = 5, warmup = 2;
   int threads = 0;
   std::string engine = "sparse";
+  std::string cuda_precision = "fp32";  // --engine cuda only
   double dead_fraction = 0.0;
   double aux_dense_density = SparseEngineOptions{}.aux_dense_min_density;
   double dead_positive = kMeasuredDeadPositive;
@@ -161,13 +162,14 @@ int run_bench_cuda(const BenchArgs& a, const SaeConfig& cfg, SaeParams params, c
   opt.sae = cfg;
   opt.batch = a.batch;
   opt.engine = "cuda";
+  opt.cuda_precision = a.cuda_precision;
   const train::CudaBenchResult r = train::bench_cuda(opt, std::move(params), data, static_cast<int>(a.warmup),
                                                      static_cast<int>(a.steps));
   const double gflop = 2.0 * static_cast<double>(a.batch) * static_cast<double>(cfg.d_in) * static_cast<double>(cfg.d_sae) * 1e-9;
   json phases = json::object();
   for (const auto& [name, sec] : r.phases) phases[name] = sec;
   const json out = {{"engine", "cuda"}, {"device", r.device}, {"arch", arch_name(cfg.arch)}, {"d_in", cfg.d_in},
-                    {"d_sae", cfg.d_sae}, {"k", cfg.k}, {"batch", a.batch}, {"precision", "fp32"},
+                    {"d_sae", cfg.d_sae}, {"k", cfg.k}, {"batch", a.batch}, {"precision", r.precision},
                     {"steps", a.steps}, {"warmup", a.warmup}, {"step_s", r.step_s}, {"step_samples_s", r.step_samples},
                     {"encoder_gemm_s", r.gemm_s}, {"encoder_gemm_gflops", gflop / r.gemm_s},
                     {"step_over_gemm", r.step_s / r.gemm_s}, {"phases_s", phases}, {"loss", r.last.loss},
@@ -176,10 +178,11 @@ int run_bench_cuda(const BenchArgs& a, const SaeConfig& cfg, SaeParams params, c
     std::printf("%s\n", out.dump().c_str());
     return 0;
   }
-  std::printf("msae bench: cuda engine on %s, %s SAE d=%lld D=%lld k=%lld B=%lld fp32, %lld steps after %lld warm-up\n",
+  std::printf("msae bench: cuda engine on %s, %s SAE d=%lld D=%lld k=%lld B=%lld, encoder GEMM %s, %lld steps after "
+              "%lld warm-up\n",
               r.device.c_str(), arch_name(cfg.arch), static_cast<long long>(cfg.d_in), static_cast<long long>(cfg.d_sae),
-              static_cast<long long>(cfg.k), static_cast<long long>(a.batch), static_cast<long long>(a.steps),
-              static_cast<long long>(a.warmup));
+              static_cast<long long>(cfg.k), static_cast<long long>(a.batch), r.precision.c_str(),
+              static_cast<long long>(a.steps), static_cast<long long>(a.warmup));
   std::printf("  %-22s %10.3f ms\n", "step (median)", 1e3 * r.step_s);
   std::printf("  %-22s %10.3f ms  (%.1f GFLOP/s)\n", "encoder GEMM alone", 1e3 * r.gemm_s, gflop / r.gemm_s);
   std::printf("  %-22s %10.2f x\n", "step / encoder GEMM", r.step_s / r.gemm_s);
@@ -196,6 +199,9 @@ int run_bench(const BenchArgs& a) {
   if (a.steps <= 0 || a.warmup < 0) usage_error("--steps must be positive and --warmup >= 0");
   if (!(a.dead_fraction >= 0.0 && a.dead_fraction < 1.0)) usage_error("--dead-fraction must be in [0, 1)");
   if (a.train_steps < 0) usage_error("--train-steps must be >= 0");
+  if (a.cuda_precision != "fp32" && a.engine != "cuda")
+    usage_error("--cuda-precision ", a.cuda_precision, " applies to --engine cuda only, and this bench uses --engine ",
+                a.engine, ": give --engine cuda, or drop --cuda-precision");
   if (a.train_steps > 0 && a.dead_fraction > 0.0)
     usage_error("--train-steps and --dead-fraction are two scenarios: give one (trained latents die on their own)");
   // Rows: a synth-bench preset's generator, or the activation-like default below.
@@ -546,6 +552,11 @@ Action add_bench_command(CLI::App& root) {
   std::string engines;
   for (const train::EngineEntry& e : train::engine_registry()) engines += (engines.empty() ? "" : " | ") + e.name;
   app->add_option("--engine", a->engine, "Training-step engine: " + engines + " (docs/cli.md)")->capture_default_str();
+  app->add_option("--cuda-precision", a->cuda_precision,
+                  "--engine cuda only: the encoder GEMM's inputs, fp32 | tf32 | bf16 (fp32 accumulation; the GEMM "
+                  "alone is timed in the same precision; docs/cuda.md)")
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}))
+      ->capture_default_str();
   app->add_option("--preset", a->preset,
                   "Rows from a synth-bench preset's generator (" + [] {
                     std::string n;
