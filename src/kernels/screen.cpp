@@ -87,7 +87,8 @@ namespace {
 
 constexpr double kMargin = 1.0 / 65536;
 
-// Per-row quantization of a (n, d) matrix to integers in [-levels, levels]: q, scale, |x^|, |dx|, |x|.
+// Per-row quantization of a (n, d) matrix to integers in [-levels, levels]: q, scale, |x^| (n_hat may be
+// nullptr), |dx|, |x|.
 void quantize_rows(const float* a, int64_t n, int64_t d, float levels, int8_t* q, float* scale, float* n_hat,
                    float* n_res, float* n_all) {
   parallel_for(n, [&](int64_t lo, int64_t hi, int) {
@@ -109,7 +110,7 @@ void quantize_rows(const float* a, int64_t n, int64_t d, float levels, int8_t* q
       }
       scale[r] = s;
       // Rounded up so that the bound stays a bound.
-      n_hat[r] = static_cast<float>(std::sqrt(h2) * (1 + 1e-6));
+      if (n_hat) n_hat[r] = static_cast<float>(std::sqrt(h2) * (1 + 1e-6));
       n_res[r] = static_cast<float>(std::sqrt(r2) * (1 + 1e-6));
       n_all[r] = static_cast<float>(std::sqrt(a2) * (1 + 1e-6));
     }
@@ -118,9 +119,6 @@ void quantize_rows(const float* a, int64_t n, int64_t d, float levels, int8_t* q
 
 }  // namespace
 
-// oneDNN runs on OpenMP, whose idle threads spin: next to msae's pool that slowed a step 3x on two cores
-// (docs/performance.md, "Threads"). So the int8 GEMM is split over msae's pool like kernels::sgemm: each
-// thread runs one single-threaded oneDNN matmul on its block of rows.
 namespace {
 // An entry that may be selected: its flat index and its proven lower and upper bounds.
 struct Cand {
@@ -129,6 +127,9 @@ struct Cand {
 };
 }  // namespace
 
+// oneDNN runs on OpenMP, whose idle threads spin: next to msae's pool that slowed a step 3x on two cores
+// (docs/performance.md, "Threads"). So the int8 GEMM is split over msae's pool like kernels::sgemm: each
+// thread runs one single-threaded oneDNN matmul on its block of rows.
 struct Screener::Impl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::vector<dnnl::stream> streams;       // one per thread
@@ -136,10 +137,12 @@ struct Screener::Impl {
   int64_t B = 0, d = 0, D = 0;
   std::string impl_name;
   std::vector<int8_t> qx, qw;
-  std::vector<float> sx, xh, xr, xa, sw, wh, wr, wa;
+  std::vector<float> sx, xa;  // per row: x's scale and |x|
   std::vector<int32_t> acc;  // (B, D)
-  // The bound of entry (r, i) is fa[r] fp[i] + fc[r] fq[i] + fe[r] (fp[i] + fq[i]) + ft[i] (fp32 path:
-  // fc = fe = 0); the per-latent factors (and sw, bias) are padded to a multiple of 8 with zeros.
+  // The bound of entry (r, i) is fa[r] fp[i] + fc[r] fq[i] + fe[r] (fp[i] + fq[i]) + ft[i]: for the int8
+  // approximation fa = |x^|, fc = |dx|, fp = |dw|, fq = |w| as quantize_rows writes them (fp32 path:
+  // fa = gamma |x|, fp = |w|, fc = fq = fe = 0). The per-latent factors, W's scales fsw and the bias fb
+  // are padded to a multiple of 8 with zeros.
   std::vector<float> fa, fc, fe, fp, fq, ft, fsw, fb;
   int64_t D8 = 0;
   std::vector<std::vector<Cand>> cand;         // per thread: entries with upper bound >= the threshold
@@ -171,8 +174,7 @@ struct Screener::Impl {
     qx.resize(static_cast<size_t>(B * d));
     qw.resize(static_cast<size_t>(D * d));
     acc.resize(static_cast<size_t>(B * D));
-    for (auto* v : {&sx, &xh, &xr, &xa, &fa, &fc, &fe}) v->resize(static_cast<size_t>(B));
-    for (auto* v : {&sw, &wh, &wr, &wa}) v->resize(static_cast<size_t>(D));
+    for (auto* v : {&sx, &xa, &fa, &fc, &fe}) v->resize(static_cast<size_t>(B));
     D8 = (D + 7) / 8 * 8;
     for (auto* v : {&fp, &fq, &ft, &fsw, &fb}) v->assign(static_cast<size_t>(D8), 0.0f);
   }
@@ -225,6 +227,20 @@ inline unsigned ge_mask(f8 a, f8 b) {
   for (int l = 0; l < 8; ++l) m |= static_cast<unsigned>(a[l] >= b[l]) << l;
   return m;
 #endif
+}
+
+// The histograms' bin of a float: its top 16 bits (sign, exponent, 7 mantissa bits); for positive floats
+// the bins ascend with the value. bin_edge(b) is the smallest float of bin b.
+inline uint32_t bin_of(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  return bits >> 16;
+}
+inline float bin_edge(uint32_t bin) {
+  const uint32_t bits = bin << 16;
+  float v;
+  std::memcpy(&v, &bits, 4);
+  return v;
 }
 
 inline f8 load8(const float* p) {
@@ -289,12 +305,7 @@ struct Screener::Pass {
     for (int64_t i = 0; i < w.D; i += 8) {
       f8 lb, ub;
       w.template bounds<FP32>(i, lb, ub);
-      for (unsigned mask = ge_mask(lb, tiny); mask; mask &= mask - 1) {
-        uint32_t bits;
-        const float v = lb[__builtin_ctz(mask)];
-        std::memcpy(&bits, &v, 4);
-        h[bits >> 16] += 1;
-      }
+      for (unsigned mask = ge_mask(lb, tiny); mask; mask &= mask - 1) h[bin_of(lb[__builtin_ctz(mask)])] += 1;
     }
   }
 
@@ -340,9 +351,7 @@ struct Screener::Pass {
     for (int64_t bin = 0x7f80; bin >= 0; --bin) {  // +inf's bin down
       for (const auto& h : m.hist) seen += h[bin];
       if (seen >= want) {
-        const uint32_t bits = static_cast<uint32_t>(bin) << 16;
-        float t;
-        std::memcpy(&t, &bits, 4);
+        const float t = bin_edge(static_cast<uint32_t>(bin));
         return t > 0.0f ? t : std::numeric_limits<float>::denorm_min();
       }
     }
@@ -399,10 +408,7 @@ struct Screener::Pass {
         if (count < 0 || count >= keep || attempt == 0) break;
         // The histogram promised keep lower bounds >= T; a different rounding in scan may disagree by an
         // ulp: one bin lower.
-        uint32_t bits;
-        std::memcpy(&bits, &T, 4);
-        bits = bits > (1u << 16) ? bits - (1u << 16) : 0;
-        std::memcpy(&T, &bits, 4);
+        T = bin_of(T) > 0 ? bin_edge(bin_of(T) - 1) : 0.0f;
       }
       if (T <= 0.0f || count < keep) continue;  // (count < 0: over the cap)
       path = attempt;
@@ -427,11 +433,6 @@ struct Screener::Pass {
   // histogram of the top 16 bits of those >= T, then the exact value within the bin that holds it.
   float kth_lower_bound(int64_t keep, float T) const {
     for (auto& h : m.hist) std::fill(h.begin(), h.end(), 0u);
-    auto bin_of = [](float v) {
-      uint32_t bits;
-      std::memcpy(&bits, &v, 4);
-      return bits >> 16;
-    };
     parallel([&](int tid, int) {
       uint32_t* h = m.hist[tid].data();
       for (const Cand& c : m.cand[tid])
@@ -514,15 +515,12 @@ float Screener::batch_topk(const float* x, int64_t B, int64_t d, const float* W,
   m.prepare(B, d, D);
   // W in 7 bits: without VNNI, oneDNN's int8 GEMM adds pairs of u8 x s8 products in int16
   // (vpmaddubsw), which saturates unless |w| <= 63 (x, shifted to u8 by oneDNN, keeps 8 bits).
-  quantize_rows(x, B, d, 127.0f, m.qx.data(), m.sx.data(), m.xh.data(), m.xr.data(), m.xa.data());
-  quantize_rows(W, D, d, 63.0f, m.qw.data(), m.sw.data(), m.wh.data(), m.wr.data(), m.wa.data());
   // The bound's factors: |x^_r| |dw_i| + |dx_r| |w_i| + M ((|x_r| + |dx_r|)(|w_i| + |dw_i|) + |b_i|).
+  quantize_rows(x, B, d, 127.0f, m.qx.data(), m.sx.data(), m.fa.data(), m.fc.data(), m.xa.data());
+  quantize_rows(W, D, d, 63.0f, m.qw.data(), m.fsw.data(), nullptr, m.fp.data(), m.fq.data());
   const float M = static_cast<float>(kMargin);
-  for (int64_t r = 0; r < B; ++r) m.fa[r] = m.xh[r], m.fc[r] = m.xr[r], m.fe[r] = M * (m.xa[r] + m.xr[r]);
-  for (int64_t i = 0; i < D; ++i) {
-    m.fp[i] = m.wr[i], m.fq[i] = m.wa[i];
-    m.ft[i] = M * (b ? std::fabs(b[i]) : 0.0f), m.fsw[i] = m.sw[i], m.fb[i] = b ? b[i] : 0.0f;
-  }
+  for (int64_t r = 0; r < B; ++r) m.fe[r] = M * (m.xa[r] + m.fc[r]);
+  for (int64_t i = 0; i < D; ++i) m.ft[i] = M * (b ? std::fabs(b[i]) : 0.0f), m.fb[i] = b ? b[i] : 0.0f;
   stats_.seconds_quantize = t.seconds();
   t.reset();
   m.gemm();
@@ -552,7 +550,7 @@ float Screener::batch_topk(const float* x, int64_t B, int64_t d, const float* W,
     const double u = std::ldexp(1.0, -24);
     const float gamma = static_cast<float>(2 * (d + 2) * u / (1 - (d + 2) * u));
     for (int64_t r = 0; r < B; ++r) m.fa[r] = gamma * m.xa[r], m.fc[r] = 0, m.fe[r] = 0;
-    for (int64_t i = 0; i < D; ++i) m.fp[i] = m.wa[i], m.fq[i] = 0, m.ft[i] = gamma * (b ? std::fabs(b[i]) : 0.0f);
+    for (int64_t i = 0; i < D; ++i) m.fp[i] = m.fq[i], m.fq[i] = 0, m.ft[i] = gamma * (b ? std::fabs(b[i]) : 0.0f);  // fq held |w|
     pass.fp32 = true;
     pass.candidates(keep, 0, true, L, path);
     path += 3;
