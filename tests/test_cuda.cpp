@@ -21,6 +21,8 @@
 #include "msae/model.h"
 #include "msae/train.h"
 
+#include "compare.h"
+
 namespace msae {
 namespace {
 
@@ -30,14 +32,7 @@ namespace {
       GTEST_SKIP() << "no GPU: " << why;                         \
   } while (0)
 
-double rel_err(const float* a, const float* b, int64_t n) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return scale == 0 ? diff : diff / scale;
-}
+using testing_support::rel_err;
 
 // Activation-like rows: a few hundred directions with sparse positive coefficients plus an offset.
 std::vector<float> make_batch(int64_t B, int64_t d, uint64_t seed) {

@@ -25,6 +25,8 @@
 #include "msae/model.h"
 #include "msae/train.h"
 
+#include "compare.h"
+
 namespace msae {
 namespace {
 
@@ -232,14 +234,7 @@ void expect_same_selection(const std::vector<Entry>& got, const std::vector<Entr
   }
 }
 
-double rel_err(const Tensor& a, const Tensor& b) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a.data[i]) - b.data[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(b.data[i])));
-  }
-  return scale == 0 ? diff : diff / scale;
-}
+double rel_err(const Tensor& a, const Tensor& b) { return testing_support::rel_err(a.ptr(), b.ptr(), b.numel()); }
 
 TEST(ShardedEngine, SelectsTheOneProcessCodesAtEveryStep) {
   for (const EngineCase& c : engine_cases()) {

@@ -21,6 +21,8 @@
 #include "msae/model.h"
 #include "msae/train.h"
 
+#include "compare.h"
+
 namespace msae {
 namespace {
 
@@ -33,15 +35,7 @@ bool exact_dot_values(const std::string& engine) { return engine == "screened"; 
 
 namespace {
 
-// max |a - b| / max |b| (0 when both are zero).
-double rel_err(const float* a, const float* b, int64_t n) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return scale == 0 ? diff : diff / scale;
-}
+using testing_support::rel_err;
 
 struct Case {
   std::string name;

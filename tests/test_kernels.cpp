@@ -10,6 +10,8 @@
 
 #include "msae/kernels_ref.h"
 
+#include "compare.h"
+
 namespace msae::kernels {
 namespace {
 
@@ -138,12 +140,7 @@ TEST(Kernels, ThresholdSelectMatchesReference) {
 }
 
 double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return scale > 0 ? diff / scale : diff;
+  return msae::testing_support::rel_err(a.data(), b.data(), static_cast<int64_t>(a.size()));
 }
 
 TEST(Kernels, SgemmMatchesReference) {
