@@ -167,6 +167,31 @@ TEST(Kernels, SgemmMatchesReference) {
   }
 }
 
+// sgemm_fixed_parts: the reference's values, and the same bits for every thread count (sgemm's own split
+// follows the threads, and OpenBLAS rounds a row differently at another offset in its part).
+TEST(Kernels, SgemmFixedPartsDoNotFollowTheThreads) {
+  const int64_t M = 1000, N = 200, K = 300;
+  Rng rng(4);
+  std::vector<float> A(M * K), Bm(K * N);
+  for (float& v : A) v = static_cast<float>(rng.normal());
+  for (float& v : Bm) v = static_cast<float>(rng.normal());
+  std::vector<float> want(M * N, 0.0f);
+  ref::sgemm(Trans::no, Trans::no, M, N, K, 1.0f, A.data(), K, Bm.data(), N, 0.0f, want.data(), N);
+  const int saved = num_threads();
+  std::vector<float> first;
+  for (int t : {1, 2, 3, 4}) {
+    set_num_threads(t);
+    std::vector<float> got(M * N, 0.0f);
+    sgemm_fixed_parts(7, Trans::no, Trans::no, M, N, K, 1.0f, A.data(), K, Bm.data(), N, 0.0f, got.data(), N);
+    EXPECT_LT(max_rel(got, want), 1e-5) << t << " threads";
+    if (first.empty())
+      first = got;
+    else
+      EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * sizeof(float))) << t << " threads";
+  }
+  set_num_threads(saved);
+}
+
 // The blocked sparse x dense products (src/kernels/sparse_mm.cpp) against their double-precision twins:
 // widths below, at and off the column chunks (32 / 64 floats) and packing, rows without entries, dense and sparse
 // codes. The fast kernels sum in float (a few hundred terms here), the twins in double: 1e-5 of the

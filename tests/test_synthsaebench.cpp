@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -238,6 +239,37 @@ TEST(SynthSaeBench, CopulaForestKeepsTheMarginals) {
     EXPECT_NEAR(static_cast<double>(got[f]) / rows, m.marginal[f], within(m.marginal[f], rows)) << "feature " << f;
 }
 
+TEST(SynthSaeBench, CopulaRowsDoNotDependOnTheTiling) {
+  // The copula's arguments are computed for tiles of kCopulaTile rows: two threads in one call, one thread in
+  // calls of 300 and 403 rows (tiles cut at other rows), and 703 calls of one row (a tile of one row each)
+  // give the same rows and fired features, bit for bit.
+  const FeatureModel m = synth::make_hierarchical(small_forest(HierarchicalConfig::Correlation::copula));
+  const int64_t n = 703;
+  std::vector<float> a(n * m.d), b(n * m.d), c(n * m.d);
+  FiredFeatures fa, fb1, fb2, fc;
+  const int saved = num_threads();
+  set_num_threads(2);
+  synth::FeatureSampler(m, 5).sample(n, a.data(), &fa);
+  set_num_threads(1);
+  synth::FeatureSampler sb(m, 5);
+  sb.sample(300, b.data(), &fb1);
+  sb.sample(n - 300, b.data() + 300 * m.d, &fb2);
+  synth::FeatureSampler sc(m, 5);
+  std::vector<int32_t> ids_c;
+  for (int64_t i = 0; i < n; ++i) {
+    sc.sample(1, c.data() + i * m.d, &fc);
+    ids_c.insert(ids_c.end(), fc.ids.begin(), fc.ids.end());
+  }
+  set_num_threads(saved);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a, c);
+  std::vector<int32_t> ids_b = fb1.ids;
+  ids_b.insert(ids_b.end(), fb2.ids.begin(), fb2.ids.end());
+  EXPECT_EQ(fa.ids, ids_b);
+  EXPECT_EQ(fa.ids, ids_c);
+  EXPECT_GT(fa.ids.size(), static_cast<size_t>(n));  // rows with features in them
+}
+
 TEST(SynthSaeBench, ChildrenScaleByTheirParentsValue) {
   // Orthonormal directions (the unit vectors) make each row's coefficients readable; only the roots have
   // a magnitude spread. A child's value is its mean times its parent's value over the parent's mean, so
@@ -339,6 +371,27 @@ TEST(SynthSaeBench, OrthogonalizationOrthogonalizesWhatFits) {
     for (int64_t k = 0; k < d; ++k) n2 += after[i * d + k] * after[i * d + k];
     EXPECT_NEAR(n2, 1.0, 1e-6);
   }
+}
+
+TEST(SynthSaeBench, OrthogonalizationDoesNotFollowTheThreads) {
+  // A preset's truth is the same for any --threads: 1 to 4 threads give the same bits (with kernels::sgemm's
+  // thread-count split, 2 threads differed from 1 here, as 1578 of synthsaebench-16k's 12.6M coordinates did).
+  const int64_t N = 4096, d = 256;
+  Rng rng(5);
+  std::vector<float> E0(N * d);
+  for (float& v : E0) v = static_cast<float>(rng.normal());
+  const int saved = num_threads();
+  std::vector<float> first;
+  for (int t : {1, 2, 3, 4}) {
+    set_num_threads(t);
+    std::vector<float> E = E0;
+    synth::orthogonalize_directions(E.data(), N, d, 3, 3e-4);
+    if (first.empty())
+      first = E;
+    else
+      EXPECT_EQ(0, std::memcmp(first.data(), E.data(), E.size() * sizeof(float))) << t << " threads";
+  }
+  set_num_threads(saved);
 }
 
 TEST(SynthSaeBench, PresetFollowsThePublishedDescription) {

@@ -27,6 +27,12 @@ void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float 
 // set_blas_threads(n) caps the parts per GEMM (n <= 0: msae::num_threads()); blas_threads() reports it.
 void set_blas_threads(int n);
 int blas_threads();
+// sgemm split into `parts` fixed parts, whatever the thread count (the parts are shared among up to
+// blas_threads() threads): the result depends on the shapes, `parts` and the BLAS kernel only, not on the
+// thread count, which sgemm's results do (its parts are the threads). For results that must not change
+// with --threads (synth::orthogonalize_directions).
+void sgemm_fixed_parts(int parts, Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 std::string blas_info();  // e.g. "OpenBLAS 0.3.21 ... Zen core=Zen threads=2 (...)"
 
 // ---------------------------------------------------------------------------------------------

@@ -189,7 +189,8 @@ std::vector<double> me_win_probabilities(const std::vector<double>& q);
 double normal_quantile(double p);
 // SAELens's orthogonalize_embeddings on the (N, d) rows of E, in place: rows normalized, `steps` Adam
 // steps (lr, betas 0.9 / 0.999, eps 1e-8) on sum_{i != j} (e_i . e_j)^2 + N sum_i (|e_i|^2 - 1)^2,
-// rows normalized again. Costs about 4 N d^2 flops per step (two GEMMs through the d x d Gram matrix).
+// rows normalized again. Costs about 4 N d^2 flops per step (two GEMMs through the d x d Gram matrix, in
+// fixed parts: the result does not depend on the thread count).
 void orthogonalize_directions(float* E, int64_t N, int64_t d, int64_t steps, double lr);
 // A child's conditional probability is its Zipf marginal divided by the parent's marginal; when the
 // siblings' conditional probabilities sum to more than 0.9 they are scaled down to sum to 0.9 (their
@@ -245,8 +246,10 @@ class FeatureSampler {
   // draws). 1: up to commit 614912c; 2: since 1c34bd9; 3: wyrand per row, draws only where used, FMA in
   // every coordinate of the sum (session 7); 4: the hierarchical models' directions rounded to binary16
   // values (session 8: same draws, other rows for synth-lite, synth-16k and custom models; the toys' rows
-  // are unchanged). Resumable runs record it (a run must not change streams halfway).
-  static constexpr int kStreamVersion = 4;
+  // are unchanged); 5: synthsaebench-16k's orthogonalized directions the same for any thread count (session
+  // 15: the same draws; the other presets' rows unchanged). Resumable runs record it (a run must not change
+  // streams halfway).
+  static constexpr int kStreamVersion = 5;
 
   FeatureSampler(const FeatureModel& model, uint64_t seed, const SamplerOptions& options = {});
   // Writes the next n rows to out (n, d); when fired != nullptr it is overwritten with those rows'
@@ -277,6 +280,7 @@ class FeatureSampler {
   std::vector<float> dense_load_t_;    // (r, padded) the dense features' loadings, transposed
   // Copula models (FeatureModel::copula): every base feature takes this path instead of dense / sparse.
   static constexpr int64_t kCopulaBlock = 64;
+  static constexpr int kCopulaTile = 8;  // rows whose arguments are computed together (sample())
   bool copula_ = false;
   std::vector<int32_t> base_ids_;      // base feature ids
   int64_t base_padded_ = 0;            // their count rounded up to kCopulaBlock

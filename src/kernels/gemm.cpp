@@ -34,6 +34,44 @@ void cblas_call(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, f
 }
 }  // namespace
 
+namespace {
+
+// C = alpha op(A) op(B) + beta C as `parts` single-threaded OpenBLAS calls over contiguous ranges of the
+// larger of M and N (multiples of 16 where possible), run on up to `threads` of msae's pool. The result
+// depends on the parts (OpenBLAS's micro-kernels round a row differently at other offsets), not on the
+// threads.
+void split_gemm(int parts, int threads, Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const bool split_m = M >= N;
+  const int64_t extent = split_m ? M : N;
+  auto edge = [&](int t) {
+    const int64_t e = extent * t / parts;
+    return t == parts ? extent : std::min(extent, (e + 15) / 16 * 16);
+  };
+  auto part = [&](int p) {
+    const int64_t lo = edge(p), hi = edge(p + 1);
+    if (lo >= hi) return;
+    if (split_m) {
+      const float* a = trans_a == Trans::no ? A + lo * lda : A + lo;
+      cblas_call(trans_a, trans_b, hi - lo, N, K, alpha, a, lda, B, ldb, beta, C + lo * ldc, ldc);
+    } else {
+      const float* b = trans_b == Trans::no ? B + lo : B + lo * ldb;
+      cblas_call(trans_a, trans_b, M, hi - lo, K, alpha, A, lda, b, ldb, beta, C + lo, ldc);
+    }
+  };
+  if (threads <= 1) {
+    for (int p = 0; p < parts; ++p) part(p);
+    return;
+  }
+  parallel(
+      [&](int tid, int nt) {
+        for (int p = tid; p < parts; p += nt) part(p);
+      },
+      std::min(threads, parts));
+}
+
+}  // namespace
+
 void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
@@ -44,26 +82,15 @@ void sgemm(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float 
     cblas_call(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  // Split the larger of M and N into contiguous parts (multiples of 16 where possible).
-  const bool split_m = M >= N;
-  const int64_t extent = split_m ? M : N;
-  parallel(
-      [&](int tid, int nt) {
-        auto edge = [&](int t) {
-          const int64_t e = extent * t / nt;
-          return t == nt ? extent : std::min(extent, (e + 15) / 16 * 16);
-        };
-        const int64_t lo = edge(tid), hi = edge(tid + 1);
-        if (lo >= hi) return;
-        if (split_m) {
-          const float* a = trans_a == Trans::no ? A + lo * lda : A + lo;
-          cblas_call(trans_a, trans_b, hi - lo, N, K, alpha, a, lda, B, ldb, beta, C + lo * ldc, ldc);
-        } else {
-          const float* b = trans_b == Trans::no ? B + lo : B + lo * ldb;
-          cblas_call(trans_a, trans_b, M, hi - lo, K, alpha, A, lda, b, ldb, beta, C + lo, ldc);
-        }
-      },
-      threads);
+  split_gemm(threads, threads, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void sgemm_fixed_parts(int parts, Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  MSAE_ASSERT(parts >= 1);
+  if (M == 0 || N == 0) return;
+  blas_single_threaded();
+  split_gemm(parts, blas_threads(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void set_blas_threads(int n) {
