@@ -19,6 +19,7 @@
 #include "msae/kernels.h"
 #include "msae/io.h"
 #include "msae/run.h"
+#include "msae/synth.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -458,6 +459,52 @@ TEST_F(RunCli, SweepTrainsOnShardDirectoriesAndSafetensors) {
 // Issue 21 case 8: data that changes under a run. A shard truncated while it is memory-mapped (SIGBUS
 // before) is an error naming the file, and the state so far is saved as a checkpoint; data deleted during
 // the run (the mapping keeps training going) makes only the final evaluation fail, and the SAE is kept.
+// Resumable ground-truth runs keep the model they started on (run::pin_preset_model): the first call records
+// it, rounding-sized differences (another CPU's orthogonalization) are put back, a larger one is refused
+// without touching the record, and a run started before the record existed takes it from its truth file.
+TEST(RunLayer, PinnedModelSurvivesAnotherCpusRounding) {
+  const fs::path dir = fs::temp_directory_path() / ("msae-run-pin-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string pin = (dir / "model-seed0.safetensors").string();
+  const synth::FeatureModel start = synth::make_preset("tree", 0);
+  auto same = [](const synth::FeatureModel& a, const synth::FeatureModel& b) {
+    return a.directions.data == b.directions.data && a.bias.data == b.bias.data;
+  };
+  synth::FeatureModel m = start;
+  EXPECT_EQ(run::pin_preset_model(m, pin), 0);  // recorded
+  ASSERT_TRUE(fs::exists(pin));
+  EXPECT_EQ(run::pin_preset_model(m, pin), 0);  // the same model
+  // Rounding-sized differences in three directions' coordinates and the bias: put back.
+  m.directions.ptr()[0] += 1e-4f;
+  m.directions.ptr()[77] -= 6e-5f;
+  m.bias.ptr()[3] += 2e-4f;
+  EXPECT_EQ(run::pin_preset_model(m, pin), 3);
+  EXPECT_TRUE(same(m, start));
+  // A larger difference is another model: refused, and the record stays.
+  m.directions.ptr()[5] += 0.05f;
+  try {
+    run::pin_preset_model(m, pin);
+    ADD_FAILURE() << "a different model was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("another model"), std::string::npos) << e.what();
+  }
+  synth::FeatureModel again = synth::make_preset("tree", 0);
+  EXPECT_EQ(run::pin_preset_model(again, pin), 0);
+  // Another preset's shapes: refused.
+  synth::FeatureModel other = synth::make_preset("absorption", 0);
+  EXPECT_THROW(run::pin_preset_model(other, pin), Error);
+  // No record yet, but the truth file of an older run: the values come from it, and the record is written.
+  const std::string truth = (dir / "truth.safetensors").string();
+  fs::rename(pin, truth);
+  synth::FeatureModel shifted = start;
+  shifted.directions.ptr()[9] += 3e-4f;
+  EXPECT_EQ(run::pin_preset_model(shifted, pin, truth), 1);
+  EXPECT_TRUE(same(shifted, start));
+  EXPECT_TRUE(fs::exists(pin));
+  fs::remove_all(dir);
+}
+
 TEST(RunLayer, DataChangedUnderTheRunIsReportedAndTheStateIsKept) {
   const fs::path dir = fs::temp_directory_path() / ("msae-run-data-fault-" + std::to_string(::getpid()));
   fs::remove_all(dir);

@@ -201,6 +201,17 @@ struct PresetEvalRows {
 };
 PresetEvalRows preset_eval_rows(const synth::FeatureModel& model, uint64_t seed, int64_t rows);
 
+// Resumable ground-truth runs keep the model they started on. A preset's model is a function of its name and
+// seed, except that orthogonalized directions (synthsaebench-16k) depend on the CPU's BLAS kernel in their
+// last bits, so a run continued on another machine would draw its rows from a slightly different model.
+// The first call (no file at `path`, nor at `fallback` when given) writes the model's directions and bias to
+// `path`; later calls put the recorded values back into `model` where they differ by at most kPinTolerance
+// (the rounding of binary16 directions), and throw a runtime error where one differs by more (another
+// model). `fallback`: a file with the same tensors written by an older msae (synth-bench's truth.safetensors);
+// when it is used, `path` is written from it. Returns the number of values replaced.
+constexpr double kPinTolerance = 1e-3;
+int64_t pin_preset_model(synth::FeatureModel& model, const std::string& path, const std::string& fallback = "");
+
 struct PresetRunOptions {
   // After every step (a progress bar): done, planned, the step's stats.
   std::function<void(int64_t done, int64_t steps, const StepStats& stats)> progress;

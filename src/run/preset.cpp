@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "msae/data.h"
@@ -25,6 +26,44 @@ PresetEvalRows preset_eval_rows(const synth::FeatureModel& model, uint64_t seed,
   e.x.resize(static_cast<size_t>(rows * model.d));
   synth::FeatureSampler(model, synth::synth_bench_eval_stream(seed)).sample(rows, e.x.data(), &e.fired);
   return e;
+}
+
+int64_t pin_preset_model(synth::FeatureModel& model, const std::string& path, const std::string& fallback) {
+  const int64_t N = model.n_features(), d = model.d;
+  std::string source = io::path_exists(path) ? path : (!fallback.empty() && io::path_exists(fallback) ? fallback : "");
+  if (source.empty()) {
+    io::write_safetensors(path, {{"directions", {N, d}, model.directions.ptr()}, {"bias", {d}, model.bias.ptr()}},
+                          {{"format", "msae-pinned-model"}, {"model", model.name}});
+    return 0;
+  }
+  const io::SafetensorsFile f = io::read_safetensors(source);
+  auto tensor = [&](const char* name, std::vector<int64_t> shape) -> const Tensor& {
+    const auto it = f.tensors.find(name);
+    if (it == f.tensors.end() || it->second.shape != shape)
+      runtime_error(source, " has no ", name, " of shape ", shape_str(shape), " for model ", model.name,
+                    "; it is not this run's (remove the run's directory to start over)");
+    return it->second;
+  };
+  int64_t moved = 0;
+  for (const auto& [name, values, n] : {std::tuple{"directions", model.directions.ptr(), N * d},
+                                         std::tuple{"bias", model.bias.ptr(), d}}) {
+    const Tensor& t = tensor(name, n == d ? std::vector<int64_t>{d} : std::vector<int64_t>{N, d});
+    const float* rec = t.ptr();
+    for (int64_t i = 0; i < n; ++i) {
+      if (rec[i] == values[i]) continue;
+      if (!(std::fabs(rec[i] - values[i]) <= kPinTolerance))
+        runtime_error(source, ": the ", name, " this run started with differ from this msae's model ", model.name,
+                      " by ", std::fabs(rec[i] - values[i]), " at coordinate ", i,
+                      ", more than another CPU's rounding; it is another model (another msae version?): finish the "
+                      "run with the msae that started it, or remove its directory to start over");
+      values[i] = rec[i];
+      ++moved;
+    }
+  }
+  if (source != path)
+    io::write_safetensors(path, {{"directions", {N, d}, model.directions.ptr()}, {"bias", {d}, model.bias.ptr()}},
+                          {{"format", "msae-pinned-model"}, {"model", model.name}});
+  return moved;
 }
 
 namespace {

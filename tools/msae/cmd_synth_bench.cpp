@@ -381,7 +381,16 @@ int run_synth_bench(BenchArgs& a) {
   try {
     for (uint64_t seed : seeds) {
       if (g_stop) break;
-      const synth::FeatureModel model = synth::make_preset(a.preset, seed);
+      synth::FeatureModel model = synth::make_preset(a.preset, seed);
+      if (resumable) {
+        // The model this run started on, even on another CPU (run::pin_preset_model); runs started before the
+        // pinned files existed recorded the first seed's in truth.safetensors.
+        const int64_t moved = run::pin_preset_model(model, cat(tmp, "/model-seed", seed, ".safetensors"),
+                                                    seed == seeds.front() ? tmp + "/truth.safetensors" : "");
+        if (moved > 0)
+          log_info(cat("preset ", a.preset, " seed ", seed, ": ", moved, " values of the model taken from the run's ",
+                       "start, where this machine's differ by rounding (another CPU's BLAS kernel)"));
+      }
       if (runs.empty()) model0 = model;
       log_info(cat("preset ", a.preset, " seed ", seed, ": N=", model.n_features(), " d=", model.d, " expected L0 ",
                    model.expected_l0()));
