@@ -459,6 +459,31 @@ TEST_F(RunCli, SweepTrainsOnShardDirectoriesAndSafetensors) {
 // Issue 21 case 8: data that changes under a run. A shard truncated while it is memory-mapped (SIGBUS
 // before) is an error naming the file, and the state so far is saved as a checkpoint; data deleted during
 // the run (the mapping keeps training going) makes only the final evaluation fail, and the SAE is kept.
+// --init-encoder-norm X: the encoder rows at norm X along their decoder rows; the decoder is SPEC's init.
+TEST(RunLayer, InitEncoderNormScalesTheEncoderRows) {
+  const int64_t d = 48, D = 200;
+  const SaeParams spec = SaeParams::init(d, D, 3), scaled = SaeParams::init(d, D, 3, 0.1f);
+  EXPECT_EQ(scaled.W_dec.data, spec.W_dec.data);
+  double spec_norm = 0.0;
+  for (int64_t i = 0; i < D; ++i) {
+    double n2 = 0.0, s2 = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      EXPECT_FLOAT_EQ(scaled.W_enc_t.data[i * d + j], 0.1f * spec.W_dec.data[i * d + j]);
+      n2 += static_cast<double>(scaled.W_enc_t.data[i * d + j]) * scaled.W_enc_t.data[i * d + j];
+      s2 += static_cast<double>(spec.W_enc_t.data[i * d + j]) * spec.W_enc_t.data[i * d + j];
+    }
+    EXPECT_NEAR(std::sqrt(n2), 0.1, 1e-6);
+    spec_norm += std::sqrt(s2) / D;
+  }
+  EXPECT_NEAR(spec_norm, std::sqrt(2.0 * d / D), 0.05);  // what the option's help says SPEC's scale is
+  // The option reaches the run's options, and msae.json's schedule records it.
+  run::Options o;
+  o.set("init_encoder_norm", 0.1);
+  const train::TrainOptions t = run::make_train_options(o, d, {D, 8, 64, 10});
+  EXPECT_FLOAT_EQ(t.init_encoder_norm, 0.1f);
+  EXPECT_FLOAT_EQ(run::schedule_json(t).at("init_encoder_norm").get<float>(), 0.1f);
+}
+
 // Resumable ground-truth runs keep the model they started on (run::pin_preset_model): the first call records
 // it, rounding-sized differences (another CPU's orthogonalization) are put back, a larger one is refused
 // without touching the record, and a run started before the record existed takes it from its truth file.

@@ -127,7 +127,9 @@ struct SaeParams {
 
   static SaeParams zeros(int64_t d, int64_t D);
   // SPEC init: W_enc ~ U(-sqrt(6/D), sqrt(6/D)), W_dec = W_enc^T with unit-norm rows, biases 0, threshold 0.
-  static SaeParams init(int64_t d, int64_t D, uint64_t seed);
+  // encoder_norm > 0: then every encoder row rescaled to that norm (its direction, the decoder row's, kept;
+  // SAELens initializes W_enc = W_dec^T with rows of norm 0.1).
+  static SaeParams init(int64_t d, int64_t D, uint64_t seed, float encoder_norm = 0.0f);
 };
 
 // Gradients, same shapes as the trained parameters.

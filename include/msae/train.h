@@ -36,6 +36,7 @@ struct TrainOptions {
   bool bdec_geometric_median = false;  // set b_dec to the geometric median of the first batch before step 1
   int64_t lr_warmup_steps = 0;         // linear warm-up of lr over the first steps
   int64_t lr_decay_start = -1;         // >= 0: lr decays linearly to 0 from this step to `steps`
+  float init_encoder_norm = 0.0f;      // > 0: SaeParams::init's encoder rows rescaled to this norm
 };
 // The learning-rate factor at 0-based step t (dictionary_learning's get_lr_schedule: warm-up, then decay).
 double lr_factor(const TrainOptions& options, int64_t t);

@@ -15,7 +15,7 @@ SaeParams SaeParams::zeros(int64_t d, int64_t D) {
   return p;
 }
 
-SaeParams SaeParams::init(int64_t d, int64_t D, uint64_t seed) {
+SaeParams SaeParams::init(int64_t d, int64_t D, uint64_t seed, float encoder_norm) {
   SaeParams p = zeros(d, D);
   // kaiming_uniform_ on a (d, D) tensor: fan_in = D, gain sqrt(2), bound = gain * sqrt(3 / fan_in).
   const float bound = static_cast<float>(std::sqrt(6.0 / static_cast<double>(D)));
@@ -30,6 +30,10 @@ SaeParams SaeParams::init(int64_t d, int64_t D, uint64_t seed) {
     for (int64_t j = 0; j < d; ++j) norm2 += static_cast<double>(src[j]) * src[j];
     const float inv = static_cast<float>(1.0 / std::sqrt(norm2));
     for (int64_t j = 0; j < d; ++j) dst[j] = src[j] * inv;
+    if (encoder_norm > 0.0f) {
+      float* enc = p.W_enc_t.ptr() + i * d;
+      for (int64_t j = 0; j < d; ++j) enc[j] = dst[j] * encoder_norm;
+    }
   }
   return p;
 }

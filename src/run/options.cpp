@@ -91,6 +91,10 @@ const std::vector<OptionDef>& option_table() {
       {"lr_warmup_steps", T::integer, 0, "Linear learning-rate warm-up", G::variant, kAll, 0},
       {"lr_decay_start", T::integer, -1, "Step from which lr decays linearly to 0 (-1 = never)", G::variant, kAll, -1},
       {"bdec_median", T::flag, false, "Initialize b_dec to the geometric median of the first batch", G::variant},
+      {"init_encoder_norm", T::real, null,
+       "Encoder rows at this norm at initialization, along their decoder rows (default: SPEC's kaiming-uniform, "
+       "about sqrt(2 d / D); SAELens: 0.1)",
+       G::variant, kAll, NAN, 0},
       // ---- data (docs/data.md)
       {"data", T::text, "",
        "Activations: a .npy / .safetensors / raw file, a directory of shards, or a glob ('dir/*.npy'); empty = the "

@@ -104,7 +104,7 @@ PresetRun train_on_preset(const synth::FeatureModel& model, const train::TrainOp
                           const PresetEvalRows& held_out, const PresetRunOptions& ro) {
   MSAE_ASSERT(opt.sae.d_in == model.d, "d_in ", opt.sae.d_in, " vs the model's d ", model.d);
   const int64_t steps = opt.steps, batch = opt.batch, D = opt.sae.d_sae;
-  train::Trainer trainer(opt, SaeParams::init(model.d, D, opt.seed));
+  train::Trainer trainer(opt, SaeParams::init(model.d, D, opt.seed, opt.init_encoder_norm));
   synth::FeatureSampler stream(model, synth::synth_bench_train_stream(opt.seed));  // every arch of a seed
   PresetRun run;
   const int64_t log_every = std::max<int64_t>(1, steps / 100);

@@ -105,6 +105,7 @@ train::TrainOptions make_train_options(const Options& o, int64_t d, const DataDe
   if (given("lr_warmup_steps")) t.lr_warmup_steps = o.integer("lr_warmup_steps");
   if (given("lr_decay_start")) t.lr_decay_start = o.integer("lr_decay_start");
   if (given("bdec_median")) t.bdec_geometric_median = o.flag("bdec_median");
+  if (given("init_encoder_norm")) t.init_encoder_norm = static_cast<float>(o.real("init_encoder_norm"));
   if (!(t.adam.beta2 > 0.0f && t.adam.beta2 < 1.0f)) usage_error(opt("beta2"), " must be in (0, 1), got ", t.adam.beta2);
   cfg.recipe = recipe;
   cfg.finalize();
@@ -128,7 +129,8 @@ train::TrainOptions make_train_options(const Options& o, int64_t d, const DataDe
 nlohmann::json schedule_json(const train::TrainOptions& t) {
   return {{"lr_warmup_steps", t.lr_warmup_steps},
           {"lr_decay_start", t.lr_decay_start},
-          {"bdec_geometric_median", t.bdec_geometric_median}};
+          {"bdec_geometric_median", t.bdec_geometric_median},
+          {"init_encoder_norm", t.init_encoder_norm}};
 }
 
 }  // namespace msae::run

@@ -311,6 +311,9 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
       init_name = o.text("init");
       init_params = saedir::read_sae_dir(init_name).params;
     }
+    if (o.given("init_encoder_norm"))
+      usage_error(opt("init_encoder_norm"), " sets the initialization, and ", opt("init"), " ", init_name,
+                  " gives the parameters: drop one of them");
     if (init_params->d != d)
       usage_error(opt("init"), " ", init_name, ": the SAE has d_in ", init_params->d, " but the data has width ", d);
     if (o.automatic("d_sae")) o.set("d_sae", init_params->D);
@@ -363,7 +366,7 @@ Result train(const Options& given, const Inputs& in, const Callbacks& cb) {
 
   // The memory the run will take, refused with the figure before the parameters are allocated (docs/cli.md).
   say(cb, check_training_memory(topt, d, o.flag("no_memory_check") ? -1 : available_memory_bytes(), world.size()));
-  train::Trainer trainer(topt, init_params ? std::move(*init_params) : SaeParams::init(d, cfg.d_sae, seed));
+  train::Trainer trainer(topt, init_params ? std::move(*init_params) : SaeParams::init(d, cfg.d_sae, seed, topt.init_encoder_norm));
   int64_t start = 0;
   double seconds_before = 0.0;
   train::MetricsInterval interval;
