@@ -30,10 +30,14 @@ PresetEvalRows preset_eval_rows(const synth::FeatureModel& model, uint64_t seed,
 
 int64_t pin_preset_model(synth::FeatureModel& model, const std::string& path, const std::string& fallback) {
   const int64_t N = model.n_features(), d = model.d;
-  std::string source = io::path_exists(path) ? path : (!fallback.empty() && io::path_exists(fallback) ? fallback : "");
-  if (source.empty()) {
+  auto record = [&] {
     io::write_safetensors(path, {{"directions", {N, d}, model.directions.ptr()}, {"bias", {d}, model.bias.ptr()}},
                           {{"format", "msae-pinned-model"}, {"model", model.name}});
+  };
+  const std::string source =
+      io::path_exists(path) ? path : (!fallback.empty() && io::path_exists(fallback) ? fallback : "");
+  if (source.empty()) {
+    record();
     return 0;
   }
   const io::SafetensorsFile f = io::read_safetensors(source);
@@ -45,10 +49,10 @@ int64_t pin_preset_model(synth::FeatureModel& model, const std::string& path, co
     return it->second;
   };
   int64_t moved = 0;
-  for (const auto& [name, values, n] : {std::tuple{"directions", model.directions.ptr(), N * d},
-                                         std::tuple{"bias", model.bias.ptr(), d}}) {
-    const Tensor& t = tensor(name, n == d ? std::vector<int64_t>{d} : std::vector<int64_t>{N, d});
-    const float* rec = t.ptr();
+  for (const auto& [name, values, shape] : {std::tuple{"directions", model.directions.ptr(), std::vector<int64_t>{N, d}},
+                                             std::tuple{"bias", model.bias.ptr(), std::vector<int64_t>{d}}}) {
+    const float* rec = tensor(name, shape).ptr();
+    const int64_t n = msae::numel(shape);
     for (int64_t i = 0; i < n; ++i) {
       if (rec[i] == values[i]) continue;
       if (!(std::fabs(rec[i] - values[i]) <= kPinTolerance))
@@ -60,9 +64,7 @@ int64_t pin_preset_model(synth::FeatureModel& model, const std::string& path, co
       ++moved;
     }
   }
-  if (source != path)
-    io::write_safetensors(path, {{"directions", {N, d}, model.directions.ptr()}, {"bias", {d}, model.bias.ptr()}},
-                          {{"format", "msae-pinned-model"}, {"model", model.name}});
+  if (source != path) record();
   return moved;
 }
 
