@@ -419,7 +419,9 @@ int run_synth_bench(BenchArgs& a) {
         run::PresetRunOptions ro;
         std::unique_ptr<Progress> progress;
         ro.progress = [&](int64_t done, int64_t planned, const StepStats& st) {
-          if (!progress) progress = std::make_unique<Progress>(planned);
+          // The first call is for the first step this process takes (done - 1 were taken before a resume):
+          // the ETA then counts only this process's steps in its own time.
+          if (!progress) progress = std::make_unique<Progress>(planned, 10.0, done - 1);
           char buf[96];
           std::snprintf(buf, sizeof buf, " | FVU %.3f | L0 %.3f", st.var_x > 0 ? st.mse_prefix.back() / st.var_x : 0.0,
                         static_cast<double>(st.l0));

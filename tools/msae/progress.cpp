@@ -40,7 +40,9 @@ void Progress::draw(double now) {
   const double frac = total_ > 0 ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total_)) : 0.0;
   // The rate of this process alone: a resumed run's earlier steps took another process's time.
   const int64_t mine = done - start_;
-  const double eta = mine > 0 && total_ > 0 ? now * static_cast<double>(total_ - done) / static_cast<double>(mine) : -1.0;
+  // (Unknown, "?", until this process has run a second: the first line comes after its first unit.)
+  const double eta =
+      mine > 0 && total_ > 0 && now >= 1.0 ? now * static_cast<double>(total_ - done) / static_cast<double>(mine) : -1.0;
   const std::string eta_text = done >= total_ && total_ > 0 ? "done" : "ETA " + format_duration(eta);
   if (tty_) {
     constexpr int kWidth = 24;
