@@ -32,9 +32,6 @@ void cblas_call(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, f
               static_cast<blasint>(K), alpha, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
               static_cast<blasint>(ldc));
 }
-}  // namespace
-
-namespace {
 
 // C = alpha op(A) op(B) + beta C as `parts` single-threaded OpenBLAS calls over contiguous ranges of the
 // larger of M and N (multiples of 16 where possible), run on up to `threads` of msae's pool. The result
