@@ -16,6 +16,7 @@
 #include <functional>
 #include <limits>
 #include <type_traits>
+#include <unordered_map>
 
 #include <dnnl.hpp>
 #if defined(__AVX__)
@@ -130,10 +131,20 @@ struct Cand {
 // oneDNN runs on OpenMP, whose idle threads spin: next to msae's pool that slowed a step 3x on two cores
 // (docs/performance.md, "Threads"). So the int8 GEMM is split over msae's pool like kernels::sgemm: each
 // thread runs one single-threaded oneDNN matmul on its block of rows.
+// Blocks of equal size share one primitive, so it runs on two threads at once: each thread passes its own
+// scratchpad (scratchpad_mode::user). With the library's scratchpad the two executions shared one buffer:
+// oneDNN's AVX-512 VNNI kernel (brg:avx512_core_vnni) packs the weights there, and the selections came out
+// wrong on a Zen 4 host (its AVX2 kernel, gemm:jit, happened to need none).
 struct Screener::Impl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::vector<dnnl::stream> streams;       // one per thread
-  std::vector<std::pair<int64_t, std::unique_ptr<dnnl::matmul>>> mms;  // by block rows
+  std::vector<std::vector<uint8_t>> scratch;  // one per thread
+  struct Matmul {
+    int64_t rows;
+    dnnl::matmul mm;
+    dnnl::memory::desc scratch;  // its scratchpad
+  };
+  std::vector<Matmul> mms;  // by block rows
   int64_t B = 0, d = 0, D = 0;
   std::string impl_name;
   std::vector<int8_t> qx, qw;
@@ -155,16 +166,18 @@ struct Screener::Impl {
   std::vector<int64_t> offset, fill;
   std::vector<std::vector<double>> wrow;       // per thread: one encoder row in double
 
-  dnnl::matmul& matmul_for(int64_t rows) {
-    for (auto& [r, m] : mms)
-      if (r == rows) return *m;
+  Matmul& matmul_for(int64_t rows) {
+    for (Matmul& m : mms)
+      if (m.rows == rows) return m;
     using dt = dnnl::memory::data_type;
     using tag = dnnl::memory::format_tag;
     const dnnl::memory::desc a({rows, d}, dt::s8, tag::ab), w({d, D}, dt::s8, tag::ba), c({rows, D}, dt::s32, tag::ab);
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, w, c), eng);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, w, c), attr, eng);
     impl_name = pd.impl_info_str();
-    mms.emplace_back(rows, std::make_unique<dnnl::matmul>(pd));
-    return *mms.back().second;
+    mms.push_back({rows, dnnl::matmul(pd), pd.scratchpad_desc()});
+    return mms.back();
   }
 
   void prepare(int64_t B_, int64_t d_, int64_t D_) {
@@ -184,7 +197,11 @@ struct Screener::Impl {
     const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, B / 64)));
     while (static_cast<int>(streams.size()) < nt) streams.emplace_back(eng);
     // Create the primitives on this thread (creation is not timed per step after the first).
-    for (int t = 0; t < nt; ++t) matmul_for(B * (t + 1) / nt - B * t / nt);
+    if (static_cast<int>(scratch.size()) < nt) scratch.resize(static_cast<size_t>(nt));
+    for (int t = 0; t < nt; ++t) {
+      const size_t bytes = matmul_for(B * (t + 1) / nt - B * t / nt).scratch.get_size();
+      if (scratch[static_cast<size_t>(t)].size() < bytes) scratch[static_cast<size_t>(t)].resize(bytes);
+    }
     parallel(
         [&](int t, int n) {
           const int64_t lo = B * t / n, hi = B * (t + 1) / n;
@@ -192,12 +209,15 @@ struct Screener::Impl {
           omp_set_num_threads(1);
           using dt = dnnl::memory::data_type;
           using tag = dnnl::memory::format_tag;
-          dnnl::matmul* mm = nullptr;
-          for (auto& [r, m] : mms)
-            if (r == hi - lo) mm = m.get();
+          Matmul* mm = nullptr;
+          for (Matmul& m : mms)
+            if (m.rows == hi - lo) mm = &m;
           dnnl::memory am({{hi - lo, d}, dt::s8, tag::ab}, eng, qx.data() + lo * d),
               wm({{d, D}, dt::s8, tag::ba}, eng, qw.data()), cm({{hi - lo, D}, dt::s32, tag::ab}, eng, acc.data() + lo * D);
-          mm->execute(streams[t], {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, cm}});
+          std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, cm}};
+          if (mm->scratch.get_size() > 0)
+            args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(mm->scratch, eng, scratch[static_cast<size_t>(t)].data()));
+          mm->mm.execute(streams[t], args);
           streams[t].wait();
         },
         nt);
