@@ -382,34 +382,37 @@ TEST(Kernels, ScreenedBatchTopKEqualsExactSelection) {
                               {"int8 too loose", 64, 48, 256, 64 * 4, 8, 4},
                               {"int8 too loose, sampled", 256, 48, 256, 256 * 4, 8, 3},
                               {"few positive, sampled", 256, 64, 256, 256 * 4, 5, 5}};
-  msae::kernels::Screener screener;
-  std::set<int> paths;
-  for (const ScreenCase& c : cases) {
-    for (uint64_t seed : {1u, 2u}) {
-      std::vector<float> x, W, b, work(static_cast<size_t>(c.B * c.D));
-      fill_screen_case(c, x, W, b, seed);
-      const bool bias = c.kind == 4 || c.kind == 5;
-      msae::kernels::SparseCodes want, got;
-      msae::kernels::ref::screened_batch_topk(x.data(), c.B, c.d, W.data(), bias ? b.data() : nullptr, c.D, c.keep, want);
-      const float cut = screener.batch_topk(x.data(), c.B, c.d, W.data(), bias ? b.data() : nullptr, c.D, c.keep,
-                                            work.data(), got);
-      EXPECT_EQ(got.row_ptr, want.row_ptr) << c.name;
-      EXPECT_EQ(got.ids, want.ids) << c.name;
-      ASSERT_EQ(got.vals.size(), want.vals.size()) << c.name;
-      for (size_t e = 0; e < got.vals.size(); ++e) ASSERT_EQ(got.vals[e], want.vals[e]) << c.name << " entry " << e;
-      if (!want.vals.empty()) {
-        EXPECT_EQ(cut, *std::min_element(want.vals.begin(), want.vals.end())) << c.name;
+  for (int levels : {127, 63}) {  // 8-bit weights where the GEMM allows them, and 7-bit on every host
+    msae::kernels::Screener screener;
+    screener.set_max_weight_levels(levels);
+    std::set<int> paths;
+    for (const ScreenCase& c : cases) {
+      for (uint64_t seed : {1u, 2u}) {
+        std::vector<float> x, W, b, work(static_cast<size_t>(c.B * c.D));
+        fill_screen_case(c, x, W, b, seed);
+        const bool bias = c.kind == 4 || c.kind == 5;
+        msae::kernels::SparseCodes want, got;
+        msae::kernels::ref::screened_batch_topk(x.data(), c.B, c.d, W.data(), bias ? b.data() : nullptr, c.D, c.keep, want);
+        const float cut = screener.batch_topk(x.data(), c.B, c.d, W.data(), bias ? b.data() : nullptr, c.D, c.keep,
+                                              work.data(), got);
+        EXPECT_EQ(got.row_ptr, want.row_ptr) << c.name << " levels " << levels;
+        EXPECT_EQ(got.ids, want.ids) << c.name << " levels " << levels;
+        ASSERT_EQ(got.vals.size(), want.vals.size()) << c.name << " levels " << levels;
+        for (size_t e = 0; e < got.vals.size(); ++e) ASSERT_EQ(got.vals[e], want.vals[e]) << c.name << " levels " << levels << " entry " << e;
+        if (!want.vals.empty()) {
+          EXPECT_EQ(cut, *std::min_element(want.vals.begin(), want.vals.end())) << c.name << " levels " << levels;
+        }
+        EXPECT_GE(screener.stats().candidates, static_cast<int64_t>(want.vals.size())) << c.name << " levels " << levels;
+        EXPECT_GE(screener.stats().exact, static_cast<int64_t>(want.vals.size())) << c.name << " levels " << levels;
+        EXPECT_LE(screener.stats().exact, screener.stats().candidates) << c.name << " levels " << levels;
+        if (c.path >= 0) {
+          EXPECT_EQ(screener.stats().path, c.path) << c.name << " levels " << levels << " seed " << seed;
+        }
+        paths.insert(screener.stats().path);
       }
-      EXPECT_GE(screener.stats().candidates, static_cast<int64_t>(want.vals.size())) << c.name;
-      EXPECT_GE(screener.stats().exact, static_cast<int64_t>(want.vals.size())) << c.name;
-      EXPECT_LE(screener.stats().exact, screener.stats().candidates) << c.name;
-      if (c.path >= 0) {
-        EXPECT_EQ(screener.stats().path, c.path) << c.name << " seed " << seed;
-      }
-      paths.insert(screener.stats().path);
     }
+    EXPECT_EQ(paths, (std::set<int>{0, 1, 3, 4, 5})) << levels;  // every way to the candidates was taken
   }
-  EXPECT_EQ(paths, (std::set<int>{0, 1, 3, 4, 5}));  // every way to the candidates was taken
 }
 
 // A case where the bound is tight and the selection depends on all of it: a test that a smaller bound (a
@@ -425,8 +428,9 @@ TEST(Kernels, ScreenedSelectionNeedsTheWholeBound) {
   msae::Rng rng(3);
   std::vector<float> x(B * d, 0.0f), W(D * d, 0.0f);
   std::vector<int> qt(h);
-  for (int64_t k = 0; k < h; ++k) qt[k] = k == 0 ? 63 : static_cast<int>(rng.below(127)) - 63;
-  for (int64_t k = 0; k < h; ++k) W[k] = static_cast<float>(qt[k]) / 64.0f;  // on latent 0's 7-bit grid
+  // Entries 0 and +-63/64 lie on latent 0's grid at 7 bits (step 1/64) and at 8 bits (step 63/64/127).
+  for (int64_t k = 0; k < h; ++k) qt[k] = k == 0 ? 63 : 63 * (static_cast<int>(rng.below(3)) - 1);
+  for (int64_t k = 0; k < h; ++k) W[k] = static_cast<float>(qt[k]) / 64.0f;
   double sq = 0;
   for (int q : qt) sq += q * q;
   const double V = 0.49 / 128.0 * sq / (63.0 * 64.0);  // latent 0's exact value at rho = 1
@@ -452,12 +456,15 @@ TEST(Kernels, ScreenedSelectionNeedsTheWholeBound) {
   for (int32_t id : want.ids) latent0 += id == 0;
   ASSERT_EQ(latent0, 32);  // the case is what it claims: every even row's latent 0 is selected
   std::vector<float> work(B * D);
-  msae::kernels::Screener screener;
-  screener.batch_topk(x.data(), B, d, W.data(), nullptr, D, keep, work.data(), got);
-  EXPECT_EQ(screener.stats().path, 1);  // the int8 path (B < 128: no sampled threshold)
-  EXPECT_EQ(got.row_ptr, want.row_ptr);
-  EXPECT_EQ(got.ids, want.ids);
-  EXPECT_EQ(got.vals, want.vals);
+  for (int levels : {127, 63}) {  // 8-bit weights where the GEMM allows them, and 7-bit
+    msae::kernels::Screener screener;
+    screener.set_max_weight_levels(levels);
+    screener.batch_topk(x.data(), B, d, W.data(), nullptr, D, keep, work.data(), got);
+    EXPECT_EQ(screener.stats().path, 1) << levels;  // the int8 path (B < 128: no sampled threshold)
+    EXPECT_EQ(got.row_ptr, want.row_ptr) << levels;
+    EXPECT_EQ(got.ids, want.ids) << levels;
+    EXPECT_EQ(got.vals, want.vals) << levels;
+  }
 }
 
 // kernels::exact_dot (AVX2 code where built for it) sums in the order ref::exact_dot spells out, bit for

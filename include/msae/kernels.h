@@ -126,8 +126,15 @@ class Screener {
   float batch_topk(const float* x, int64_t B, int64_t d, const float* W, const float* b, int64_t D, int64_t keep,
                    float* work, SparseCodes& out);
   const ScreenStats& stats() const { return stats_; }
-  // The kernel in use, for msae.json and msae bench ("oneDNN <version> int8 matmul (<impl>)").
+  // The kernel in use, for msae.json and msae bench ("oneDNN <version> int8 matmul (<impl>, <n>-bit
+  // weights)").
   std::string kernel() const;
+  // Encoder rows are quantized to [-L, L]: L = 127 where the int8 GEMM sums u8 x s8 products in int32
+  // (VNNI, AMX; found by probing each new primitive), else 63 (vpmaddubsw's int16 pairs would saturate).
+  // weight_levels: L of the last call (0 before one). set_max_weight_levels caps L (tests take the 63 path
+  // on any host with it); the selection is the same either way.
+  int weight_levels() const;
+  void set_max_weight_levels(int levels);
 
  private:
   struct Impl;

@@ -3,7 +3,7 @@
 // exactly. The selection equals batch_topk over every exact pre-activation (kernels_ref.h's oracle).
 //
 // The bound. With x^ = s_x q_x (q_x = round(x / s_x), s_x = max|x| / 127) and dx = x - x^, likewise w^, dw
-// (w in 7 bits, s_w = max|w| / 63: see batch_topk):
+// (s_w = max|w| / w_levels, 127 or 63: see Impl::w_levels):
 //   x.w = x^.w^ + x^.dw + dx.w,  so  |x.w - x^.w^| <= |x^| |dw| + |dx| |w|      (Cauchy-Schwarz, twice)
 // x^.w^ = s_x s_w (q_x . q_w) with the integer dot exact in int32 (d * 127^2 < 2^31 for d < 133,000). The
 // norms are computed in double from the exact residuals. Float rounding (the approximation's products,
@@ -180,10 +180,21 @@ struct Screener::Impl {
     return mms.back();
   }
 
+  // Weights in 8 bits (127 levels) where the int8 GEMM sums u8 x s8 products in int32 (VNNI's vpdpbusd,
+  // AMX), in 7 bits (63) where it adds pairs of them in int16 first (AVX2's and AVX-512's vpmaddubsw),
+  // which saturates unless |w| <= 63 (x, shifted to u8 by oneDNN, keeps 8 bits). oneDNN picks its kernel
+  // by CPU and shape, so each new primitive is asked (probe): every x at 127 against rows of +127 and of
+  // -127 saturates every pair under vpmaddubsw, and is exact (+-127^2 d) only without it. A finer weight
+  // grid halves the bound's |x^| |dw| term: fewer candidates, the same selection.
+  float w_levels = 127.0f;
+  float max_levels = 127.0f;  // set_max_weight_levels
+  bool ran = false;           // weight_levels: 0 before a call
+
   void prepare(int64_t B_, int64_t d_, int64_t D_) {
     if (B_ == B && d_ == d && D_ == D) return;
     B = B_, d = d_, D = D_;
     mms.clear();
+    w_levels = 127.0f;  // until a primitive of this shape saturates
     qx.resize(static_cast<size_t>(B * d));
     qw.resize(static_cast<size_t>(D * d));
     acc.resize(static_cast<size_t>(B * D));
@@ -192,16 +203,34 @@ struct Screener::Impl {
     for (auto* v : {&fp, &fq, &ft, &fsw, &fb}) v->assign(static_cast<size_t>(D8), 0.0f);
   }
 
-  // acc = qx @ qw^T, the rows split over msae's pool.
-  void gemm() {
-    const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, B / 64)));
+  // The GEMM's blocks of rows, one per thread.
+  int gemm_threads() const { return static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, B / 64))); }
+
+  // The primitives, streams and scratchpads for nt blocks, created on this thread (creation is not timed
+  // per step after the first); new primitives are probed, and w_levels drops to 63 if one saturates.
+  void ensure(int nt) {
     while (static_cast<int>(streams.size()) < nt) streams.emplace_back(eng);
-    // Create the primitives on this thread (creation is not timed per step after the first).
     if (static_cast<int>(scratch.size()) < nt) scratch.resize(static_cast<size_t>(nt));
+    const size_t before = mms.size();
     for (int t = 0; t < nt; ++t) {
       const size_t bytes = matmul_for(B * (t + 1) / nt - B * t / nt).scratch.get_size();
       if (scratch[static_cast<size_t>(t)].size() < bytes) scratch[static_cast<size_t>(t)].resize(bytes);
     }
+    if (mms.size() == before || w_levels < 127.0f) return;
+    std::fill(qx.begin(), qx.end(), int8_t{127});
+    for (int64_t i = 0; i < D; ++i)
+      std::fill(qw.begin() + i * d, qw.begin() + (i + 1) * d, static_cast<int8_t>(i % 2 ? -127 : 127));
+    gemm(nt);
+    const int32_t full = static_cast<int32_t>(127 * 127 * d);
+    for (int64_t e = 0; e < B * D; ++e)
+      if (acc[static_cast<size_t>(e)] != (e % D % 2 ? -full : full)) {
+        w_levels = 63.0f;
+        return;
+      }
+  }
+
+  // acc = qx @ qw^T, the rows split over msae's pool (after ensure(nt)).
+  void gemm(int nt) {
     parallel(
         [&](int t, int n) {
           const int64_t lo = B * t / n, hi = B * (t + 1) / n;
@@ -229,7 +258,18 @@ Screener::~Screener() = default;
 
 std::string Screener::kernel() const {
   const dnnl_version_t* v = dnnl_version();
-  return cat("oneDNN ", v->major, ".", v->minor, ".", v->patch, " int8 matmul (", impl_->impl_name.empty() ? "not yet run" : impl_->impl_name, ")");
+  if (!impl_->ran) return cat("oneDNN ", v->major, ".", v->minor, ".", v->patch, " int8 matmul (not yet run)");
+  return cat("oneDNN ", v->major, ".", v->minor, ".", v->patch, " int8 matmul (", impl_->impl_name, ", ",
+             weight_levels() == 127 ? 8 : 7, "-bit weights)");
+}
+
+int Screener::weight_levels() const {
+  return impl_->ran ? static_cast<int>(std::min(impl_->w_levels, impl_->max_levels)) : 0;
+}
+
+void Screener::set_max_weight_levels(int levels) {
+  MSAE_ASSERT(levels == 63 || levels == 127, "set_max_weight_levels: 63 or 127, got ", levels);
+  impl_->max_levels = static_cast<float>(levels);
 }
 
 
@@ -531,19 +571,22 @@ float Screener::batch_topk(const float* x, int64_t B, int64_t d, const float* W,
   stats_ = ScreenStats{};
   keep = std::min(keep, B * D);
   stats_.keep = keep;
-  Timer t;
   m.prepare(B, d, D);
-  // W in 7 bits: without VNNI, oneDNN's int8 GEMM adds pairs of u8 x s8 products in int16
-  // (vpmaddubsw), which saturates unless |w| <= 63 (x, shifted to u8 by oneDNN, keeps 8 bits).
+  const int gemm_nt = m.gemm_threads();
+  m.ensure(gemm_nt);
+  Timer t;
+  // W in 8 or 7 bits, as the GEMM allows (Impl::ensure).
   // The bound's factors: |x^_r| |dw_i| + |dx_r| |w_i| + M ((|x_r| + |dx_r|)(|w_i| + |dw_i|) + |b_i|).
   quantize_rows(x, B, d, 127.0f, m.qx.data(), m.sx.data(), m.fa.data(), m.fc.data(), m.xa.data());
-  quantize_rows(W, D, d, 63.0f, m.qw.data(), m.fsw.data(), nullptr, m.fp.data(), m.fq.data());
+  m.ran = true;
+  quantize_rows(W, D, d, std::min(m.w_levels, m.max_levels), m.qw.data(), m.fsw.data(), nullptr, m.fp.data(),
+                m.fq.data());
   const float M = static_cast<float>(kMargin);
   for (int64_t r = 0; r < B; ++r) m.fe[r] = M * (m.xa[r] + m.fc[r]);
   for (int64_t i = 0; i < D; ++i) m.ft[i] = M * (b ? std::fabs(b[i]) : 0.0f), m.fb[i] = b ? b[i] : 0.0f;
   stats_.seconds_quantize = t.seconds();
   t.reset();
-  m.gemm();
+  m.gemm(gemm_nt);
   stats_.seconds_gemm = t.seconds();
   t.reset();
 
