@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 #include <string>
@@ -464,6 +465,41 @@ TEST(Kernels, ScreenedSelectionNeedsTheWholeBound) {
     EXPECT_EQ(got.row_ptr, want.row_ptr) << levels;
     EXPECT_EQ(got.ids, want.ids) << levels;
     EXPECT_EQ(got.vals, want.vals) << levels;
+  }
+}
+
+// The weight grid follows the int8 GEMM: 8 bits where oneDNN runs VNNI (int32 sums), 7 bits where its
+// vpmaddubsw would saturate pairs of 8-bit products (the probe of each new primitive finds which), and 7
+// bits when capped. ctest runs this also under DNNL_MAX_CPU_ISA=AVX2 (test_screen_avx2), which takes VNNI
+// away on any host: there the probe must see the saturation.
+TEST(Kernels, ScreenWeightBitsFollowTheGemm) {
+  const ScreenCase c{"random", 256, 64, 512, 256 * 8, 0};
+  std::vector<float> x, W, b, work(static_cast<size_t>(c.B * c.D));
+  fill_screen_case(c, x, W, b, 5);
+  msae::kernels::SparseCodes want, got;
+  msae::kernels::ref::screened_batch_topk(x.data(), c.B, c.d, W.data(), nullptr, c.D, c.keep, want);
+  msae::kernels::Screener screener;
+  EXPECT_EQ(screener.weight_levels(), 0);
+  EXPECT_NE(screener.kernel().find("not yet run"), std::string::npos) << screener.kernel();
+  const bool vnni = msae::kernels::int8_gemm_vnni();
+  const char* cap = std::getenv("DNNL_MAX_CPU_ISA");
+  if (cap != nullptr && std::string(cap) == "AVX2") {
+    EXPECT_FALSE(vnni);
+  }
+  screener.batch_topk(x.data(), c.B, c.d, W.data(), nullptr, c.D, c.keep, work.data(), got);
+  EXPECT_EQ(screener.weight_levels(), vnni ? 127 : 63) << screener.kernel();
+  EXPECT_NE(screener.kernel().find(vnni ? ", 8-bit weights)" : ", 7-bit weights)"), std::string::npos)
+      << screener.kernel();
+  EXPECT_EQ(got.ids, want.ids);
+  EXPECT_EQ(got.vals, want.vals);
+  const int64_t candidates8 = screener.stats().candidates;
+  screener.set_max_weight_levels(63);
+  screener.batch_topk(x.data(), c.B, c.d, W.data(), nullptr, c.D, c.keep, work.data(), got);
+  EXPECT_EQ(screener.weight_levels(), 63);
+  EXPECT_EQ(got.ids, want.ids);
+  EXPECT_EQ(got.vals, want.vals);
+  if (vnni) {
+    EXPECT_LT(candidates8, screener.stats().candidates);  // the finer grid's tighter bound
   }
 }
 

@@ -150,8 +150,12 @@ TEST(Options, AutoEngineFollowsTheShape) {
   EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}}, 768), big);
   EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}, {"arch", "batchtopk"}}, 2304), big);
   EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 1024}}, 768), big);  // B * D = 2^24: the edge
-  EXPECT_EQ(engine_for({{"d_sae", 4096}, {"batch", 1024}}, 768), "sparse");  // B * D < 2^24
-  EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}}, 512), "sparse");  // d < 768
+  // Where oneDNN's int8 GEMM has VNNI the edges are d = 512 and B * D = 2^22.
+  const std::string vnni = kernels::int8_gemm_vnni() ? big : "sparse";
+  EXPECT_EQ(engine_for({{"d_sae", 4096}, {"batch", 1024}}, 768), vnni);  // B * D = 2^22
+  EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}}, 512), vnni);  // d = 512
+  EXPECT_EQ(engine_for({{"d_sae", 2048}, {"batch", 1024}}, 768), "sparse");  // B * D < 2^22
+  EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}}, 511), "sparse");  // d < 512
   EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}, {"arch", "topk"}}, 768), "sparse");
   EXPECT_EQ(engine_for({{"arch", "relu_l1"}, {"d_sae", 16384}, {"batch", 4096}}, 768), "reference");
   EXPECT_EQ(engine_for({{"d_sae", 16384}, {"batch", 4096}, {"engine", "sparse"}}, 768), "sparse");  // given: kept

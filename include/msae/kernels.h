@@ -98,10 +98,14 @@ void row_topk(const float* pre /*(B, D)*/, int64_t B, int64_t D, int64_t k, Spar
 // selection's reference (kernels_ref.h) computes every entry with it.
 float exact_dot(const float* x, const float* w, int64_t d, float b);
 // Whether the screened selection is expected to pay for a batch-wide selection of B rows over D latents of
-// width d on this build: an AVX2 build (oneDNN's int8 GEMM then runs at about twice fp32) with d >= 768 and
-// B * D >= 2^24. Measured on Zen 3 (docs/performance.md, "Screened selection"): 0.75x to 0.85x the sparse
-// step above it, 1.0x at the edge, up to 3.8x slower on small shapes (its per-step costs). The default
-// engine (`--engine auto`) uses it.
+// width d on this build, as measured (docs/performance.md, "Screened selection"): on an AVX2 build with
+// d >= 768 and B * D >= 2^24 (Zen 3, no VNNI: oneDNN's int8 GEMM at about twice fp32; 0.75x to 0.85x the
+// sparse step there, 1.0x at the edge); where oneDNN runs VNNI (int8_gemm_vnni) with d >= 512 and
+// B * D >= 2^22 (Zen 5: 0.31x to 0.82x the sparse step there, 1.1x at d = 256). Slower on smaller shapes
+// (its per-step costs). The default engine (`--engine auto`) uses it.
+// int8_gemm_vnni: oneDNN's effective ISA has VNNI (AVX-512 VNNI and up, or AVX-VNNI); DNNL_MAX_CPU_ISA
+// caps it.
+bool int8_gemm_vnni();
 bool screen_pays(int64_t B, int64_t D, int64_t d);
 struct ScreenStats {
   int64_t candidates = 0;    // entries whose upper bound reaches the proven cut L

@@ -75,8 +75,15 @@ float exact_dot_t(const float* x, const W* w, int64_t d, float b) {
 
 float exact_dot(const float* x, const float* w, int64_t d, float b) { return exact_dot_t(x, w, d, b); }
 
+bool int8_gemm_vnni() {
+  const unsigned isa = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
+  auto has = [isa](unsigned set) { return (isa & set) == set; };
+  return has(dnnl_cpu_isa_avx512_core_vnni) || has(dnnl_cpu_isa_avx2_vnni);
+}
+
 bool screen_pays(int64_t B, int64_t D, int64_t d) {
 #if defined(__AVX2__)
+  if (int8_gemm_vnni()) return d >= 512 && B * D >= (int64_t{1} << 22);
   return d >= 768 && B * D >= (int64_t{1} << 24);
 #else
   (void)B, (void)D, (void)d;
@@ -134,7 +141,7 @@ struct Cand {
 // Blocks of equal size share one primitive, so it runs on two threads at once: each thread passes its own
 // scratchpad (scratchpad_mode::user). With the library's scratchpad the two executions shared one buffer:
 // oneDNN's AVX-512 VNNI kernel (brg:avx512_core_vnni) packs the weights there, and the selections came out
-// wrong on a Zen 4 host (its AVX2 kernel, gemm:jit, happened to need none).
+// wrong on a Zen 5 host (its AVX2 kernel, gemm:jit, happened to need none).
 struct Screener::Impl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::vector<dnnl::stream> streams;       // one per thread

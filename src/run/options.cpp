@@ -138,7 +138,7 @@ const std::vector<OptionDef>& option_table() {
       {"lr", T::real, 3e-4, "Adam learning rate", G::run, kAll, NAN, 0},
       {"max_grad_norm", T::real, 1e5, "Global gradient-norm clip", G::run, kAll, NAN, 0},
       {"seed", T::integer, 0, "Seed for initialization and shuffling", G::run, kAll, 0},
-      {"engine", T::text, "auto", "Training-step engine: sparse (fast) | screened (sparse, BatchTopK screened by an int8 GEMM with a proven bound: faster at large shapes) | reference (dense oracle) | cuda (one NVIDIA GPU; only in builds configured with -DMSAE_CUDA=ON, docs/cuda.md) | auto (screened for batch-wide BatchTopK with d >= 768 and batch x d_sae >= 2^24 on an AVX2 build in one process, reference for relu_l1, else sparse; never cuda)", G::run},
+      {"engine", T::text, "auto", "Training-step engine: sparse (fast) | screened (sparse, BatchTopK screened by an int8 GEMM with a proven bound: faster at large shapes) | reference (dense oracle) | cuda (one NVIDIA GPU; only in builds configured with -DMSAE_CUDA=ON, docs/cuda.md) | auto (screened for batch-wide BatchTopK in one process on an AVX2 build with d >= 768 and batch x d_sae >= 2^24, or d >= 512 and >= 2^22 where oneDNN's int8 GEMM has VNNI; reference for relu_l1, else sparse; never cuda)", G::run},
       {"cuda_precision", T::text, "fp32",
        "--engine cuda only: the encoder GEMM's inputs: fp32 | tf32 (tensor cores, inputs rounded to a 10-bit "
        "mantissa) | bf16 (x - b_dec and W_enc rounded to bfloat16); fp32 accumulation, everything after the GEMM "
