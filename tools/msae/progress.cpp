@@ -19,6 +19,13 @@ std::string format_duration(double s) {
   return buf;
 }
 
+double eta_seconds(double elapsed, int64_t done, int64_t start, int64_t total) {
+  const int64_t mine = done - start;
+  // (The first line comes after this process's first unit, so a second is asked for besides.)
+  if (mine <= 0 || total <= 0 || elapsed < 1.0) return -1.0;
+  return elapsed * static_cast<double>(total - done) / static_cast<double>(mine);
+}
+
 Progress::Progress(int64_t total, double log_seconds, int64_t start)
     : total_(total), log_seconds_(log_seconds), start_(start), tty_(isatty(STDERR_FILENO) == 1) {}
 
@@ -38,12 +45,8 @@ void Progress::draw(double now) {
   shown_ = true;
   const int64_t done = done_;
   const double frac = total_ > 0 ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total_)) : 0.0;
-  // The rate of this process alone: a resumed run's earlier steps took another process's time.
-  const int64_t mine = done - start_;
-  // (Unknown, "?", until this process has run a second: the first line comes after its first unit.)
-  const double eta =
-      mine > 0 && total_ > 0 && now >= 1.0 ? now * static_cast<double>(total_ - done) / static_cast<double>(mine) : -1.0;
-  const std::string eta_text = done >= total_ && total_ > 0 ? "done" : "ETA " + format_duration(eta);
+  const std::string eta_text =
+      done >= total_ && total_ > 0 ? "done" : "ETA " + format_duration(eta_seconds(now, done, start_, total_));
   if (tty_) {
     constexpr int kWidth = 24;
     const int filled = static_cast<int>(frac * kWidth);

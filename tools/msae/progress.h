@@ -40,6 +40,11 @@ class Progress {
 
 std::string format_duration(double seconds);  // "1h02m", "3m05s", "12s"
 
+// The ETA of a loop at `done` of `total` units, `elapsed` seconds into this process, which began at unit
+// `start` (a resumed run's earlier units took another process's time): this process's rate alone.
+// Negative (shown as "?") until this process has done a unit and run a second.
+double eta_seconds(double elapsed, int64_t done, int64_t start, int64_t total);
+
 // The dead and dense figures of an evaluation, each with its definition, for the summaries of train and
 // eval: "dead latents 1.7% (never fired on the 4096 evaluation rows), dense latents 0.0% (fired on more
 // than 10% of them)". The progress line's "dead" is another count (docs/cli.md, "Dead latents").
