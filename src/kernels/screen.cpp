@@ -145,7 +145,8 @@ struct Cand {
 struct Screener::Impl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::vector<dnnl::stream> streams;       // one per thread
-  std::vector<std::vector<uint8_t>> scratch;  // one per thread
+  // One per thread, page-aligned as oneDNN's own scratchpad is (it places its buffers at aligned offsets).
+  std::vector<std::vector<uint8_t, AlignedAllocator<uint8_t, 4096>>> scratch;
   struct Matmul {
     int64_t rows;
     dnnl::matmul mm;
