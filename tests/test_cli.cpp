@@ -95,6 +95,14 @@ TEST_F(Cli, TrainInspectEvalOnNpy) {
   EXPECT_EQ(msae_json["training"]["steps"], 5);
   EXPECT_EQ(msae_json["training"]["tokens"], 80);
   EXPECT_FALSE(msae_json["git_commit"].get<std::string>().empty());
+  // The commit the binary was built from (generated at build time, cmake/git_commit.cmake), not the one
+  // of the last configure: "<HEAD>" or "<HEAD>-dirty" where this is a git checkout.
+  const Result git = msae::test_util::run_shell("git -C " MSAE_SOURCE_DIR " rev-parse --short=12 HEAD 2>/dev/null");
+  const std::string head = git.output;
+  if (git.code == 0 && !head.empty()) {
+    EXPECT_EQ(msae_json["git_commit"].get<std::string>().rfind(head.substr(0, head.find('\n')), 0), 0u)
+        << msae_json["git_commit"] << " vs HEAD " << head;
+  }
 
   r = run("inspect " + path("sae"));
   ASSERT_EQ(r.code, 0) << r.output;

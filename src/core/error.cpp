@@ -44,6 +44,6 @@ std::string opt(const std::string& key) {
 }
 
 const char* version_string() { return MSAE_VERSION; }
-const char* git_commit() { return MSAE_GIT_COMMIT; }
+// git_commit(): build/generated/git_commit.cpp (cmake/git_commit.cmake).
 
 }  // namespace msae
