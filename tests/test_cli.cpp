@@ -595,6 +595,12 @@ TEST_F(Cli, ARunThatCannotFitInMemoryIsRefusedUpFront) {
 // buffer dominate. Measured: sparse 0.74 GiB estimated vs 0.78 GiB peak; reference 0.84 vs 0.64 (after 3
 // steps no latent is dead yet, so the two (B, D) AuxK buffers the estimate counts are not allocated).
 TEST_F(Cli, TheMemoryEstimateMatchesThePeakOfARun) {
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer's redzones, shadow and quarantine of freed blocks add to the resident peak what no
+  // estimate of msae's buffers counts (on a Zen 5 host: a 1.01 GiB peak for the sparse engine's 0.74 GiB
+  // estimate, 0.78 GiB without ASan).
+  GTEST_SKIP() << "the resident peak of an AddressSanitizer build is not msae's buffers";
+#endif
   const std::string data = make_data("x.npy", 512, 16);
   for (const char* engine : {"sparse", "reference"}) {
     const fs::path log = dir_ / (std::string(engine) + ".log");
